@@ -1,0 +1,344 @@
+//! The part of the Kinesis API the consumer uses, as a trait.
+//!
+//! [`KinesisApi`] is implemented for [`aws_sdk_kinesis::Client`]; the consumer is written against the trait so that
+//! tests (and the `test-util` feature's [`crate::fake`]) can run the scan loop without a server, and so that other
+//! record sources can be added beside polling.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use aws_sdk_kinesis::config::http::HttpResponse;
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::types::ShardIteratorType;
+use bytes::Bytes;
+use kc_checkpoint::SequenceNumber;
+
+/// Where to start reading a shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartingPosition {
+    /// The oldest record still in the shard.
+    TrimHorizon,
+    /// Just after the newest record: only records put from now on.
+    Latest,
+    /// The first record at or after this time.
+    AtTimestamp(SystemTime),
+    /// The record with this sequence number (used to resume inside a KPL aggregate).
+    AtSequenceNumber(SequenceNumber),
+    /// The record after this sequence number (used to resume after a checkpoint).
+    AfterSequenceNumber(SequenceNumber),
+}
+
+/// One shard, as ListShards describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// The shard's id.
+    pub shard_id: String,
+    /// The shard this one was split from, or one of the two it was merged from.
+    pub parent_shard_id: Option<String>,
+    /// The other shard this one was merged from.
+    pub adjacent_parent_shard_id: Option<String>,
+    /// Whether the shard is closed (it has an ending sequence number: no record will be added to it).
+    pub closed: bool,
+}
+
+impl ShardInfo {
+    /// An open shard with no parents.
+    pub fn new(shard_id: impl Into<String>) -> Self {
+        Self { shard_id: shard_id.into(), parent_shard_id: None, adjacent_parent_shard_id: None, closed: false }
+    }
+
+    /// The shard's parents (zero, one or two).
+    pub fn parents(&self) -> impl Iterator<Item = &str> {
+        self.parent_shard_id.as_deref().into_iter().chain(self.adjacent_parent_shard_id.as_deref())
+    }
+}
+
+/// One page of ListShards.
+#[derive(Clone, Debug, Default)]
+pub struct ShardPage {
+    /// The shards of this page.
+    pub shards: Vec<ShardInfo>,
+    /// The token of the next page, if the service returned one.
+    pub next_token: Option<String>,
+}
+
+/// A record as GetRecords returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawRecord {
+    /// The record's sequence number in its shard.
+    pub sequence_number: String,
+    /// The record's partition key.
+    pub partition_key: String,
+    /// The record's payload.
+    pub data: Bytes,
+    /// When Kinesis received the record, approximately.
+    pub approximate_arrival_timestamp: Option<SystemTime>,
+}
+
+/// The result of one GetRecords call.
+#[derive(Clone, Debug, Default)]
+pub struct RecordBatch {
+    /// The records, in shard order.
+    pub records: Vec<RawRecord>,
+    /// The iterator for the next call; `None` when the shard is closed and every record was returned.
+    pub next_shard_iterator: Option<String>,
+    /// How far behind the tip of the stream this response is.
+    pub millis_behind_latest: Option<i64>,
+    /// The shard's children, returned by real Kinesis with the last batch of a closed shard.
+    pub child_shards: Vec<ShardInfo>,
+}
+
+/// The calls the consumer makes to Kinesis.
+#[async_trait]
+pub trait KinesisApi: Send + Sync + 'static {
+    /// One page of the shards of `stream`. `next_token` is `Some` only when the previous page returned one.
+    async fn list_shards(&self, stream: &str, next_token: Option<&str>) -> Result<ShardPage, ApiError>;
+
+    /// A shard iterator for `shard_id` at `position`.
+    async fn get_shard_iterator(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        position: &StartingPosition,
+    ) -> Result<String, ApiError>;
+
+    /// Up to `limit` records from `shard_iterator`.
+    async fn get_records(&self, shard_iterator: &str, limit: i32) -> Result<RecordBatch, ApiError>;
+}
+
+/// What kind of failure an [`ApiError`] is: it decides what the scan loop does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ApiErrorKind {
+    /// The shard iterator expired: get a new one after the last handled record.
+    ExpiredIterator,
+    /// Throttling (ProvisionedThroughputExceeded, LimitExceeded, KMS throttling): back off and retry.
+    Throttled,
+    /// A server error (5xx), a timeout or a dropped connection: back off and retry.
+    Transient,
+    /// The stream or shard does not exist (or no longer does).
+    NotFound,
+    /// Anything retrying will not fix (access denied, invalid argument, KMS key disabled, ...).
+    Permanent,
+}
+
+/// A failed Kinesis call.
+#[derive(Debug)]
+pub struct ApiError {
+    kind: ApiErrorKind,
+    code: Option<String>,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ApiError {
+    /// An error of `kind` with the service's error code (e.g. `"ExpiredIteratorException"`), if there is one.
+    pub fn new(kind: ApiErrorKind, code: Option<String>) -> Self {
+        Self { kind, code, source: None }
+    }
+
+    /// An error of `kind` caused by `source`.
+    pub fn with_source(
+        kind: ApiErrorKind,
+        code: Option<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self { kind, code, source: Some(source.into()) }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ApiErrorKind {
+        self.kind
+    }
+
+    /// The service's error code, if the service answered.
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    /// Whether the scan loop retries this error after a backoff.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind, ApiErrorKind::Throttled | ApiErrorKind::Transient)
+    }
+
+    /// Classifies an error from the AWS SDK by its error code and HTTP status.
+    pub fn from_sdk<E>(err: SdkError<E, HttpResponse>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        match &err {
+            SdkError::ServiceError(ctx) => {
+                let code = ctx.err().code().map(str::to_owned);
+                let mut kind = code.as_deref().map_or(ApiErrorKind::Permanent, classify_code);
+                if kind == ApiErrorKind::Permanent && ctx.raw().status().is_server_error() {
+                    kind = ApiErrorKind::Transient;
+                }
+                Self::with_source(kind, code, err)
+            }
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+                Self::with_source(ApiErrorKind::Transient, None, err)
+            }
+            _ => Self::with_source(ApiErrorKind::Permanent, None, err),
+        }
+    }
+}
+
+/// The kind of a Kinesis error code. Unknown codes are permanent: retrying an error we do not understand could spin
+/// for ever; 5xx codes the SDK knows are transient.
+fn classify_code(code: &str) -> ApiErrorKind {
+    match code {
+        "ExpiredIteratorException" => ApiErrorKind::ExpiredIterator,
+        "ProvisionedThroughputExceededException" | "LimitExceededException" | "KMSThrottlingException"
+        | "ThrottlingException" | "Throttling" | "RequestLimitExceeded" => ApiErrorKind::Throttled,
+        "InternalFailure" | "InternalFailureException" | "InternalServerError" | "ServiceUnavailable"
+        | "ServiceUnavailableException" | "InternalError" | "RequestTimeout" | "RequestTimeoutException" => {
+            ApiErrorKind::Transient
+        }
+        "ResourceNotFoundException" => ApiErrorKind::NotFound,
+        _ => ApiErrorKind::Permanent,
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            ApiErrorKind::ExpiredIterator => "shard iterator expired",
+            ApiErrorKind::Throttled => "throttled by Kinesis",
+            ApiErrorKind::Transient => "transient Kinesis failure",
+            ApiErrorKind::NotFound => "stream or shard not found",
+            ApiErrorKind::Permanent => "Kinesis call failed",
+        };
+        match &self.code {
+            Some(code) => write!(f, "{what} ({code})"),
+            None => f.write_str(what),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+fn to_shard_info(shard: aws_sdk_kinesis::types::Shard) -> ShardInfo {
+    let closed = shard.sequence_number_range.as_ref().is_some_and(|r| r.ending_sequence_number.is_some());
+    ShardInfo {
+        shard_id: shard.shard_id,
+        parent_shard_id: shard.parent_shard_id,
+        adjacent_parent_shard_id: shard.adjacent_parent_shard_id,
+        closed,
+    }
+}
+
+#[async_trait]
+impl KinesisApi for aws_sdk_kinesis::Client {
+    async fn list_shards(&self, stream: &str, next_token: Option<&str>) -> Result<ShardPage, ApiError> {
+        // ListShards takes either a stream name or a next token, never both.
+        let request = match next_token {
+            Some(token) => self.list_shards().next_token(token),
+            None => self.list_shards().stream_name(stream),
+        };
+        let out = request.send().await.map_err(ApiError::from_sdk)?;
+        Ok(ShardPage {
+            shards: out.shards.unwrap_or_default().into_iter().map(to_shard_info).collect(),
+            next_token: out.next_token,
+        })
+    }
+
+    async fn get_shard_iterator(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        position: &StartingPosition,
+    ) -> Result<String, ApiError> {
+        let request = self.get_shard_iterator().stream_name(stream).shard_id(shard_id);
+        let request = match position {
+            StartingPosition::TrimHorizon => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            StartingPosition::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
+            StartingPosition::AtTimestamp(t) => request
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(aws_smithy_types::DateTime::from(*t)),
+            StartingPosition::AtSequenceNumber(s) => request
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                .starting_sequence_number(s.as_str()),
+            StartingPosition::AfterSequenceNumber(s) => request
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(s.as_str()),
+        };
+        let out = request.send().await.map_err(ApiError::from_sdk)?;
+        out.shard_iterator.ok_or_else(|| {
+            ApiError::new(ApiErrorKind::Transient, Some("GetShardIterator returned no iterator".to_owned()))
+        })
+    }
+
+    async fn get_records(&self, shard_iterator: &str, limit: i32) -> Result<RecordBatch, ApiError> {
+        let out = self.get_records().shard_iterator(shard_iterator).limit(limit).send().await;
+        let out = out.map_err(ApiError::from_sdk)?;
+        let records = out
+            .records
+            .into_iter()
+            .map(|r| RawRecord {
+                sequence_number: r.sequence_number,
+                partition_key: r.partition_key.unwrap_or_default(),
+                data: Bytes::from(r.data.into_inner()),
+                approximate_arrival_timestamp: r.approximate_arrival_timestamp.and_then(|t| t.try_into().ok()),
+            })
+            .collect();
+        let child_shards = out
+            .child_shards
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| {
+                let mut parents = c.parent_shards.into_iter();
+                ShardInfo {
+                    shard_id: c.shard_id,
+                    parent_shard_id: parents.next(),
+                    adjacent_parent_shard_id: parents.next(),
+                    closed: false,
+                }
+            })
+            .collect();
+        Ok(RecordBatch {
+            records,
+            next_shard_iterator: out.next_shard_iterator,
+            millis_behind_latest: out.millis_behind_latest,
+            child_shards,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_classified() {
+        let cases = [
+            ("ExpiredIteratorException", ApiErrorKind::ExpiredIterator),
+            ("ProvisionedThroughputExceededException", ApiErrorKind::Throttled),
+            ("LimitExceededException", ApiErrorKind::Throttled),
+            ("KMSThrottlingException", ApiErrorKind::Throttled),
+            ("InternalFailure", ApiErrorKind::Transient),
+            ("ServiceUnavailable", ApiErrorKind::Transient),
+            ("ResourceNotFoundException", ApiErrorKind::NotFound),
+            ("AccessDeniedException", ApiErrorKind::Permanent),
+            ("InvalidArgumentException", ApiErrorKind::Permanent),
+            ("KMSDisabledException", ApiErrorKind::Permanent),
+            ("SomethingNew", ApiErrorKind::Permanent),
+        ];
+        for (code, kind) in cases {
+            assert_eq!(classify_code(code), kind, "{code}");
+        }
+    }
+
+    #[test]
+    fn retryable_kinds() {
+        let retryable = |kind| ApiError::new(kind, None).is_retryable();
+        assert!(retryable(ApiErrorKind::Throttled));
+        assert!(retryable(ApiErrorKind::Transient));
+        assert!(!retryable(ApiErrorKind::ExpiredIterator));
+        assert!(!retryable(ApiErrorKind::NotFound));
+        assert!(!retryable(ApiErrorKind::Permanent));
+    }
+}

@@ -1,0 +1,372 @@
+//! [`Consumer`] and its builder.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use kc_checkpoint::{CheckpointStore, MemoryStore};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{KinesisApi, StartingPosition};
+use crate::error::Error;
+use crate::lifecycle::{Lifecycle, NoLifecycle, OnShardClosed};
+
+/// Where a shard with no checkpoint starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InitialPosition {
+    /// Only records put after the consumer started (the default, as in the Go library).
+    #[default]
+    Latest,
+    /// The oldest record still in the stream.
+    TrimHorizon,
+    /// The first record at or after this time.
+    AtTimestamp(SystemTime),
+}
+
+impl InitialPosition {
+    pub(crate) fn starting_position(self) -> StartingPosition {
+        match self {
+            Self::Latest => StartingPosition::Latest,
+            Self::TrimHorizon => StartingPosition::TrimHorizon,
+            Self::AtTimestamp(t) => StartingPosition::AtTimestamp(t),
+        }
+    }
+}
+
+/// The consumer's settings; every default is stated on the builder method that changes it.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) stream: String,
+    pub(crate) app: String,
+    pub(crate) initial_position: InitialPosition,
+    pub(crate) scan_interval: Duration,
+    pub(crate) max_records: i32,
+    pub(crate) discovery_interval: Duration,
+    pub(crate) aggregation: bool,
+    pub(crate) strict_deaggregation: bool,
+    pub(crate) min_poll_interval: Duration,
+    pub(crate) call_timeout: Duration,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_max: Duration,
+}
+
+impl Config {
+    const DEFAULT_APP: &'static str = "kinesis-consumer";
+
+    fn new(stream: String) -> Self {
+        Self {
+            stream,
+            app: Self::DEFAULT_APP.to_owned(),
+            initial_position: InitialPosition::Latest,
+            scan_interval: Duration::from_millis(250),
+            max_records: 10_000,
+            discovery_interval: Duration::from_secs(30),
+            aggregation: false,
+            strict_deaggregation: false,
+            min_poll_interval: Duration::from_millis(200),
+            call_timeout: Duration::from_secs(10),
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        validate_stream_name(&self.stream)?;
+        if self.app.is_empty() {
+            return Err(Error::config("the app name (checkpoint namespace) must not be empty"));
+        }
+        if !(1..=10_000).contains(&self.max_records) {
+            return Err(Error::config(format!(
+                "max_records must be between 1 and 10000 (the GetRecords limit), got {}",
+                self.max_records
+            )));
+        }
+        let positive = [
+            ("scan_interval", self.scan_interval),
+            ("discovery_interval", self.discovery_interval),
+            ("call_timeout", self.call_timeout),
+            ("retry backoff base", self.backoff_base),
+        ];
+        for (name, value) in positive {
+            if value.is_zero() {
+                return Err(Error::config(format!("{name} must be greater than zero")));
+            }
+        }
+        if self.backoff_max < self.backoff_base {
+            return Err(Error::config("retry backoff max must be at least the backoff base"));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a stream name against the Kinesis rules: 1 to 128 of `a-z A-Z 0-9 _ . -`.
+fn validate_stream_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() {
+        return Err(Error::config("the stream name must not be empty"));
+    }
+    if name.len() > 128 {
+        return Err(Error::config(format!("the stream name is {} characters long, at most 128 allowed", name.len())));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
+        return Err(Error::config(format!(
+            "invalid stream name {name:?}: character {c:?} is not allowed (letters, digits, '_', '.', '-')"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads every shard of one Kinesis stream and hands each record to a handler. Build one with
+/// [`Consumer::builder`].
+///
+/// See the [crate documentation](crate) for the guarantees.
+#[derive(Clone)]
+pub struct Consumer {
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) api: Arc<dyn KinesisApi>,
+    pub(crate) store: Arc<dyn CheckpointStore>,
+    pub(crate) lifecycle: Arc<dyn Lifecycle>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer").field("config", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// A builder for a consumer of `stream`.
+    pub fn builder(stream: impl Into<String>) -> ConsumerBuilder {
+        ConsumerBuilder {
+            cfg: Config::new(stream.into()),
+            api: None,
+            store: None,
+            lifecycle: None,
+            shutdown: None,
+        }
+    }
+
+    /// The stream this consumer reads.
+    pub fn stream(&self) -> &str {
+        &self.cfg.stream
+    }
+
+    /// The app name (checkpoint namespace).
+    pub fn app(&self) -> &str {
+        &self.cfg.app
+    }
+
+    /// The token that stops [`scan`](Self::scan) gracefully when cancelled (the one given to
+    /// [`ConsumerBuilder::shutdown`], or one of the consumer's own).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The checkpoint store.
+    pub fn store(&self) -> &Arc<dyn CheckpointStore> {
+        &self.store
+    }
+}
+
+/// Configures a [`Consumer`]. Required: the stream name (given to [`Consumer::builder`]); everything else has a
+/// default, stated on its method. [`build`](Self::build) validates.
+#[must_use]
+pub struct ConsumerBuilder {
+    cfg: Config,
+    api: Option<Arc<dyn KinesisApi>>,
+    store: Option<Arc<dyn CheckpointStore>>,
+    lifecycle: Option<Arc<dyn Lifecycle>>,
+    shutdown: Option<CancellationToken>,
+}
+
+impl std::fmt::Debug for ConsumerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerBuilder").field("config", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+impl ConsumerBuilder {
+    /// The Kinesis client. Default: one built from `aws_config`'s defaults (environment, profile, IMDS, ...).
+    pub fn client(self, client: aws_sdk_kinesis::Client) -> Self {
+        self.api(client)
+    }
+
+    /// Any implementation of the Kinesis calls the consumer makes (a wrapped client, or a fake in tests).
+    pub fn api(mut self, api: impl KinesisApi) -> Self {
+        self.api = Some(Arc::new(api));
+        self
+    }
+
+    /// The checkpoint store. Default: a new [`MemoryStore`] (nothing survives the process).
+    pub fn store(mut self, store: impl CheckpointStore + 'static) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// A shared checkpoint store.
+    pub fn shared_store(mut self, store: Arc<dyn CheckpointStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The app name: the namespace of the checkpoints (`[app, stream, shard]`). Default: `"kinesis-consumer"`.
+    pub fn app_name(mut self, app: impl Into<String>) -> Self {
+        self.cfg.app = app.into();
+        self
+    }
+
+    /// Where shards with no checkpoint start. Default: [`InitialPosition::Latest`]. Children of a shard this consumer
+    /// read always start at the oldest record, so that resharding loses nothing.
+    pub fn initial_position(mut self, position: InitialPosition) -> Self {
+        self.cfg.initial_position = position;
+        self
+    }
+
+    /// How long a shard waits before the next GetRecords when it is caught up. Default: 250 ms. A shard that is
+    /// behind (a non-empty batch with MillisBehindLatest > 0, or a full batch) polls again at once, no sooner than
+    /// [`min_poll_interval`](Self::min_poll_interval) after the previous call.
+    pub fn scan_interval(mut self, interval: Duration) -> Self {
+        self.cfg.scan_interval = interval;
+        self
+    }
+
+    /// The most records one GetRecords call returns, 1 to 10,000. Default: 10,000.
+    pub fn max_records(mut self, max: i32) -> Self {
+        self.cfg.max_records = max;
+        self
+    }
+
+    /// How often the shard list is refreshed to find new shards. Default: 30 s. (The list is also refreshed at once
+    /// whenever a shard ends, to start its children.)
+    pub fn discovery_interval(mut self, interval: Duration) -> Self {
+        self.cfg.discovery_interval = interval;
+        self
+    }
+
+    /// Whether records are KPL aggregates to split into user records (with kc-deagg). Default: off.
+    pub fn aggregation(mut self, on: bool) -> Self {
+        self.cfg.aggregation = on;
+        self
+    }
+
+    /// With aggregation on: whether a record that has the KPL magic but fails to decode (bad MD5, truncated, ...)
+    /// stops the scan with an [`ErrorKind::Deaggregation`](crate::ErrorKind::Deaggregation) error. Default: off: the
+    /// record is delivered as one ordinary record (as the AWS KCL does) and counted in the
+    /// `kinesis_consumer_deaggregation_errors_total` metric.
+    pub fn strict_deaggregation(mut self, strict: bool) -> Self {
+        self.cfg.strict_deaggregation = strict;
+        self
+    }
+
+    /// The least time between two GetRecords calls of one shard. Default: 200 ms (Kinesis allows 5 calls per second
+    /// per shard).
+    pub fn min_poll_interval(mut self, interval: Duration) -> Self {
+        self.cfg.min_poll_interval = interval;
+        self
+    }
+
+    /// The longest one Kinesis call may take before it is abandoned and retried. Default: 10 s.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.call_timeout = timeout;
+        self
+    }
+
+    /// The backoff between retries of calls that failed after the SDK's own retries (throttling, 5xx, timeouts):
+    /// exponential from `base`, capped at `max`, with jitter, reset after a success. Default: 100 ms to 10 s.
+    pub fn retry_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.cfg.backoff_base = base;
+        self.cfg.backoff_max = max;
+        self
+    }
+
+    /// Receives shard lifecycle events (started, closed, stopped). Default: none.
+    pub fn lifecycle(mut self, lifecycle: impl Lifecycle) -> Self {
+        self.lifecycle = Some(Arc::new(lifecycle));
+        self
+    }
+
+    /// Calls `hook` with the shard id when a shard was read to its end, after its last record was handled and its
+    /// end recorded. A shorthand for a [`Lifecycle`] with only `shard_closed`.
+    pub fn on_shard_closed(self, hook: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.lifecycle(OnShardClosed(hook))
+    }
+
+    /// A token that stops the scan gracefully when cancelled: each shard finishes the record in hand, checkpoints,
+    /// and the store is flushed. Default: a token of the consumer's own ([`Consumer::shutdown_token`]).
+    pub fn shutdown(mut self, token: CancellationToken) -> Self {
+        self.shutdown = Some(token);
+        self
+    }
+
+    /// Validates the settings and builds the consumer. Without a client, one is built from `aws_config` defaults.
+    pub async fn build(self) -> Result<Consumer, Error> {
+        self.cfg.validate()?;
+        let api = match self.api {
+            Some(api) => api,
+            None => {
+                let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                Arc::new(aws_sdk_kinesis::Client::new(&config))
+            }
+        };
+        Ok(Consumer {
+            cfg: Arc::new(self.cfg),
+            api,
+            store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
+            lifecycle: self.lifecycle.unwrap_or_else(|| Arc::new(NoLifecycle)),
+            shutdown: self.shutdown.unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    fn check(f: impl FnOnce(ConsumerBuilder) -> ConsumerBuilder, want_err: Option<&str>) {
+        let builder = f(Consumer::builder("stream").api(crate::fake::FakeKinesis::new()));
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        match (rt.block_on(builder.build()), want_err) {
+            (Ok(_), None) => {}
+            (Err(e), Some(want)) => {
+                assert_eq!(e.kind(), ErrorKind::Config);
+                assert!(e.to_string().contains(want), "{e} does not contain {want:?}");
+            }
+            (Ok(_), Some(want)) => panic!("expected an error containing {want:?}"),
+            (Err(e), None) => panic!("unexpected error {e}"),
+        }
+    }
+
+    #[test]
+    fn build_validates() {
+        check(|b| b, None);
+        check(|b| b.max_records(1), None);
+        check(|b| b.max_records(10_000), None);
+        check(|b| b.max_records(0), Some("max_records must be between 1 and 10000"));
+        check(|b| b.max_records(10_001), Some("got 10001"));
+        check(|b| b.app_name(""), Some("app name"));
+        check(|b| b.scan_interval(Duration::ZERO), Some("scan_interval must be greater than zero"));
+        check(|b| b.discovery_interval(Duration::ZERO), Some("discovery_interval"));
+        check(|b| b.call_timeout(Duration::ZERO), Some("call_timeout"));
+        check(|b| b.retry_backoff(Duration::from_secs(2), Duration::from_secs(1)), Some("backoff max"));
+    }
+
+    #[test]
+    fn stream_names() {
+        let cases = [
+            ("my-stream_1.x", None),
+            ("", Some("must not be empty")),
+            ("a b", Some("character ' '")),
+            ("x;drop", Some("character ';'")),
+            ("é", Some("not allowed")),
+        ];
+        for (name, want) in cases {
+            match (validate_stream_name(name), want) {
+                (Ok(()), None) => {}
+                (Err(e), Some(w)) => assert!(e.to_string().contains(w), "{name:?}: {e}"),
+                (r, w) => panic!("{name:?}: got {r:?}, want {w:?}"),
+            }
+        }
+        assert!(validate_stream_name(&"a".repeat(128)).is_ok());
+        assert!(validate_stream_name(&"a".repeat(129)).is_err());
+    }
+}

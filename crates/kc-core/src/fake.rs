@@ -1,0 +1,340 @@
+//! An in-process fake of the Kinesis calls the consumer makes, for fast deterministic tests (feature `test-util`).
+//!
+//! It keeps streams, shards and records in memory; supports splits and merges (parents closed, children listed with
+//! their parent ids, `ChildShards` in the last GetRecords of a parent unless turned off), and injected faults:
+//! errors of a given kind for the next calls of an operation, and expiry of every outstanding iterator.
+//! It is not a substitute for the integration tests against kinesalite.
+//!
+//! ```
+//! use kc_core::fake::FakeKinesis;
+//! let fake = FakeKinesis::new();
+//! fake.create_stream("s", 2);
+//! fake.put("s", "key", "hello");
+//! assert_eq!(fake.shard_ids("s").len(), 2);
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::api::{
+    ApiError, ApiErrorKind, KinesisApi, RawRecord, RecordBatch, ShardInfo, ShardPage, StartingPosition,
+};
+
+/// A Kinesis operation, for fault injection and call counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// ListShards.
+    ListShards,
+    /// GetShardIterator.
+    GetShardIterator,
+    /// GetRecords.
+    GetRecords,
+}
+
+#[derive(Debug)]
+struct Shard {
+    info: ShardInfo,
+    /// The partition-key hashes this shard takes (inclusive), as Kinesis' hash key ranges.
+    range: (u64, u64),
+    records: Vec<RawRecord>,
+    children: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Stream {
+    shards: Vec<Shard>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    streams: HashMap<String, Stream>,
+    next_sequence: u64,
+    next_shard: u64,
+    iterator_generation: u64,
+    faults: HashMap<Op, VecDeque<ApiErrorKind>>,
+    calls: HashMap<Op, usize>,
+    hide_child_shards: bool,
+    list_page_size: Option<usize>,
+}
+
+/// The fake. Clones share state: keep one to put records and inject faults while a consumer reads another.
+#[derive(Clone, Debug, Default)]
+pub struct FakeKinesis {
+    state: Arc<Mutex<State>>,
+}
+
+fn parse_iterator(it: &str) -> Option<(String, String, usize, u64)> {
+    let mut parts = it.split('|');
+    let stream = parts.next()?.to_owned();
+    let shard = parts.next()?.to_owned();
+    let pos = parts.next()?.parse().ok()?;
+    let generation = parts.next()?.parse().ok()?;
+    Some((stream, shard, pos, generation))
+}
+
+impl FakeKinesis {
+    /// An empty fake.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Creates `stream` with `shards` open shards (`shardId-000000000000`, ...). Replaces an existing one.
+    pub fn create_stream(&self, stream: &str, shards: usize) {
+        let mut st = self.lock();
+        let n = shards.max(1) as u64;
+        let width = u64::MAX / n;
+        let shards = (0..n)
+            .map(|i| {
+                let id = format!("shardId-{:012}", st.next_shard);
+                st.next_shard += 1;
+                let end = if i == n - 1 { u64::MAX } else { (i + 1) * width - 1 };
+                Shard { info: ShardInfo::new(id), range: (i * width, end), records: Vec::new(), children: Vec::new() }
+            })
+            .collect();
+        st.streams.insert(stream.to_owned(), Stream { shards });
+    }
+
+    /// Deletes `stream`: later calls on it fail with ResourceNotFoundException.
+    pub fn delete_stream(&self, stream: &str) {
+        self.lock().streams.remove(stream);
+    }
+
+    /// Every shard id of `stream`, in creation order.
+    pub fn shard_ids(&self, stream: &str) -> Vec<String> {
+        self.lock().streams.get(stream).map(|s| s.shards.iter().map(|s| s.info.shard_id.clone()).collect()).unwrap_or_default()
+    }
+
+    /// The open shards of `stream`.
+    pub fn open_shard_ids(&self, stream: &str) -> Vec<String> {
+        self.lock()
+            .streams
+            .get(stream)
+            .map(|s| s.shards.iter().filter(|s| !s.info.closed).map(|s| s.info.shard_id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Puts a record on the open shard whose hash range holds the hash of `partition_key` (as Kinesis does, so a
+    /// key's records move to a child of the shard they were on); returns the shard id and sequence number. Panics if
+    /// the stream does not exist (a test's own mistake).
+    pub fn put(&self, stream: &str, partition_key: &str, data: impl Into<Bytes>) -> (String, String) {
+        // FNV-1a, then splitmix64's finalizer so that similar keys spread over the whole range.
+        let mut hash = partition_key
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        hash ^= hash >> 31;
+        let shard = {
+            let st = self.lock();
+            let shards = st.streams.get(stream).map(|s| s.shards.as_slice()).unwrap_or_default();
+            let open = shards.iter().find(|s| !s.info.closed && s.range.0 <= hash && hash <= s.range.1);
+            match open {
+                Some(s) => s.info.shard_id.clone(),
+                None => panic!("fake: stream {stream:?} does not exist or has no open shard for {partition_key:?}"),
+            }
+        };
+        let seq = self.put_to_shard(stream, &shard, partition_key, data);
+        (shard, seq)
+    }
+
+    /// Puts a record on `shard_id`; returns its sequence number.
+    pub fn put_to_shard(&self, stream: &str, shard_id: &str, partition_key: &str, data: impl Into<Bytes>) -> String {
+        let mut st = self.lock();
+        st.next_sequence += 1;
+        // 56 digits like real sequence numbers (more than 128 bits), increasing.
+        let sequence_number = format!("49{:054}", st.next_sequence);
+        let shard = st
+            .streams
+            .get_mut(stream)
+            .and_then(|s| s.shards.iter_mut().find(|s| s.info.shard_id == shard_id))
+            .filter(|s| !s.info.closed);
+        let Some(shard) = shard else {
+            panic!("fake: no open shard {shard_id:?} in stream {stream:?}");
+        };
+        shard.records.push(RawRecord {
+            sequence_number: sequence_number.clone(),
+            partition_key: partition_key.to_owned(),
+            data: data.into(),
+            approximate_arrival_timestamp: Some(SystemTime::now()),
+        });
+        sequence_number
+    }
+
+    fn add_shard(st: &mut State, stream: &str, parents: [Option<String>; 2], range: (u64, u64)) -> String {
+        let id = format!("shardId-{:012}", st.next_shard);
+        st.next_shard += 1;
+        let [parent, adjacent] = parents;
+        let info = ShardInfo {
+            shard_id: id.clone(),
+            parent_shard_id: parent.clone(),
+            adjacent_parent_shard_id: adjacent.clone(),
+            closed: false,
+        };
+        if let Some(s) = st.streams.get_mut(stream) {
+            for p in s.shards.iter_mut().filter(|s| Some(&s.info.shard_id) == parent.as_ref() || Some(&s.info.shard_id) == adjacent.as_ref()) {
+                p.info.closed = true;
+                p.children.push(id.clone());
+            }
+            s.shards.push(Shard { info, range, records: Vec::new(), children: Vec::new() });
+        }
+        id
+    }
+
+    /// Splits `shard_id` into two children (the parent is closed); returns the children's ids.
+    pub fn split_shard(&self, stream: &str, shard_id: &str) -> (String, String) {
+        let mut st = self.lock();
+        let (lo, hi) = self.range_of(&st, stream, shard_id);
+        let mid = lo + (hi - lo) / 2;
+        let a = Self::add_shard(&mut st, stream, [Some(shard_id.to_owned()), None], (lo, mid));
+        let b = Self::add_shard(&mut st, stream, [Some(shard_id.to_owned()), None], (mid + 1, hi));
+        (a, b)
+    }
+
+    /// Merges `shard_id` and `adjacent_shard_id` into one child (both are closed); returns its id.
+    pub fn merge_shards(&self, stream: &str, shard_id: &str, adjacent_shard_id: &str) -> String {
+        let mut st = self.lock();
+        let a = self.range_of(&st, stream, shard_id);
+        let b = self.range_of(&st, stream, adjacent_shard_id);
+        assert!(a.1.checked_add(1) == Some(b.0) || b.1.checked_add(1) == Some(a.0), "fake: shards are not adjacent");
+        let range = (a.0.min(b.0), a.1.max(b.1));
+        Self::add_shard(&mut st, stream, [Some(shard_id.to_owned()), Some(adjacent_shard_id.to_owned())], range)
+    }
+
+    fn range_of(&self, st: &State, stream: &str, shard_id: &str) -> (u64, u64) {
+        let shard = st.streams.get(stream).and_then(|s| s.shards.iter().find(|s| s.info.shard_id == shard_id));
+        match shard {
+            Some(s) if !s.info.closed => s.range,
+            _ => panic!("fake: no open shard {shard_id:?} in stream {stream:?}"),
+        }
+    }
+
+    /// Makes the next `times` calls of `op` fail with an error of `kind`.
+    pub fn inject(&self, op: Op, kind: ApiErrorKind, times: usize) {
+        let mut st = self.lock();
+        st.faults.entry(op).or_default().extend(std::iter::repeat_n(kind, times));
+    }
+
+    /// Expires every shard iterator handed out so far (GetRecords with one fails with ExpiredIteratorException).
+    pub fn expire_iterators(&self) {
+        self.lock().iterator_generation += 1;
+    }
+
+    /// Like kinesalite: no ChildShards in GetRecords (children are found by listing only).
+    pub fn hide_child_shards(&self, hide: bool) {
+        self.lock().hide_child_shards = hide;
+    }
+
+    /// ListShards returns at most `n` shards per page, with a NextToken.
+    pub fn list_page_size(&self, n: usize) {
+        self.lock().list_page_size = Some(n.max(1));
+    }
+
+    /// How many calls of `op` were made (failed ones included).
+    pub fn calls(&self, op: Op) -> usize {
+        self.lock().calls.get(&op).copied().unwrap_or(0)
+    }
+
+    fn begin(&self, op: Op) -> Result<MutexGuard<'_, State>, ApiError> {
+        let mut st = self.lock();
+        *st.calls.entry(op).or_default() += 1;
+        if let Some(kind) = st.faults.get_mut(&op).and_then(VecDeque::pop_front) {
+            return Err(ApiError::new(kind, Some(format!("injected {kind:?}"))));
+        }
+        Ok(st)
+    }
+}
+
+fn not_found(what: String) -> ApiError {
+    ApiError::with_source(ApiErrorKind::NotFound, Some("ResourceNotFoundException".to_owned()), what)
+}
+
+#[async_trait]
+impl KinesisApi for FakeKinesis {
+    async fn list_shards(&self, stream: &str, next_token: Option<&str>) -> Result<ShardPage, ApiError> {
+        let st = self.begin(Op::ListShards)?;
+        let (stream, start) = match next_token {
+            Some(token) => {
+                let (s, i) = token.rsplit_once('|').ok_or_else(|| not_found(format!("bad token {token}")))?;
+                (s.to_owned(), i.parse::<usize>().map_err(|_| not_found(format!("bad token {token}")))?)
+            }
+            None => (stream.to_owned(), 0),
+        };
+        let s = st.streams.get(&stream).ok_or_else(|| not_found(format!("stream {stream}")))?;
+        let page = st.list_page_size.unwrap_or(usize::MAX);
+        let shards: Vec<ShardInfo> = s.shards.iter().skip(start).take(page).map(|s| s.info.clone()).collect();
+        let end = start + shards.len();
+        let next_token = (end < s.shards.len()).then(|| format!("{stream}|{end}"));
+        Ok(ShardPage { shards, next_token })
+    }
+
+    async fn get_shard_iterator(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        position: &StartingPosition,
+    ) -> Result<String, ApiError> {
+        let st = self.begin(Op::GetShardIterator)?;
+        let shard = st
+            .streams
+            .get(stream)
+            .and_then(|s| s.shards.iter().find(|s| s.info.shard_id == shard_id))
+            .ok_or_else(|| not_found(format!("shard {shard_id} of stream {stream}")))?;
+        let records = &shard.records;
+        let seq_of = |r: &RawRecord| kc_checkpoint::SequenceNumber::parse(r.sequence_number.clone()).ok();
+        let pos = match position {
+            StartingPosition::TrimHorizon => 0,
+            StartingPosition::Latest => records.len(),
+            StartingPosition::AtTimestamp(t) => {
+                records.iter().position(|r| r.approximate_arrival_timestamp.is_some_and(|a| a >= *t)).unwrap_or(records.len())
+            }
+            StartingPosition::AtSequenceNumber(s) => {
+                records.iter().position(|r| seq_of(r).is_some_and(|q| q >= *s)).unwrap_or(records.len())
+            }
+            StartingPosition::AfterSequenceNumber(s) => {
+                records.iter().position(|r| seq_of(r).is_some_and(|q| q > *s)).unwrap_or(records.len())
+            }
+        };
+        Ok(format!("{stream}|{shard_id}|{pos}|{}", st.iterator_generation))
+    }
+
+    async fn get_records(&self, shard_iterator: &str, limit: i32) -> Result<RecordBatch, ApiError> {
+        let st = self.begin(Op::GetRecords)?;
+        let (stream, shard_id, pos, generation) = parse_iterator(shard_iterator).ok_or_else(|| {
+            ApiError::new(ApiErrorKind::Permanent, Some("InvalidArgumentException".to_owned()))
+        })?;
+        if generation < st.iterator_generation {
+            return Err(ApiError::new(ApiErrorKind::ExpiredIterator, Some("ExpiredIteratorException".to_owned())));
+        }
+        let s = st.streams.get(&stream).ok_or_else(|| not_found(format!("stream {stream}")))?;
+        let shard = s
+            .shards
+            .iter()
+            .find(|s| s.info.shard_id == shard_id)
+            .ok_or_else(|| not_found(format!("shard {shard_id}")))?;
+        let limit = usize::try_from(limit.clamp(1, 10_000)).unwrap_or(1);
+        let end = (pos + limit).min(shard.records.len());
+        let records = shard.records.get(pos..end).map(<[RawRecord]>::to_vec).unwrap_or_default();
+        let remaining = shard.records.len() - end;
+        let at_end = shard.info.closed && remaining == 0;
+        let next_shard_iterator = (!at_end).then(|| format!("{stream}|{shard_id}|{end}|{generation}"));
+        let child_shards = if at_end && !st.hide_child_shards {
+            s.shards.iter().filter(|c| shard.children.contains(&c.info.shard_id)).map(|c| c.info.clone()).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(RecordBatch {
+            records,
+            next_shard_iterator,
+            millis_behind_latest: Some(if remaining > 0 { 1_000 } else { 0 }),
+            child_shards,
+        })
+    }
+}

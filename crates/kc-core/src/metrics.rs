@@ -1,0 +1,71 @@
+//! Metrics, through the [`metrics`] facade: install any recorder (Prometheus, StatsD, ...) to collect them.
+//!
+//! | name | kind | labels | meaning |
+//! |---|---|---|---|
+//! | `kinesis_consumer_records_total` | counter | app, stream, shard | records handed to the handler (the Go library's `records`) |
+//! | `kinesis_consumer_checkpoints_total` | counter | app, stream, shard | checkpoints written to the store (the Go library's `checkpoints`) |
+//! | `kinesis_consumer_millis_behind_latest` | gauge | app, stream, shard | MillisBehindLatest of the shard's last GetRecords |
+//! | `kinesis_consumer_retries_total` | counter | app, stream, shard, reason | Kinesis calls retried (`throttled`, `transient`, `expired_iterator`) |
+//! | `kinesis_consumer_deaggregation_errors_total` | counter | app, stream, shard | corrupt KPL aggregates delivered as one record |
+//!
+//! Handles are registered once per shard, so the per-record cost is one atomic add per batch.
+
+use metrics::{Counter, Gauge};
+
+/// Metric names, for recorders and dashboards.
+pub mod names {
+    /// Records handed to the handler.
+    pub const RECORDS: &str = "kinesis_consumer_records_total";
+    /// Checkpoints written to the store.
+    pub const CHECKPOINTS: &str = "kinesis_consumer_checkpoints_total";
+    /// MillisBehindLatest of a shard's last GetRecords.
+    pub const MILLIS_BEHIND_LATEST: &str = "kinesis_consumer_millis_behind_latest";
+    /// Kinesis calls retried.
+    pub const RETRIES: &str = "kinesis_consumer_retries_total";
+    /// Corrupt KPL aggregates delivered as one record.
+    pub const DEAGGREGATION_ERRORS: &str = "kinesis_consumer_deaggregation_errors_total";
+}
+
+pub(crate) struct ShardMetrics {
+    labels: [(&'static str, String); 3],
+    records: Counter,
+    checkpoints: Counter,
+    millis_behind: Gauge,
+    deaggregation_errors: Counter,
+}
+
+impl ShardMetrics {
+    pub(crate) fn new(app: &str, stream: &str, shard: &str) -> Self {
+        let labels = [("app", app.to_owned()), ("stream", stream.to_owned()), ("shard", shard.to_owned())];
+        Self {
+            records: metrics::counter!(names::RECORDS, &labels),
+            checkpoints: metrics::counter!(names::CHECKPOINTS, &labels),
+            millis_behind: metrics::gauge!(names::MILLIS_BEHIND_LATEST, &labels),
+            deaggregation_errors: metrics::counter!(names::DEAGGREGATION_ERRORS, &labels),
+            labels,
+        }
+    }
+
+    pub(crate) fn records(&self, n: u64) {
+        self.records.increment(n);
+    }
+
+    pub(crate) fn checkpoint(&self) {
+        self.checkpoints.increment(1);
+    }
+
+    pub(crate) fn millis_behind_latest(&self, ms: i64) {
+        self.millis_behind.set(ms as f64);
+    }
+
+    pub(crate) fn deaggregation_error(&self) {
+        self.deaggregation_errors.increment(1);
+    }
+
+    /// Retries are rare: the handle is looked up each time.
+    pub(crate) fn retry(&self, reason: &'static str) {
+        let [app, stream, shard] = &self.labels;
+        metrics::counter!(names::RETRIES, &[app.clone(), stream.clone(), shard.clone(), ("reason", reason.to_owned())])
+            .increment(1);
+    }
+}

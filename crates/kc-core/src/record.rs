@@ -1,0 +1,159 @@
+//! The record handed to the handler.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use kc_checkpoint::{Checkpoint, SequenceNumber};
+
+/// A partition key: the Kinesis record's own `String`, or a slice of a KPL aggregate (no copy either way).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Key {
+    Owned(String),
+    Shared(Bytes),
+}
+
+/// A record read from a shard: a Kinesis record, or one user record of a KPL aggregate when aggregation is on.
+///
+/// Payload and keys are [`Bytes`]: cloning a `Record` copies no payload, and the user records of an aggregate are
+/// slices of the Kinesis record they came in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    data: Bytes,
+    partition_key: Key,
+    sequence_number: SequenceNumber,
+    sub_sequence_number: Option<u64>,
+    approximate_arrival_timestamp: Option<SystemTime>,
+    explicit_hash_key: Option<Bytes>,
+    shard_id: Arc<str>,
+    millis_behind_latest: Option<i64>,
+    /// Whether handling this record completes its Kinesis record (false only for a user record that is not the last
+    /// of its aggregate).
+    completes_kinesis_record: bool,
+}
+
+impl Record {
+    /// A record of `shard_id` (for tests of handlers; the consumer builds its own).
+    pub fn new(
+        shard_id: impl Into<Arc<str>>,
+        sequence_number: SequenceNumber,
+        partition_key: impl Into<String>,
+        data: impl Into<Bytes>,
+    ) -> Self {
+        Self {
+            data: data.into(),
+            partition_key: Key::Owned(partition_key.into()),
+            sequence_number,
+            sub_sequence_number: None,
+            approximate_arrival_timestamp: None,
+            explicit_hash_key: None,
+            shard_id: shard_id.into(),
+            millis_behind_latest: None,
+            completes_kinesis_record: true,
+        }
+    }
+
+    pub(crate) fn from_raw(
+        shard_id: &Arc<str>,
+        sequence_number: SequenceNumber,
+        partition_key: String,
+        data: Bytes,
+        approximate_arrival_timestamp: Option<SystemTime>,
+        millis_behind_latest: Option<i64>,
+    ) -> Self {
+        Self {
+            data,
+            partition_key: Key::Owned(partition_key),
+            sequence_number,
+            sub_sequence_number: None,
+            approximate_arrival_timestamp,
+            explicit_hash_key: None,
+            shard_id: Arc::clone(shard_id),
+            millis_behind_latest,
+            completes_kinesis_record: true,
+        }
+    }
+
+    /// Turns an aggregate's record into one of its user records. `partition_key` must be valid UTF-8 (kc-deagg
+    /// checks it).
+    pub(crate) fn user_record(
+        &self,
+        parts: kc_deagg::UserRecordParts,
+        last_of_aggregate: bool,
+    ) -> Self {
+        Self {
+            data: parts.data,
+            partition_key: Key::Shared(parts.partition_key),
+            sequence_number: self.sequence_number.clone(),
+            sub_sequence_number: Some(parts.sub_sequence_number),
+            approximate_arrival_timestamp: self.approximate_arrival_timestamp,
+            explicit_hash_key: parts.explicit_hash_key,
+            shard_id: Arc::clone(&self.shard_id),
+            millis_behind_latest: self.millis_behind_latest,
+            completes_kinesis_record: last_of_aggregate,
+        }
+    }
+
+    /// The payload.
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// The payload, by value.
+    pub fn into_data(self) -> Bytes {
+        self.data
+    }
+
+    /// The partition key (of the user record, for a KPL user record).
+    pub fn partition_key(&self) -> &str {
+        match &self.partition_key {
+            Key::Owned(s) => s,
+            // kc-deagg validated it as UTF-8.
+            Key::Shared(b) => std::str::from_utf8(b).unwrap_or_default(),
+        }
+    }
+
+    /// The sequence number of the Kinesis record (shared by every user record of a KPL aggregate).
+    pub fn sequence_number(&self) -> &SequenceNumber {
+        &self.sequence_number
+    }
+
+    /// The index of this user record in its KPL aggregate; `None` for a record that was not aggregated.
+    pub fn sub_sequence_number(&self) -> Option<u64> {
+        self.sub_sequence_number
+    }
+
+    /// When Kinesis received the record, approximately.
+    pub fn approximate_arrival_timestamp(&self) -> Option<SystemTime> {
+        self.approximate_arrival_timestamp
+    }
+
+    /// The explicit hash key a KPL user record was put with, if any.
+    pub fn explicit_hash_key(&self) -> Option<&str> {
+        self.explicit_hash_key.as_deref().map(|k| std::str::from_utf8(k).unwrap_or_default())
+    }
+
+    /// The shard the record was read from.
+    pub fn shard_id(&self) -> &str {
+        &self.shard_id
+    }
+
+    /// How far behind the tip of the shard the GetRecords call that returned this record was.
+    pub fn millis_behind_latest(&self) -> Option<i64> {
+        self.millis_behind_latest
+    }
+
+    /// The checkpoint that says "this record and everything before it was handled".
+    pub fn checkpoint(&self) -> Checkpoint {
+        match self.sub_sequence_number {
+            Some(sub) if !self.completes_kinesis_record => Checkpoint::at_sub(self.sequence_number.clone(), sub),
+            _ => Checkpoint::at(self.sequence_number.clone()),
+        }
+    }
+
+    /// Sets the approximate arrival time (for tests of handlers).
+    pub fn with_approximate_arrival_timestamp(mut self, t: SystemTime) -> Self {
+        self.approximate_arrival_timestamp = Some(t);
+        self
+    }
+}

@@ -1,0 +1,516 @@
+//! Reading one shard: iterator, GetRecords loop, deaggregation, handler calls, checkpoints.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kc_checkpoint::{Checkpoint, CheckpointStore, SequenceNumber, ShardKey};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::api::{ApiError, ApiErrorKind, KinesisApi, RawRecord, RecordBatch, ShardInfo, StartingPosition};
+use crate::backoff::Backoff;
+use crate::consumer::{Config, InitialPosition};
+use crate::error::{Error, ErrorKind};
+use crate::handler::{Batch, BatchHandler, Outcome, RecordHandler};
+use crate::lifecycle::Lifecycle;
+use crate::metrics::ShardMetrics;
+use crate::record::Record;
+
+/// What the consumer shares with every shard task.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) api: Arc<dyn KinesisApi>,
+    pub(crate) store: Arc<dyn CheckpointStore>,
+    pub(crate) lifecycle: Arc<dyn Lifecycle>,
+}
+
+/// How a shard with no checkpoint starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct StartHint {
+    /// Start at TRIM_HORIZON: the shard appeared while running, or one of its parents was read in this run.
+    pub(crate) trim_horizon: bool,
+    /// Parents to look up in the store: if any has a checkpoint, the shard starts at TRIM_HORIZON too.
+    pub(crate) parents: Vec<String>,
+    /// The shard is closed: with [`InitialPosition::Latest`] there is nothing to read, it is skipped.
+    pub(crate) closed: bool,
+}
+
+/// How a shard task ended without error.
+#[derive(Debug)]
+pub(crate) enum ShardExit {
+    /// Read to its end (now or in an earlier run); `children` as GetRecords reported them.
+    Ended { children: Vec<ShardInfo> },
+    /// Closed, no checkpoint, initial position LATEST: nothing to read.
+    Skipped,
+    /// Stopped before its end by cancellation.
+    Stopped,
+}
+
+/// Where a shard starts.
+enum Start {
+    At(StartingPosition),
+    /// Its checkpoint says it was read to its end.
+    AlreadyEnded,
+    /// Nothing to read (closed, no checkpoint, LATEST).
+    Skip,
+}
+
+/// What happened to a batch.
+pub(crate) enum Delivered {
+    All,
+    Cancelled,
+}
+
+/// Progress of a shard in this run.
+#[derive(Default)]
+pub(crate) struct Progress {
+    /// The newest checkpoint not yet given to the store.
+    pending: Option<Checkpoint>,
+    /// The position of the last handled record: where a refreshed iterator continues.
+    last_handled: Option<Checkpoint>,
+    /// A record was handled with [`Outcome::SkipCheckpoint`] after the last checkpointed one.
+    skipped_since_checkpoint: bool,
+}
+
+impl Progress {
+    fn handled(&mut self, position: Checkpoint, outcome: Outcome) {
+        match outcome {
+            Outcome::Checkpoint => {
+                self.pending = Some(position.clone());
+                self.skipped_since_checkpoint = false;
+            }
+            Outcome::SkipCheckpoint => self.skipped_since_checkpoint = true,
+        }
+        self.last_handled = Some(position);
+    }
+}
+
+/// How a shard's records reach the user: one at a time or one batch at a time.
+pub(crate) trait Deliver: Send + Sync + 'static {
+    fn deliver(
+        &self,
+        shard_id: &Arc<str>,
+        records: Vec<Record>,
+        millis_behind_latest: Option<i64>,
+        progress: &mut Progress,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<Delivered, Error>> + Send;
+}
+
+fn handler_error(e: impl Into<crate::error::BoxError>) -> Error {
+    Error::new(ErrorKind::Handler, "the handler returned an error").with_source(e)
+}
+
+pub(crate) struct PerRecord<H>(pub(crate) H);
+
+impl<H: RecordHandler> Deliver for PerRecord<H> {
+    async fn deliver(
+        &self,
+        _shard_id: &Arc<str>,
+        records: Vec<Record>,
+        _millis_behind_latest: Option<i64>,
+        progress: &mut Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Delivered, Error> {
+        for record in records {
+            // Between records only: the record in hand is always finished.
+            if cancel.is_cancelled() {
+                return Ok(Delivered::Cancelled);
+            }
+            let position = record.checkpoint();
+            let outcome = self.0.handle(record).await.map_err(handler_error)?;
+            progress.handled(position, outcome);
+        }
+        Ok(Delivered::All)
+    }
+}
+
+pub(crate) struct PerBatch<H>(pub(crate) H);
+
+impl<H: BatchHandler> Deliver for PerBatch<H> {
+    async fn deliver(
+        &self,
+        shard_id: &Arc<str>,
+        records: Vec<Record>,
+        millis_behind_latest: Option<i64>,
+        progress: &mut Progress,
+        _cancel: &CancellationToken,
+    ) -> Result<Delivered, Error> {
+        let Some(position) = records.last().map(Record::checkpoint) else {
+            return Ok(Delivered::All);
+        };
+        let batch = Batch { shard_id: Arc::clone(shard_id), records, millis_behind_latest };
+        let outcome = self.0.handle_batch(batch).await.map_err(handler_error)?;
+        progress.handled(position, outcome);
+        Ok(Delivered::All)
+    }
+}
+
+/// Where to (re)start reading after `position`: after a whole record, or at a partly handled aggregate (whose user
+/// records up to `sub` are then dropped).
+fn resume_from(position: &Checkpoint) -> Option<(StartingPosition, Option<(SequenceNumber, u64)>)> {
+    match position {
+        Checkpoint::ShardEnd => None,
+        Checkpoint::At { sequence, sub_sequence: None } => {
+            Some((StartingPosition::AfterSequenceNumber(sequence.clone()), None))
+        }
+        Checkpoint::At { sequence, sub_sequence: Some(sub) } => {
+            Some((StartingPosition::AtSequenceNumber(sequence.clone()), Some((sequence.clone(), *sub))))
+        }
+    }
+}
+
+/// Reads one shard until its end, cancellation, or an error.
+pub(crate) struct ShardReader<'a, D> {
+    shared: &'a Shared,
+    deliver: &'a D,
+    cancel: &'a CancellationToken,
+    shard_id: Arc<str>,
+    key: ShardKey,
+    backoff: Backoff,
+    metrics: ShardMetrics,
+    progress: Progress,
+    /// User records of this aggregate up to this sub-sequence number were handled before the restart.
+    drop_until: Option<(SequenceNumber, u64)>,
+}
+
+impl<'a, D: Deliver> ShardReader<'a, D> {
+    pub(crate) fn new(shared: &'a Shared, deliver: &'a D, cancel: &'a CancellationToken, shard_id: &str) -> Self {
+        let cfg = &shared.cfg;
+        Self {
+            shared,
+            deliver,
+            cancel,
+            shard_id: Arc::from(shard_id),
+            key: ShardKey::new(cfg.app.as_str(), cfg.stream.as_str(), shard_id),
+            backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max),
+            metrics: ShardMetrics::new(&cfg.app, &cfg.stream, shard_id),
+            progress: Progress::default(),
+            drop_until: None,
+        }
+    }
+
+    fn err(&self, e: Error) -> Error {
+        e.at(&self.shared.cfg.stream, Some(&self.shard_id))
+    }
+
+    fn store_err(&self, what: &str, e: kc_checkpoint::Error) -> Error {
+        self.err(Error::new(ErrorKind::Checkpoint, format!("checkpoint store: {what} failed")).with_source(e))
+    }
+
+    pub(crate) async fn run(mut self, hint: StartHint) -> Result<ShardExit, Error> {
+        let span = tracing::info_span!("shard", stream = %self.shared.cfg.stream, shard = %self.shard_id);
+        async move {
+            let result = self.read(hint).await;
+            // Whatever happened, what was handled is checkpointed.
+            let saved = self.save_pending().await;
+            match (&result, saved) {
+                (Ok(ShardExit::Stopped), Ok(())) => {
+                    self.shared.lifecycle.shard_stopped(&self.shard_id);
+                    info!("shard stopped");
+                }
+                (Err(_), _) => self.shared.lifecycle.shard_stopped(&self.shard_id),
+                (Ok(_), Err(e)) => return Err(e),
+                _ => {}
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn start_position(&mut self, hint: &StartHint) -> Result<Start, Error> {
+        let store = &self.shared.store;
+        let checkpoint = store.get(&self.key).await.map_err(|e| self.store_err("reading the checkpoint", e))?;
+        if let Some(checkpoint) = checkpoint {
+            let Some((position, drop_until)) = resume_from(&checkpoint) else {
+                return Ok(Start::AlreadyEnded);
+            };
+            self.drop_until = if self.shared.cfg.aggregation { drop_until } else { None };
+            return Ok(Start::At(position));
+        }
+        let mut trim_horizon = hint.trim_horizon;
+        for parent in &hint.parents {
+            if trim_horizon {
+                break;
+            }
+            let key = ShardKey::new(self.key.app(), self.key.stream(), parent.as_str());
+            let parent_checkpoint =
+                store.get(&key).await.map_err(|e| self.store_err("reading a parent's checkpoint", e))?;
+            trim_horizon = parent_checkpoint.is_some();
+        }
+        if trim_horizon {
+            return Ok(Start::At(StartingPosition::TrimHorizon));
+        }
+        if hint.closed && self.shared.cfg.initial_position == InitialPosition::Latest {
+            return Ok(Start::Skip);
+        }
+        Ok(Start::At(self.shared.cfg.initial_position.starting_position()))
+    }
+
+    async fn read(&mut self, hint: StartHint) -> Result<ShardExit, Error> {
+        let start = match self.start_position(&hint).await? {
+            Start::At(position) => position,
+            Start::AlreadyEnded => {
+                debug!("shard was read to its end before");
+                return Ok(ShardExit::Ended { children: Vec::new() });
+            }
+            Start::Skip => {
+                debug!("closed shard with no checkpoint, initial position LATEST: nothing to read");
+                return Ok(ShardExit::Skipped);
+            }
+        };
+        info!(position = ?start, "shard started");
+        self.shared.lifecycle.shard_started(&self.shard_id, &start);
+        let Some(mut iterator) = self.iterator(&start).await? else {
+            return Ok(ShardExit::Stopped);
+        };
+        let limit = self.shared.cfg.max_records;
+        loop {
+            let call_started = Instant::now();
+            let current = Arc::<str>::from(iterator.as_str());
+            let fetch = |api: Arc<dyn KinesisApi>| {
+                let current = Arc::clone(&current);
+                async move { api.get_records(&current, limit).await }
+            };
+            let batch = match self.call(fetch).await {
+                Some(Ok(batch)) => batch,
+                Some(Err(e)) if e.kind() == ApiErrorKind::ExpiredIterator => {
+                    let position = match &self.progress.last_handled {
+                        Some(last) => resume_from(last).map(|(p, _)| p).unwrap_or_else(|| start.clone()),
+                        None => start.clone(),
+                    };
+                    warn!(position = ?position, "shard iterator expired; getting a new one");
+                    self.metrics.retry("expired_iterator");
+                    match self.iterator(&position).await? {
+                        Some(it) => {
+                            iterator = it;
+                            continue;
+                        }
+                        None => return Ok(ShardExit::Stopped),
+                    }
+                }
+                Some(Err(e)) => return Err(self.api_error("GetRecords", e)),
+                None => return Ok(ShardExit::Stopped),
+            };
+            let RecordBatch { records, next_shard_iterator, millis_behind_latest, child_shards } = batch;
+            let fetched = records.len();
+            if let Some(ms) = millis_behind_latest {
+                self.metrics.millis_behind_latest(ms);
+            }
+            let records = self.expand(records, millis_behind_latest)?;
+            let handled = records.len();
+            let delivered =
+                self.deliver.deliver(&self.shard_id, records, millis_behind_latest, &mut self.progress, self.cancel).await;
+            self.metrics.records(handled as u64);
+            let delivered = delivered.map_err(|e| self.err(e))?;
+            self.save_pending().await?;
+            if let Delivered::Cancelled = delivered {
+                return Ok(ShardExit::Stopped);
+            }
+            let Some(next) = next_shard_iterator else {
+                return self.finish(child_shards).await;
+            };
+            iterator = next;
+
+            let behind = fetched > 0 && (millis_behind_latest.unwrap_or(0) > 0 || fetched >= limit as usize);
+            let cfg = &self.shared.cfg;
+            let floor = cfg.min_poll_interval.saturating_sub(call_started.elapsed());
+            let wait = if behind { floor } else { cfg.scan_interval.max(floor) };
+            if !wait.is_zero() && !self.sleep(wait).await {
+                return Ok(ShardExit::Stopped);
+            }
+        }
+    }
+
+    /// The shard's last record was handled: record its end (unless records after the last checkpoint were handled
+    /// with SkipCheckpoint: they must be delivered again after a restart), then tell the lifecycle hook.
+    async fn finish(&mut self, children: Vec<ShardInfo>) -> Result<ShardExit, Error> {
+        self.save_pending().await?;
+        if self.progress.skipped_since_checkpoint {
+            info!("shard ended; not marked finished because its last records were not checkpointed");
+        } else {
+            self.shared
+                .store
+                .set(&self.key, Checkpoint::ShardEnd)
+                .await
+                .map_err(|e| self.store_err("recording the shard's end", e))?;
+            self.metrics.checkpoint();
+            info!("shard ended");
+        }
+        self.shared.lifecycle.shard_closed(&self.shard_id);
+        Ok(ShardExit::Ended { children })
+    }
+
+    async fn save_pending(&mut self) -> Result<(), Error> {
+        if let Some(checkpoint) = self.progress.pending.take() {
+            self.shared.store.set(&self.key, checkpoint).await.map_err(|e| self.store_err("writing a checkpoint", e))?;
+            self.metrics.checkpoint();
+        }
+        Ok(())
+    }
+
+    /// Turns a GetRecords batch into the records to deliver: sequence numbers checked, aggregates split, user records
+    /// handled before a restart dropped.
+    fn expand(&mut self, raw: Vec<RawRecord>, millis_behind_latest: Option<i64>) -> Result<Vec<Record>, Error> {
+        let mut out = Vec::with_capacity(raw.len());
+        for r in raw {
+            let sequence = SequenceNumber::parse(r.sequence_number).map_err(|e| {
+                self.err(Error::new(ErrorKind::InvalidResponse, "GetRecords returned an invalid sequence number"))
+                    .with_source(e)
+            })?;
+            let drop_until = match self.drop_until.take() {
+                Some((seq, sub)) if seq == sequence => Some(sub),
+                // Past the partly handled aggregate: nothing more to drop.
+                _ => None,
+            };
+            let record = Record::from_raw(
+                &self.shard_id,
+                sequence,
+                r.partition_key,
+                r.data,
+                r.approximate_arrival_timestamp,
+                millis_behind_latest,
+            );
+            if !self.shared.cfg.aggregation {
+                out.push(record);
+                continue;
+            }
+            match kc_deagg::decode(record.data()) {
+                Ok(None) => out.push(record),
+                Ok(Some(aggregate)) => {
+                    let last = aggregate.len().saturating_sub(1) as u64;
+                    for user in aggregate {
+                        let parts = user.into_parts();
+                        if drop_until.is_some_and(|d| parts.sub_sequence_number <= d) {
+                            continue;
+                        }
+                        let is_last = parts.sub_sequence_number == last;
+                        out.push(record.user_record(parts, is_last));
+                    }
+                }
+                Err(e) if self.shared.cfg.strict_deaggregation => {
+                    return Err(self.err(
+                        Error::new(
+                            ErrorKind::Deaggregation,
+                            format!("record {} is a corrupt KPL aggregate", record.sequence_number()),
+                        )
+                        .with_source(e),
+                    ));
+                }
+                Err(e) => {
+                    warn!(sequence = %record.sequence_number(), error = %e, "corrupt KPL aggregate delivered as one record");
+                    self.metrics.deaggregation_error();
+                    out.push(record);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A shard iterator at `position`, retrying what can be retried. `None` when cancelled.
+    async fn iterator(&mut self, position: &StartingPosition) -> Result<Option<String>, Error> {
+        let stream = self.shared.cfg.stream.clone();
+        let shard = Arc::clone(&self.shard_id);
+        let position = position.clone();
+        match self
+            .call(|api| {
+                let (stream, shard, position) = (stream.clone(), Arc::clone(&shard), position.clone());
+                async move { api.get_shard_iterator(&stream, &shard, &position).await }
+            })
+            .await
+        {
+            Some(Ok(it)) => Ok(Some(it)),
+            Some(Err(e)) => Err(self.api_error("GetShardIterator", e)),
+            None => Ok(None),
+        }
+    }
+
+    fn api_error(&self, call: &str, e: ApiError) -> Error {
+        let kind = match e.kind() {
+            ApiErrorKind::NotFound => ErrorKind::StreamNotFound,
+            _ => ErrorKind::Kinesis,
+        };
+        self.err(Error::new(kind, format!("{call} failed")).with_source(e))
+    }
+
+    /// Makes a Kinesis call with the call timeout, retrying throttling and transient failures with backoff until it
+    /// succeeds, fails otherwise, or the shard is cancelled (`None`).
+    async fn call<T, F, Fut>(&mut self, mut f: F) -> Option<Result<T, ApiError>>
+    where
+        F: FnMut(Arc<dyn KinesisApi>) -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        loop {
+            let attempt = tokio::time::timeout(self.shared.cfg.call_timeout, f(Arc::clone(&self.shared.api)));
+            let result = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return None,
+                r = attempt => r,
+            };
+            let err = match result {
+                Ok(Ok(v)) => {
+                    self.backoff.reset();
+                    return Some(Ok(v));
+                }
+                Ok(Err(e)) if e.is_retryable() => e,
+                Ok(Err(e)) => return Some(Err(e)),
+                Err(_elapsed) => ApiError::new(ApiErrorKind::Transient, Some("client-side timeout".to_owned())),
+            };
+            let delay = self.backoff.next_delay();
+            let reason = if err.kind() == ApiErrorKind::Throttled { "throttled" } else { "transient" };
+            self.metrics.retry(reason);
+            warn!(error = %err, attempt = self.backoff.attempts(), ?delay, "Kinesis call failed; retrying");
+            if !self.sleep(delay).await {
+                return None;
+            }
+        }
+    }
+
+    /// Sleeps unless cancelled first; false when cancelled.
+    async fn sleep(&self, d: Duration) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(s: &str) -> SequenceNumber {
+        SequenceNumber::parse(s).expect("valid")
+    }
+
+    #[test]
+    fn resume_positions() {
+        assert_eq!(resume_from(&Checkpoint::ShardEnd), None);
+        assert_eq!(
+            resume_from(&Checkpoint::at(seq("42"))),
+            Some((StartingPosition::AfterSequenceNumber(seq("42")), None))
+        );
+        assert_eq!(
+            resume_from(&Checkpoint::at_sub(seq("42"), 3)),
+            Some((StartingPosition::AtSequenceNumber(seq("42")), Some((seq("42"), 3))))
+        );
+    }
+
+    #[test]
+    fn progress_tracks_checkpoints_and_skips() {
+        let mut p = Progress::default();
+        p.handled(Checkpoint::at(seq("1")), Outcome::Checkpoint);
+        assert_eq!(p.pending, Some(Checkpoint::at(seq("1"))));
+        p.handled(Checkpoint::at(seq("2")), Outcome::SkipCheckpoint);
+        assert_eq!(p.pending, Some(Checkpoint::at(seq("1"))), "a skipped record does not move the checkpoint");
+        assert!(p.skipped_since_checkpoint);
+        assert_eq!(p.last_handled, Some(Checkpoint::at(seq("2"))), "but it was handled");
+        p.handled(Checkpoint::at(seq("3")), Outcome::Checkpoint);
+        assert!(!p.skipped_since_checkpoint);
+        assert_eq!(p.pending, Some(Checkpoint::at(seq("3"))));
+    }
+}

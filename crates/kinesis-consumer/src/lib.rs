@@ -1,0 +1,39 @@
+//! Consume AWS Kinesis Data Streams: every record handled, progress saved, nothing lost when a process restarts, a
+//! shard splits or the service throttles.
+//!
+//! This crate only re-exports the workspace's crates:
+//! - the consumer itself ([`Consumer`], from `kc-core`): scans every shard concurrently, follows resharding with
+//!   parents before children, retries with backoff, checkpoints, shuts down gracefully;
+//! - [`checkpoint`] (`kc-checkpoint`): the [`CheckpointStore`] trait and the in-memory [`MemoryStore`];
+//! - [`deagg`] (`kc-deagg`): the KPL aggregated-record decoder and encoder;
+//! - checkpoint stores for DynamoDB, PostgreSQL and MySQL behind the features `ddb`, `postgres`, `mysql` (coming
+//!   with their own issue).
+//!
+//! ```no_run
+//! use kinesis_consumer::{Consumer, InitialPosition, Outcome, Record};
+//!
+//! # async fn run(client: aws_sdk_kinesis::Client) -> Result<(), kinesis_consumer::Error> {
+//! let consumer = Consumer::builder("my-stream")
+//!     .client(client)
+//!     .app_name("my-app")
+//!     .initial_position(InitialPosition::TrimHorizon)
+//!     .aggregation(true)
+//!     .build()
+//!     .await?;
+//! consumer
+//!     .scan(|record: Record| async move {
+//!         println!("{}", String::from_utf8_lossy(record.data()));
+//!         Ok::<_, std::convert::Infallible>(Outcome::Checkpoint) // or SkipCheckpoint; Err(..) stops the scan
+//!     })
+//!     .await
+//! # }
+//! ```
+//!
+//! See `kc_core`'s documentation for the guarantees and the design decisions, and the repository's README for the
+//! examples.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use kc_checkpoint as checkpoint;
+pub use kc_core::*;
+pub use kc_deagg as deagg;
