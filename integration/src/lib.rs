@@ -1,0 +1,201 @@
+//! Shared helpers of the integration tests. The servers are started by `cargo xtask integration`, which passes their
+//! endpoints in the environment; a test whose server is missing fails loudly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+
+/// The kinesalite endpoint from `KINESIS_ENDPOINT`; panics with a clear message when it is not set.
+pub fn kinesis_endpoint() -> String {
+    match std::env::var("KINESIS_ENDPOINT") {
+        Ok(e) if !e.is_empty() => e,
+        _ => panic!("KINESIS_ENDPOINT is not set: run the integration tests with `cargo xtask integration`"),
+    }
+}
+
+/// A client for kinesalite.
+pub async fn kinesis() -> aws_sdk_kinesis::Client {
+    kc_examples::kinesis_client(&kinesis_endpoint()).await
+}
+
+/// A stream name no other test (or earlier run against the same server) uses.
+pub fn unique_stream(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{prefix}-{}-{}-{}", std::process::id(), nanos % 1_000_000_000, N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Creates `stream` with `shards` shards and waits until it is ACTIVE.
+pub async fn create_stream(client: &aws_sdk_kinesis::Client, stream: &str, shards: i32) -> anyhow::Result<()> {
+    kc_examples::ensure_stream(client, stream, shards).await
+}
+
+/// Puts records `{prefix}{i}` for i in `range`, with partition key `key-{i % keys}`, in order; returns their data.
+pub async fn put_numbered(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+    keys: usize,
+) -> anyhow::Result<Vec<String>> {
+    let entries: Vec<(String, Bytes)> =
+        range.map(|i| (format!("key-{}", i % keys), Bytes::from(format!("{prefix}{i}")))).collect();
+    let data = entries.iter().map(|(_, d)| String::from_utf8_lossy(d).into_owned()).collect();
+    kc_examples::put_all(client, stream, entries).await?;
+    Ok(data)
+}
+
+/// Waits until the stream is ACTIVE again after a reshard.
+pub async fn wait_active(client: &aws_sdk_kinesis::Client, stream: &str) -> anyhow::Result<()> {
+    kc_examples::ensure_stream(client, stream, 1).await
+}
+
+/// Splits `shard_id` in the middle of its hash key range.
+pub async fn split(client: &aws_sdk_kinesis::Client, stream: &str, shard_id: &str) -> anyhow::Result<()> {
+    let shards = client.list_shards().stream_name(stream).send().await.context("ListShards")?;
+    let shard = shards.shards().iter().find(|s| s.shard_id() == shard_id).context("no such shard")?;
+    let range = shard.hash_key_range().context("no hash key range")?;
+    let lo: u128 = range.starting_hash_key().parse()?;
+    let hi: u128 = range.ending_hash_key().parse()?;
+    let mid = lo + (hi - lo) / 2;
+    client
+        .split_shard()
+        .stream_name(stream)
+        .shard_to_split(shard_id)
+        .new_starting_hash_key(mid.to_string())
+        .send()
+        .await
+        .context("SplitShard")?;
+    wait_active(client, stream).await
+}
+
+/// Merges two adjacent open shards; returns their ids.
+pub async fn merge_first_adjacent(client: &aws_sdk_kinesis::Client, stream: &str) -> anyhow::Result<(String, String)> {
+    let shards = client.list_shards().stream_name(stream).send().await.context("ListShards")?;
+    let mut open: Vec<(u128, u128, String)> = shards
+        .shards()
+        .iter()
+        .filter(|s| s.sequence_number_range().is_some_and(|r| r.ending_sequence_number().is_none()))
+        .filter_map(|s| {
+            let r = s.hash_key_range()?;
+            Some((r.starting_hash_key().parse().ok()?, r.ending_hash_key().parse().ok()?, s.shard_id().to_owned()))
+        })
+        .collect();
+    open.sort();
+    let pair = open.windows(2).find(|w| w[0].1 + 1 == w[1].0).context("no adjacent open shards")?;
+    let (a, b) = (pair[0].2.clone(), pair[1].2.clone());
+    client
+        .merge_shards()
+        .stream_name(stream)
+        .shard_to_merge(&a)
+        .adjacent_shard_to_merge(&b)
+        .send()
+        .await
+        .context("MergeShards")?;
+    wait_active(client, stream).await?;
+    Ok((a, b))
+}
+
+/// What a handler saw, in handling order.
+#[derive(Clone, Debug, Default)]
+pub struct Seen(Arc<Mutex<Vec<SeenRecord>>>);
+
+/// One handled record.
+#[derive(Clone, Debug)]
+pub struct SeenRecord {
+    /// The shard it came from.
+    pub shard: String,
+    /// Its partition key.
+    pub key: String,
+    /// Its data, as text.
+    pub data: String,
+    /// Its sub-sequence number (KPL user records).
+    pub sub: Option<u64>,
+}
+
+impl Seen {
+    /// Records `r`.
+    pub fn push(&self, r: &kinesis_consumer::Record) {
+        let rec = SeenRecord {
+            shard: r.shard_id().to_owned(),
+            key: r.partition_key().to_owned(),
+            data: String::from_utf8_lossy(r.data()).into_owned(),
+            sub: r.sub_sequence_number(),
+        };
+        self.lock().push(rec);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SeenRecord>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many were seen.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none was seen.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every record seen.
+    pub fn all(&self) -> Vec<SeenRecord> {
+        self.lock().clone()
+    }
+
+    /// The data of every record seen.
+    pub fn data(&self) -> Vec<String> {
+        self.lock().iter().map(|r| r.data.clone()).collect()
+    }
+
+    /// Asserts every produced record was seen exactly once.
+    pub fn assert_exactly_once(&self, produced: &[String]) {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for d in self.data() {
+            *counts.entry(d).or_default() += 1;
+        }
+        let missing: Vec<&String> = produced.iter().filter(|p| !counts.contains_key(*p)).collect();
+        let dupes: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(missing.is_empty(), "lost {} of {} records, e.g. {:?}", missing.len(), produced.len(), missing.first());
+        assert!(dupes.is_empty(), "{} records handled twice, e.g. {:?}", dupes.len(), dupes.first());
+        assert_eq!(self.len(), produced.len(), "unexpected extra records");
+    }
+
+    /// Asserts that for each partition key, records (data `{prefix}{i}`) arrived in increasing `i`.
+    pub fn assert_key_order(&self) {
+        let mut last: BTreeMap<String, usize> = BTreeMap::new();
+        for r in self.all() {
+            let digits = r.data.trim_start_matches(|c: char| !c.is_ascii_digit());
+            let i: usize = digits.parse().unwrap_or_else(|_| panic!("not numbered: {}", r.data));
+            if let Some(prev) = last.insert(r.key.clone(), i) {
+                assert!(prev < i, "key {}: record {i} arrived after {prev}", r.key);
+            }
+        }
+    }
+
+    /// Asserts that within each shard, records arrived in the order they were produced.
+    pub fn assert_shard_order(&self) {
+        let mut last: BTreeMap<String, usize> = BTreeMap::new();
+        for r in self.all() {
+            let digits = r.data.trim_start_matches(|c: char| !c.is_ascii_digit());
+            let i: usize = digits.parse().unwrap_or_else(|_| panic!("not numbered: {}", r.data));
+            if let Some(prev) = last.insert(r.shard.clone(), i) {
+                assert!(prev < i, "shard {}: record {i} arrived after {prev}", r.shard);
+            }
+        }
+    }
+}
+
+/// Polls `done` every 50 ms for up to `timeout`; panics with `what` when it never holds.
+pub async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
