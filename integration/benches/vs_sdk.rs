@@ -1,1 +1,110 @@
-fn main() {}
+//! The consumer's records/s against a bare AWS SDK GetRecords loop over the same kinesalite stream, in one run.
+//!
+//! Run by `cargo xtask bench` (which starts kinesalite and sets `KINESIS_ENDPOINT`). One shard, 100-byte records,
+//! a no-op handler. The two readers alternate (bare, consumer, bare, consumer, ...) so that drift in the shared
+//! machine's speed hits both; the ratio of medians is printed. Prints figures; asserts nothing about time.
+
+#![allow(clippy::print_stdout, missing_docs)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::types::ShardIteratorType;
+use bytes::Bytes;
+use kinesis_consumer::{Consumer, InitialPosition, MemoryStore, Outcome, Record};
+
+async fn bare_sdk(client: &aws_sdk_kinesis::Client, stream: &str, shard: &str, records: usize) -> f64 {
+    let start = Instant::now();
+    let mut it = client
+        .get_shard_iterator()
+        .stream_name(stream)
+        .shard_id(shard)
+        .shard_iterator_type(ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .expect("GetShardIterator")
+        .shard_iterator
+        .expect("iterator");
+    let mut seen = 0;
+    while seen < records {
+        let out = client.get_records().shard_iterator(&it).limit(10_000).send().await.expect("GetRecords");
+        for r in &out.records {
+            std::hint::black_box(r.data.as_ref());
+        }
+        seen += out.records.len();
+        it = out.next_shard_iterator.expect("open shard");
+    }
+    records as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn consumer(client: &aws_sdk_kinesis::Client, stream: &str, records: usize) -> f64 {
+    let consumer = Consumer::builder(stream)
+        .client(client.clone())
+        .store(MemoryStore::new())
+        .initial_position(InitialPosition::TrimHorizon)
+        .build()
+        .await
+        .expect("build");
+    let token = consumer.shutdown_token();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    let start = Instant::now();
+    let elapsed = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let e = elapsed.clone();
+    consumer
+        .scan(move |r: Record| {
+            std::hint::black_box(r.data());
+            if s.fetch_add(1, Ordering::Relaxed) + 1 == records {
+                *e.lock().expect("lock") = start.elapsed();
+                token.cancel();
+            }
+            std::future::ready(Ok::<_, std::convert::Infallible>(Outcome::Checkpoint))
+        })
+        .await
+        .expect("scan");
+    let secs = elapsed.lock().expect("lock").as_secs_f64();
+    records as f64 / secs
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let Ok(endpoint) = std::env::var("KINESIS_ENDPOINT") else {
+        if quick {
+            println!("vs_sdk: KINESIS_ENDPOINT not set, skipped (run `cargo xtask bench`)");
+            return;
+        }
+        panic!("KINESIS_ENDPOINT is not set: run this bench with `cargo xtask bench`");
+    };
+    let records = if quick { 2_000 } else { 100_000 };
+    let rounds = if quick { 1 } else { 5 };
+    let client = kc_examples::kinesis_client(&endpoint).await;
+    let stream = format!("bench-{}", std::process::id());
+    kc_examples::ensure_stream(&client, &stream, 1).await.expect("create stream");
+    let payload = Bytes::from(vec![b'x'; 100]);
+    let entries: Vec<(String, Bytes)> = (0..records).map(|i| (format!("k{}", i % 100), payload.clone())).collect();
+    let put_start = Instant::now();
+    kc_examples::put_all(&client, &stream, entries).await.expect("put");
+    let put_rate = records as f64 / put_start.elapsed().as_secs_f64();
+    let shard = client.list_shards().stream_name(&stream).send().await.expect("ListShards").shards()[0]
+        .shard_id()
+        .to_owned();
+    let (mut bare, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        bare.push(bare_sdk(&client, &stream, &shard, records).await);
+        ours.push(consumer(&client, &stream, records).await);
+    }
+    let (b, o) = (median(bare.clone()), median(ours.clone()));
+    let fmt = |v: &[f64]| v.iter().map(|x| format!("{:.0}", x)).collect::<Vec<_>>().join(", ");
+    println!("kinesalite, 1 shard, {records} x 100-byte records (put at {put_rate:.0} records/s):");
+    println!("  bare SDK GetRecords loop: median {b:.0} records/s ({})", fmt(&bare));
+    println!("  consumer, no-op handler:  median {o:.0} records/s ({})", fmt(&ours));
+    println!("  ratio consumer / bare SDK: {:.3} (target >= 0.9)", o / b);
+    let _ = client.delete_stream().stream_name(&stream).send().await;
+}

@@ -37,6 +37,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 /// The error type of checkpoint stores.
 ///
@@ -95,8 +96,10 @@ impl Error {
 ///
 /// Real sequence numbers have about 56 digits (more than 128 bits), so they are kept as text and compared
 /// numerically (by length once leading zeros are stripped, then digit by digit), never as strings or machine integers.
+/// The text is a [`Bytes`]: cloning a sequence number does not allocate, and the consumer slices the sequence numbers
+/// of a whole GetRecords batch out of one buffer.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct SequenceNumber(String);
+pub struct SequenceNumber(Bytes);
 
 impl SequenceNumber {
     /// The most digits a sequence number may have (the Kinesis API's pattern is `0|([1-9]\d{0,128})`).
@@ -104,36 +107,39 @@ impl SequenceNumber {
 
     /// Checks that `s` is a decimal number of at most [`Self::MAX_DIGITS`] digits (leading zeros are removed).
     pub fn parse(s: impl Into<String>) -> Result<Self, Error> {
-        let mut s = s.into();
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        Self::from_bytes(Bytes::from(s.into()))
+    }
+
+    /// Like [`parse`](Self::parse), from bytes (no copy).
+    pub fn from_bytes(digits: Bytes) -> Result<Self, Error> {
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
-                format!("invalid sequence number {s:?}: expected decimal digits"),
+                format!("invalid sequence number {:?}: expected decimal digits", String::from_utf8_lossy(&digits)),
             ));
         }
-        let zeros = s.bytes().take_while(|&b| b == b'0').count().min(s.len() - 1);
-        if zeros > 0 {
-            s.drain(..zeros);
-        }
-        if s.len() > Self::MAX_DIGITS {
+        let zeros = digits.iter().take_while(|&&b| b == b'0').count().min(digits.len() - 1);
+        let digits = if zeros > 0 { digits.slice(zeros..) } else { digits };
+        if digits.len() > Self::MAX_DIGITS {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
-                format!("invalid sequence number: {} digits, at most {} allowed", s.len(), Self::MAX_DIGITS),
+                format!("invalid sequence number: {} digits, at most {} allowed", digits.len(), Self::MAX_DIGITS),
             ));
         }
-        Ok(Self(s))
+        Ok(Self(digits))
     }
 
     /// The number as decimal text, without leading zeros.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only ASCII digits get in (checked in `from_bytes`).
+        std::str::from_utf8(&self.0).unwrap_or("0")
     }
 }
 
 impl Ord for SequenceNumber {
     fn cmp(&self, other: &Self) -> Ordering {
         // Both are canonical (no leading zeros), so a longer number is a larger one.
-        self.0.len().cmp(&other.0.len()).then_with(|| self.0.as_bytes().cmp(other.0.as_bytes()))
+        self.0.len().cmp(&other.0.len()).then_with(|| self.0.as_ref().cmp(other.0.as_ref()))
     }
 }
 
@@ -145,7 +151,7 @@ impl PartialOrd for SequenceNumber {
 
 impl fmt::Display for SequenceNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 

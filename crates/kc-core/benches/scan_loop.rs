@@ -1,1 +1,141 @@
-fn main() {}
+//! Records per second through the scan loop over an in-process Kinesis with pre-built batches and a no-op handler,
+//! on one core (a current-thread runtime), with the allocations made per record.
+//!
+//! `cargo bench -p kc-core --bench scan_loop` (or `cargo xtask bench`). Prints figures; asserts nothing about time.
+
+#![allow(clippy::print_stdout, missing_docs)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kc_core::api::{ApiError, KinesisApi, RawRecord, RecordBatch, ShardInfo, ShardPage, StartingPosition};
+use kc_core::{Consumer, InitialPosition, MemoryStore, Outcome, Record};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Hands out pre-built batches of one shard, so the measured time is the consumer's alone.
+struct Prebuilt {
+    batches: Mutex<Vec<RecordBatch>>,
+}
+
+#[async_trait]
+impl KinesisApi for Prebuilt {
+    async fn list_shards(&self, _stream: &str, _next: Option<&str>) -> Result<ShardPage, ApiError> {
+        Ok(ShardPage { shards: vec![ShardInfo::new("shardId-000000000000")], next_token: None })
+    }
+    async fn get_shard_iterator(&self, _: &str, _: &str, _: &StartingPosition) -> Result<String, ApiError> {
+        Ok("it".to_owned())
+    }
+    async fn get_records(&self, _it: &str, _limit: i32) -> Result<RecordBatch, ApiError> {
+        let batch = self.batches.lock().map_err(|_| ApiError::new(kc_core::api::ApiErrorKind::Permanent, None))?.pop();
+        Ok(batch.unwrap_or_else(|| RecordBatch {
+            next_shard_iterator: Some("it".to_owned()),
+            millis_behind_latest: Some(0),
+            ..RecordBatch::default()
+        }))
+    }
+}
+
+fn batches(records: usize, per_batch: usize) -> Vec<RecordBatch> {
+    let payload = Bytes::from_static(&[b'x'; 100]);
+    let mut out: Vec<RecordBatch> = (0..records / per_batch)
+        .map(|b| RecordBatch {
+            records: (0..per_batch)
+                .map(|i| RawRecord {
+                    sequence_number: format!("49{:054}", b * per_batch + i + 1),
+                    partition_key: format!("key-{}", i % 64),
+                    data: payload.clone(),
+                    approximate_arrival_timestamp: None,
+                })
+                .collect(),
+            next_shard_iterator: Some("it".to_owned()),
+            millis_behind_latest: Some(1000),
+            child_shards: Vec::new(),
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+fn run(records: usize) -> (f64, f64) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let api = Prebuilt { batches: Mutex::new(batches(records, 10_000)) };
+        let consumer = Consumer::builder("bench")
+            .api(api)
+            .store(MemoryStore::new())
+            .initial_position(InitialPosition::TrimHorizon)
+            .min_poll_interval(Duration::ZERO)
+            .build()
+            .await
+            .expect("build");
+        let token = consumer.shutdown_token();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s = seen.clone();
+        let allocs_before = ALLOCATIONS.load(Ordering::Relaxed);
+        let start = Instant::now();
+        consumer
+            .scan(move |r: Record| {
+                let n = s.fetch_add(1, Ordering::Relaxed) + 1;
+                if n == records {
+                    token.cancel();
+                }
+                std::hint::black_box(r);
+                std::future::ready(Ok::<_, std::convert::Infallible>(Outcome::Checkpoint))
+            })
+            .await
+            .expect("scan");
+        let secs = start.elapsed().as_secs_f64();
+        let allocs = ALLOCATIONS.load(Ordering::Relaxed) - allocs_before;
+        assert_eq!(seen.load(Ordering::Relaxed), records);
+        (records as f64 / secs, allocs as f64 / records as f64)
+    })
+}
+
+fn main() {
+    // `cargo test --benches` runs this with `--bench` absent: keep it short then.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let records = if quick { 20_000 } else { 2_000_000 };
+    run(records.min(100_000)); // warm-up
+    let mut rates = Vec::new();
+    let mut allocs = 0.0;
+    for _ in 0..if quick { 1 } else { 5 } {
+        let (rate, a) = run(records);
+        rates.push(rate);
+        allocs = a;
+    }
+    rates.sort_by(f64::total_cmp);
+    let median = rates[rates.len() / 2];
+    println!("scan loop, in-process pre-built batches of 10,000 x 100-byte records, no-op handler, 1 core:");
+    println!("  records/s: median {:.2} M (runs: {})", median / 1e6, rates.iter().map(|r| format!("{:.2} M", r / 1e6)).collect::<Vec<_>>().join(", "));
+    println!("  heap allocations per record: {allocs:.4} (target: no allocation per record)");
+    println!("  target >= 5 M records/s: {}", if median >= 5e6 { "met" } else { "NOT met" });
+}

@@ -356,8 +356,18 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
     /// handled before a restart dropped.
     fn expand(&mut self, raw: Vec<RawRecord>, millis_behind_latest: Option<i64>) -> Result<Vec<Record>, Error> {
         let mut out = Vec::with_capacity(raw.len());
+        // One buffer for the batch's sequence numbers: each record's is a slice of it (no allocation per record).
+        let mut digits = bytes::BytesMut::with_capacity(raw.iter().map(|r| r.sequence_number.len()).sum());
+        for r in &raw {
+            digits.extend_from_slice(r.sequence_number.as_bytes());
+        }
+        let digits = digits.freeze();
+        let mut offset = 0;
         for r in raw {
-            let sequence = SequenceNumber::parse(r.sequence_number).map_err(|e| {
+            let end = offset + r.sequence_number.len();
+            let sequence = SequenceNumber::from_bytes(digits.slice(offset..end));
+            offset = end;
+            let sequence = sequence.map_err(|e| {
                 self.err(Error::new(ErrorKind::InvalidResponse, "GetRecords returned an invalid sequence number"))
                     .with_source(e)
             })?;
