@@ -92,9 +92,8 @@ async fn main() {
     let put_start = Instant::now();
     kc_examples::put_all(&client, &stream, entries).await.expect("put");
     let put_rate = records as f64 / put_start.elapsed().as_secs_f64();
-    let shard = client.list_shards().stream_name(&stream).send().await.expect("ListShards").shards()[0]
-        .shard_id()
-        .to_owned();
+    let shard =
+        client.list_shards().stream_name(&stream).send().await.expect("ListShards").shards()[0].shard_id().to_owned();
     let (mut bare, mut ours) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         bare.push(bare_sdk(&client, &stream, &shard, records).await);

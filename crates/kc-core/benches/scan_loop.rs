@@ -135,7 +135,11 @@ fn main() {
     rates.sort_by(f64::total_cmp);
     let median = rates[rates.len() / 2];
     println!("scan loop, in-process pre-built batches of 10,000 x 100-byte records, no-op handler, 1 core:");
-    println!("  records/s: median {:.2} M (runs: {})", median / 1e6, rates.iter().map(|r| format!("{:.2} M", r / 1e6)).collect::<Vec<_>>().join(", "));
+    println!(
+        "  records/s: median {:.2} M (runs: {})",
+        median / 1e6,
+        rates.iter().map(|r| format!("{:.2} M", r / 1e6)).collect::<Vec<_>>().join(", ")
+    );
     println!("  heap allocations per record: {allocs:.4} (target: no allocation per record)");
     println!("  target >= 5 M records/s: {}", if median >= 5e6 { "met" } else { "NOT met" });
 }

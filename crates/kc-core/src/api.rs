@@ -188,12 +188,20 @@ impl ApiError {
 fn classify_code(code: &str) -> ApiErrorKind {
     match code {
         "ExpiredIteratorException" => ApiErrorKind::ExpiredIterator,
-        "ProvisionedThroughputExceededException" | "LimitExceededException" | "KMSThrottlingException"
-        | "ThrottlingException" | "Throttling" | "RequestLimitExceeded" => ApiErrorKind::Throttled,
-        "InternalFailure" | "InternalFailureException" | "InternalServerError" | "ServiceUnavailable"
-        | "ServiceUnavailableException" | "InternalError" | "RequestTimeout" | "RequestTimeoutException" => {
-            ApiErrorKind::Transient
-        }
+        "ProvisionedThroughputExceededException"
+        | "LimitExceededException"
+        | "KMSThrottlingException"
+        | "ThrottlingException"
+        | "Throttling"
+        | "RequestLimitExceeded" => ApiErrorKind::Throttled,
+        "InternalFailure"
+        | "InternalFailureException"
+        | "InternalServerError"
+        | "ServiceUnavailable"
+        | "ServiceUnavailableException"
+        | "InternalError"
+        | "RequestTimeout"
+        | "RequestTimeoutException" => ApiErrorKind::Transient,
         "ResourceNotFoundException" => ApiErrorKind::NotFound,
         _ => ApiErrorKind::Permanent,
     }
@@ -259,12 +267,12 @@ impl KinesisApi for aws_sdk_kinesis::Client {
             StartingPosition::AtTimestamp(t) => request
                 .shard_iterator_type(ShardIteratorType::AtTimestamp)
                 .timestamp(aws_smithy_types::DateTime::from(*t)),
-            StartingPosition::AtSequenceNumber(s) => request
-                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
-                .starting_sequence_number(s.as_str()),
-            StartingPosition::AfterSequenceNumber(s) => request
-                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
-                .starting_sequence_number(s.as_str()),
+            StartingPosition::AtSequenceNumber(s) => {
+                request.shard_iterator_type(ShardIteratorType::AtSequenceNumber).starting_sequence_number(s.as_str())
+            }
+            StartingPosition::AfterSequenceNumber(s) => {
+                request.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(s.as_str())
+            }
         };
         let out = request.send().await.map_err(ApiError::from_sdk)?;
         out.shard_iterator.ok_or_else(|| {

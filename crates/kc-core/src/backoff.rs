@@ -48,7 +48,11 @@ mod tests {
         for attempt in 0..12u32 {
             let d = b.next_delay();
             let ceiling = (base * 2u32.pow(attempt)).min(max);
-            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?} not in [{:?}, {ceiling:?}]", ceiling / 2);
+            assert!(
+                d >= ceiling / 2 && d <= ceiling,
+                "attempt {attempt}: {d:?} not in [{:?}, {ceiling:?}]",
+                ceiling / 2
+            );
             ceilings.push(ceiling);
         }
         assert_eq!(*ceilings.last().expect("non-empty"), max, "capped");

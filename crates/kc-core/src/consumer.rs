@@ -136,13 +136,7 @@ impl std::fmt::Debug for Consumer {
 impl Consumer {
     /// A builder for a consumer of `stream`.
     pub fn builder(stream: impl Into<String>) -> ConsumerBuilder {
-        ConsumerBuilder {
-            cfg: Config::new(stream.into()),
-            api: None,
-            store: None,
-            lifecycle: None,
-            shutdown: None,
-        }
+        ConsumerBuilder { cfg: Config::new(stream.into()), api: None, store: None, lifecycle: None, shutdown: None }
     }
 
     /// The stream this consumer reads.

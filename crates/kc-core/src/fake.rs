@@ -20,9 +20,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::api::{
-    ApiError, ApiErrorKind, KinesisApi, RawRecord, RecordBatch, ShardInfo, ShardPage, StartingPosition,
-};
+use crate::api::{ApiError, ApiErrorKind, KinesisApi, RawRecord, RecordBatch, ShardInfo, ShardPage, StartingPosition};
 
 /// A Kinesis operation, for fault injection and call counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -109,7 +107,11 @@ impl FakeKinesis {
 
     /// Every shard id of `stream`, in creation order.
     pub fn shard_ids(&self, stream: &str) -> Vec<String> {
-        self.lock().streams.get(stream).map(|s| s.shards.iter().map(|s| s.info.shard_id.clone()).collect()).unwrap_or_default()
+        self.lock()
+            .streams
+            .get(stream)
+            .map(|s| s.shards.iter().map(|s| s.info.shard_id.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// The open shards of `stream`.
@@ -179,7 +181,11 @@ impl FakeKinesis {
             closed: false,
         };
         if let Some(s) = st.streams.get_mut(stream) {
-            for p in s.shards.iter_mut().filter(|s| Some(&s.info.shard_id) == parent.as_ref() || Some(&s.info.shard_id) == adjacent.as_ref()) {
+            for p in s
+                .shards
+                .iter_mut()
+                .filter(|s| Some(&s.info.shard_id) == parent.as_ref() || Some(&s.info.shard_id) == adjacent.as_ref())
+            {
                 p.info.closed = true;
                 p.children.push(id.clone());
             }
@@ -292,9 +298,10 @@ impl KinesisApi for FakeKinesis {
         let pos = match position {
             StartingPosition::TrimHorizon => 0,
             StartingPosition::Latest => records.len(),
-            StartingPosition::AtTimestamp(t) => {
-                records.iter().position(|r| r.approximate_arrival_timestamp.is_some_and(|a| a >= *t)).unwrap_or(records.len())
-            }
+            StartingPosition::AtTimestamp(t) => records
+                .iter()
+                .position(|r| r.approximate_arrival_timestamp.is_some_and(|a| a >= *t))
+                .unwrap_or(records.len()),
             StartingPosition::AtSequenceNumber(s) => {
                 records.iter().position(|r| seq_of(r).is_some_and(|q| q >= *s)).unwrap_or(records.len())
             }
@@ -307,9 +314,8 @@ impl KinesisApi for FakeKinesis {
 
     async fn get_records(&self, shard_iterator: &str, limit: i32) -> Result<RecordBatch, ApiError> {
         let st = self.begin(Op::GetRecords)?;
-        let (stream, shard_id, pos, generation) = parse_iterator(shard_iterator).ok_or_else(|| {
-            ApiError::new(ApiErrorKind::Permanent, Some("InvalidArgumentException".to_owned()))
-        })?;
+        let (stream, shard_id, pos, generation) = parse_iterator(shard_iterator)
+            .ok_or_else(|| ApiError::new(ApiErrorKind::Permanent, Some("InvalidArgumentException".to_owned())))?;
         if generation < st.iterator_generation {
             return Err(ApiError::new(ApiErrorKind::ExpiredIterator, Some("ExpiredIteratorException".to_owned())));
         }

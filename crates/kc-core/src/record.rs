@@ -76,11 +76,7 @@ impl Record {
 
     /// Turns an aggregate's record into one of its user records. `partition_key` must be valid UTF-8 (kc-deagg
     /// checks it).
-    pub(crate) fn user_record(
-        &self,
-        parts: kc_deagg::UserRecordParts,
-        last_of_aggregate: bool,
-    ) -> Self {
+    pub(crate) fn user_record(&self, parts: kc_deagg::UserRecordParts, last_of_aggregate: bool) -> Self {
         Self {
             data: parts.data,
             partition_key: Key::Shared(parts.partition_key),

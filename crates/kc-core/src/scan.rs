@@ -127,7 +127,9 @@ impl Consumer {
 
     async fn flush(&self) -> Result<(), Error> {
         self.store.flush().await.map_err(|e| {
-            Error::new(ErrorKind::Checkpoint, "checkpoint store: flush failed").with_source(e).at(&self.cfg.stream, None)
+            Error::new(ErrorKind::Checkpoint, "checkpoint store: flush failed")
+                .with_source(e)
+                .at(&self.cfg.stream, None)
         })
     }
 
@@ -257,8 +259,11 @@ impl Consumer {
                     Err(_) => ApiError::new(ApiErrorKind::Transient, Some("client-side timeout".to_owned())),
                 };
                 if !err.is_retryable() {
-                    let kind =
-                        if err.kind() == ApiErrorKind::NotFound { ErrorKind::StreamNotFound } else { ErrorKind::Kinesis };
+                    let kind = if err.kind() == ApiErrorKind::NotFound {
+                        ErrorKind::StreamNotFound
+                    } else {
+                        ErrorKind::Kinesis
+                    };
                     let what = if first { "ListShards failed" } else { "ListShards failed while scanning" };
                     return Err(Error::new(kind, what).with_source(err).at(stream, None));
                 }

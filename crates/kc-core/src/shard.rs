@@ -302,8 +302,10 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
             }
             let records = self.expand(records, millis_behind_latest)?;
             let handled = records.len();
-            let delivered =
-                self.deliver.deliver(&self.shard_id, records, millis_behind_latest, &mut self.progress, self.cancel).await;
+            let delivered = self
+                .deliver
+                .deliver(&self.shard_id, records, millis_behind_latest, &mut self.progress, self.cancel)
+                .await;
             self.metrics.records(handled as u64);
             let delivered = delivered.map_err(|e| self.err(e))?;
             self.save_pending().await?;
@@ -346,7 +348,11 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
 
     async fn save_pending(&mut self) -> Result<(), Error> {
         if let Some(checkpoint) = self.progress.pending.take() {
-            self.shared.store.set(&self.key, checkpoint).await.map_err(|e| self.store_err("writing a checkpoint", e))?;
+            self.shared
+                .store
+                .set(&self.key, checkpoint)
+                .await
+                .map_err(|e| self.store_err("writing a checkpoint", e))?;
             self.metrics.checkpoint();
         }
         Ok(())

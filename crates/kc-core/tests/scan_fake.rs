@@ -16,13 +16,20 @@ use kc_core::{
 const STREAM: &str = "s";
 
 /// What a handler saw: (shard, partition key, data, sub-sequence number) in handling order.
+type SeenRecord = (String, String, String, Option<u64>);
+
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<(String, String, String, Option<u64>)>>>);
+struct Seen(Arc<Mutex<Vec<SeenRecord>>>);
 
 impl Seen {
     fn push(&self, r: &Record) {
         let data = String::from_utf8_lossy(r.data()).into_owned();
-        self.0.lock().expect("lock").push((r.shard_id().to_owned(), r.partition_key().to_owned(), data, r.sub_sequence_number()));
+        self.0.lock().expect("lock").push((
+            r.shard_id().to_owned(),
+            r.partition_key().to_owned(),
+            data,
+            r.sub_sequence_number(),
+        ));
     }
     fn len(&self) -> usize {
         self.0.lock().expect("lock").len()
@@ -30,7 +37,7 @@ impl Seen {
     fn data(&self) -> Vec<String> {
         self.0.lock().expect("lock").iter().map(|(_, _, d, _)| d.clone()).collect()
     }
-    fn all(&self) -> Vec<(String, String, String, Option<u64>)> {
+    fn all(&self) -> Vec<SeenRecord> {
         self.0.lock().expect("lock").clone()
     }
 }
@@ -431,7 +438,10 @@ async fn throttling_and_transient_errors_are_retried() {
 async fn missing_stream_is_a_clear_error() {
     let fake = FakeKinesis::new();
     let consumer = builder(&fake, &MemoryStore::new()).build().await.expect("build");
-    let err = consumer.scan(|_r: Record| async { Ok::<_, std::io::Error>(Outcome::Checkpoint) }).await.expect_err("no stream");
+    let err = consumer
+        .scan(|_r: Record| async { Ok::<_, std::io::Error>(Outcome::Checkpoint) })
+        .await
+        .expect_err("no stream");
     assert_eq!(err.kind(), ErrorKind::StreamNotFound);
     assert!(err.to_string().contains("stream \"s\""), "{err}");
 }
@@ -442,7 +452,10 @@ async fn permanent_errors_name_stream_and_shard() {
     fake.create_stream(STREAM, 1);
     fake.inject(Op::GetRecords, ApiErrorKind::Permanent, 1);
     let consumer = builder(&fake, &MemoryStore::new()).build().await.expect("build");
-    let err = consumer.scan(|_r: Record| async { Ok::<_, std::io::Error>(Outcome::Checkpoint) }).await.expect_err("permanent");
+    let err = consumer
+        .scan(|_r: Record| async { Ok::<_, std::io::Error>(Outcome::Checkpoint) })
+        .await
+        .expect_err("permanent");
     assert_eq!(err.kind(), ErrorKind::Kinesis);
     assert_eq!(err.shard(), Some(fake.shard_ids(STREAM)[0].as_str()));
     assert!(std::error::Error::source(&err).is_some());
@@ -458,7 +471,8 @@ async fn stream_deleted_while_scanning_is_an_error() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         f.delete_stream(STREAM);
     });
-    let err = consumer.scan(|_r: Record| async { Ok::<_, std::io::Error>(Outcome::Checkpoint) }).await.expect_err("deleted");
+    let err =
+        consumer.scan(|_r: Record| async { Ok::<_, std::io::Error>(Outcome::Checkpoint) }).await.expect_err("deleted");
     assert_eq!(err.kind(), ErrorKind::StreamNotFound);
 }
 
@@ -656,6 +670,6 @@ mod kpl {
         let (seen, r) = scan_until(builder(&fake, &MemoryStore::new()).build().await.expect("build"), 1).await;
         r.expect("scan");
         assert_eq!(seen.len(), 1);
-        assert_eq!(seen.all()[0].2.as_bytes(), &String::from_utf8_lossy(&agg).as_bytes()[..]);
+        assert_eq!(seen.all()[0].2.as_bytes(), String::from_utf8_lossy(&agg).as_bytes());
     }
 }
