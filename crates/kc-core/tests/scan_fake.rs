@@ -673,3 +673,28 @@ mod kpl {
         assert_eq!(seen.all()[0].2.as_bytes(), String::from_utf8_lossy(&agg).as_bytes());
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn polls_at_once_when_behind_but_within_the_rate_limit() {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 1);
+    let produced = put_many(&fake, 70, "r");
+    let consumer = Consumer::builder(STREAM)
+        .api(fake.clone())
+        .initial_position(InitialPosition::TrimHorizon)
+        .max_records(10)
+        .scan_interval(Duration::from_secs(30))
+        .build()
+        .await
+        .expect("build");
+    let start = tokio::time::Instant::now();
+    let (seen, result) = scan_until(consumer, produced.len()).await;
+    result.expect("scan");
+    assert_exactly_once(&seen, &produced);
+    let elapsed = start.elapsed();
+    // 7 full batches: behind, so no 30 s scan interval between them, but at least 200 ms apart (5 calls/s).
+    let calls = fake.calls(Op::GetRecords);
+    assert!(calls >= 8, "{calls} GetRecords calls");
+    assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}: waited the scan interval while behind");
+    assert!(elapsed >= Duration::from_millis(200 * 7), "took {elapsed:?}: faster than 5 calls/s");
+}
