@@ -1,0 +1,58 @@
+//! `cargo xtask bench`: the benchmarks, each with the servers it needs.
+
+use anyhow::Result;
+use xshell::{cmd, Shell};
+
+use crate::{
+    cargo, emulator_aws_env,
+    emulators::{self, Emulator, KINESALITE},
+};
+
+struct Bench {
+    package: &'static str,
+    /// `--bench <name>`, or every bench target of the package when `None`.
+    bench: Option<&'static str>,
+    /// Package features the bench target requires (its `required-features`).
+    features: &'static [&'static str],
+    /// Started once, for the first bench that needs it; exported as `KINESIS_ENDPOINT`.
+    needs_kinesalite: bool,
+}
+
+/// Run in this order. Add a line here for a new benchmark.
+#[rustfmt::skip]
+const BENCHES: &[Bench] = &[
+    Bench { package: "kc-core", bench: Some("scan_loop"), features: &["test-util"], needs_kinesalite: false },
+    Bench { package: "kc-integration", bench: Some("vs_sdk"), features: &[], needs_kinesalite: true },
+    Bench { package: "kc-deagg", bench: None, features: &[], needs_kinesalite: false },
+];
+
+pub(crate) fn run(sh: &Shell, extra: &[String]) -> Result<()> {
+    let cargo = cargo();
+    let mut kinesalite: Option<Emulator> = None;
+    for bench in BENCHES {
+        let package = bench.package;
+        let mut target: Vec<String> = Vec::new();
+        if let Some(name) = bench.bench {
+            target.extend(["--bench".to_owned(), name.to_owned()]);
+        }
+        if !bench.features.is_empty() {
+            target.extend(["--features".to_owned(), bench.features.join(",")]);
+        }
+        let mut command = cmd!(sh, "{cargo} bench -p {package} {target...} {extra...}");
+        if bench.needs_kinesalite {
+            let emulator = match &mut kinesalite {
+                Some(emulator) => emulator,
+                None => {
+                    emulators::ensure_installed(sh)?;
+                    kinesalite.insert(Emulator::start(&KINESALITE)?)
+                }
+            };
+            command = command.env("KINESIS_ENDPOINT", emulator.endpoint()).envs(emulator_aws_env());
+        }
+        let name = bench.bench.map(|name| format!(" / {name}")).unwrap_or_default();
+        println!("benchmark {package}{name}");
+        command.run()?;
+    }
+    println!("benchmarks done: {} run", BENCHES.len());
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! `cargo xtask integration`: the kc-integration tests against real servers.
+
+use anyhow::Result;
+use xshell::{cmd, Shell};
+
+use crate::{
+    cargo, databases, emulator_aws_env,
+    emulators::{self, Emulator, DYNALITE, KINESALITE},
+    target_dir,
+};
+
+/// Starts the emulators, checks the databases, runs `cargo test -p kc-integration <extra>`,
+/// and stops the emulators again (also when the tests fail).
+pub(crate) fn run(sh: &Shell, extra: &[String]) -> Result<()> {
+    emulators::ensure_installed(sh)?;
+    databases::ensure_up(sh)?;
+    let cargo = cargo();
+    // The example binaries, which tests/examples.rs runs as a user would.
+    cmd!(sh, "{cargo} build -p kc-examples --bins").run()?;
+    let bin_dir = target_dir(sh)?.join("debug");
+    let kinesalite = Emulator::start(&KINESALITE)?;
+    let dynalite = Emulator::start(&DYNALITE)?;
+
+    let env = [
+        ("KINESIS_ENDPOINT", kinesalite.endpoint()),
+        ("DYNAMODB_ENDPOINT", dynalite.endpoint()),
+        ("DATABASE_URL_POSTGRES", databases::POSTGRES_URL.to_owned()),
+        ("DATABASE_URL_MYSQL", databases::MYSQL_URL.to_owned()),
+        ("KC_EXAMPLES_BIN_DIR", bin_dir.display().to_string()),
+    ];
+    println!("running the integration tests with:");
+    for (key, value) in &env {
+        println!("  {key}={value}");
+    }
+    cmd!(sh, "{cargo} test -p kc-integration {extra...}").envs(env).envs(emulator_aws_env()).run()?;
+    println!("integration tests passed");
+    Ok(())
+}
