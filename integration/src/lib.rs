@@ -168,24 +168,22 @@ impl Seen {
 
     /// Asserts that for each partition key, records (data `{prefix}{i}`) arrived in increasing `i`.
     pub fn assert_key_order(&self) {
-        let mut last: BTreeMap<String, usize> = BTreeMap::new();
-        for r in self.all() {
-            let digits = r.data.trim_start_matches(|c: char| !c.is_ascii_digit());
-            let i: usize = digits.parse().unwrap_or_else(|_| panic!("not numbered: {}", r.data));
-            if let Some(prev) = last.insert(r.key.clone(), i) {
-                assert!(prev < i, "key {}: record {i} arrived after {prev}", r.key);
-            }
-        }
+        self.assert_order_within("key", |r| &r.key);
     }
 
     /// Asserts that within each shard, records arrived in the order they were produced.
     pub fn assert_shard_order(&self) {
+        self.assert_order_within("shard", |r| &r.shard);
+    }
+
+    /// Asserts that records with the same `group` arrived in increasing `i` (data `{prefix}{i}`).
+    fn assert_order_within(&self, what: &str, group: impl Fn(&SeenRecord) -> &String) {
         let mut last: BTreeMap<String, usize> = BTreeMap::new();
         for r in self.all() {
             let digits = r.data.trim_start_matches(|c: char| !c.is_ascii_digit());
             let i: usize = digits.parse().unwrap_or_else(|_| panic!("not numbered: {}", r.data));
-            if let Some(prev) = last.insert(r.shard.clone(), i) {
-                assert!(prev < i, "shard {}: record {i} arrived after {prev}", r.shard);
+            if let Some(prev) = last.insert(group(&r).clone(), i) {
+                assert!(prev < i, "{what} {}: record {i} arrived after {prev}", group(&r));
             }
         }
     }
