@@ -82,7 +82,7 @@ async fn round_trip_restart_and_double_shutdown() {
     assert_eq!(store.set(&k0, at("1")).await.expect_err("set after shutdown").kind(), ErrorKind::Permanent);
 
     // A new instance (a restarted process) reads what the first one flushed.
-    let restarted = MySqlStore::new(pool.clone(), &table).expect("valid table name");
+    let restarted = MySqlStore::connect(&mysql_url(), &table).await.expect("connect");
     assert_eq!(restarted.get(&k0).await.expect("get"), Some(at(BIG)));
     assert_eq!(restarted.get(&k1).await.expect("get"), Some(at_sub(BIG, 3)));
     assert_eq!(restarted.get(&key("shardId-2")).await.expect("get"), None);
@@ -222,6 +222,8 @@ async fn invalid_table_names_are_rejected() {
     let pool = pool().await;
     for bad in ["x; DROP TABLE y", "\"t\"", "a b", "", "tåble", &"t".repeat(64)] {
         let err = MySqlStore::new(pool.clone(), bad).expect_err(bad);
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad:?}");
+        let err = MySqlStore::connect(&mysql_url(), bad).await.expect_err(bad);
         assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad:?}");
     }
 }

@@ -82,7 +82,7 @@ async fn round_trip_restart_and_double_shutdown() {
     assert_eq!(store.set(&k0, at("1")).await.expect_err("set after shutdown").kind(), ErrorKind::Permanent);
 
     // A new instance (a restarted process) reads what the first one flushed.
-    let restarted = PostgresStore::new(pool.clone(), &table).expect("valid table name");
+    let restarted = PostgresStore::connect(&postgres_url(), &table).await.expect("connect");
     assert_eq!(restarted.get(&k0).await.expect("get"), Some(at(BIG)));
     assert_eq!(restarted.get(&k1).await.expect("get"), Some(at_sub(BIG, 3)));
     assert_eq!(restarted.get(&key("shardId-2")).await.expect("get"), None);
@@ -218,6 +218,8 @@ async fn invalid_table_names_are_rejected() {
     let pool = pool().await;
     for bad in ["x; DROP TABLE y", "\"t\"", "a b", "", "tåble", &"t".repeat(64)] {
         let err = PostgresStore::new(pool.clone(), bad).expect_err(bad);
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad:?}");
+        let err = PostgresStore::connect(&postgres_url(), bad).await.expect_err(bad);
         assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad:?}");
     }
 }

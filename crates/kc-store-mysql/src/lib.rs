@@ -82,7 +82,9 @@
 //!   record), and `finished` is after everything. The comparison is made once per row, against the stored values,
 //!   before any column is assigned (in the session variable `@kc_newer`: MySQL evaluates the assignments of
 //!   `ON DUPLICATE KEY UPDATE` in order, each seeing the earlier ones). Two stores (or processes) flushing the same
-//!   shard concurrently, or a late flush of an older checkpoint, cannot move a checkpoint backwards.
+//!   shard concurrently, or a late flush of an older checkpoint, cannot move a checkpoint backwards. The statement
+//!   uses `VALUES(col)` and a user variable set inside an expression, which MariaDB supports and MySQL 8 still runs
+//!   but reports as deprecated (warnings 1287); MySQL's replacement (`AS new` row aliases) does not exist in MariaDB.
 //! - **Retries.** Transient failures (connection refused or reset, pool timeout, server shutting down, deadlock,
 //!   lock wait timeout) are retried up to 5 times with backoff (100 ms doubling, about 1.5 s in all). If the flush
 //!   still fails, the checkpoints stay pending for the next flush and the flush returns an
