@@ -361,3 +361,42 @@ impl Rows {
         tx.commit().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str, sub: Option<u64>) -> Checkpoint {
+        Checkpoint::At { sequence: SequenceNumber::parse(s).expect("valid"), sub_sequence: sub }
+    }
+
+    #[test]
+    fn rows_are_sorted_deduplicated_and_typed() {
+        let rows = Rows::new([
+            ("b-s".to_owned(), "2".to_owned(), at("10", Some(u64::MAX))),
+            ("a-b-c".to_owned(), "1".to_owned(), at("9", None)),
+            // Same row as the one above (app `a`, stream `b-c` vs app `a-b`, stream `c`): the later checkpoint wins.
+            ("a-b-c".to_owned(), "1".to_owned(), at("10", None)),
+            ("a-b-c".to_owned(), "0".to_owned(), Checkpoint::ShardEnd),
+        ]);
+        let got: Vec<_> =
+            rows.0.iter().map(|r| (&*r.namespace, &*r.shard, &*r.sequence, r.sub_sequence, r.finished)).collect();
+        assert_eq!(
+            got,
+            [
+                ("a-b-c", "0", "0", None, true),
+                ("a-b-c", "1", "10", None, false),
+                ("b-s", "2", "10", Some(u64::MAX), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_must_fit_decimal_65() {
+        assert!(check(&at(&"9".repeat(MAX_SEQUENCE_DIGITS), Some(u64::MAX))).is_ok());
+        let too_long = check(&at(&"9".repeat(MAX_SEQUENCE_DIGITS + 1), None));
+        assert_eq!(too_long.map_err(|e| e.kind()), Err(ErrorKind::InvalidInput));
+        assert!(check(&Checkpoint::ShardEnd).is_ok());
+        assert_eq!(namespace(&ShardKey::new("app", "stream", "shard")), "app-stream");
+    }
+}

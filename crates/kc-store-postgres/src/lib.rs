@@ -60,6 +60,9 @@
 //! Without them (or without the table) reads and flushes fail with an
 //! [`ErrorKind::Permanent`](kc_checkpoint::ErrorKind::Permanent) error that says so.
 //!
+//! The `namespace` of app `a-b`, stream `c` is the same as that of app `a`, stream `b-c` (`a-b-c`), as in the Go
+//! library: give applications and streams names that cannot collide this way when they share a table.
+//!
 //! `sub_sequence_number` is the sub-sequence of the last handled user record of a KPL aggregate (NULL: the whole
 //! Kinesis record). `finished` marks [`Checkpoint::ShardEnd`](kc_checkpoint::Checkpoint::ShardEnd); the row keeps
 //! the last position in `sequence_number` (0 if the shard had none).

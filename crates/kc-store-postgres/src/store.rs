@@ -375,3 +375,37 @@ impl Rows {
             .bind(&self.finished)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str, sub: Option<u64>) -> Checkpoint {
+        Checkpoint::At { sequence: SequenceNumber::parse(s).expect("valid"), sub_sequence: sub }
+    }
+
+    #[test]
+    fn rows_are_sorted_deduplicated_and_typed() {
+        let rows = Rows::new([
+            ("b-s".to_owned(), "2".to_owned(), at("10", Some(3))),
+            ("a-b-c".to_owned(), "1".to_owned(), at("9", None)),
+            // Same row as the one above (app `a`, stream `b-c` vs app `a-b`, stream `c`): the later checkpoint wins.
+            ("a-b-c".to_owned(), "1".to_owned(), at("10", None)),
+            ("a-b-c".to_owned(), "0".to_owned(), Checkpoint::ShardEnd),
+        ]);
+        assert_eq!(rows.namespaces, ["a-b-c", "a-b-c", "b-s"]);
+        assert_eq!(rows.shards, ["0", "1", "2"]);
+        assert_eq!(rows.sequences, ["0", "10", "10"]);
+        assert_eq!(rows.sub_sequences, [None, None, Some(3)]);
+        assert_eq!(rows.finished, [true, false, false]);
+    }
+
+    #[test]
+    fn sub_sequences_must_fit_bigint() {
+        let max = u64::try_from(i64::MAX).expect("fits");
+        assert!(check(&at("1", Some(max))).is_ok());
+        assert_eq!(check(&at("1", Some(max + 1))).map_err(|e| e.kind()), Err(ErrorKind::InvalidInput));
+        assert!(check(&Checkpoint::ShardEnd).is_ok());
+        assert_eq!(namespace(&ShardKey::new("app", "stream", "shard")), "app-stream");
+    }
+}
