@@ -159,8 +159,9 @@ impl MySqlStore {
 impl CheckpointStore for MySqlStore {
     /// The checkpoint of `key`: the stored one, or the pending one if that is newer.
     async fn get(&self, key: &ShardKey) -> Result<Option<Checkpoint>, Error> {
-        let stored = self.inner.read(key).await?;
+        // Pending first: a flush that commits during the read removes it from the map only after writing it.
         let pending = self.inner.pending().get(key).cloned();
+        let stored = self.inner.read(key).await?;
         Ok(stored.into_iter().chain(pending).max())
     }
 
