@@ -4,7 +4,7 @@ use anyhow::Result;
 use xshell::{cmd, Shell};
 
 use crate::{
-    cargo, emulator_aws_env,
+    cargo, databases, emulator_aws_env,
     emulators::{self, Emulator, KINESALITE},
 };
 
@@ -23,6 +23,7 @@ struct Bench {
 const BENCHES: &[Bench] = &[
     Bench { package: "kc-core", bench: Some("scan_loop"), features: &["test-util"], needs_kinesalite: false },
     Bench { package: "kc-integration", bench: Some("vs_sdk"), features: &[], needs_kinesalite: true },
+    Bench { package: "kc-integration", bench: Some("stores"), features: &[], needs_kinesalite: true },
     Bench { package: "kc-deagg", bench: None, features: &[], needs_kinesalite: false },
 ];
 
@@ -47,7 +48,11 @@ pub(crate) fn run(sh: &Shell, extra: &[String]) -> Result<()> {
                     kinesalite.insert(Emulator::start(&KINESALITE)?)
                 }
             };
-            command = command.env("KINESIS_ENDPOINT", emulator.endpoint()).envs(emulator_aws_env());
+            command = command
+                .env("KINESIS_ENDPOINT", emulator.endpoint())
+                .env("DATABASE_URL_POSTGRES", databases::POSTGRES_URL)
+                .env("DATABASE_URL_MYSQL", databases::MYSQL_URL)
+                .envs(emulator_aws_env());
         }
         let name = bench.bench.map(|name| format!(" / {name}")).unwrap_or_default();
         println!("benchmark {package}{name}");

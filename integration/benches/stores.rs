@@ -1,0 +1,135 @@
+//! Checkpoint stores: time per flush of 1,000 shards' checkpoints, and a consumer's records/s with each store against
+//! the memory store over the same kinesalite stream (alternating runs; ratio of medians).
+//!
+//! Run by `cargo xtask bench` (servers started, endpoints in the environment). Prints figures; asserts nothing about
+//! time.
+
+#![allow(clippy::print_stdout, missing_docs)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kinesis_consumer::mysql::MySqlStore;
+use kinesis_consumer::postgres::PostgresStore;
+use kinesis_consumer::{
+    Checkpoint, CheckpointStore, Consumer, InitialPosition, MemoryStore, Outcome, Record, SequenceNumber, ShardKey,
+};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run this bench with `cargo xtask bench`"))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Seconds per flush of `shards` pending checkpoints (each round moves every shard forward).
+async fn flush_time(store: &dyn CheckpointStore, shards: usize, rounds: u64) -> Vec<f64> {
+    let mut times = Vec::new();
+    for round in 1..=rounds {
+        for shard in 0..shards {
+            let key = ShardKey::new("bench", "flush", format!("shardId-{shard:012}"));
+            let seq = SequenceNumber::parse(format!("49{:054}", round * 1_000_000 + shard as u64)).expect("seq");
+            store.set(&key, Checkpoint::at(seq)).await.expect("set");
+        }
+        let start = Instant::now();
+        store.flush().await.expect("flush");
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times
+}
+
+async fn consume(client: &aws_sdk_kinesis::Client, stream: &str, store: Arc<dyn CheckpointStore>, n: usize) -> f64 {
+    let consumer = Consumer::builder(stream)
+        .client(client.clone())
+        .shared_store(store)
+        .app_name(format!("bench-{}", fastrand_suffix()))
+        .initial_position(InitialPosition::TrimHorizon)
+        .build()
+        .await
+        .expect("build");
+    let token = consumer.shutdown_token();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    let start = Instant::now();
+    let end = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let e = end.clone();
+    consumer
+        .scan(move |r: Record| {
+            std::hint::black_box(r.data());
+            if s.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                *e.lock().expect("lock") = start.elapsed();
+                token.cancel();
+            }
+            std::future::ready(Ok::<_, std::convert::Infallible>(Outcome::Checkpoint))
+        })
+        .await
+        .expect("scan");
+    let secs = end.lock().expect("lock").as_secs_f64();
+    n as f64 / secs
+}
+
+fn fastrand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    if quick && std::env::var("KINESIS_ENDPOINT").is_err() {
+        println!("stores: servers not configured, skipped (run `cargo xtask bench`)");
+        return;
+    }
+    let (shards, rounds, records, runs) = if quick { (50, 1, 2_000, 1) } else { (1_000, 5, 50_000, 5) };
+    let suffix = std::process::id();
+    let pg = Arc::new(
+        PostgresStore::connect(&env("DATABASE_URL_POSTGRES"), &format!("kc_bench_{suffix}")).await.expect("pg"),
+    );
+    pg.create_table_if_missing().await.expect("pg table");
+    let my = Arc::new(MySqlStore::connect(&env("DATABASE_URL_MYSQL"), &format!("kc_bench_{suffix}")).await.expect("my"));
+    my.create_table_if_missing().await.expect("mysql table");
+    let stores: Vec<(&str, Arc<dyn CheckpointStore>)> = vec![("postgres", pg.clone()), ("mysql", my.clone())];
+
+    println!("flush of {shards} shards' checkpoints ({rounds} rounds, each moves every shard forward):");
+    for (name, store) in &stores {
+        let t = flush_time(&**store, shards, rounds).await;
+        println!("  {name:<9} median {:.1} ms per flush ({})", median(t.clone()) * 1e3, fmt_ms(&t));
+    }
+
+    let client = kc_examples::kinesis_client(&env("KINESIS_ENDPOINT")).await;
+    let stream = format!("bench-stores-{suffix}");
+    kc_examples::ensure_stream(&client, &stream, 2).await.expect("stream");
+    let payload = Bytes::from(vec![b'x'; 100]);
+    let entries = (0..records).map(|i| (format!("k{}", i % 100), payload.clone())).collect();
+    kc_examples::put_all(&client, &stream, entries).await.expect("put");
+    println!("consumer over kinesalite, 2 shards, {records} x 100-byte records, no-op handler, {runs} alternating runs:");
+    for (name, store) in &stores {
+        let (mut mem, mut with) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            mem.push(consume(&client, &stream, Arc::new(MemoryStore::new()), records).await);
+            with.push(consume(&client, &stream, store.clone(), records).await);
+        }
+        let (m, w) = (median(mem), median(with));
+        println!("  {name:<9} {w:.0} records/s vs memory store {m:.0} records/s: ratio {:.3} (target >= 0.95)", w / m);
+    }
+    pg.shutdown().await.expect("pg shutdown");
+    my.shutdown().await.expect("mysql shutdown");
+    for (url, name) in [(env("DATABASE_URL_POSTGRES"), "pg"), (env("DATABASE_URL_MYSQL"), "my")] {
+        let drop = format!("DROP TABLE kc_bench_{suffix}");
+        if name == "pg" {
+            let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+            sqlx::query(&drop).execute(&pool).await.expect("drop");
+        } else {
+            let pool = sqlx::MySqlPool::connect(&url).await.expect("connect");
+            sqlx::query(&drop).execute(&pool).await.expect("drop");
+        }
+    }
+    let _ = client.delete_stream().stream_name(&stream).send().await;
+}
+
+fn fmt_ms(v: &[f64]) -> String {
+    v.iter().map(|x| format!("{:.1}", x * 1e3)).collect::<Vec<_>>().join(", ")
+}
