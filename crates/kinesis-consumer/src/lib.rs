@@ -37,3 +37,7 @@
 pub use kc_checkpoint as checkpoint;
 pub use kc_core::*;
 pub use kc_deagg as deagg;
+
+#[cfg(feature = "ddb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ddb")))]
+pub use kc_store_ddb as ddb;
