@@ -21,6 +21,8 @@ const REAL: &str = "49590338271490256608559692538361571095921575989136588898";
 
 fn endpoint() -> String {
     std::env::var("DYNAMODB_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty())
         .expect("DYNAMODB_ENDPOINT is not set: run `cargo xtask integration`, or start dynalite and set it")
 }
 
@@ -375,5 +377,22 @@ async fn server_unavailable_keeps_pending_until_restored() {
     store.flush().await.expect("flush after restore");
     assert_eq!(stored(&table, &k).await, Some(Checkpoint::at_sub(seq(REAL), 1)), "pending kept, then written");
     store.shutdown().await.expect("shutdown");
+    delete_table(&table).await;
+}
+
+#[tokio::test]
+async fn many_shards_one_flush() {
+    let (table, _store) = new_table("wide").await;
+    let puts = CountPuts::default();
+    let store = DynamoDbStore::new(client_at(&endpoint(), Some(puts.clone())), &table).expect("store");
+    let shards: Vec<ShardKey> = (0..50).map(|i| key(&format!("shardId-{i:012}"))).collect();
+    for (i, k) in shards.iter().enumerate() {
+        store.set(k, Checkpoint::at_sub(seq(REAL), i as u64)).await.expect("set");
+    }
+    store.flush().await.expect("flush");
+    assert_eq!(puts.0.load(Ordering::SeqCst), 50);
+    for (i, k) in shards.iter().enumerate() {
+        assert_eq!(stored(&table, k).await, Some(Checkpoint::at_sub(seq(REAL), i as u64)), "{k:?}");
+    }
     delete_table(&table).await;
 }

@@ -46,7 +46,7 @@
 //! - [`set`](CheckpointStore::set) only buffers, in memory, the newest checkpoint of each shard.
 //!   A background task (started by [`DynamoDbStoreBuilder::build`], so call it inside a Tokio runtime) flushes every
 //!   [`flush_interval`](DynamoDbStoreBuilder::flush_interval) (default 5 s); [`flush`](CheckpointStore::flush)
-//!   writes at once, one conditional `PutItem` per pending shard, concurrently.
+//!   writes at once, one conditional `PutItem` per pending shard, up to 16 at a time.
 //! - Monotonic in the database: a write only succeeds if there is no item, or the item has no `sequence_key` (written
 //!   by the Go library), or its `sequence_key` is smaller. A failed condition means a newer checkpoint is stored
 //!   (by another process): the pending one is dropped and that is a success.
@@ -73,6 +73,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
 };
+use futures_util::StreamExt as _;
 use kc_checkpoint::{Checkpoint, CheckpointStore, Error, ErrorKind, SequenceNumber, ShardKey};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -90,6 +91,8 @@ const SEQUENCE_KEY: &str = "sequence_key";
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 /// Default number of attempts of one write within a flush.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Writes in flight at once within a flush.
+const MAX_CONCURRENT_WRITES: usize = 16;
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
 const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -316,10 +319,17 @@ impl Inner {
     async fn flush(&self) -> Result<(), Error> {
         let _flushing = self.flushing.lock().await;
         let batch: Vec<(ShardKey, Checkpoint)> = self.pending().iter().map(|(k, c)| (k.clone(), c.clone())).collect();
-        let results = futures_util::future::join_all(batch.iter().map(|(key, cp)| self.write(key, cp))).await;
+        let results: Vec<_> = futures_util::stream::iter(batch)
+            .map(|(key, cp)| async move {
+                let result = self.write(&key, &cp).await;
+                (key, cp, result)
+            })
+            .buffer_unordered(MAX_CONCURRENT_WRITES)
+            .collect()
+            .await;
         let mut first_error: Option<Error> = None;
         let mut failed = 0usize;
-        for ((key, written), result) in batch.into_iter().zip(results) {
+        for (key, written, result) in results {
             match result {
                 Ok(()) => {
                     let mut pending = self.pending();
