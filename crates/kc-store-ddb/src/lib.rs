@@ -542,6 +542,52 @@ mod tests {
         }
     }
 
+    /// A client for a closed local port: every call fails to connect. No credential chain, no SDK retries.
+    fn unreachable_client() -> aws_sdk_dynamodb::Client {
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("dummy", "dummy", None, None, "test"))
+            .endpoint_url("http://127.0.0.1:1")
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(config)
+    }
+
+    #[test]
+    fn building_outside_a_runtime_is_an_error() {
+        let err = DynamoDbStore::new(unreachable_client(), "table").expect_err("no runtime");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[tokio::test]
+    async fn invalid_options_are_rejected() {
+        let zero = DynamoDbStore::builder(unreachable_client(), "table").flush_interval(Duration::ZERO).build();
+        assert_eq!(zero.map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::InvalidInput));
+        let none = DynamoDbStore::builder(unreachable_client(), "table").max_attempts(0).build();
+        assert_eq!(none.map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::InvalidInput));
+        let bad = DynamoDbStore::new(unreachable_client(), "a b");
+        assert_eq!(bad.map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::InvalidInput));
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_keeps_pending_and_is_transient() {
+        let store = DynamoDbStore::builder(unreachable_client(), "table").max_attempts(2).build().expect("store");
+        store.flush().await.expect("nothing pending: no call");
+        let key = ShardKey::new("app", "stream", "shard");
+        let cp = Checkpoint::at(SequenceNumber::parse("10").expect("valid"));
+        store.set(&key, cp.clone()).await.expect("set");
+        store.set(&key, Checkpoint::at(SequenceNumber::parse("9").expect("valid"))).await.expect("set");
+        for _ in 0..2 {
+            let err = store.flush().await.expect_err("unreachable");
+            assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+            assert_eq!(store.inner.pending().get(&key), Some(&cp), "kept for the next flush");
+        }
+        let err = store.get(&key).await.expect_err("a failed read is not Ok(None)");
+        assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+        store.shutdown().await.expect_err("shutdown still tries to flush");
+    }
+
     #[test]
     fn backoff_is_capped() {
         for attempt in 1..40 {
