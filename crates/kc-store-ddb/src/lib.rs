@@ -28,12 +28,16 @@
 //!
 //! | attribute             | type | content                                                                        |
 //! |-----------------------|------|--------------------------------------------------------------------------------|
-//! | `namespace`           | S    | `{app}-{stream}` (as in the Go library)                                        |
+//! | `namespace`           | S    | `{app}-{stream}` (as in the Go library; see below)                             |
 //! | `shard_id`            | S    | the shard id                                                                   |
 //! | `sequence_number`     | S    | the sequence number, canonical decimal (absent for `ShardEnd`)                 |
 //! | `sub_sequence_number` | N    | the sub-sequence number of a KPL user record (absent for a whole record)       |
 //! | `finished`            | BOOL | `true` for [`Checkpoint::ShardEnd`], else `false`                              |
 //! | `sequence_key`        | S    | an order-preserving encoding of the checkpoint, used by conditional writes     |
+//!
+//! The namespace is the Go library's, so a Go consumer's table can be reused; like there, it is ambiguous when names
+//! contain `-` (app `a-b` reading stream `c` and app `a` reading stream `b-c` share `a-b-c`), so pick app names that
+//! cannot collide.
 //!
 //! Sequence numbers have up to 129 digits (real ones about 56), more than a DynamoDB Number holds (38 digits), so
 //! they are strings. To compare them in a `ConditionExpression`, `sequence_key` is the sequence number left-padded
@@ -305,7 +309,8 @@ fn key_element(name: &str, key_type: KeyType) -> Result<KeySchemaElement, Error>
         .map_err(|e| Error::with_source(ErrorKind::Permanent, "building a key schema", e))
 }
 
-/// The partition key of `key`: `{app}-{stream}`, as in the Go library.
+/// The partition key of `key`: `{app}-{stream}`, as in the Go library. Note that this is ambiguous when names
+/// contain `-` (app `a-b` with stream `c` and app `a` with stream `b-c` share `a-b-c`): keep app names unique.
 fn namespace(key: &ShardKey) -> String {
     format!("{}-{}", key.app(), key.stream())
 }
@@ -463,8 +468,10 @@ fn backoff(attempt: u32) -> Duration {
 #[async_trait]
 impl CheckpointStore for DynamoDbStore {
     async fn get(&self, key: &ShardKey) -> Result<Option<Checkpoint>, Error> {
-        let stored = self.inner.read(key).await?;
+        // Pending first: a flush removes a pending checkpoint only after writing it, so one that finishes between
+        // these two reads leaves it in the table. Reading the table first could miss both.
         let pending = self.inner.pending().get(key).cloned();
+        let stored = self.inner.read(key).await?;
         Ok(stored.into_iter().chain(pending).max())
     }
 
