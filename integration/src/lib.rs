@@ -197,3 +197,81 @@ pub async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> b
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The PostgreSQL URL from `DATABASE_URL_POSTGRES`; panics with a clear message when it is not set.
+pub fn postgres_url() -> String {
+    match std::env::var("DATABASE_URL_POSTGRES") {
+        Ok(u) if !u.is_empty() => u,
+        _ => panic!("DATABASE_URL_POSTGRES is not set: run the integration tests with `cargo xtask integration`"),
+    }
+}
+
+/// The MySQL/MariaDB URL from `DATABASE_URL_MYSQL`; panics with a clear message when it is not set.
+pub fn mysql_url() -> String {
+    match std::env::var("DATABASE_URL_MYSQL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => panic!("DATABASE_URL_MYSQL is not set: run the integration tests with `cargo xtask integration`"),
+    }
+}
+
+/// A table name no other test (or concurrent run) uses: `{prefix}_{pid}_{n}`.
+pub fn unique_table(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("{prefix}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// A TCP proxy on 127.0.0.1 to a database server, which a test can cut (every connection closed, new ones closed
+/// at once) and restore, to play a server that goes away.
+pub struct CutProxy {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    /// Starts a proxy to `target` (`host:port`).
+    pub async fn start(target: &str) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("bind proxy")?;
+        let addr = listener.local_addr()?;
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let target = target.to_owned();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut cut_rx = cut_rx.clone();
+                if *cut_rx.borrow() {
+                    continue; // dropped: the client sees its connection closed
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut_rx.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { addr, cut, task })
+    }
+
+    /// The proxy's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Closes every connection and refuses new ones until [`restore`](Self::restore).
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -177,8 +177,9 @@ impl Consumer {
         tasks: &mut JoinSet<ShardResult>,
         shards: &mut Shards,
     ) -> Result<(), Error> {
-        let Some(listing) = self.list_shards(stop, true).await? else {
-            return Ok(());
+        let listing = match self.list_shards(stop, true).await? {
+            Listing::Shards(listing) => listing,
+            Listing::Unavailable | Listing::Cancelled => return Ok(()),
         };
         shards.update(listing);
         self.spawn_ready(shards, stop, shared, deliver, tasks);
@@ -190,8 +191,9 @@ impl Consumer {
                 _ = stop.cancelled() => return Ok(()),
                 _ = discovery.tick() => {
                     match self.list_shards(stop, false).await? {
-                        Some(listing) => shards.update(listing),
-                        None => return Ok(()),
+                        Listing::Shards(listing) => shards.update(listing),
+                        Listing::Unavailable => {}
+                        Listing::Cancelled => return Ok(()),
                     }
                 }
                 Some(joined) = tasks.join_next() => {
@@ -204,8 +206,9 @@ impl Consumer {
                         shards.add_children(children);
                         // Find the children now rather than at the next discovery tick.
                         match self.list_shards(stop, false).await? {
-                            Some(listing) => shards.update(listing),
-                            None => return Ok(()),
+                            Listing::Shards(listing) => shards.update(listing),
+                            Listing::Unavailable => {}
+                            Listing::Cancelled => return Ok(()),
                         }
                     }
                 }
@@ -231,9 +234,11 @@ impl Consumer {
         }
     }
 
-    /// Every shard of the stream, following NextToken. Retries what can be retried; at the first listing a missing
-    /// stream is an error at once. `None` when cancelled.
-    async fn list_shards(&self, stop: &CancellationToken, first: bool) -> Result<Option<Vec<ShardInfo>>, Error> {
+    /// Every shard of the stream, following NextToken. A missing stream or a permanent failure is an error. A
+    /// retryable failure is retried with backoff at the `first` listing (nothing can start without it); later it
+    /// gives [`Listing::Unavailable`] at once, so that the supervisor keeps watching its shard tasks (a handler error
+    /// must stop the scan even while ListShards fails) and tries again at the next discovery tick.
+    async fn list_shards(&self, stop: &CancellationToken, first: bool) -> Result<Listing, Error> {
         let stream = &self.cfg.stream;
         let mut backoff = Backoff::new(self.cfg.backoff_base, self.cfg.backoff_max);
         'listing: loop {
@@ -243,7 +248,7 @@ impl Consumer {
                 let call = self.api.list_shards(stream, token.as_deref());
                 let result = tokio::select! {
                     biased;
-                    _ = stop.cancelled() => return Ok(None),
+                    _ = stop.cancelled() => return Ok(Listing::Cancelled),
                     r = tokio::time::timeout(self.cfg.call_timeout, call) => r,
                 };
                 let err = match result {
@@ -251,7 +256,7 @@ impl Consumer {
                         shards.extend(page.shards);
                         match page.next_token {
                             Some(next) => token = Some(next),
-                            None => return Ok(Some(shards)),
+                            None => return Ok(Listing::Shards(shards)),
                         }
                         continue;
                     }
@@ -267,15 +272,27 @@ impl Consumer {
                     let what = if first { "ListShards failed" } else { "ListShards failed while scanning" };
                     return Err(Error::new(kind, what).with_source(err).at(stream, None));
                 }
+                if !first {
+                    warn!(error = %err, "ListShards failed; trying again at the next discovery");
+                    return Ok(Listing::Unavailable);
+                }
                 let delay = backoff.next_delay();
                 warn!(error = %err, ?delay, "ListShards failed; retrying");
                 tokio::select! {
-                    _ = stop.cancelled() => return Ok(None),
+                    _ = stop.cancelled() => return Ok(Listing::Cancelled),
                     _ = tokio::time::sleep(delay) => continue 'listing,
                 }
             }
         }
     }
+}
+
+/// The outcome of listing the shards.
+enum Listing {
+    Shards(Vec<ShardInfo>),
+    /// A retryable failure while scanning: keep the shards known so far.
+    Unavailable,
+    Cancelled,
 }
 
 /// A shard task's result, with a panic turned into an error.

@@ -698,3 +698,31 @@ async fn polls_at_once_when_behind_but_within_the_rate_limit() {
     assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}: waited the scan interval while behind");
     assert!(elapsed >= Duration::from_millis(200 * 7), "took {elapsed:?}: faster than 5 calls/s");
 }
+
+#[tokio::test(start_paused = true)]
+async fn handler_error_stops_the_scan_even_while_list_shards_fails() {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 1);
+    let consumer = builder(&fake, &MemoryStore::new()).build().await.expect("build");
+    let f = fake.clone();
+    tokio::spawn(async move {
+        wait_for(|| f.calls(Op::ListShards) >= 1).await;
+        // From now on every ListShards fails (a long Kinesis control-plane outage)...
+        f.inject(Op::ListShards, ApiErrorKind::Transient, 1_000_000);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        // ...and then a record comes that the handler refuses.
+        f.put(STREAM, "k", "poison");
+    });
+    let start = tokio::time::Instant::now();
+    let err = consumer
+        .scan(|r: Record| async move {
+            match r.data().as_ref() {
+                b"poison" => Err(std::io::Error::other("poison")),
+                _ => Ok(Outcome::Checkpoint),
+            }
+        })
+        .await
+        .expect_err("handler error");
+    assert_eq!(err.kind(), ErrorKind::Handler);
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+}

@@ -1,4 +1,104 @@
-//! MySQL/MariaDB checkpoint store for kinesis-consumer.
+//! MySQL/MariaDB checkpoint store for kinesis-consumer: [`MySqlStore`].
 //!
-//! Not implemented yet: this crate is filled by the issue "Checkpoint stores: kc-store-ddb, kc-store-postgres,
-//! kc-store-mysql". It deliberately contains no code until then, so that nothing can depend on a fake store.
+//! Checkpoints live in one table, one row per `(namespace, shard_id)`, where `namespace` is `{app}-{stream}` as in
+//! the Go library's store, so tables created for the Go library keep working once they have two more columns.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use kc_checkpoint::{Checkpoint, CheckpointStore, SequenceNumber, ShardKey};
+//! use kc_store_mysql::MySqlStore;
+//!
+//! # async fn run() -> Result<(), kc_checkpoint::Error> {
+//! let pool = sqlx::mysql::MySqlPoolOptions::new()
+//!     .max_connections(4)
+//!     .connect("mysql://root@127.0.0.1:3306/test")
+//!     .await
+//!     .map_err(|e| kc_checkpoint::Error::with_source(kc_checkpoint::ErrorKind::Transient, "connect", e))?;
+//! let store = MySqlStore::builder(pool, "kinesis_consumer").flush_interval(Duration::from_secs(1)).build()?;
+//! store.create_table_if_missing().await?;
+//!
+//! let key = ShardKey::new("my-app", "my-stream", "shardId-000000000000");
+//! store.set(&key, Checkpoint::at(SequenceNumber::parse("49590338271490256608559692538361571095921575989136588898")?)).await?;
+//! store.flush().await?; // or wait for the background flush
+//! assert!(store.get(&key).await?.is_some());
+//! store.shutdown().await?; // flushes, stops the background task
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With the consumer: `Consumer::builder(stream).store(store)`; keep an `Arc<MySqlStore>` (the trait is implemented
+//! for `Arc<S>`) to call [`MySqlStore::shutdown`] after the scan returned.
+//!
+//! # The table
+//! Table names must be `table` or `database.table`, each part matching `[A-Za-z_][A-Za-z0-9_]*` with at most 63
+//! characters; anything else is an [`ErrorKind::InvalidInput`](kc_checkpoint::ErrorKind::InvalidInput) error of
+//! [`MySqlStore::new`]. The name is written into SQL unquoted, as the Go library does, so it cannot be a reserved
+//! word such as `order`.
+//!
+//! [`MySqlStore::create_table_if_missing`] runs (with your table name):
+//!
+//! ```sql
+//! CREATE TABLE IF NOT EXISTS kinesis_consumer (
+//!     namespace varchar(255) NOT NULL,
+//!     shard_id varchar(255) NOT NULL,
+//!     sequence_number numeric(65,0) NOT NULL,
+//!     sub_sequence_number bigint unsigned NULL,
+//!     finished boolean NOT NULL DEFAULT false,
+//!     CONSTRAINT kinesis_consumer_pk PRIMARY KEY (namespace, shard_id)
+//! );
+//! ```
+//!
+//! A table created for the Go library lacks the last two columns; add them once (existing rows keep their position,
+//! as whole records):
+//!
+//! ```sql
+//! ALTER TABLE kinesis_consumer
+//!     ADD COLUMN sub_sequence_number bigint unsigned NULL,
+//!     ADD COLUMN finished boolean NOT NULL DEFAULT false;
+//! ```
+//!
+//! Without them (or without the table) reads and flushes fail with an
+//! [`ErrorKind::Permanent`](kc_checkpoint::ErrorKind::Permanent) error that says so.
+//!
+//! The `namespace` of app `a-b`, stream `c` is the same as that of app `a`, stream `b-c` (`a-b-c`), as in the Go
+//! library: give applications and streams names that cannot collide this way when they share a table.
+//!
+//! `sub_sequence_number` is the sub-sequence of the last handled user record of a KPL aggregate (NULL: the whole
+//! Kinesis record). `finished` marks [`Checkpoint::ShardEnd`](kc_checkpoint::Checkpoint::ShardEnd); the row keeps
+//! the last position in `sequence_number` (0 if the shard had none).
+//!
+//! **Limit:** `DECIMAL(65,0)` holds 65 digits, and Kinesis sequence numbers may have up to 129. Real ones have about
+//! 56 digits. A checkpoint with a longer sequence number is refused by `set` with
+//! [`ErrorKind::InvalidInput`](kc_checkpoint::ErrorKind::InvalidInput) ([`MAX_SEQUENCE_DIGITS`]) rather than
+//! stored rounded or clamped.
+//!
+//! # Semantics
+//! - **Buffered.** [`set`](kc_checkpoint::CheckpointStore::set) only updates an in-memory map (the latest
+//!   checkpoint per shard). A flush writes the whole map in one transaction of multi-row
+//!   `INSERT .. ON DUPLICATE KEY UPDATE` statements (1,000 rows each): one row per shard, however many records were
+//!   checkpointed. Flushes happen every [`flush_interval`](MySqlStoreBuilder::flush_interval) (default 5 s) in a
+//!   tokio task the first `set` starts, on [`flush`](kc_checkpoint::CheckpointStore::flush) (the consumer calls it
+//!   when it stops), and on [`shutdown`](MySqlStore::shutdown).
+//! - **Monotonic, in the database.** The upsert only replaces a row that is before the new checkpoint, comparing
+//!   `sequence_number` as a decimal number, then the sub-sequence (NULL is after every sub-sequence of the same
+//!   record), and `finished` is after everything. The comparison is made once per row, against the stored values,
+//!   before any column is assigned (in the session variable `@kc_newer`: MySQL evaluates the assignments of
+//!   `ON DUPLICATE KEY UPDATE` in order, each seeing the earlier ones). Two stores (or processes) flushing the same
+//!   shard concurrently, or a late flush of an older checkpoint, cannot move a checkpoint backwards. The statement
+//!   uses `VALUES(col)` and a user variable set inside an expression, which MariaDB supports and MySQL 8 still runs
+//!   but reports as deprecated (warnings 1287); MySQL's replacement (`AS new` row aliases) does not exist in MariaDB.
+//! - **Retries.** Transient failures (connection refused or reset, pool timeout, server shutting down, deadlock,
+//!   lock wait timeout) are retried up to 5 times with backoff (100 ms doubling, about 1.5 s in all). If the flush
+//!   still fails, the checkpoints stay pending for the next flush and the flush returns an
+//!   [`ErrorKind::Transient`](kc_checkpoint::ErrorKind::Transient) error. Other failures (missing table, missing
+//!   columns, access denied) are [`ErrorKind::Permanent`](kc_checkpoint::ErrorKind::Permanent). The sqlx error is
+//!   the error's `source()`.
+//! - [`get`](kc_checkpoint::CheckpointStore::get) reads the row, returns the pending checkpoint instead if it is
+//!   newer, and `Ok(None)` only when there is neither.
+
+mod error;
+mod store;
+mod table;
+
+pub use store::{MySqlStore, MySqlStoreBuilder, DEFAULT_FLUSH_INTERVAL, MAX_SEQUENCE_DIGITS};

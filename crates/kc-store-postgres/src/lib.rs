@@ -1,4 +1,121 @@
-//! PostgreSQL checkpoint store for kinesis-consumer.
+//! PostgreSQL checkpoint store for kinesis-consumer: [`PostgresStore`].
 //!
-//! Not implemented yet: this crate is filled by the issue "Checkpoint stores: kc-store-ddb, kc-store-postgres,
-//! kc-store-mysql". It deliberately contains no code until then, so that nothing can depend on a fake store.
+//! Checkpoints live in one table, one row per `(namespace, shard_id)`, where `namespace` is `{app}-{stream}` as in
+//! the Go library's store, so tables created for the Go library keep working once they have two more columns.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use kc_checkpoint::{Checkpoint, CheckpointStore, SequenceNumber, ShardKey};
+//! use kc_store_postgres::PostgresStore;
+//!
+//! # async fn run() -> Result<(), kc_checkpoint::Error> {
+//! let pool = sqlx::postgres::PgPoolOptions::new()
+//!     .max_connections(4)
+//!     .connect("postgres://postgres@127.0.0.1:5432/test")
+//!     .await
+//!     .map_err(|e| kc_checkpoint::Error::with_source(kc_checkpoint::ErrorKind::Transient, "connect", e))?;
+//! let store = PostgresStore::builder(pool, "kinesis_consumer").flush_interval(Duration::from_secs(1)).build()?;
+//! store.create_table_if_missing().await?;
+//!
+//! let key = ShardKey::new("my-app", "my-stream", "shardId-000000000000");
+//! store.set(&key, Checkpoint::at(SequenceNumber::parse("49590338271490256608559692538361571095921575989136588898")?)).await?;
+//! store.flush().await?; // or wait for the background flush
+//! assert!(store.get(&key).await?.is_some());
+//! store.shutdown().await?; // flushes, stops the background task
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With the consumer: `Consumer::builder(stream).store(store)`; keep an `Arc<PostgresStore>` (the trait is
+//! implemented for `Arc<S>`) to call [`PostgresStore::shutdown`] after the scan returned.
+//!
+//! # The table
+//! Table names must be `table` or `schema.table`, each part matching `[A-Za-z_][A-Za-z0-9_]*` with at most 63
+//! characters; anything else is an [`ErrorKind::InvalidInput`](kc_checkpoint::ErrorKind::InvalidInput) error of
+//! [`PostgresStore::new`]. The name is written into SQL unquoted, as the Go library does (PostgreSQL folds it to
+//! lower case), so it cannot be a reserved word such as `user`.
+//!
+//! [`PostgresStore::create_table_if_missing`] runs (with your table name):
+//!
+//! ```sql
+//! CREATE TABLE IF NOT EXISTS kinesis_consumer (
+//!     namespace text NOT NULL,
+//!     shard_id text NOT NULL,
+//!     sequence_number numeric NOT NULL,
+//!     sub_sequence_number bigint NULL,
+//!     finished boolean NOT NULL DEFAULT false,
+//!     CONSTRAINT kinesis_consumer_pk PRIMARY KEY (namespace, shard_id)
+//! );
+//! ```
+//!
+//! A table created for the Go library lacks the last two columns; add them once (existing rows keep their position,
+//! as whole records):
+//!
+//! ```sql
+//! ALTER TABLE kinesis_consumer ADD COLUMN sub_sequence_number bigint NULL;
+//! ALTER TABLE kinesis_consumer ADD COLUMN finished boolean NOT NULL DEFAULT false;
+//! ```
+//!
+//! Without them (or without the table) reads and flushes fail with an
+//! [`ErrorKind::Permanent`](kc_checkpoint::ErrorKind::Permanent) error that says so.
+//!
+//! The `namespace` of app `a-b`, stream `c` is the same as that of app `a`, stream `b-c` (`a-b-c`), as in the Go
+//! library: give applications and streams names that cannot collide this way when they share a table.
+//!
+//! `sub_sequence_number` is the sub-sequence of the last handled user record of a KPL aggregate (NULL: the whole
+//! Kinesis record). `finished` marks [`Checkpoint::ShardEnd`](kc_checkpoint::Checkpoint::ShardEnd); the row keeps
+//! the last position in `sequence_number` (0 if the shard had none).
+//!
+//! # Semantics
+//! - **Buffered.** [`set`](kc_checkpoint::CheckpointStore::set) only updates an in-memory map (the latest
+//!   checkpoint per shard). A flush writes the whole map in one `INSERT .. ON CONFLICT` statement: one row per shard,
+//!   however many records were checkpointed. Flushes happen every
+//!   [`flush_interval`](PostgresStoreBuilder::flush_interval) (default 5 s) in a tokio task the first `set` starts,
+//!   on [`flush`](kc_checkpoint::CheckpointStore::flush) (the consumer calls it when it stops), and on
+//!   [`shutdown`](PostgresStore::shutdown).
+//! - **Monotonic, in the database.** The upsert only replaces a row that is before the new checkpoint, comparing
+//!   `sequence_number` as a number, then the sub-sequence (NULL is after every sub-sequence of the same record), and
+//!   `finished` is after everything. Two stores (or processes) flushing the same shard concurrently, or a late flush
+//!   of an older checkpoint, cannot move a checkpoint backwards.
+//! - **Retries.** Transient failures (connection refused or reset, pool timeout, server shutting down, deadlock,
+//!   serialization failure) are retried up to 5 times with backoff (100 ms doubling, about 1.5 s in all). If the
+//!   flush still fails, the checkpoints stay pending for the next flush and the flush returns an
+//!   [`ErrorKind::Transient`](kc_checkpoint::ErrorKind::Transient) error. Other failures (missing table, missing
+//!   columns, permission denied) are [`ErrorKind::Permanent`](kc_checkpoint::ErrorKind::Permanent). The sqlx error
+//!   is the error's `source()`.
+//! - [`get`](kc_checkpoint::CheckpointStore::get) reads the row, returns the pending checkpoint instead if it is
+//!   newer, and `Ok(None)` only when there is neither.
+//!
+//! # Transactional checkpoints
+//! [`PostgresStore::checkpoint_in_tx`] writes a checkpoint inside your own transaction, so the rows a handler writes
+//! and the checkpoint of the record commit together: after a crash, either both are there or neither is, and the
+//! record is delivered again only in the second case (exactly-once effects for writes to the same database).
+//!
+//! ```no_run
+//! use kc_checkpoint::{Checkpoint, ShardKey};
+//! use kc_store_postgres::PostgresStore;
+//!
+//! // In the handler, for a record of shard `key` (the consumer's `Record::checkpoint()` gives `checkpoint`):
+//! async fn handle(store: &PostgresStore, key: &ShardKey, checkpoint: &Checkpoint, payload: &[u8])
+//!     -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//!     let mut tx = store.pool().begin().await?;
+//!     sqlx::query("INSERT INTO events (payload) VALUES ($1)").bind(payload).execute(&mut *tx).await?;
+//!     store.checkpoint_in_tx(&mut tx, key, checkpoint).await?;
+//!     tx.commit().await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The handler may then return `Outcome::Checkpoint` or `Outcome::SkipCheckpoint`. With `Checkpoint` the consumer
+//! also `set`s the same position and a later flush writes it again: harmless, because writes are monotonic (the
+//! upsert finds the row already there and leaves it). `SkipCheckpoint` saves that write. The [`ShardKey`] must be
+//! the one the consumer uses: the consumer's app name, the stream name and `Record::shard_id()`.
+//!
+//! [`ShardKey`]: kc_checkpoint::ShardKey
+
+mod error;
+mod store;
+mod table;
+
+pub use store::{PostgresStore, PostgresStoreBuilder, DEFAULT_FLUSH_INTERVAL};

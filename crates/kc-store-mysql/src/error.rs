@@ -1,0 +1,80 @@
+//! How sqlx errors become [`kc_checkpoint::Error`]s.
+
+use kc_checkpoint::{Error, ErrorKind};
+use sqlx::mysql::MySqlDatabaseError;
+
+/// Server error numbers worth retrying: deadlock (1213), lock wait timeout (1205), too many connections (1040),
+/// server shutting down (1053), connection killed (1927, MariaDB), idle connection dropped (4031, MySQL), and the
+/// client's "server has gone away" / "lost connection" (2006, 2013). SQLSTATE class `08` is retried as a whole.
+const TRANSIENT_NUMBERS: &[u16] = &[1213, 1205, 1040, 1053, 1927, 4031, 2006, 2013];
+
+/// No such table (1146), unknown column (1054): the table is missing or has the Go library's old schema.
+const MISSING_TABLE_NUMBERS: &[u16] = &[1146, 1054];
+
+/// Maps a sqlx error to a checkpoint-store error, keeping the sqlx error as the source.
+pub(crate) fn map(what: &str, table: &str, err: sqlx::Error) -> Error {
+    if number(&err).is_some_and(|n| MISSING_TABLE_NUMBERS.contains(&n)) {
+        return Error::with_source(
+            ErrorKind::Permanent,
+            format!(
+                "{what}: checkpoint table {table} is missing or lacks the columns sub_sequence_number and finished \
+                 (create it with MySqlStore::create_table_if_missing, or see the crate docs for the DDL and the \
+                 ALTER TABLE statements)"
+            ),
+            err,
+        );
+    }
+    Error::with_source(kind_of(&err), what.to_owned(), err)
+}
+
+/// Whether retrying the statement may help.
+pub(crate) fn is_transient(err: &sqlx::Error) -> bool {
+    kind_of(err) == ErrorKind::Transient
+}
+
+fn number(err: &sqlx::Error) -> Option<u16> {
+    match err {
+        sqlx::Error::Database(db) => db.try_downcast_ref::<MySqlDatabaseError>().map(MySqlDatabaseError::number),
+        _ => None,
+    }
+}
+
+fn kind_of(err: &sqlx::Error) -> ErrorKind {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_) => {
+            ErrorKind::Transient
+        }
+        sqlx::Error::Database(db) => {
+            let transient_number = number(err).is_some_and(|n| TRANSIENT_NUMBERS.contains(&n));
+            if transient_number || db.code().is_some_and(|c| c.starts_with("08")) {
+                ErrorKind::Transient
+            } else {
+                ErrorKind::Permanent
+            }
+        }
+        sqlx::Error::Configuration(_) => ErrorKind::InvalidInput,
+        _ => ErrorKind::Permanent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        let cases = [
+            (sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)), ErrorKind::Transient),
+            (sqlx::Error::PoolTimedOut, ErrorKind::Transient),
+            (sqlx::Error::PoolClosed, ErrorKind::Permanent),
+            (sqlx::Error::RowNotFound, ErrorKind::Permanent),
+            (sqlx::Error::Configuration("bad url".into()), ErrorKind::InvalidInput),
+        ];
+        for (err, want) in cases {
+            let text = err.to_string();
+            let mapped = map("flush", "t", err);
+            assert_eq!(mapped.kind(), want, "{text}");
+            assert!(std::error::Error::source(&mapped).is_some(), "{text}: source kept");
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! [`PostgresStore`]: buffered, monotonic checkpoints in a PostgreSQL table.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kc_checkpoint::{Checkpoint, CheckpointStore, Error, ErrorKind, SequenceNumber, ShardKey};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::error;
+use crate::table::TableName;
+
+/// Default of [`PostgresStoreBuilder::flush_interval`]: 5 seconds.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How many times a flush (or a read) tries a statement that fails with a transient error.
+const MAX_ATTEMPTS: u32 = 5;
+/// Backoff before the second attempt; doubled before each later one (100, 200, 400, 800 ms).
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A [`CheckpointStore`] in a PostgreSQL table. See the [crate docs](crate) for the table, and the semantics.
+///
+/// Dropping the store without [`shutdown`](Self::shutdown) (or [`flush`](CheckpointStore::flush)) loses the
+/// checkpoints set since the last flush: their records are delivered again after a restart.
+#[derive(Debug)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+/// Configures a [`PostgresStore`]: see [`PostgresStore::builder`].
+#[derive(Debug)]
+pub struct PostgresStoreBuilder {
+    pool: PgPool,
+    table: String,
+    flush_interval: Duration,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: PgPool,
+    table: TableName,
+    select_sql: String,
+    upsert_sql: String,
+    flush_interval: Duration,
+    /// Checkpoints set but not yet written, the latest one per shard.
+    pending: Mutex<HashMap<ShardKey, Checkpoint>>,
+    /// One flush at a time per store (the background one and explicit ones).
+    flush_lock: tokio::sync::Mutex<()>,
+    task: Mutex<Task>,
+}
+
+#[derive(Debug)]
+enum Task {
+    NotStarted,
+    Running { stop: oneshot::Sender<()>, handle: JoinHandle<()> },
+    ShutDown,
+}
+
+impl PostgresStoreBuilder {
+    /// How often the background task writes the pending checkpoints. Default [`DEFAULT_FLUSH_INTERVAL`] (5 s).
+    ///
+    /// The task starts with the first [`set`](CheckpointStore::set). A longer interval means fewer writes and more
+    /// records delivered again after a crash; the consumer flushes on its own when it stops.
+    pub fn flush_interval(mut self, interval: Duration) -> Self {
+        self.flush_interval = interval;
+        self
+    }
+
+    /// Validates the table name and the options. Does not touch the database.
+    pub fn build(self) -> Result<PostgresStore, Error> {
+        let table = TableName::parse(&self.table)?;
+        if self.flush_interval.is_zero() {
+            return Err(Error::new(ErrorKind::InvalidInput, "flush interval must be greater than zero"));
+        }
+        Ok(PostgresStore {
+            inner: Arc::new(Inner {
+                pool: self.pool,
+                select_sql: table.select_sql(),
+                upsert_sql: table.upsert_sql(),
+                table,
+                flush_interval: self.flush_interval,
+                pending: Mutex::new(HashMap::new()),
+                flush_lock: tokio::sync::Mutex::new(()),
+                task: Mutex::new(Task::NotStarted),
+            }),
+        })
+    }
+}
+
+impl PostgresStore {
+    /// A store keeping its checkpoints in `table` (`table` or `schema.table`) through `pool`, with default options.
+    ///
+    /// Fails with [`ErrorKind::InvalidInput`] if `table` is not a plain identifier. Does not touch the database: a
+    /// missing table shows as an [`ErrorKind::Permanent`] error of the first read or flush.
+    pub fn new(pool: PgPool, table: &str) -> Result<Self, Error> {
+        Self::builder(pool, table).build()
+    }
+
+    /// A builder for a store in `table` through `pool`, to set options.
+    pub fn builder(pool: PgPool, table: &str) -> PostgresStoreBuilder {
+        PostgresStoreBuilder { pool, table: table.to_owned(), flush_interval: DEFAULT_FLUSH_INTERVAL }
+    }
+
+    /// Connects to `url` (`postgres://user@host:5432/db`) with a small pool (4 connections, 5 s acquire timeout) and
+    /// returns a store in `table` with default options. Build a `PgPool` yourself for other pool settings or TLS.
+    pub async fn connect(url: &str, table: &str) -> Result<Self, Error> {
+        let table = TableName::parse(table)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| error::map("connecting to PostgreSQL", table.as_str(), e))?;
+        Self::new(pool, table.as_str())
+    }
+
+    /// The pool the store uses (for example to begin the transactions of [`checkpoint_in_tx`](Self::checkpoint_in_tx)).
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// Creates the checkpoint table (see the [crate docs](crate#the-table) for the DDL) unless a table of that name
+    /// exists. An existing table is left as it is, even if it lacks the columns this store needs.
+    pub async fn create_table_if_missing(&self) -> Result<(), Error> {
+        let sql = self.inner.table.create_table_sql();
+        sqlx::query(&sql)
+            .execute(&self.inner.pool)
+            .await
+            .map(drop)
+            .map_err(|e| error::map("creating the checkpoint table", self.inner.table.as_str(), e))
+    }
+
+    /// Writes `checkpoint` for `key` inside the caller's transaction, unless the stored checkpoint is at or after it.
+    ///
+    /// The checkpoint commits (or rolls back) with the caller's own writes: see the
+    /// [crate docs](crate#transactional-checkpoints). Not buffered, not retried (the transaction is the caller's).
+    pub async fn checkpoint_in_tx(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        key: &ShardKey,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), Error> {
+        check(checkpoint)?;
+        let rows = Rows::new([(namespace(key), key.shard().to_owned(), checkpoint.clone())]);
+        rows.query(&self.inner.upsert_sql)
+            .execute(&mut **tx)
+            .await
+            .map(drop)
+            .map_err(|e| error::map("writing a checkpoint in a transaction", self.inner.table.as_str(), e))
+    }
+
+    /// Flushes the pending checkpoints and stops the background task.
+    ///
+    /// Idempotent: a second call finds nothing to stop and nothing pending, and returns `Ok(())`. If the flush
+    /// fails, the checkpoints stay pending and a later `shutdown` or `flush` tries again. `set` fails after
+    /// `shutdown`.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        let task = std::mem::replace(&mut *self.inner.task(), Task::ShutDown);
+        if let Task::Running { stop, handle } = task {
+            let _ = stop.send(());
+            // The task only ends by itself; an Err would mean it panicked, which a flush does not do.
+            if let Err(e) = handle.await {
+                tracing::warn!(error = %e, "checkpoint flush task ended abnormally");
+            }
+        }
+        self.inner.flush().await
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for PostgresStore {
+    /// The checkpoint of `key`: the stored one, or the pending one if that is newer.
+    async fn get(&self, key: &ShardKey) -> Result<Option<Checkpoint>, Error> {
+        // Pending first: a flush that commits during the read removes it from the map only after writing it.
+        let pending = self.inner.pending().get(key).cloned();
+        let stored = self.inner.read(key).await?;
+        Ok(stored.into_iter().chain(pending).max())
+    }
+
+    /// Records `checkpoint` in memory (keeping the latest per shard) for the next flush.
+    async fn set(&self, key: &ShardKey, checkpoint: Checkpoint) -> Result<(), Error> {
+        check(&checkpoint)?;
+        self.inner.start_task()?;
+        let mut pending = self.inner.pending();
+        match pending.get_mut(key) {
+            Some(current) if *current >= checkpoint => {}
+            Some(current) => *current = checkpoint,
+            None => {
+                pending.insert(key.clone(), checkpoint);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every pending checkpoint in one statement (one row per shard), retrying transient failures.
+    async fn flush(&self) -> Result<(), Error> {
+        self.inner.flush().await
+    }
+}
+
+impl Inner {
+    fn pending(&self) -> MutexGuard<'_, HashMap<ShardKey, Checkpoint>> {
+        // Each operation under this lock is one insert or remove: a panic cannot leave it half-updated.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn task(&self) -> MutexGuard<'_, Task> {
+        self.task.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn start_task(self: &Arc<Self>) -> Result<(), Error> {
+        let mut task = self.task();
+        match *task {
+            Task::Running { .. } => Ok(()),
+            Task::ShutDown => Err(Error::new(ErrorKind::Permanent, "checkpoint store was shut down")),
+            Task::NotStarted => {
+                let (stop, stopped) = oneshot::channel();
+                let handle = tokio::spawn(run(Arc::downgrade(self), self.flush_interval, stopped));
+                *task = Task::Running { stop, handle };
+                Ok(())
+            }
+        }
+    }
+
+    async fn read(&self, key: &ShardKey) -> Result<Option<Checkpoint>, Error> {
+        let table = self.table.as_str();
+        let ns = namespace(key);
+        let row: Option<(String, Option<i64>, bool)> =
+            retry(|| sqlx::query_as(&self.select_sql).bind(&ns).bind(key.shard()).fetch_optional(&self.pool))
+                .await
+                .map_err(|e| error::map("reading a checkpoint", table, e))?;
+        let Some((sequence, sub_sequence, finished)) = row else { return Ok(None) };
+        if finished {
+            return Ok(Some(Checkpoint::ShardEnd));
+        }
+        let sequence = SequenceNumber::parse(sequence).map_err(|e| {
+            Error::with_source(ErrorKind::Permanent, format!("invalid sequence number stored in {table}"), e)
+        })?;
+        let sub_sequence = sub_sequence
+            .map(u64::try_from)
+            .transpose()
+            .map_err(|e| Error::with_source(ErrorKind::Permanent, format!("negative sub-sequence in {table}"), e))?;
+        Ok(Some(Checkpoint::At { sequence, sub_sequence }))
+    }
+
+    async fn flush(&self) -> Result<(), Error> {
+        let _one_at_a_time = self.flush_lock.lock().await;
+        let batch = self.pending().clone();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let rows = Rows::new(batch.iter().map(|(k, c)| (namespace(k), k.shard().to_owned(), c.clone())));
+        retry(|| rows.query(&self.upsert_sql).execute(&self.pool))
+            .await
+            .map_err(|e| error::map("flushing checkpoints", self.table.as_str(), e))?;
+        // Forget what was written, unless a newer checkpoint was set meanwhile.
+        let mut pending = self.pending();
+        for (key, written) in batch {
+            if pending.get(&key) == Some(&written) {
+                pending.remove(&key);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn run(inner: Weak<Inner>, interval: Duration, mut stop: oneshot::Receiver<()>) {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            // Stopped, or the store was dropped (the sender with it).
+            _ = &mut stop => return,
+            _ = ticker.tick() => {}
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        if let Err(e) = inner.flush().await {
+            tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "background checkpoint flush failed");
+        }
+    }
+}
+
+/// Runs `op` up to [`MAX_ATTEMPTS`] times while it fails with a transient error, with exponential backoff.
+async fn retry<T, F, Fut>(mut op: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(e) if attempt < MAX_ATTEMPTS && error::is_transient(&e) => {
+                tracing::debug!(error = %e, attempt, "transient database error, retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// The value of the `namespace` column: `{app}-{stream}`, as the Go library's stores write it.
+fn namespace(key: &ShardKey) -> String {
+    format!("{}-{}", key.app(), key.stream())
+}
+
+/// Sub-sequence numbers are stored as `bigint`.
+fn check(checkpoint: &Checkpoint) -> Result<(), Error> {
+    match checkpoint {
+        Checkpoint::At { sub_sequence: Some(sub), .. } if i64::try_from(*sub).is_err() => Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("sub-sequence number {sub} does not fit the bigint column sub_sequence_number"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The parameters of the upsert: one entry per row, sorted by primary key (so that concurrent flushes lock rows in
+/// the same order and cannot deadlock each other).
+struct Rows {
+    namespaces: Vec<String>,
+    shards: Vec<String>,
+    sequences: Vec<String>,
+    sub_sequences: Vec<Option<i64>>,
+    finished: Vec<bool>,
+}
+
+impl Rows {
+    fn new(rows: impl IntoIterator<Item = (String, String, Checkpoint)>) -> Self {
+        // Two keys can share a row (`a-b`/`c` and `a`/`b-c` both give namespace `a-b-c`): keep the later checkpoint,
+        // as one statement may not update a row twice.
+        let mut by_pk: BTreeMap<(String, String), Checkpoint> = BTreeMap::new();
+        for (ns, shard, checkpoint) in rows {
+            let slot = by_pk.entry((ns, shard)).or_insert_with(|| checkpoint.clone());
+            if checkpoint > *slot {
+                *slot = checkpoint;
+            }
+        }
+        let mut rows = Rows {
+            namespaces: Vec::with_capacity(by_pk.len()),
+            shards: Vec::with_capacity(by_pk.len()),
+            sequences: Vec::with_capacity(by_pk.len()),
+            sub_sequences: Vec::with_capacity(by_pk.len()),
+            finished: Vec::with_capacity(by_pk.len()),
+        };
+        for ((ns, shard), checkpoint) in by_pk {
+            let (sequence, sub_sequence, finished) = match checkpoint {
+                Checkpoint::At { sequence, sub_sequence } => {
+                    // `check` let only values that fit through.
+                    (sequence.to_string(), sub_sequence.and_then(|s| i64::try_from(s).ok()), false)
+                }
+                // The row needs a sequence number (NOT NULL in the Go schema); an existing row keeps its own.
+                Checkpoint::ShardEnd => ("0".to_owned(), None, true),
+            };
+            rows.namespaces.push(ns);
+            rows.shards.push(shard);
+            rows.sequences.push(sequence);
+            rows.sub_sequences.push(sub_sequence);
+            rows.finished.push(finished);
+        }
+        rows
+    }
+
+    fn query<'q>(&'q self, sql: &'q str) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        sqlx::query(sql)
+            .bind(&self.namespaces)
+            .bind(&self.shards)
+            .bind(&self.sequences)
+            .bind(&self.sub_sequences)
+            .bind(&self.finished)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str, sub: Option<u64>) -> Checkpoint {
+        Checkpoint::At { sequence: SequenceNumber::parse(s).expect("valid"), sub_sequence: sub }
+    }
+
+    #[test]
+    fn rows_are_sorted_deduplicated_and_typed() {
+        let rows = Rows::new([
+            ("b-s".to_owned(), "2".to_owned(), at("10", Some(3))),
+            ("a-b-c".to_owned(), "1".to_owned(), at("9", None)),
+            // Same row as the one above (app `a`, stream `b-c` vs app `a-b`, stream `c`): the later checkpoint wins.
+            ("a-b-c".to_owned(), "1".to_owned(), at("10", None)),
+            ("a-b-c".to_owned(), "0".to_owned(), Checkpoint::ShardEnd),
+        ]);
+        assert_eq!(rows.namespaces, ["a-b-c", "a-b-c", "b-s"]);
+        assert_eq!(rows.shards, ["0", "1", "2"]);
+        assert_eq!(rows.sequences, ["0", "10", "10"]);
+        assert_eq!(rows.sub_sequences, [None, None, Some(3)]);
+        assert_eq!(rows.finished, [true, false, false]);
+    }
+
+    #[test]
+    fn sub_sequences_must_fit_bigint() {
+        let max = u64::try_from(i64::MAX).expect("fits");
+        assert!(check(&at("1", Some(max))).is_ok());
+        assert_eq!(check(&at("1", Some(max + 1))).map_err(|e| e.kind()), Err(ErrorKind::InvalidInput));
+        assert!(check(&Checkpoint::ShardEnd).is_ok());
+        assert_eq!(namespace(&ShardKey::new("app", "stream", "shard")), "app-stream");
+    }
+}
