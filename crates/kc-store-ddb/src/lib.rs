@@ -13,7 +13,8 @@
 //!     .build()?;
 //! store.create_table_if_missing().await?; // or create the table with your infrastructure tooling
 //! let key = ShardKey::new("my-app", "my-stream", "shardId-000000000000");
-//! store.set(&key, Checkpoint::at(SequenceNumber::parse("49590338271490256608559692538361571095921575989136588898")?)).await?;
+//! let sequence = SequenceNumber::parse("49590338271490256608559692538361571095921575989136588898")?;
+//! store.set(&key, Checkpoint::at(sequence)).await?;
 //! store.flush().await?; // also done every 10 s by a background task
 //! assert!(store.get(&key).await?.is_some());
 //! store.shutdown().await?; // flushes and stops the background task
@@ -52,13 +53,13 @@
 //!   [`flush_interval`](DynamoDbStoreBuilder::flush_interval) (default 5 s); [`flush`](CheckpointStore::flush)
 //!   writes at once, one conditional `PutItem` per pending shard, up to 16 at a time.
 //! - Monotonic in the database: a write only succeeds if there is no item, or the item has no `sequence_key` (written
-//!   by the Go library), or its `sequence_key` is smaller. A failed condition means a newer checkpoint is stored
-//!   (by another process): the pending one is dropped and that is a success.
+//!   by the Go library), or its `sequence_key` is smaller. A failed condition means an equal or newer checkpoint is
+//!   stored (by another process): the pending one is dropped and that is a success.
 //! - Transient failures (throttling, 5xx, timeouts, connection errors) are retried inside a flush, up to
 //!   [`max_attempts`](DynamoDbStoreBuilder::max_attempts) (default 5) with capped exponential backoff, on top of the
-//!   SDK's own retries. If they still fail, the checkpoints stay pending for the next flush (never dropped) and
-//!   `flush` returns an [`ErrorKind::Transient`] error. Access denied, a missing table or a validation error are
-//!   [`ErrorKind::Permanent`], with the SDK error as `source()`.
+//!   SDK's own retries. If they still fail, `flush` returns an [`ErrorKind::Transient`] error. Access denied, a
+//!   missing table or a validation error are [`ErrorKind::Permanent`], with the SDK error as `source()`. After any
+//!   failure the checkpoints stay pending for the next flush: they are never dropped.
 //! - [`get`](CheckpointStore::get) reads with a consistent read and returns the newer of the stored and the pending
 //!   checkpoint; `Ok(None)` only when there is neither.
 //! - [`DynamoDbStore::shutdown`] stops the background task and flushes; calling it again is harmless. Dropping the
