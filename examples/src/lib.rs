@@ -2,6 +2,8 @@
 
 #![allow(clippy::print_stdout)]
 
+pub mod consumer_cli;
+
 use std::time::Duration;
 
 use anyhow::Context as _;
