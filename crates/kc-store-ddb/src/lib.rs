@@ -1,4 +1,606 @@
-//! DynamoDB checkpoint store for kinesis-consumer.
+//! DynamoDB checkpoint store for kinesis-consumer: [`DynamoDbStore`], an implementation of
+//! [`kc_checkpoint::CheckpointStore`] on one DynamoDB table.
 //!
-//! Not implemented yet: this crate is filled by the issue "Checkpoint stores: kc-store-ddb, kc-store-postgres,
-//! kc-store-mysql". It deliberately contains no code until then, so that nothing can depend on a fake store.
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use kc_checkpoint::{Checkpoint, CheckpointStore, SequenceNumber, ShardKey};
+//! use kc_store_ddb::DynamoDbStore;
+//!
+//! # async fn run(client: aws_sdk_dynamodb::Client) -> Result<(), kc_checkpoint::Error> {
+//! let store = DynamoDbStore::builder(client, "kinesis-consumer-checkpoint")
+//!     .flush_interval(Duration::from_secs(10))
+//!     .build()?;
+//! store.create_table_if_missing().await?; // or create the table with your infrastructure tooling
+//! let key = ShardKey::new("my-app", "my-stream", "shardId-000000000000");
+//! let sequence = SequenceNumber::parse("49590338271490256608559692538361571095921575989136588898")?;
+//! store.set(&key, Checkpoint::at(sequence)).await?;
+//! store.flush().await?; // also done every 10 s by a background task
+//! assert!(store.get(&key).await?.is_some());
+//! store.shutdown().await?; // flushes and stops the background task
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Table layout
+//!
+//! The table is the Go library's: partition key `namespace` (S), sort key `shard_id` (S), one item per shard.
+//! [`DynamoDbStore::create_table_if_missing`] creates it (on-demand capacity) if you do not manage it yourself.
+//!
+//! | attribute             | type | content                                                                        |
+//! |-----------------------|------|--------------------------------------------------------------------------------|
+//! | `namespace`           | S    | `{app}-{stream}` (as in the Go library; see below)                             |
+//! | `shard_id`            | S    | the shard id                                                                   |
+//! | `sequence_number`     | S    | the sequence number, canonical decimal (absent for `ShardEnd`)                 |
+//! | `sub_sequence_number` | N    | the sub-sequence number of a KPL user record (absent for a whole record)       |
+//! | `finished`            | BOOL | `true` for [`Checkpoint::ShardEnd`], else `false`                              |
+//! | `sequence_key`        | S    | an order-preserving encoding of the checkpoint, used by conditional writes     |
+//!
+//! The namespace is the Go library's, so a Go consumer's table can be reused; like there, it is ambiguous when names
+//! contain `-` (app `a-b` reading stream `c` and app `a` reading stream `b-c` share `a-b-c`), so pick app names that
+//! cannot collide.
+//!
+//! Sequence numbers have up to 129 digits (real ones about 56), more than a DynamoDB Number holds (38 digits), so
+//! they are strings. To compare them in a `ConditionExpression`, `sequence_key` is the sequence number left-padded
+//! with zeros to 129 digits, then `#`, then the sub-sequence number padded to 20 digits or `z` for a whole record;
+//! `ShardEnd` is `~`. DynamoDB compares strings by their UTF-8 bytes, so string order is exactly
+//! [`Checkpoint`]'s order.
+//!
+//! # Semantics
+//!
+//! - [`set`](CheckpointStore::set) only buffers, in memory, the newest checkpoint of each shard.
+//!   A background task (started by [`DynamoDbStoreBuilder::build`], so call it inside a Tokio runtime) flushes every
+//!   [`flush_interval`](DynamoDbStoreBuilder::flush_interval) (default 5 s); [`flush`](CheckpointStore::flush)
+//!   writes at once, one conditional `PutItem` per pending shard, up to 16 at a time.
+//! - Monotonic in the database: a write only succeeds if there is no item, or the item has no `sequence_key` (written
+//!   by the Go library), or its `sequence_key` is smaller. A failed condition means an equal or newer checkpoint is
+//!   stored (by another process): the pending one is dropped and that is a success.
+//! - Transient failures (throttling, 5xx, timeouts, connection errors) are retried inside a flush, up to
+//!   [`max_attempts`](DynamoDbStoreBuilder::max_attempts) (default 5) with capped exponential backoff, on top of the
+//!   SDK's own retries. If they still fail, `flush` returns an [`ErrorKind::Transient`] error. Access denied, a
+//!   missing table or a validation error are [`ErrorKind::Permanent`], with the SDK error as `source()`. After any
+//!   failure the checkpoints stay pending for the next flush: they are never dropped.
+//! - [`get`](CheckpointStore::get) reads with a consistent read and returns the newer of the stored and the pending
+//!   checkpoint; `Ok(None)` only when there is neither.
+//! - [`DynamoDbStore::shutdown`] stops the background task and flushes; calling it again is harmless. Dropping the
+//!   store stops the task without flushing.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod error;
+mod key;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
+};
+use futures_util::StreamExt as _;
+use kc_checkpoint::{Checkpoint, CheckpointStore, Error, ErrorKind, SequenceNumber, ShardKey};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use key::sequence_key;
+
+const NAMESPACE: &str = "namespace";
+const SHARD_ID: &str = "shard_id";
+const SEQUENCE_NUMBER: &str = "sequence_number";
+const SUB_SEQUENCE_NUMBER: &str = "sub_sequence_number";
+const FINISHED: &str = "finished";
+const SEQUENCE_KEY: &str = "sequence_key";
+
+/// Default interval of the background flush.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+/// Default number of attempts of one write within a flush.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Writes in flight at once within a flush.
+const MAX_CONCURRENT_WRITES: usize = 16;
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
+const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A [`CheckpointStore`] on a DynamoDB table. See the [crate docs](crate) for the table layout and the semantics.
+#[derive(Debug)]
+pub struct DynamoDbStore {
+    inner: Arc<Inner>,
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    max_attempts: u32,
+    pending: Mutex<HashMap<ShardKey, Checkpoint>>,
+    /// Serializes flushes (background and explicit), so that one does not remove what the other is writing.
+    flushing: tokio::sync::Mutex<()>,
+}
+
+/// Options of a [`DynamoDbStore`]; [`build`](Self::build) validates them.
+#[derive(Debug)]
+pub struct DynamoDbStoreBuilder {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    flush_interval: Duration,
+    max_attempts: u32,
+}
+
+impl DynamoDbStoreBuilder {
+    /// How often the background task flushes pending checkpoints. Default: [`DEFAULT_FLUSH_INTERVAL`] (5 s).
+    /// Must not be zero.
+    pub fn flush_interval(mut self, interval: Duration) -> Self {
+        self.flush_interval = interval;
+        self
+    }
+
+    /// How many times a flush tries one write before it gives up on a transient failure (the checkpoint stays
+    /// pending). Default: [`DEFAULT_MAX_ATTEMPTS`] (5). Must be at least 1.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// Validates the options and starts the background flush task.
+    ///
+    /// Errors with [`ErrorKind::InvalidInput`] for an invalid table name (DynamoDB's rule: 3 to 255 characters of
+    /// `A-Z a-z 0-9 _ . -`), a zero interval or zero attempts, and when called outside a Tokio runtime.
+    pub fn build(self) -> Result<DynamoDbStore, Error> {
+        validate_table_name(&self.table)?;
+        if self.flush_interval.is_zero() {
+            return Err(Error::new(ErrorKind::InvalidInput, "flush interval must not be zero"));
+        }
+        if self.max_attempts == 0 {
+            return Err(Error::new(ErrorKind::InvalidInput, "max attempts must be at least 1"));
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            Error::with_source(ErrorKind::InvalidInput, "DynamoDbStore must be built inside a Tokio runtime", e)
+        })?;
+        let inner = Arc::new(Inner {
+            client: self.client,
+            table: self.table,
+            max_attempts: self.max_attempts,
+            pending: Mutex::new(HashMap::new()),
+            flushing: tokio::sync::Mutex::new(()),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = runtime.spawn(background(Arc::clone(&inner), self.flush_interval, stopped));
+        Ok(DynamoDbStore { inner, stop, task: Mutex::new(Some(task)) })
+    }
+}
+
+async fn background(inner: Arc<Inner>, interval: Duration, mut stopped: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {
+                if let Err(err) = inner.flush().await {
+                    tracing::warn!(table = %inner.table, error = %err, "background checkpoint flush failed");
+                }
+            }
+            // A stop signal, or the store was dropped (the sender is gone).
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// Checks DynamoDB's table-name rule: 3 to 255 characters of `A-Z a-z 0-9 _ . -`.
+fn validate_table_name(table: &str) -> Result<(), Error> {
+    let valid_chars = table.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if (3..=255).contains(&table.len()) && valid_chars {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "invalid DynamoDB table name {table:?}: expected 3 to 255 characters of A-Z, a-z, 0-9, '_', '.', '-'"
+            ),
+        ))
+    }
+}
+
+impl DynamoDbStore {
+    /// A store on `table` with the default options (see [`DynamoDbStoreBuilder`]); must be called inside a Tokio
+    /// runtime. The table is not checked here: see [`create_table_if_missing`](Self::create_table_if_missing).
+    pub fn new(client: aws_sdk_dynamodb::Client, table: &str) -> Result<Self, Error> {
+        Self::builder(client, table).build()
+    }
+
+    /// A builder for a store on `table`.
+    pub fn builder(client: aws_sdk_dynamodb::Client, table: &str) -> DynamoDbStoreBuilder {
+        DynamoDbStoreBuilder {
+            client,
+            table: table.to_owned(),
+            flush_interval: DEFAULT_FLUSH_INTERVAL,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+
+    /// The table's name.
+    pub fn table(&self) -> &str {
+        &self.inner.table
+    }
+
+    /// Creates the table (partition key `namespace`, sort key `shard_id`, on-demand capacity) unless it exists, and
+    /// waits until it is `ACTIVE` (at most two minutes).
+    pub async fn create_table_if_missing(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        let described = inner.client.describe_table().table_name(&inner.table).send().await;
+        match described {
+            Ok(_) => {}
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => {
+                let created = inner
+                    .client
+                    .create_table()
+                    .table_name(&inner.table)
+                    .billing_mode(BillingMode::PayPerRequest)
+                    .attribute_definitions(attribute(NAMESPACE)?)
+                    .attribute_definitions(attribute(SHARD_ID)?)
+                    .key_schema(key_element(NAMESPACE, KeyType::Hash)?)
+                    .key_schema(key_element(SHARD_ID, KeyType::Range)?)
+                    .send()
+                    .await;
+                match created {
+                    Ok(_) => {}
+                    // Created concurrently by another process.
+                    Err(err) if err.as_service_error().is_some_and(|e| e.is_resource_in_use_exception()) => {}
+                    Err(err) => return Err(error::from_sdk(&format!("creating table {}", inner.table), err)),
+                }
+            }
+            Err(err) => return Err(error::from_sdk(&format!("describing table {}", inner.table), err)),
+        }
+        let deadline = tokio::time::Instant::now() + TABLE_ACTIVE_TIMEOUT;
+        loop {
+            let out = inner
+                .client
+                .describe_table()
+                .table_name(&inner.table)
+                .send()
+                .await
+                .map_err(|err| error::from_sdk(&format!("describing table {}", inner.table), err))?;
+            if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::new(
+                    ErrorKind::Transient,
+                    format!("table {} not ACTIVE after {:?}", inner.table, TABLE_ACTIVE_TIMEOUT),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the background task and flushes the pending checkpoints. Calling it again only flushes again (which
+    /// writes nothing if nothing was set since). [`set`](CheckpointStore::set) still buffers after a shutdown, and
+    /// [`flush`](CheckpointStore::flush) still writes.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        let task = self.inner_task().take();
+        if let Some(task) = task {
+            // Ignore send errors: the receiver is gone only if the task already ended.
+            let _ = self.stop.send(true);
+            if let Err(err) = task.await {
+                tracing::warn!(table = %self.inner.table, error = %err, "checkpoint flush task failed");
+            }
+        }
+        self.inner.flush().await
+    }
+
+    fn inner_task(&self) -> std::sync::MutexGuard<'_, Option<JoinHandle<()>>> {
+        // Only `take()` happens under this lock: a poisoned lock is still consistent.
+        self.task.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn attribute(name: &str) -> Result<AttributeDefinition, Error> {
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(ScalarAttributeType::S)
+        .build()
+        .map_err(|e| Error::with_source(ErrorKind::Permanent, "building a table definition", e))
+}
+
+fn key_element(name: &str, key_type: KeyType) -> Result<KeySchemaElement, Error> {
+    KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(key_type)
+        .build()
+        .map_err(|e| Error::with_source(ErrorKind::Permanent, "building a key schema", e))
+}
+
+/// The partition key of `key`: `{app}-{stream}`, as in the Go library. Note that this is ambiguous when names
+/// contain `-` (app `a-b` with stream `c` and app `a` with stream `b-c` share `a-b-c`): keep app names unique.
+fn namespace(key: &ShardKey) -> String {
+    format!("{}-{}", key.app(), key.stream())
+}
+
+impl Inner {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<ShardKey, Checkpoint>> {
+        // Each operation under this lock is one insert or remove: a poisoned lock is still consistent.
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn flush(&self) -> Result<(), Error> {
+        let _flushing = self.flushing.lock().await;
+        let batch: Vec<(ShardKey, Checkpoint)> = self.pending().iter().map(|(k, c)| (k.clone(), c.clone())).collect();
+        let results: Vec<_> = futures_util::stream::iter(batch)
+            .map(|(key, cp)| async move {
+                let result = self.write(&key, &cp).await;
+                (key, cp, result)
+            })
+            .buffer_unordered(MAX_CONCURRENT_WRITES)
+            .collect()
+            .await;
+        let mut first_error: Option<Error> = None;
+        let mut failed = 0usize;
+        for (key, written, result) in results {
+            match result {
+                Ok(()) => {
+                    let mut pending = self.pending();
+                    // Keep a newer checkpoint set while this one was being written.
+                    if pending.get(&key).is_some_and(|p| *p <= written) {
+                        pending.remove(&key);
+                    }
+                }
+                Err(err) => {
+                    failed += 1;
+                    tracing::warn!(table = %self.table, shard = key.shard(), error = %err, "checkpoint write failed");
+                    // A permanent error is more useful to the caller than a transient one.
+                    let replace = first_error
+                        .as_ref()
+                        .is_none_or(|e| e.kind() == ErrorKind::Transient && err.kind() != ErrorKind::Transient);
+                    if replace {
+                        first_error = Some(err);
+                    }
+                }
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(err) if failed == 1 => Err(err),
+            Some(err) => Err(Error::with_source(
+                err.kind(),
+                format!("{failed} checkpoint writes to table {} failed; they stay pending", self.table),
+                err,
+            )),
+        }
+    }
+
+    /// Writes `cp` unless the stored checkpoint is at or after it, retrying transient failures.
+    async fn write(&self, key: &ShardKey, cp: &Checkpoint) -> Result<(), Error> {
+        let mut attempt = 1;
+        loop {
+            match self.put(key, cp).await {
+                Ok(()) => return Ok(()),
+                Err(err) if err.kind() == ErrorKind::Transient && attempt < self.max_attempts => {
+                    let delay = backoff(attempt);
+                    tracing::debug!(shard = key.shard(), attempt, ?delay, error = %err, "retrying checkpoint write");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    async fn put(&self, key: &ShardKey, cp: &Checkpoint) -> Result<(), Error> {
+        let mut request = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item(NAMESPACE, AttributeValue::S(namespace(key)))
+            .item(SHARD_ID, AttributeValue::S(key.shard().to_owned()))
+            .item(SEQUENCE_KEY, AttributeValue::S(sequence_key(cp)))
+            .item(FINISHED, AttributeValue::Bool(cp.is_shard_end()))
+            .condition_expression("attribute_not_exists(#shard) OR attribute_not_exists(#key) OR #key < :new")
+            .expression_attribute_names("#shard", SHARD_ID)
+            .expression_attribute_names("#key", SEQUENCE_KEY)
+            .expression_attribute_values(":new", AttributeValue::S(sequence_key(cp)));
+        if let Checkpoint::At { sequence, sub_sequence } = cp {
+            request = request.item(SEQUENCE_NUMBER, AttributeValue::S(sequence.as_str().to_owned()));
+            if let Some(sub) = sub_sequence {
+                request = request.item(SUB_SEQUENCE_NUMBER, AttributeValue::N(sub.to_string()));
+            }
+        }
+        match request.send().await {
+            Ok(_) => Ok(()),
+            // A checkpoint at or after this one is stored: nothing to do.
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => Ok(()),
+            Err(err) => {
+                Err(error::from_sdk(&format!("writing checkpoint of {} to table {}", key.shard(), self.table), err))
+            }
+        }
+    }
+
+    async fn read(&self, key: &ShardKey) -> Result<Option<Checkpoint>, Error> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(NAMESPACE, AttributeValue::S(namespace(key)))
+            .key(SHARD_ID, AttributeValue::S(key.shard().to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|err| {
+                error::from_sdk(&format!("reading checkpoint of {} from table {}", key.shard(), self.table), err)
+            })?;
+        out.item()
+            .map(|item| {
+                decode(item).map_err(|msg| {
+                    Error::new(
+                        ErrorKind::Permanent,
+                        format!("malformed checkpoint item for {} in table {}: {msg}", key.shard(), self.table),
+                    )
+                })
+            })
+            .transpose()
+    }
+}
+
+/// Decodes a stored item (also one written by the Go library: `sequence_number` only).
+fn decode(item: &HashMap<String, AttributeValue>) -> Result<Checkpoint, String> {
+    if matches!(item.get(FINISHED), Some(AttributeValue::Bool(true))) {
+        return Ok(Checkpoint::ShardEnd);
+    }
+    let sequence = match item.get(SEQUENCE_NUMBER) {
+        Some(AttributeValue::S(s) | AttributeValue::N(s)) => {
+            SequenceNumber::parse(s.as_str()).map_err(|e| format!("{SEQUENCE_NUMBER}: {e}"))?
+        }
+        Some(_) => return Err(format!("{SEQUENCE_NUMBER} is not a string")),
+        None => return Err(format!("no {SEQUENCE_NUMBER}")),
+    };
+    let sub_sequence = match item.get(SUB_SEQUENCE_NUMBER) {
+        None | Some(AttributeValue::Null(_)) => None,
+        Some(AttributeValue::N(n)) => Some(n.parse::<u64>().map_err(|e| format!("{SUB_SEQUENCE_NUMBER} {n:?}: {e}"))?),
+        Some(_) => return Err(format!("{SUB_SEQUENCE_NUMBER} is not a number")),
+    };
+    Ok(Checkpoint::At { sequence, sub_sequence })
+}
+
+/// Capped exponential backoff with full jitter (between half and all of the step).
+fn backoff(attempt: u32) -> Duration {
+    let step = BACKOFF_BASE.saturating_mul(1 << attempt.min(10)).min(BACKOFF_CAP);
+    step.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+#[async_trait]
+impl CheckpointStore for DynamoDbStore {
+    async fn get(&self, key: &ShardKey) -> Result<Option<Checkpoint>, Error> {
+        // Pending first: a flush removes a pending checkpoint only after writing it, so one that finishes between
+        // these two reads leaves it in the table. Reading the table first could miss both.
+        let pending = self.inner.pending().get(key).cloned();
+        let stored = self.inner.read(key).await?;
+        Ok(stored.into_iter().chain(pending).max())
+    }
+
+    async fn set(&self, key: &ShardKey, checkpoint: Checkpoint) -> Result<(), Error> {
+        let mut pending = self.inner.pending();
+        match pending.get_mut(key) {
+            Some(current) if *current >= checkpoint => {}
+            Some(current) => *current = checkpoint,
+            None => {
+                pending.insert(key.clone(), checkpoint);
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), Error> {
+        self.inner.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names() {
+        let long = "a".repeat(255);
+        let too_long = "a".repeat(256);
+        let cases: &[(&str, bool)] = &[
+            ("abc", true),
+            ("kinesis-consumer-checkpoint", true),
+            ("A_b.c-9", true),
+            (&long, true),
+            ("ab", false),
+            ("", false),
+            (&too_long, false),
+            ("has space", false),
+            ("slash/name", false),
+            ("colon:name", false),
+            ("ünïcode", false),
+        ];
+        for (name, ok) in cases {
+            let got = validate_table_name(name);
+            assert_eq!(got.is_ok(), *ok, "{name:?}");
+            if let Err(err) = got {
+                assert_eq!(err.kind(), ErrorKind::InvalidInput, "{name:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn decode_items() {
+        let seq = |s: &str| SequenceNumber::parse(s).expect("valid");
+        let s = |v: &str| AttributeValue::S(v.to_owned());
+        let item = |pairs: Vec<(&str, AttributeValue)>| -> HashMap<String, AttributeValue> {
+            pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+        };
+        let cases = vec![
+            (item(vec![(SEQUENCE_NUMBER, s("42"))]), Ok(Checkpoint::at(seq("42")))),
+            (
+                item(vec![(SEQUENCE_NUMBER, s("42")), (SUB_SEQUENCE_NUMBER, AttributeValue::N("3".into()))]),
+                Ok(Checkpoint::at_sub(seq("42"), 3)),
+            ),
+            (item(vec![(FINISHED, AttributeValue::Bool(true))]), Ok(Checkpoint::ShardEnd)),
+            (
+                item(vec![(SEQUENCE_NUMBER, s("7")), (FINISHED, AttributeValue::Bool(false))]),
+                Ok(Checkpoint::at(seq("7"))),
+            ),
+            (item(vec![]), Err(())),
+            (item(vec![(SEQUENCE_NUMBER, s("x1"))]), Err(())),
+            (item(vec![(SEQUENCE_NUMBER, s("1")), (SUB_SEQUENCE_NUMBER, AttributeValue::N("-1".into()))]), Err(())),
+        ];
+        for (item, want) in cases {
+            assert_eq!(decode(&item).map_err(|_| ()), want, "{item:?}");
+        }
+    }
+
+    /// A client for a closed local port: every call fails to connect. No credential chain, no SDK retries.
+    fn unreachable_client() -> aws_sdk_dynamodb::Client {
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("dummy", "dummy", None, None, "test"))
+            .endpoint_url("http://127.0.0.1:1")
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(config)
+    }
+
+    #[test]
+    fn building_outside_a_runtime_is_an_error() {
+        let err = DynamoDbStore::new(unreachable_client(), "table").expect_err("no runtime");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[tokio::test]
+    async fn invalid_options_are_rejected() {
+        let zero = DynamoDbStore::builder(unreachable_client(), "table").flush_interval(Duration::ZERO).build();
+        assert_eq!(zero.map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::InvalidInput));
+        let none = DynamoDbStore::builder(unreachable_client(), "table").max_attempts(0).build();
+        assert_eq!(none.map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::InvalidInput));
+        let bad = DynamoDbStore::new(unreachable_client(), "a b");
+        assert_eq!(bad.map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::InvalidInput));
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_keeps_pending_and_is_transient() {
+        let store = DynamoDbStore::builder(unreachable_client(), "table").max_attempts(2).build().expect("store");
+        store.flush().await.expect("nothing pending: no call");
+        let key = ShardKey::new("app", "stream", "shard");
+        let cp = Checkpoint::at(SequenceNumber::parse("10").expect("valid"));
+        store.set(&key, cp.clone()).await.expect("set");
+        store.set(&key, Checkpoint::at(SequenceNumber::parse("9").expect("valid"))).await.expect("set");
+        for _ in 0..2 {
+            let err = store.flush().await.expect_err("unreachable");
+            assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+            assert_eq!(store.inner.pending().get(&key), Some(&cp), "kept for the next flush");
+        }
+        let err = store.get(&key).await.expect_err("a failed read is not Ok(None)");
+        assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+        store.shutdown().await.expect_err("shutdown still tries to flush");
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        for attempt in 1..40 {
+            let d = backoff(attempt);
+            assert!(d <= BACKOFF_CAP && d >= BACKOFF_BASE, "{attempt}: {d:?}");
+        }
+    }
+}

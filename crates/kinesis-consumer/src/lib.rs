@@ -6,8 +6,8 @@
 //!   parents before children, retries with backoff, checkpoints, shuts down gracefully;
 //! - [`checkpoint`] (`kc-checkpoint`): the [`CheckpointStore`] trait and the in-memory [`MemoryStore`];
 //! - [`deagg`] (`kc-deagg`): the KPL aggregated-record decoder and encoder;
-//! - checkpoint stores behind features: [`postgres`] (`kc-store-postgres`, feature `postgres`) and [`mysql`]
-//!   (`kc-store-mysql`, feature `mysql`); DynamoDB (`ddb`) comes with its own issue.
+//! - checkpoint stores behind features: [`ddb`] (`kc-store-ddb`, feature `ddb`), [`postgres`]
+//!   (`kc-store-postgres`, feature `postgres`) and [`mysql`] (`kc-store-mysql`, feature `mysql`).
 //!
 //! ```no_run
 //! use kinesis_consumer::{Consumer, InitialPosition, Outcome, Record};
@@ -37,6 +37,9 @@
 pub use kc_checkpoint as checkpoint;
 pub use kc_core::*;
 pub use kc_deagg as deagg;
+#[cfg(feature = "ddb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ddb")))]
+pub use kc_store_ddb as ddb;
 #[cfg(feature = "mysql")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
 pub use kc_store_mysql as mysql;
