@@ -26,16 +26,38 @@ pub async fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
         let config = aws_config::load_defaults(BehaviorVersion::latest()).await;
         return aws_sdk_kinesis::Client::new(&config);
     }
-    let key = std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "dummy".to_owned());
-    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| "dummy".to_owned());
-    let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".to_owned());
+    let (credentials, region) = emulator_credentials();
     let config = aws_sdk_kinesis::Config::builder()
         .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(region))
-        .credentials_provider(Credentials::new(key, secret, None, None, "kc-examples"))
+        .region(region)
+        .credentials_provider(credentials)
         .endpoint_url(endpoint)
         .build();
     aws_sdk_kinesis::Client::from_conf(config)
+}
+
+/// A DynamoDB client for `endpoint` (dynalite), or for AWS itself when `endpoint` is `"aws"`; credentials as for
+/// [`kinesis_client`].
+pub async fn dynamodb_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    if endpoint == "aws" {
+        let config = aws_config::load_defaults(BehaviorVersion::latest()).await;
+        return aws_sdk_dynamodb::Client::new(&config);
+    }
+    let (credentials, region) = emulator_credentials();
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+        .region(region)
+        .credentials_provider(credentials)
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(config)
+}
+
+fn emulator_credentials() -> (Credentials, Region) {
+    let key = std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "dummy".to_owned());
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| "dummy".to_owned());
+    let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".to_owned());
+    (Credentials::new(key, secret, None, None, "kc-examples"), Region::new(region))
 }
 
 /// Logs to stderr, at `info` unless `RUST_LOG` says otherwise.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use kinesis_consumer::ddb::DynamoDbStore;
 use kinesis_consumer::mysql::MySqlStore;
 use kinesis_consumer::postgres::PostgresStore;
 use kinesis_consumer::{
@@ -89,9 +90,15 @@ async fn main() {
         PostgresStore::connect(&env("DATABASE_URL_POSTGRES"), &format!("kc_bench_{suffix}")).await.expect("pg"),
     );
     pg.create_table_if_missing().await.expect("pg table");
-    let my = Arc::new(MySqlStore::connect(&env("DATABASE_URL_MYSQL"), &format!("kc_bench_{suffix}")).await.expect("my"));
+    let my =
+        Arc::new(MySqlStore::connect(&env("DATABASE_URL_MYSQL"), &format!("kc_bench_{suffix}")).await.expect("my"));
     my.create_table_if_missing().await.expect("mysql table");
-    let stores: Vec<(&str, Arc<dyn CheckpointStore>)> = vec![("postgres", pg.clone()), ("mysql", my.clone())];
+    let ddb_client = kc_examples::dynamodb_client(&env("DYNAMODB_ENDPOINT")).await;
+    let ddb_table = format!("kc-bench-{suffix}");
+    let ddb = Arc::new(DynamoDbStore::new(ddb_client.clone(), &ddb_table).expect("ddb"));
+    ddb.create_table_if_missing().await.expect("ddb table");
+    let stores: Vec<(&str, Arc<dyn CheckpointStore>)> =
+        vec![("postgres", pg.clone()), ("mysql", my.clone()), ("dynamodb", ddb.clone())];
 
     println!("flush of {shards} shards' checkpoints ({rounds} rounds, each moves every shard forward):");
     for (name, store) in &stores {
@@ -105,7 +112,9 @@ async fn main() {
     let payload = Bytes::from(vec![b'x'; 100]);
     let entries = (0..records).map(|i| (format!("k{}", i % 100), payload.clone())).collect();
     kc_examples::put_all(&client, &stream, entries).await.expect("put");
-    println!("consumer over kinesalite, 2 shards, {records} x 100-byte records, no-op handler, {runs} alternating runs:");
+    println!(
+        "consumer over kinesalite, 2 shards, {records} x 100-byte records, no-op handler, {runs} alternating runs:"
+    );
     for (name, store) in &stores {
         let (mut mem, mut with) = (Vec::new(), Vec::new());
         for _ in 0..runs {
@@ -117,6 +126,8 @@ async fn main() {
     }
     pg.shutdown().await.expect("pg shutdown");
     my.shutdown().await.expect("mysql shutdown");
+    ddb.shutdown().await.expect("ddb shutdown");
+    let _ = ddb_client.delete_table().table_name(&ddb_table).send().await;
     for (url, name) in [(env("DATABASE_URL_POSTGRES"), "pg"), (env("DATABASE_URL_MYSQL"), "my")] {
         let drop = format!("DROP TABLE kc_bench_{suffix}");
         if name == "pg" {

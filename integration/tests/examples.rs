@@ -161,24 +161,27 @@ async fn transactional_postgres_checkpoints_give_exactly_once_effects_across_a_c
     }
 }
 
-/// `consumer-postgres` and `consumer-mysql` stopped with SIGTERM and started again: the second process prints only
-/// the records put after the first one stopped.
+/// `consumer-postgres`, `consumer-mysql` and `consumer-ddb` stopped with SIGTERM and started again: the second
+/// process prints only the records put after the first one stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sql_store_consumers_resume_across_processes() {
-    for (bin_name, url_var) in
-        [("consumer-postgres", "DATABASE_URL_POSTGRES"), ("consumer-mysql", "DATABASE_URL_MYSQL")]
-    {
+async fn store_consumers_resume_across_processes() {
+    let stores = [
+        ("consumer-postgres", "--database-url", "DATABASE_URL_POSTGRES"),
+        ("consumer-mysql", "--database-url", "DATABASE_URL_MYSQL"),
+        ("consumer-ddb", "--dynamodb-endpoint", "DYNAMODB_ENDPOINT"),
+    ];
+    for (bin_name, url_flag, url_var) in stores {
         let url = std::env::var(url_var).unwrap_or_else(|_| {
             panic!("{url_var} is not set: run the integration tests with `cargo xtask integration`")
         });
-        let stream = unique_stream("ex-sql");
+        let stream = unique_stream("ex-store");
         let table = format!("kc_ex_{}", stream.replace('-', "_"));
         let first: Vec<String> = (0..40).map(|i| format!("first-{i}")).collect();
         produce(&stream, &first, &[]).await;
         let run = || {
             Command::new(bin(bin_name))
                 .args(["--stream", &stream, "--endpoint", &kinesis_endpoint(), "--iterator-type", "TRIM_HORIZON"])
-                .args(["--database-url", &url, "--table", &table])
+                .args([url_flag, &url, "--table", &table])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .kill_on_drop(true)
@@ -192,7 +195,10 @@ async fn sql_store_consumers_resume_across_processes() {
         let printed = read_then_stop(run(), second.len(), "-TERM").await;
         assert_eq!(multiset(&printed), multiset(&second), "{bin_name}: the restart resumes after the checkpoints");
         let drop = format!("DROP TABLE {table}");
-        if url.starts_with("postgres") {
+        if url_var == "DYNAMODB_ENDPOINT" {
+            let client = kc_examples::dynamodb_client(&url).await;
+            client.delete_table().table_name(&table).send().await.expect("delete table");
+        } else if url.starts_with("postgres") {
             let pool = sqlx::PgPool::connect(&url).await.expect("connect");
             sqlx::query(&drop).execute(&pool).await.expect("drop");
         } else {

@@ -5,7 +5,7 @@ use xshell::{cmd, Shell};
 
 use crate::{
     cargo, databases, emulator_aws_env,
-    emulators::{self, Emulator, KINESALITE},
+    emulators::{self, Emulator, DYNALITE, KINESALITE},
 };
 
 struct Bench {
@@ -14,7 +14,8 @@ struct Bench {
     bench: Option<&'static str>,
     /// Package features the bench target requires (its `required-features`).
     features: &'static [&'static str],
-    /// Started once, for the first bench that needs it; exported as `KINESIS_ENDPOINT`.
+    /// Started once, for the first bench that needs it; exported as `KINESIS_ENDPOINT` (with dynalite as
+    /// `DYNAMODB_ENDPOINT` and the databases' URLs).
     needs_kinesalite: bool,
 }
 
@@ -30,6 +31,7 @@ const BENCHES: &[Bench] = &[
 pub(crate) fn run(sh: &Shell, extra: &[String]) -> Result<()> {
     let cargo = cargo();
     let mut kinesalite: Option<Emulator> = None;
+    let mut dynalite: Option<Emulator> = None;
     for bench in BENCHES {
         let package = bench.package;
         let mut target: Vec<String> = Vec::new();
@@ -48,7 +50,12 @@ pub(crate) fn run(sh: &Shell, extra: &[String]) -> Result<()> {
                     kinesalite.insert(Emulator::start(&KINESALITE)?)
                 }
             };
+            let ddb = match &mut dynalite {
+                Some(emulator) => emulator,
+                None => dynalite.insert(Emulator::start(&DYNALITE)?),
+            };
             command = command
+                .env("DYNAMODB_ENDPOINT", ddb.endpoint())
                 .env("KINESIS_ENDPOINT", emulator.endpoint())
                 .env("DATABASE_URL_POSTGRES", databases::POSTGRES_URL)
                 .env("DATABASE_URL_MYSQL", databases::MYSQL_URL)
