@@ -66,8 +66,10 @@ pub(crate) enum Delivered {
 /// Progress of a shard in this run.
 #[derive(Default)]
 pub(crate) struct Progress {
-    /// The newest checkpoint not yet given to the store.
+    /// The newest checkpoint not yet given to the store, unless it is `last_handled` itself (`pending_is_last`): that
+    /// saves cloning a position per record.
     pending: Option<Checkpoint>,
+    pending_is_last: bool,
     /// The position of the last handled record: where a refreshed iterator continues.
     last_handled: Option<Checkpoint>,
     /// A record was handled with [`Outcome::SkipCheckpoint`] after the last checkpointed one.
@@ -78,12 +80,29 @@ impl Progress {
     fn handled(&mut self, position: Checkpoint, outcome: Outcome) {
         match outcome {
             Outcome::Checkpoint => {
-                self.pending = Some(position.clone());
+                self.pending = None;
+                self.pending_is_last = true;
                 self.skipped_since_checkpoint = false;
+                self.last_handled = Some(position);
             }
-            Outcome::SkipCheckpoint => self.skipped_since_checkpoint = true,
+            Outcome::SkipCheckpoint => {
+                let previous = self.last_handled.replace(position);
+                if std::mem::take(&mut self.pending_is_last) {
+                    self.pending = previous;
+                }
+                self.skipped_since_checkpoint = true;
+            }
         }
-        self.last_handled = Some(position);
+    }
+
+    /// The newest checkpoint not yet given to the store.
+    #[cfg(test)]
+    fn pending(&self) -> Option<&Checkpoint> {
+        if self.pending_is_last { self.last_handled.as_ref() } else { self.pending.as_ref() }
+    }
+
+    fn take_pending(&mut self) -> Option<Checkpoint> {
+        if std::mem::take(&mut self.pending_is_last) { self.last_handled.clone() } else { self.pending.take() }
     }
 }
 
@@ -347,7 +366,7 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
     }
 
     async fn save_pending(&mut self) -> Result<(), Error> {
-        if let Some(checkpoint) = self.progress.pending.take() {
+        if let Some(checkpoint) = self.progress.take_pending() {
             self.shared
                 .store
                 .set(&self.key, checkpoint)
@@ -520,13 +539,20 @@ mod tests {
     fn progress_tracks_checkpoints_and_skips() {
         let mut p = Progress::default();
         p.handled(Checkpoint::at(seq("1")), Outcome::Checkpoint);
-        assert_eq!(p.pending, Some(Checkpoint::at(seq("1"))));
+        assert_eq!(p.pending(), Some(&Checkpoint::at(seq("1"))));
         p.handled(Checkpoint::at(seq("2")), Outcome::SkipCheckpoint);
-        assert_eq!(p.pending, Some(Checkpoint::at(seq("1"))), "a skipped record does not move the checkpoint");
+        assert_eq!(p.pending(), Some(&Checkpoint::at(seq("1"))), "a skipped record does not move the checkpoint");
         assert!(p.skipped_since_checkpoint);
         assert_eq!(p.last_handled, Some(Checkpoint::at(seq("2"))), "but it was handled");
         p.handled(Checkpoint::at(seq("3")), Outcome::Checkpoint);
         assert!(!p.skipped_since_checkpoint);
-        assert_eq!(p.pending, Some(Checkpoint::at(seq("3"))));
+        assert_eq!(p.pending(), Some(&Checkpoint::at(seq("3"))));
+        assert_eq!(p.take_pending(), Some(Checkpoint::at(seq("3"))));
+        assert_eq!(p.take_pending(), None, "given to the store once");
+        p.handled(Checkpoint::at(seq("4")), Outcome::SkipCheckpoint);
+        assert_eq!(p.take_pending(), None, "a skip after a saved checkpoint leaves nothing pending");
+        p.handled(Checkpoint::at(seq("5")), Outcome::Checkpoint);
+        p.handled(Checkpoint::at(seq("6")), Outcome::SkipCheckpoint);
+        assert_eq!(p.take_pending(), Some(Checkpoint::at(seq("5"))));
     }
 }
