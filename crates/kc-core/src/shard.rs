@@ -98,11 +98,19 @@ impl Progress {
     /// The newest checkpoint not yet given to the store.
     #[cfg(test)]
     fn pending(&self) -> Option<&Checkpoint> {
-        if self.pending_is_last { self.last_handled.as_ref() } else { self.pending.as_ref() }
+        if self.pending_is_last {
+            self.last_handled.as_ref()
+        } else {
+            self.pending.as_ref()
+        }
     }
 
     fn take_pending(&mut self) -> Option<Checkpoint> {
-        if std::mem::take(&mut self.pending_is_last) { self.last_handled.clone() } else { self.pending.take() }
+        if std::mem::take(&mut self.pending_is_last) {
+            self.last_handled.clone()
+        } else {
+            self.pending.take()
+        }
     }
 }
 
