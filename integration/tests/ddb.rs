@@ -396,3 +396,32 @@ async fn many_shards_one_flush() {
     }
     delete_table(&table).await;
 }
+
+/// A background flush that fails for good (the table was deleted while running) is reported by the next `set`, so a
+/// consumer stops instead of running on while nothing is saved; once the table is back, a flush clears it.
+#[tokio::test]
+async fn permanent_background_flush_failure_is_reported_by_the_next_set() {
+    let (table, _first) = new_table("kc-ddb-bgfail").await;
+    let store =
+        DynamoDbStore::builder(client(), &table).flush_interval(Duration::from_millis(100)).build().expect("store");
+    store.set(&key("s"), Checkpoint::at(seq("1"))).await.expect("set");
+    delete_table(&table).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match store.set(&key("s"), Checkpoint::at(seq("2"))).await {
+            Err(e) => break e,
+            Ok(()) => {
+                assert!(tokio::time::Instant::now() < deadline, "set never reported the failed background flush");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(err.kind(), ErrorKind::Permanent);
+    assert!(err.to_string().contains("background flush"), "{err}");
+    store.create_table_if_missing().await.expect("table back");
+    store.flush().await.expect("the pending checkpoint is written now");
+    store.set(&key("s"), Checkpoint::at(seq("3"))).await.expect("set works again");
+    store.shutdown().await.expect("shutdown");
+    assert_eq!(stored(&table, &key("s")).await, Some(Checkpoint::at(seq("3"))));
+    delete_table(&table).await;
+}

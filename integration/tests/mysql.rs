@@ -329,3 +329,37 @@ async fn sequence_numbers_longer_than_the_column_are_refused() {
     store.shutdown().await.expect("shutdown");
     drop_table(&pool, &table).await;
 }
+
+/// A background flush that fails for good (the table was dropped while running) is reported by the next `set`, so
+/// a consumer stops instead of running on while nothing is saved; once the table is back, a flush clears it.
+#[tokio::test]
+async fn permanent_background_flush_failure_is_reported_by_the_next_set() {
+    let pool = pool().await;
+    let table = unique_table("kc_my_bgfail");
+    let store = MySqlStore::builder(pool.clone(), &table)
+        .flush_interval(Duration::from_millis(100))
+        .build()
+        .expect("valid options");
+    store.create_table_if_missing().await.expect("create table");
+    store.set(&key("s"), at("1")).await.expect("set");
+    drop_table(&pool, &table).await;
+    store.set(&key("s"), at("2")).await.expect("nothing failed yet");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match store.set(&key("s"), at("3")).await {
+            Err(e) => break e,
+            Ok(()) => {
+                assert!(tokio::time::Instant::now() < deadline, "set never reported the failed background flush");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(err.kind(), ErrorKind::Permanent);
+    assert!(err.to_string().contains("background flush"), "{err}");
+    store.create_table_if_missing().await.expect("table back");
+    store.flush().await.expect("the pending checkpoint is written now");
+    store.set(&key("s"), at("4")).await.expect("set works again");
+    store.shutdown().await.expect("shutdown");
+    assert_eq!(stored(&pool, &table, &key("s")).await, Some(at("4")));
+    drop_table(&pool, &table).await;
+}

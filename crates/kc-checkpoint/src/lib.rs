@@ -286,6 +286,48 @@ impl<S: CheckpointStore + ?Sized> CheckpointStore for Arc<S> {
     }
 }
 
+/// For stores that flush in the background: remembers a failure of a background flush that retrying will not fix
+/// (table dropped, access revoked, ...) so that the next [`CheckpointStore::set`] reports it. The consumer calls `set`
+/// after every batch, so its scan stops with a checkpoint error instead of running on while nothing is saved.
+/// Transient failures are not remembered (the pending checkpoints are simply retried at the next flush).
+#[derive(Debug, Default)]
+pub struct FlushFailure(Mutex<Option<String>>);
+
+impl FlushFailure {
+    /// Remembers `err` if retrying cannot fix it.
+    pub fn record(&self, err: &Error) {
+        if !err.is_retryable() {
+            let mut message = err.to_string();
+            let mut source = std::error::Error::source(err);
+            while let Some(s) = source {
+                message.push_str(": ");
+                message.push_str(&s.to_string());
+                source = s.source();
+            }
+            *self.lock() = Some(message);
+        }
+    }
+
+    /// Forgets the remembered failure (after a flush succeeded).
+    pub fn clear(&self) {
+        *self.lock() = None;
+    }
+
+    /// The remembered failure, as an [`ErrorKind::Permanent`] error.
+    pub fn check(&self) -> Result<(), Error> {
+        match &*self.lock() {
+            None => Ok(()),
+            Some(message) => {
+                Err(Error::new(ErrorKind::Permanent, format!("an earlier background flush failed: {message}")))
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// A [`CheckpointStore`] in memory: checkpoints live as long as the store (clones share them).
 ///
 /// The consumer's default store. A restarted process starts from the initial position again; keep a clone of the
@@ -387,6 +429,21 @@ mod tests {
                 assert_eq!(a.cmp(b), i.cmp(&j), "{a:?} vs {b:?}");
             }
         }
+    }
+
+    #[test]
+    fn flush_failure_remembers_only_what_retrying_cannot_fix() {
+        let f = FlushFailure::default();
+        assert!(f.check().is_ok());
+        f.record(&Error::new(ErrorKind::Transient, "connection reset"));
+        assert!(f.check().is_ok(), "transient failures are retried, not reported");
+        let cause = std::io::Error::other("relation \"t\" does not exist");
+        f.record(&Error::with_source(ErrorKind::Permanent, "flushing checkpoints", cause));
+        let err = f.check().expect_err("remembered");
+        assert_eq!(err.kind(), ErrorKind::Permanent);
+        assert!(err.to_string().contains("flushing checkpoints: relation \"t\" does not exist"), "{err}");
+        f.clear();
+        assert!(f.check().is_ok());
     }
 
     #[tokio::test]

@@ -726,3 +726,33 @@ async fn handler_error_stops_the_scan_even_while_list_shards_fails() {
     assert_eq!(err.kind(), ErrorKind::Handler);
     assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
 }
+
+/// A store whose writes fail for good (say its table was dropped): the scan stops with a checkpoint error naming
+/// the shard, instead of running on while nothing is saved.
+#[tokio::test(start_paused = true)]
+async fn a_failing_checkpoint_store_stops_the_scan() {
+    struct Broken;
+    #[async_trait::async_trait]
+    impl CheckpointStore for Broken {
+        async fn get(&self, _key: &ShardKey) -> Result<Option<Checkpoint>, kc_checkpoint::Error> {
+            Ok(None)
+        }
+        async fn set(&self, _key: &ShardKey, _cp: Checkpoint) -> Result<(), kc_checkpoint::Error> {
+            Err(kc_checkpoint::Error::new(kc_checkpoint::ErrorKind::Permanent, "table dropped"))
+        }
+        async fn flush(&self) -> Result<(), kc_checkpoint::Error> {
+            Ok(())
+        }
+    }
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 1);
+    put_many(&fake, 5, "r");
+    let consumer = builder(&fake, &MemoryStore::new()).store(Broken).build().await.expect("build");
+    let err = consumer
+        .scan(|_r: Record| async { Ok::<_, std::io::Error>(Outcome::Checkpoint) })
+        .await
+        .expect_err("the store's error stops the scan");
+    assert_eq!(err.kind(), ErrorKind::Checkpoint);
+    assert_eq!(err.shard(), Some(fake.shard_ids(STREAM)[0].as_str()));
+    assert!(std::error::Error::source(&err).is_some_and(|s| s.to_string().contains("table dropped")));
+}

@@ -118,6 +118,8 @@ struct Inner {
     pending: Mutex<HashMap<ShardKey, Checkpoint>>,
     /// Serializes flushes (background and explicit), so that one does not remove what the other is writing.
     flushing: tokio::sync::Mutex<()>,
+    /// A background flush failure that retrying cannot fix, reported by the next `set`.
+    failure: kc_checkpoint::FlushFailure,
 }
 
 /// Options of a [`DynamoDbStore`]; [`build`](Self::build) validates them.
@@ -165,6 +167,7 @@ impl DynamoDbStoreBuilder {
             max_attempts: self.max_attempts,
             pending: Mutex::new(HashMap::new()),
             flushing: tokio::sync::Mutex::new(()),
+            failure: kc_checkpoint::FlushFailure::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let task = runtime.spawn(background(Arc::clone(&inner), self.flush_interval, stopped));
@@ -176,7 +179,7 @@ async fn background(inner: Arc<Inner>, interval: Duration, mut stopped: watch::R
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {
-                if let Err(err) = inner.flush().await {
+                if let Err(err) = inner.flush_and_note().await {
                     tracing::warn!(table = %inner.table, error = %err, "background checkpoint flush failed");
                 }
             }
@@ -285,7 +288,7 @@ impl DynamoDbStore {
                 tracing::warn!(table = %self.inner.table, error = %err, "checkpoint flush task failed");
             }
         }
-        self.inner.flush().await
+        self.inner.flush_and_note().await
     }
 
     fn inner_task(&self) -> std::sync::MutexGuard<'_, Option<JoinHandle<()>>> {
@@ -317,6 +320,16 @@ fn namespace(key: &ShardKey) -> String {
 }
 
 impl Inner {
+    /// [`Inner::flush`], remembering a failure that retrying cannot fix (for `set` to report) or forgetting it.
+    async fn flush_and_note(&self) -> Result<(), Error> {
+        let result = self.flush().await;
+        match &result {
+            Ok(()) => self.failure.clear(),
+            Err(e) => self.failure.record(e),
+        }
+        result
+    }
+
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<ShardKey, Checkpoint>> {
         // Each operation under this lock is one insert or remove: a poisoned lock is still consistent.
         self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -477,6 +490,7 @@ impl CheckpointStore for DynamoDbStore {
     }
 
     async fn set(&self, key: &ShardKey, checkpoint: Checkpoint) -> Result<(), Error> {
+        self.inner.failure.check()?;
         let mut pending = self.inner.pending();
         match pending.get_mut(key) {
             Some(current) if *current >= checkpoint => {}
@@ -489,7 +503,7 @@ impl CheckpointStore for DynamoDbStore {
     }
 
     async fn flush(&self) -> Result<(), Error> {
-        self.inner.flush().await
+        self.inner.flush_and_note().await
     }
 }
 

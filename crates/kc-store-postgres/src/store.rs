@@ -51,6 +51,8 @@ struct Inner {
     /// One flush at a time per store (the background one and explicit ones).
     flush_lock: tokio::sync::Mutex<()>,
     task: Mutex<Task>,
+    /// A background flush failure that retrying cannot fix, reported by the next `set`.
+    failure: kc_checkpoint::FlushFailure,
 }
 
 #[derive(Debug)]
@@ -86,6 +88,7 @@ impl PostgresStoreBuilder {
                 pending: Mutex::new(HashMap::new()),
                 flush_lock: tokio::sync::Mutex::new(()),
                 task: Mutex::new(Task::NotStarted),
+                failure: kc_checkpoint::FlushFailure::default(),
             }),
         })
     }
@@ -167,7 +170,7 @@ impl PostgresStore {
                 tracing::warn!(error = %e, "checkpoint flush task ended abnormally");
             }
         }
-        self.inner.flush().await
+        self.inner.flush_and_note().await
     }
 }
 
@@ -184,6 +187,7 @@ impl CheckpointStore for PostgresStore {
     /// Records `checkpoint` in memory (keeping the latest per shard) for the next flush.
     async fn set(&self, key: &ShardKey, checkpoint: Checkpoint) -> Result<(), Error> {
         check(&checkpoint)?;
+        self.inner.failure.check()?;
         self.inner.start_task()?;
         let mut pending = self.inner.pending();
         match pending.get_mut(key) {
@@ -198,11 +202,21 @@ impl CheckpointStore for PostgresStore {
 
     /// Writes every pending checkpoint in one statement (one row per shard), retrying transient failures.
     async fn flush(&self) -> Result<(), Error> {
-        self.inner.flush().await
+        self.inner.flush_and_note().await
     }
 }
 
 impl Inner {
+    /// [`Inner::flush`], remembering a failure that retrying cannot fix (for `set` to report) or forgetting it.
+    async fn flush_and_note(&self) -> Result<(), Error> {
+        let result = self.flush().await;
+        match &result {
+            Ok(()) => self.failure.clear(),
+            Err(e) => self.failure.record(e),
+        }
+        result
+    }
+
     fn pending(&self) -> MutexGuard<'_, HashMap<ShardKey, Checkpoint>> {
         // Each operation under this lock is one insert or remove: a panic cannot leave it half-updated.
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
@@ -278,7 +292,7 @@ async fn run(inner: Weak<Inner>, interval: Duration, mut stop: oneshot::Receiver
             _ = ticker.tick() => {}
         }
         let Some(inner) = inner.upgrade() else { return };
-        if let Err(e) = inner.flush().await {
+        if let Err(e) = inner.flush_and_note().await {
             tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "background checkpoint flush failed");
         }
     }
