@@ -189,6 +189,54 @@ impl Seen {
     }
 }
 
+/// A consumer builder for `stream` as the tests use it: kinesalite's client, app `it`, TRIM_HORIZON, fast polling
+/// and discovery.
+pub async fn consumer_builder(stream: &str) -> kinesis_consumer::ConsumerBuilder {
+    kinesis_consumer::Consumer::builder(stream)
+        .client(kinesis().await)
+        .app_name("it")
+        .initial_position(kinesis_consumer::InitialPosition::TrimHorizon)
+        .scan_interval(Duration::from_millis(50))
+        .discovery_interval(Duration::from_secs(1))
+}
+
+/// Scans with `consumer` and a handler that records what it sees, until `want` records were seen (or the scan
+/// ended), waits half a second for duplicates, cancels; returns what was seen and the scan's result.
+pub async fn collect_until(
+    consumer: kinesis_consumer::Consumer,
+    want: usize,
+) -> (Seen, Result<(), kinesis_consumer::Error>) {
+    let seen = Seen::default();
+    let s = seen.clone();
+    let token = consumer.shutdown_token();
+    let task = tokio::spawn(async move {
+        consumer
+            .scan(move |r: kinesis_consumer::Record| {
+                let s = s.clone();
+                async move {
+                    s.push(&r);
+                    Ok::<_, std::io::Error>(kinesis_consumer::Outcome::Checkpoint)
+                }
+            })
+            .await
+    });
+    wait_for(&format!("{want} records"), Duration::from_secs(60), || seen.len() >= want || task.is_finished()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(10), task).await.expect("scan stops promptly").expect("task");
+    (seen, result)
+}
+
+/// [`collect_until`] with a consumer of `stream` checkpointing in `store`.
+pub async fn scan_with_store(
+    stream: &str,
+    store: impl kinesis_consumer::CheckpointStore + 'static,
+    want: usize,
+) -> (Seen, Result<(), kinesis_consumer::Error>) {
+    let consumer = consumer_builder(stream).await.store(store).build().await.expect("build consumer");
+    collect_until(consumer, want).await
+}
+
 /// Polls `done` every 50 ms for up to `timeout`; panics with `what` when it never holds.
 pub async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let start = std::time::Instant::now();

@@ -5,46 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kc_integration::{
-    create_stream, kinesis, merge_first_adjacent, put_numbered, split, unique_stream, wait_for, Seen,
+    collect_until, consumer_builder, create_stream, kinesis, merge_first_adjacent, put_numbered, split, unique_stream,
+    wait_for, Seen,
 };
 use kinesis_consumer::{
-    Checkpoint, CheckpointStore, Consumer, ConsumerBuilder, Error, ErrorKind, InitialPosition, MemoryStore, Outcome,
-    Record, ShardKey,
+    Checkpoint, CheckpointStore, ConsumerBuilder, ErrorKind, InitialPosition, MemoryStore, Outcome, Record, ShardKey,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn builder(stream: &str, store: &MemoryStore) -> ConsumerBuilder {
-    Consumer::builder(stream)
-        .client(kinesis().await)
-        .store(store.clone())
-        .app_name("it")
-        .initial_position(InitialPosition::TrimHorizon)
-        .scan_interval(Duration::from_millis(50))
-        .discovery_interval(Duration::from_secs(1))
-}
-
-/// Scans with a collecting handler until `want` records were seen, waits a little for duplicates, cancels.
-async fn scan_until(consumer: Consumer, want: usize) -> (Seen, Result<(), Error>) {
-    let seen = Seen::default();
-    let s = seen.clone();
-    let token = consumer.shutdown_token();
-    let task = tokio::spawn(async move {
-        consumer
-            .scan(move |r: Record| {
-                let s = s.clone();
-                async move {
-                    s.push(&r);
-                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
-                }
-            })
-            .await
-    });
-    wait_for(&format!("{want} records"), WAIT, || seen.len() >= want || task.is_finished()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    token.cancel();
-    let result = tokio::time::timeout(Duration::from_secs(10), task).await.expect("scan stops promptly").expect("task");
-    (seen, result)
+    consumer_builder(stream).await.store(store.clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +26,7 @@ async fn multi_shard_every_record_exactly_once_in_shard_order() {
     let produced = put_numbered(&client, &stream, "r", 0..2000, 50).await.expect("put");
     let store = MemoryStore::new();
     let consumer = builder(&stream, &store).await.max_records(300).build().await.expect("build");
-    let (seen, result) = scan_until(consumer, produced.len()).await;
+    let (seen, result) = collect_until(consumer, produced.len()).await;
     result.expect("scan");
     seen.assert_exactly_once(&produced);
     seen.assert_shard_order();
@@ -75,11 +46,12 @@ async fn restart_resumes_after_the_last_checkpoint() {
     create_stream(&client, &stream, 2).await.expect("create stream");
     let first = put_numbered(&client, &stream, "a", 0..300, 10).await.expect("put");
     let store = MemoryStore::new();
-    let (seen, result) = scan_until(builder(&stream, &store).await.build().await.expect("build"), first.len()).await;
+    let (seen, result) = collect_until(builder(&stream, &store).await.build().await.expect("build"), first.len()).await;
     result.expect("first run");
     seen.assert_exactly_once(&first);
     let second = put_numbered(&client, &stream, "b", 300..500, 10).await.expect("put");
-    let (seen, result) = scan_until(builder(&stream, &store).await.build().await.expect("build"), second.len()).await;
+    let (seen, result) =
+        collect_until(builder(&stream, &store).await.build().await.expect("build"), second.len()).await;
     result.expect("second run");
     seen.assert_exactly_once(&second);
 }
@@ -111,7 +83,7 @@ async fn skip_checkpoint_records_are_delivered_again_after_restart() {
     wait_for("8 records", WAIT, || seen.len() >= 8).await;
     token.cancel();
     task.await.expect("task").expect("scan");
-    let (again, result) = scan_until(builder(&stream, &store).await.build().await.expect("build"), 3).await;
+    let (again, result) = collect_until(builder(&stream, &store).await.build().await.expect("build"), 3).await;
     result.expect("scan");
     assert_eq!(again.data(), skipped, "the skipped records, and only they, come again");
 }
@@ -183,7 +155,7 @@ async fn cancellation_is_prompt_finishes_the_record_in_hand_and_flushes() {
     assert_eq!(handled, started.load(Ordering::SeqCst), "the record in hand was finished");
     // The checkpoint is exactly after the last handled record: a restart continues with the next one.
     let (rest, result) =
-        scan_until(builder(&stream, &store).await.build().await.expect("build"), produced.len() - handled).await;
+        collect_until(builder(&stream, &store).await.build().await.expect("build"), produced.len() - handled).await;
     result.expect("scan");
     rest.assert_exactly_once(&produced[handled..]);
 }
@@ -278,7 +250,7 @@ async fn latest_reads_only_new_records() {
         .build()
         .await
         .expect("build");
-    let task = tokio::spawn(scan_until(consumer, 30));
+    let task = tokio::spawn(collect_until(consumer, 30));
     wait_for("both shards started", WAIT, || started.load(Ordering::SeqCst) == 2).await;
     // Let each shard take its LATEST iterator before producing.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -339,7 +311,7 @@ async fn kpl_aggregates_are_split_and_a_restart_mid_aggregate_neither_skips_nor_
     assert_eq!(first.data(), produced[..38]);
     assert_eq!(first.all()[37].sub, Some(12), "u37 is user record 12 of the second aggregate");
     let (second, result) =
-        scan_until(builder(&stream, &store).await.aggregation(true).build().await.expect("build"), 62).await;
+        collect_until(builder(&stream, &store).await.aggregation(true).build().await.expect("build"), 62).await;
     result.expect("scan");
     second.assert_exactly_once(&produced[38..]);
     second.assert_key_order();

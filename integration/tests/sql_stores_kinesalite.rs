@@ -3,49 +3,12 @@
 //! one flushed.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use kc_integration::{
-    create_stream, kinesis, mysql_url, postgres_url, put_numbered, unique_stream, unique_table, wait_for, Seen,
+    create_stream, kinesis, mysql_url, postgres_url, put_numbered, scan_with_store, unique_stream, unique_table,
 };
 use kinesis_consumer::mysql::MySqlStore;
 use kinesis_consumer::postgres::PostgresStore;
-use kinesis_consumer::{CheckpointStore, Consumer, Error, InitialPosition, Outcome, Record};
-
-const WAIT: Duration = Duration::from_secs(60);
-
-/// Scans `stream` with `store` until `want` records were seen, waits a little for duplicates, cancels.
-async fn scan_until(stream: &str, store: impl CheckpointStore + 'static, want: usize) -> (Seen, Result<(), Error>) {
-    let consumer = Consumer::builder(stream)
-        .client(kinesis().await)
-        .store(store)
-        .app_name("it")
-        .initial_position(InitialPosition::TrimHorizon)
-        .scan_interval(Duration::from_millis(50))
-        .discovery_interval(Duration::from_secs(1))
-        .build()
-        .await
-        .expect("build consumer");
-    let seen = Seen::default();
-    let s = seen.clone();
-    let token = consumer.shutdown_token();
-    let task = tokio::spawn(async move {
-        consumer
-            .scan(move |r: Record| {
-                let s = s.clone();
-                async move {
-                    s.push(&r);
-                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
-                }
-            })
-            .await
-    });
-    wait_for(&format!("{want} records"), WAIT, || seen.len() >= want || task.is_finished()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    token.cancel();
-    let result = tokio::time::timeout(Duration::from_secs(10), task).await.expect("scan stops promptly").expect("task");
-    (seen, result)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store_restart_resumes_after_the_flushed_checkpoints() {
@@ -58,7 +21,7 @@ async fn postgres_store_restart_resumes_after_the_flushed_checkpoints() {
     let first = put_numbered(&client, &stream, "a", 0..300, 10).await.expect("put");
     let store = Arc::new(PostgresStore::connect(&url, &table).await.expect("connect"));
     store.create_table_if_missing().await.expect("create table");
-    let (seen, result) = scan_until(&stream, store.clone(), first.len()).await;
+    let (seen, result) = scan_with_store(&stream, store.clone(), first.len()).await;
     result.expect("first run");
     seen.assert_exactly_once(&first);
     store.shutdown().await.expect("shutdown");
@@ -66,7 +29,7 @@ async fn postgres_store_restart_resumes_after_the_flushed_checkpoints() {
     // A new process: a new store instance on the same table.
     let second = put_numbered(&client, &stream, "b", 300..500, 10).await.expect("put");
     let store = Arc::new(PostgresStore::connect(&url, &table).await.expect("connect"));
-    let (seen, result) = scan_until(&stream, store.clone(), second.len()).await;
+    let (seen, result) = scan_with_store(&stream, store.clone(), second.len()).await;
     result.expect("second run");
     seen.assert_exactly_once(&second);
     store.shutdown().await.expect("shutdown");
@@ -88,14 +51,14 @@ async fn mysql_store_restart_resumes_after_the_flushed_checkpoints() {
     let first = put_numbered(&client, &stream, "a", 0..300, 10).await.expect("put");
     let store = Arc::new(MySqlStore::connect(&url, &table).await.expect("connect"));
     store.create_table_if_missing().await.expect("create table");
-    let (seen, result) = scan_until(&stream, store.clone(), first.len()).await;
+    let (seen, result) = scan_with_store(&stream, store.clone(), first.len()).await;
     result.expect("first run");
     seen.assert_exactly_once(&first);
     store.shutdown().await.expect("shutdown");
 
     let second = put_numbered(&client, &stream, "b", 300..500, 10).await.expect("put");
     let store = Arc::new(MySqlStore::connect(&url, &table).await.expect("connect"));
-    let (seen, result) = scan_until(&stream, store.clone(), second.len()).await;
+    let (seen, result) = scan_with_store(&stream, store.clone(), second.len()).await;
     result.expect("second run");
     seen.assert_exactly_once(&second);
     store.shutdown().await.expect("shutdown");
