@@ -5,6 +5,9 @@
 //! last record that was handled (sequence number plus, for KPL aggregates, the sub-sequence number of the last user
 //! record), or [`Checkpoint::ShardEnd`] once the shard was read to its end.
 //!
+//! The [`lease`] module holds the lease table of consumer groups ([`lease::LeaseTable`], with an in-memory
+//! [`lease::MemoryLeaseTable`]): a lease carries a shard's checkpoint, and every write to it is fenced.
+//!
 //! This crate is deliberately tiny (no AWS SDK, no database driver) so that store crates (DynamoDB, PostgreSQL,
 //! MySQL) can implement [`CheckpointStore`] without pulling in the Kinesis SDK.
 //!
@@ -38,6 +41,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+
+pub mod lease;
 
 /// The error type of checkpoint stores.
 ///
