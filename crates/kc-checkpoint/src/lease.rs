@@ -10,6 +10,14 @@
 //!
 //! A shard is finished when its checkpoint is [`Checkpoint::ShardEnd`].
 //!
+//! Balancing hands a lease over gracefully: a worker that wants a lease held by another [`requests`] it (sets
+//! [`Lease::next_owner`], bumping the counter); the owner's next renewal is refused, it reads the lease
+//! ([`LeaseTable::get`]), sees that it is still the owner and that a handoff was asked, finishes its in-flight
+//! record, checkpoints and [`releases`] the lease, which the requester then takes, starting from that checkpoint.
+//!
+//! [`requests`]: LeaseTable::request
+//! [`releases`]: LeaseTable::release
+//!
 //! Backends implement [`LeaseTable`]; [`MemoryLeaseTable`] is the in-memory one (tests, one process).
 //!
 //! ```
@@ -77,6 +85,8 @@ pub struct Lease {
     pub checkpoint: Option<Checkpoint>,
     /// The shard's parent shard ids (none, one for a split, two for a merge).
     pub parents: Vec<String>,
+    /// A worker that asked for the lease (balancing); cleared by [`LeaseTable::take`].
+    pub next_owner: Option<String>,
 }
 
 impl Lease {
@@ -88,7 +98,13 @@ impl Lease {
         checkpoint: Option<Checkpoint>,
         parents: Vec<String>,
     ) -> Self {
-        Self { shard_id: shard_id.into(), owner, counter, checkpoint, parents }
+        Self { shard_id: shard_id.into(), owner, counter, checkpoint, parents, next_owner: None }
+    }
+
+    /// The same lease with [`next_owner`](Self::next_owner) set.
+    pub fn with_next_owner(mut self, next_owner: Option<String>) -> Self {
+        self.next_owner = next_owner;
+        self
     }
 
     /// Whether the shard was read to its end.
@@ -107,18 +123,31 @@ pub trait LeaseTable: Send + Sync {
     /// Every lease of `scope`.
     async fn list(&self, scope: &LeaseScope) -> Result<Vec<Lease>, Error>;
 
+    /// The lease of `shard_id`, or `Ok(None)` if there is none.
+    async fn get(&self, scope: &LeaseScope, shard_id: &str) -> Result<Option<Lease>, Error>;
+
     /// Creates the lease of `shard_id` (no owner, counter 0, no checkpoint) unless it exists. Returns whether it
     /// was created; an existing lease is left as it is.
     async fn create(&self, scope: &LeaseScope, shard_id: &str, parents: &[String]) -> Result<bool, Error>;
 
-    /// Makes `new_owner` the owner and increments the counter, if the counter is still `expected_counter` (whoever
-    /// owns it). Returns the lease as written.
+    /// Makes `new_owner` the owner, clears `next_owner` and increments the counter, if the counter is still
+    /// `expected_counter` (whoever owns it). Returns the lease as written.
     async fn take(
         &self,
         scope: &LeaseScope,
         shard_id: &str,
         expected_counter: u64,
         new_owner: &str,
+    ) -> Result<Lease, Error>;
+
+    /// Sets `next_owner` to `requester` and increments the counter, if the counter is still `expected_counter`
+    /// (a handoff request to the owner, see the module docs). Returns the lease as written.
+    async fn request(
+        &self,
+        scope: &LeaseScope,
+        shard_id: &str,
+        expected_counter: u64,
+        requester: &str,
     ) -> Result<Lease, Error>;
 
     /// Increments the counter, if `owner` owns the lease and the counter is `counter`. Returns the new counter.
@@ -136,8 +165,8 @@ pub trait LeaseTable: Send + Sync {
         checkpoint: &Checkpoint,
     ) -> Result<u64, Error>;
 
-    /// Clears the owner and increments the counter, if `owner` owns the lease and the counter is `counter`. Returns
-    /// the new counter.
+    /// Clears the owner (keeping `next_owner`) and increments the counter, if `owner` owns the lease and the counter
+    /// is `counter`. Returns the new counter.
     async fn release(&self, scope: &LeaseScope, shard_id: &str, owner: &str, counter: u64) -> Result<u64, Error>;
 
     /// Deletes the lease of `shard_id` (a finished parent whose children have started). Deleting a missing lease
@@ -149,6 +178,20 @@ pub trait LeaseTable: Send + Sync {
 impl<T: LeaseTable + ?Sized> LeaseTable for Arc<T> {
     async fn list(&self, scope: &LeaseScope) -> Result<Vec<Lease>, Error> {
         (**self).list(scope).await
+    }
+
+    async fn get(&self, scope: &LeaseScope, shard_id: &str) -> Result<Option<Lease>, Error> {
+        (**self).get(scope, shard_id).await
+    }
+
+    async fn request(
+        &self,
+        scope: &LeaseScope,
+        shard_id: &str,
+        expected_counter: u64,
+        requester: &str,
+    ) -> Result<Lease, Error> {
+        (**self).request(scope, shard_id, expected_counter, requester).await
     }
 
     async fn create(&self, scope: &LeaseScope, shard_id: &str, parents: &[String]) -> Result<bool, Error> {
@@ -257,6 +300,22 @@ impl LeaseTable for MemoryLeaseTable {
         Ok(self.lock().iter().filter(|((s, _), _)| s == scope).map(|(_, lease)| lease.clone()).collect())
     }
 
+    async fn get(&self, scope: &LeaseScope, shard_id: &str) -> Result<Option<Lease>, Error> {
+        Ok(self.lock().get(&(scope.clone(), shard_id.to_owned())).cloned())
+    }
+
+    async fn request(
+        &self,
+        scope: &LeaseScope,
+        shard_id: &str,
+        expected_counter: u64,
+        requester: &str,
+    ) -> Result<Lease, Error> {
+        self.write(scope, shard_id, None, expected_counter, "handoff request", |l| {
+            l.next_owner = Some(requester.to_owned())
+        })
+    }
+
     async fn create(&self, scope: &LeaseScope, shard_id: &str, parents: &[String]) -> Result<bool, Error> {
         let mut map = self.lock();
         let key = (scope.clone(), shard_id.to_owned());
@@ -274,7 +333,10 @@ impl LeaseTable for MemoryLeaseTable {
         expected_counter: u64,
         new_owner: &str,
     ) -> Result<Lease, Error> {
-        self.write(scope, shard_id, None, expected_counter, "take", |l| l.owner = Some(new_owner.to_owned()))
+        self.write(scope, shard_id, None, expected_counter, "take", |l| {
+            l.owner = Some(new_owner.to_owned());
+            l.next_owner = None;
+        })
     }
 
     async fn renew(&self, scope: &LeaseScope, shard_id: &str, owner: &str, counter: u64) -> Result<u64, Error> {
@@ -335,15 +397,27 @@ mod tests {
         let c = t.checkpoint(&s, "a", "w1", c, &at("10")).await.expect("checkpoint");
         let c = t.checkpoint(&s, "a", "w1", c, &at("9")).await.expect("older checkpoint is a no-op");
         assert_eq!(t.list(&s).await.expect("list")[0].checkpoint, Some(at("10")), "never backwards");
+        let l = t.request(&s, "a", c, "w2").await.expect("w2 asks for it");
+        assert_eq!((l.owner.as_deref(), l.next_owner.as_deref()), (Some("w1"), Some("w2")));
+        assert_eq!(fenced_kind(t.renew(&s, "a", "w1", c).await), ErrorKind::Fenced, "the request bumped it");
+        let read = t.get(&s, "a").await.expect("get").expect("exists");
+        assert_eq!(read, l);
+        let c = t.checkpoint(&s, "a", "w1", read.counter, &at("10")).await.expect("handoff checkpoint");
+        let c = t.release(&s, "a", "w1", c).await.expect("handoff release");
+        let l = t.get(&s, "a").await.expect("get").expect("exists");
+        assert_eq!((l.owner.as_deref(), l.next_owner.as_deref(), l.counter), (None, Some("w2"), c));
         let l = t.take(&s, "a", c, "w2").await.expect("w2 takes over");
-        assert_eq!(fenced_kind(t.checkpoint(&s, "a", "w1", c, &at("11")).await), ErrorKind::Fenced);
+        assert_eq!(l.next_owner, None, "take clears the request");
+        assert_eq!(fenced_kind(t.checkpoint(&s, "a", "w1", c, &at("11")).await), ErrorKind::Fenced, "w1 lost it");
         assert_eq!(fenced_kind(t.release(&s, "a", "w1", l.counter).await), ErrorKind::Fenced, "w1 is not owner");
+        assert_eq!(l.checkpoint, Some(at("10")), "the next owner starts from the handoff checkpoint");
         let c = t.release(&s, "a", "w2", l.counter).await.expect("release");
         let l = t.list(&s).await.expect("list").remove(0);
         assert_eq!((l.owner, l.counter), (None, c));
         t.delete(&s, "a").await.expect("delete");
         t.delete(&s, "a").await.expect("delete again");
         assert!(t.list(&s).await.expect("list").is_empty());
+        assert_eq!(t.get(&s, "a").await.expect("get"), None);
         assert_eq!(fenced_kind(t.renew(&s, "a", "w2", c).await), ErrorKind::Fenced, "a missing lease");
     }
 }
