@@ -332,7 +332,9 @@ struct Request {
     /// Head and body, to forward as they are.
     raw: Vec<u8>,
     op: String,
-    cbor: bool,
+    /// The request's Content-Type: errors are answered in the same protocol (awsJson 1.0 for DynamoDB, 1.1 for
+    /// Kinesis, or CBOR).
+    content_type: String,
 }
 
 /// Serves one client connection: requests in order, each forwarded on the connection's own upstream connection.
@@ -353,7 +355,7 @@ async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> anyhow::Result<()>
             Some(Fault::Drop) => return Ok(()),
             Some(Fault::Slow) | None => {}
             Some(f) => {
-                let answer = error_response(f, op.cbor);
+                let answer = error_response(f, &op.content_type);
                 client.write_all(&answer).await?;
                 continue;
             }
@@ -389,8 +391,8 @@ fn request_op(raw: &[u8]) -> Request {
     };
     let target = header("x-amz-target").unwrap_or_default();
     let op = target.rsplit('.').next().unwrap_or_default().to_owned();
-    let cbor = header("content-type").is_some_and(|c| c.contains("cbor"));
-    Request { raw: raw.to_vec(), op, cbor }
+    let content_type = header("content-type").unwrap_or_else(|| "application/x-amz-json-1.1".to_owned());
+    Request { raw: raw.to_vec(), op, content_type }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -452,11 +454,12 @@ async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<bool>
     Ok(n > 0)
 }
 
-/// The HTTP answer of an error fault, in awsJson 1.1 or CBOR.
-pub fn error_response(fault: Fault, cbor: bool) -> Vec<u8> {
+/// The HTTP answer of an error fault to a request of `content_type`: a CBOR map for `application/x-amz-cbor-1.1`,
+/// else awsJson (`application/x-amz-json-1.0` or `-1.1`, echoed).
+pub fn error_response(fault: Fault, content_type: &str) -> Vec<u8> {
     let Some((status, code)) = fault.error() else { return Vec::new() };
     let message = format!("injected by kc-integration's fault proxy ({})", fault.name());
-    let (content_type, body) = if cbor {
+    let (content_type, body) = if content_type.contains("cbor") {
         let mut b = vec![0xa2];
         for s in ["__type", code, "message", &message] {
             cbor_text(&mut b, s);
@@ -464,7 +467,8 @@ pub fn error_response(fault: Fault, cbor: bool) -> Vec<u8> {
         ("application/x-amz-cbor-1.1", b)
     } else {
         let body = format!("{{\"__type\":\"{code}\",\"message\":\"{message}\"}}");
-        ("application/x-amz-json-1.1", body.into_bytes())
+        let json = if content_type.contains("json-1.0") { content_type } else { "application/x-amz-json-1.1" };
+        (json, body.into_bytes())
     };
     let reason = match status {
         400 => "Bad Request",
@@ -533,18 +537,20 @@ mod tests {
 
     #[test]
     fn error_answers_in_both_protocols() {
-        let json = String::from_utf8(error_response(Fault::Throughput, false)).expect("text");
+        let json = String::from_utf8(error_response(Fault::Throughput, "application/x-amz-json-1.1")).expect("text");
         assert!(json.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{json}");
         assert!(json.contains("x-amzn-ErrorType: ProvisionedThroughputExceededException\r\n"));
         assert!(json.ends_with(r#"{"__type":"ProvisionedThroughputExceededException","message":"injected by kc-integration's fault proxy (throughput)"}"#));
-        let cbor = error_response(Fault::Status503, true);
+        let dynamo = String::from_utf8(error_response(Fault::Throughput, "application/x-amz-json-1.0")).expect("text");
+        assert!(dynamo.contains("Content-Type: application/x-amz-json-1.0\r\n"), "{dynamo}");
+        let cbor = error_response(Fault::Status503, "application/x-amz-cbor-1.1");
         let text = String::from_utf8_lossy(&cbor);
         assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
         assert!(text.contains("application/x-amz-cbor-1.1"));
         let body = &cbor[find(&cbor, b"\r\n\r\n").expect("head") + 4..];
         assert_eq!(&body[..8], b"\xa2\x66__type");
         assert_eq!(&body[8..27], b"\x72ServiceUnavailable");
-        assert!(error_response(Fault::Drop, false).is_empty());
+        assert!(error_response(Fault::Drop, "application/x-amz-json-1.1").is_empty());
     }
 
     async fn client(endpoint: &str) -> aws_sdk_kinesis::Client {
@@ -598,6 +604,13 @@ mod tests {
         let err = kinesis.get_records().shard_iterator("it").send().await.expect_err("expired");
         assert!(err.as_service_error().is_some_and(|e| e.is_expired_iterator_exception()));
         assert_eq!(proxy.counts().injected.get(&Fault::ExpiredIterator), Some(&1));
+
+        // DynamoDB (awsJson 1.0): the SDK reads the injected code too.
+        proxy.set_plan(FaultPlan::script(vec![Some(Fault::Throughput); 3]));
+        let dynamo = kc_examples::dynamodb_client(&proxy.endpoint()).await;
+        let err = dynamo.list_tables().send().await.expect_err("throttled");
+        use aws_sdk_dynamodb::error::ProvideErrorMetadata as _;
+        assert_eq!(err.code(), Some("ProvisionedThroughputExceededException"), "{err:?}");
 
         // 503 and a dropped connection are transient for the consumer; LimitExceeded is throttling.
         for (fault, kind) in [
