@@ -1045,12 +1045,12 @@ async fn s5b_kill_9_twenty_times_exactly_once_with_transactional_checkpoints() {
     let lost = produced.len().saturating_sub(distinct);
     let duplicates = rows - distinct;
     println!("5b: event rows after each kill {per_kill:?}; final {rows} rows, {distinct} distinct; exit {status}");
-    // Most kills landed mid-stream: the table was still filling up.
+    // Most kills landed before the end: the table was still filling up (or the process still starting).
     let mid_stream = per_kill.iter().filter(|n| (**n as usize) < produced.len()).count();
     let ok = lost == 0 && duplicates == 0 && distinct_produced == want && status.success() && mid_stream >= 10;
     Row {
         scenario: "5b kill -9 x20, transactional",
-        faults: format!("20 SIGKILL, {mid_stream} mid-stream"),
+        faults: format!("20 SIGKILL, {mid_stream} before the end"),
         produced: produced.len(),
         handled: rows,
         lost,

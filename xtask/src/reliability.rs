@@ -60,7 +60,10 @@ pub(crate) fn nightly(sh: &Shell, extra: &[String]) -> Result<()> {
 /// The report's rows as an aligned table.
 fn table(report: &str) -> String {
     let mut rows: Vec<Vec<String>> = vec![COLUMNS.iter().map(|c| (*c).to_owned()).collect()];
-    rows.extend(report.lines().filter(|l| !l.trim().is_empty()).map(|l| l.split('\t').map(str::to_owned).collect()));
+    let mut lines: Vec<&str> = report.lines().filter(|l| !l.trim().is_empty()).collect();
+    // The tests finish in any order: list them by scenario number.
+    lines.sort_unstable();
+    rows.extend(lines.into_iter().map(|l| l.split('\t').map(str::to_owned).collect()));
     if rows.len() == 1 {
         return "(no scenario wrote a row: see the test output above)\n".to_owned();
     }
@@ -97,7 +100,7 @@ mod tests {
 
     #[test]
     fn report_rows_become_an_aligned_table() {
-        let t = table("1 throttling\tthroughput=3\t100\t100\t0\t0\tpass\n\n7 bad input\t-\t5\t4\t1\t0\tFAIL\n");
+        let t = table("7 bad input\t-\t5\t4\t1\t0\tFAIL\n\n1 throttling\tthroughput=3\t100\t100\t0\t0\tpass\n");
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("scenario      faults injected"), "{t}");
