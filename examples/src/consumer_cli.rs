@@ -44,6 +44,9 @@ pub struct ConsumerArgs {
     /// Sleep this long after printing each record (a slow handler, to watch a graceful shutdown mid-batch).
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
+    /// The most records one GetRecords call returns (1 to 10000); checkpoints are handed to the store once per batch.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_records: i32,
 }
 
 impl ConsumerArgs {
@@ -62,6 +65,7 @@ impl ConsumerArgs {
             .app_name(&self.app)
             .initial_position(initial)
             .aggregation(self.aggregation)
+            .max_records(self.max_records)
             .shutdown(crate::shutdown_on_signals()?))
     }
 

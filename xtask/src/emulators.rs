@@ -42,7 +42,7 @@ pub(crate) const KINESALITE: Kind = Kind {
 pub(crate) const DYNALITE: Kind =
     Kind { name: "dynalite", options: "{ createTableMs: 50, deleteTableMs: 50, updateTableMs: 50 }" };
 
-fn emulators_dir() -> PathBuf {
+pub(crate) fn emulators_dir() -> PathBuf {
     project_root().join(".emulators")
 }
 

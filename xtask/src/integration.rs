@@ -12,6 +12,11 @@ use crate::{
 /// Starts the emulators, checks the databases, runs `cargo test -p kc-integration <extra>`,
 /// and stops the emulators again (also when the tests fail).
 pub(crate) fn run(sh: &Shell, extra: &[String]) -> Result<()> {
+    run_with(sh, extra, &[])
+}
+
+/// [`run`] with more environment variables for the tests.
+pub(crate) fn run_with(sh: &Shell, extra: &[String], more_env: &[(&str, String)]) -> Result<()> {
     emulators::ensure_installed(sh)?;
     databases::ensure_up(sh)?;
     let cargo = cargo();
@@ -27,12 +32,18 @@ pub(crate) fn run(sh: &Shell, extra: &[String]) -> Result<()> {
         ("DATABASE_URL_POSTGRES", databases::POSTGRES_URL.to_owned()),
         ("DATABASE_URL_MYSQL", databases::MYSQL_URL.to_owned()),
         ("KC_EXAMPLES_BIN_DIR", bin_dir.display().to_string()),
+        // Where `require('kinesalite')` works: tests/reliability.rs starts, kills and restarts its own kinesalite.
+        ("KC_EMULATORS_DIR", emulators::emulators_dir().display().to_string()),
     ];
+    let env: Vec<(&str, String)> = env.into_iter().chain(more_env.iter().cloned()).collect();
     println!("running the integration tests with:");
     for (key, value) in &env {
         println!("  {key}={value}");
     }
-    cmd!(sh, "{cargo} test -p kc-integration {extra...}").envs(env).envs(emulator_aws_env()).run()?;
+    cmd!(sh, "{cargo} test -p kc-integration {extra...}")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .envs(emulator_aws_env())
+        .run()?;
     println!("integration tests passed");
     Ok(())
 }

@@ -14,6 +14,7 @@ mod emulators;
 mod fuzz;
 mod integration;
 mod process;
+mod reliability;
 
 use std::{
     path::{Path, PathBuf},
@@ -42,6 +43,12 @@ Commands:
                 integration, rustdoc, cargo-deny (bans, licenses, sources). Prints a timing table.
   fuzz          Fuzz kc-deagg's decoder for a bounded time (`-- SECONDS`, default 60); installs cargo-fuzz
                 if missing. Not part of `ci`.
+  reliability   Start the servers as `integration` does and run only integration/tests/reliability.rs
+                (faults through a proxy, kinesalite restarts, database outage, kill -9, 200 shards,
+                bad input); prints a table: scenario, faults injected, records produced, handled,
+                lost, duplicates, result. Arguments after `--` go to `cargo test`.
+  nightly       `reliability`, then `fuzz` for a bounded time (`-- SECONDS`, default 300); prints
+                the table, the fuzzer's executions and crashes. Not part of `ci`.
   bench         Run the benchmarks listed in xtask/src/bench.rs, starting kinesalite for those that
                 need it. Arguments after `--` go to every `cargo bench`.
 
@@ -59,6 +66,8 @@ enum Task {
     Ci,
     Bench { extra: Vec<String> },
     Fuzz { extra: Vec<String> },
+    Reliability { extra: Vec<String> },
+    Nightly { extra: Vec<String> },
 }
 
 fn parse_args(args: &[String]) -> Result<Task> {
@@ -87,6 +96,8 @@ fn parse_args(args: &[String]) -> Result<Task> {
         "integration" => Ok(Task::Integration { extra: extra.unwrap_or_default() }),
         "bench" => Ok(Task::Bench { extra: extra.unwrap_or_default() }),
         "fuzz" => Ok(Task::Fuzz { extra: extra.unwrap_or_default() }),
+        "reliability" => Ok(Task::Reliability { extra: extra.unwrap_or_default() }),
+        "nightly" => Ok(Task::Nightly { extra: extra.unwrap_or_default() }),
         other => bail!("unknown command `{other}`\n\n{HELP}"),
     }
 }
@@ -119,6 +130,8 @@ fn run() -> Result<()> {
         Task::Ci => ci::run(&sh),
         Task::Bench { extra } => bench::run(&sh, &extra),
         Task::Fuzz { extra } => fuzz::run(&sh, &extra),
+        Task::Reliability { extra } => reliability::run(&sh, &extra),
+        Task::Nightly { extra } => reliability::nightly(&sh, &extra),
     }
 }
 
@@ -212,6 +225,8 @@ mod tests {
                 Task::Integration { extra: args("--test kinesalite -- --nocapture") },
             ),
             ("bench -- --quiet", Task::Bench { extra: args("--quiet") }),
+            ("reliability", Task::Reliability { extra: vec![] }),
+            ("nightly -- 30", Task::Nightly { extra: args("30") }),
         ];
         for (line, want) in ok {
             assert_eq!(parse_args(&args(line)).ok(), Some(want), "{line:?}");

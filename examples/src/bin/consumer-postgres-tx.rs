@@ -66,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     let written = Arc::new(AtomicU64::new(0));
     let crash_after = args.crash_after;
+    let delay = std::time::Duration::from_millis(args.consumer.delay_ms);
     let consumer = args.consumer.builder().await?.shared_store(store.clone()).build().await?;
     let handler_store = store.clone();
     let (app, stream): (Arc<str>, Arc<str>) = (consumer.app().into(), consumer.stream().into());
@@ -89,6 +90,9 @@ async fn main() -> anyhow::Result<()> {
                 store.checkpoint_in_tx(&mut tx, &key, &record.checkpoint()).await?;
                 tx.commit().await?;
                 print_record(record).await?;
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 // The checkpoint is already committed with the row; the consumer's own (later) write of the same
                 // position is a no-op in the store, so either outcome is right. Checkpoint keeps "shard finished".
                 Ok::<_, kinesis_consumer::BoxError>(Outcome::Checkpoint)
