@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 
 pub mod fault_proxy;
+pub mod lease_suite;
 pub use fault_proxy::{Fault, FaultCounts, FaultPlan, FaultProxy, SplitMix64};
 
 /// The kinesalite endpoint from `KINESIS_ENDPOINT`; panics with a clear message when it is not set.
