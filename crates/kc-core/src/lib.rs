@@ -59,6 +59,7 @@ mod consumer;
 mod error;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+mod fan_out;
 mod handler;
 mod lifecycle;
 pub mod metrics;
