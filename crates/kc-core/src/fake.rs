@@ -97,6 +97,8 @@ struct State {
     event_limit: Option<usize>,
     /// When each (consumer ARN, shard) was last subscribed.
     subscribed: HashMap<(String, String), Instant>,
+    /// Every successful SubscribeToShard: (shard, position).
+    subscriptions: Vec<(String, StartingPosition)>,
     drop_generation: u64,
 }
 
@@ -308,6 +310,11 @@ impl FakeKinesis {
     /// Breaks every open subscription: its next event is an error, as when the connection drops.
     pub fn drop_subscriptions(&self) {
         self.lock().drop_generation += 1;
+    }
+
+    /// Every successful SubscribeToShard so far, in order: the shard and the starting position.
+    pub fn subscriptions(&self) -> Vec<(String, StartingPosition)> {
+        self.lock().subscriptions.clone()
     }
 
     /// The names of the registered fan-out consumers of `stream`.
@@ -585,6 +592,7 @@ impl KinesisApi for FakeKinesis {
             .ok_or_else(|| not_found(format!("shard {shard_id} of stream {stream}")))?;
         let pos = start_index(&shard.records, position);
         st.subscribed.insert(key, Instant::now());
+        st.subscriptions.push((shard_id.to_owned(), position.clone()));
         let duration = st.subscription_duration.unwrap_or(Duration::from_secs(300));
         Ok(Box::new(FakeSubscription {
             fake: self.clone(),
