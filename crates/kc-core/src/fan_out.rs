@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::api::{
-    ApiError, ApiErrorKind, ConsumerLookup, ConsumerStatus, KinesisApi, ShardSubscription, StartingPosition,
+    ApiError, ApiErrorKind, ConsumerLookup, ConsumerStatus, KinesisApi, ShardInfo, ShardSubscription, StartingPosition,
     StreamConsumer, SubscribeEvent,
 };
 use crate::backoff::Backoff;
@@ -227,11 +227,20 @@ pub(crate) struct Subscriber {
     subscription: Option<Box<dyn ShardSubscription>>,
     /// When the last subscription was made.
     subscribed_at: Option<Instant>,
+    /// When the shard was last checked for an end that no event reported (see [`Subscriber::probe_end`]).
+    probed_at: Option<Instant>,
 }
 
 impl Subscriber {
     pub(crate) fn new(consumer_arn: Arc<str>, start: StartingPosition) -> Self {
-        Self { consumer_arn, position: start, continued: false, subscription: None, subscribed_at: None }
+        Self {
+            consumer_arn,
+            position: start,
+            continued: false,
+            subscription: None,
+            subscribed_at: None,
+            probed_at: None,
+        }
     }
 
     /// The next event's records; `None` when cancelled.
@@ -252,7 +261,12 @@ impl Subscriber {
             let err = match event {
                 Ok(Ok(Some(event))) => {
                     r.backoff.reset();
-                    return self.event(r, event).map(Some);
+                    let idle = event.records.is_empty() && event.child_shards.is_empty();
+                    let mut fetched = self.event(r, event)?;
+                    if idle && fetched.end.is_none() {
+                        fetched.end = self.probe_end(r).await?;
+                    }
+                    return Ok(Some(fetched));
                 }
                 Ok(Ok(None)) => {
                     debug!(position = ?self.position, "subscription ended; subscribing again");
@@ -296,6 +310,66 @@ impl Subscriber {
             }
         };
         Ok(Fetched { records, millis_behind_latest, end })
+    }
+
+    /// An idle subscription of a closed shard whose end no event reported (kinesis-mock never sends ChildShards; AWS
+    /// does): at most once per discovery interval of idleness, list the shards, and if this one is closed, read
+    /// after the continuation with GetRecords: no record and no next iterator means the shard was read to its end.
+    async fn probe_end<D: Deliver>(&mut self, r: &mut ShardReader<'_, D>) -> Result<Option<Vec<ShardInfo>>, Error> {
+        let every = r.shared.cfg.discovery_interval;
+        let since = *self.probed_at.get_or_insert_with(Instant::now);
+        if since.elapsed() < every {
+            return Ok(None);
+        }
+        self.probed_at = Some(Instant::now());
+        let StartingPosition::AfterSequenceNumber(_) = &self.position else {
+            return Ok(None);
+        };
+        let stream = r.shared.cfg.stream.clone();
+        let mut token: Option<String> = None;
+        let closed = loop {
+            let (s, t) = (stream.clone(), token.clone());
+            let page = match r
+                .call(|api| {
+                    let (s, t) = (s.clone(), t.clone());
+                    async move { api.list_shards(&s, t.as_deref()).await }
+                })
+                .await
+            {
+                Some(Ok(page)) => page,
+                Some(Err(e)) => return Err(r.api_error("ListShards", e)),
+                None => return Ok(None),
+            };
+            if let Some(shard) = page.shards.iter().find(|s| *s.shard_id == *r.shard_id) {
+                break shard.closed;
+            }
+            match page.next_token {
+                Some(next) => token = Some(next),
+                None => break false,
+            }
+        };
+        if !closed {
+            return Ok(None);
+        }
+        let Some(iterator) = r.iterator(&self.position).await? else {
+            return Ok(None);
+        };
+        let batch = match r
+            .call(|api| {
+                let iterator = iterator.clone();
+                async move { api.get_records(&iterator, 1).await }
+            })
+            .await
+        {
+            Some(Ok(batch)) => batch,
+            Some(Err(e)) => return Err(r.api_error("GetRecords", e)),
+            None => return Ok(None),
+        };
+        if batch.records.is_empty() && batch.next_shard_iterator.is_none() {
+            debug!("closed shard read to its end (found by GetRecords after the continuation)");
+            return Ok(Some(batch.child_shards));
+        }
+        Ok(None)
     }
 
     /// A new subscription from the current position, retrying what can be retried; `None` when cancelled.

@@ -525,7 +525,7 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
     }
 
     /// A shard iterator at `position`, retrying what can be retried. `None` when cancelled.
-    async fn iterator(&mut self, position: &StartingPosition) -> Result<Option<String>, Error> {
+    pub(crate) async fn iterator(&mut self, position: &StartingPosition) -> Result<Option<String>, Error> {
         let stream = self.shared.cfg.stream.clone();
         let shard = Arc::clone(&self.shard_id);
         let position = position.clone();
