@@ -152,7 +152,7 @@ async fn shutdown_mid_stream_is_graceful() -> anyhow::Result<()> {
     token.cancel();
     let stopped = std::time::Instant::now();
     tokio::time::timeout(Duration::from_secs(10), task).await??.map_err(anyhow::Error::new)?;
-    println!("scan returned {:?} after the cancel, {} records handled", stopped.elapsed(), seen.len());
+    eprintln!("scan returned {:?} after the cancel, {} records handled", stopped.elapsed(), seen.len());
     assert!(seen.len() < produced.len(), "stopped mid-stream");
     // The consumer was deregistered on shutdown, as asked.
     let arn = client.describe_stream_summary().stream_name(&stream).send().await?;
