@@ -97,6 +97,8 @@ struct State {
     event_limit: Option<usize>,
     /// When each (consumer ARN, shard) was last subscribed.
     subscribed: HashMap<(String, String), Instant>,
+    /// Like kinesis-mock: subscriptions of closed shards never report their end.
+    hide_subscription_end: bool,
     /// Every successful SubscribeToShard: (shard, position).
     subscriptions: Vec<(String, StartingPosition)>,
     drop_generation: u64,
@@ -307,6 +309,12 @@ impl FakeKinesis {
         self.lock().event_limit = Some(n.max(1));
     }
 
+    /// Like kinesis-mock: the subscription of a closed shard never reports its end (no ChildShards, always a
+    /// continuation); events stay empty once every record was pushed.
+    pub fn hide_subscription_end(&self, hide: bool) {
+        self.lock().hide_subscription_end = hide;
+    }
+
     /// Breaks every open subscription: its next event is an error, as when the connection drops.
     pub fn drop_subscriptions(&self) {
         self.lock().drop_generation += 1;
@@ -418,12 +426,12 @@ impl ShardSubscription for FakeSubscription {
                     .find(|s| s.info.shard_id == self.shard_id)
                     .ok_or_else(|| not_found(format!("shard {}", self.shard_id)))?;
                 let len = shard.records.len();
-                let at_end = shard.info.closed && self.pos >= len;
+                let at_end = shard.info.closed && self.pos >= len && !st.hide_subscription_end;
                 if self.pos < len || at_end || waiting_since.elapsed() >= Duration::from_secs(1) {
                     let end = (self.pos + st.event_limit.unwrap_or(100)).min(len);
                     let records = shard.records.get(self.pos..end).map(<[RawRecord]>::to_vec).unwrap_or_default();
                     self.pos = end;
-                    let last = shard.info.closed && end == len;
+                    let last = shard.info.closed && end == len && !st.hide_subscription_end;
                     let continuation = if last {
                         None
                     } else {

@@ -303,9 +303,11 @@ async fn restart_mid_kpl_aggregate_subscribes_at_it_and_skips_handled_user_recor
 
 #[tokio::test(start_paused = true)]
 async fn split_during_fan_out_parents_before_children() {
-    for hide_child_shards in [false, true] {
+    // As on AWS; without ChildShards; and like kinesis-mock, with no end reported at all (found by probing).
+    for (hide_child_shards, hide_end) in [(false, false), (true, false), (false, true)] {
         let fake = FakeKinesis::new();
         fake.hide_child_shards(hide_child_shards);
+        fake.hide_subscription_end(hide_end);
         fake.create_stream(STREAM, 1);
         fake.event_limit(5);
         let store = MemoryStore::new();
