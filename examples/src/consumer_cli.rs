@@ -44,6 +44,13 @@ pub struct ConsumerArgs {
     /// Sleep this long after printing each record (a slow handler, to watch a graceful shutdown mid-batch).
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
+    /// Read with enhanced fan-out (SubscribeToShard) as the stream consumer NAME, registered if missing, instead of
+    /// polling with GetRecords. Needs an endpoint with fan-out (AWS, or kinesis-local: `cargo xtask kinesis-local`).
+    #[arg(long, value_name = "NAME")]
+    pub fan_out: Option<String>,
+    /// With --fan-out: deregister the stream consumer when stopping.
+    #[arg(long, requires = "fan_out")]
+    pub deregister_on_shutdown: bool,
 }
 
 impl ConsumerArgs {
@@ -57,12 +64,16 @@ impl ConsumerArgs {
             }
             (IteratorType::AtTimestamp, _) => anyhow::bail!("AT_TIMESTAMP needs --timestamp SECONDS_SINCE_EPOCH"),
         };
-        Ok(Consumer::builder(&self.stream)
+        let mut builder = Consumer::builder(&self.stream)
             .client(crate::kinesis_client(&self.endpoint).await)
             .app_name(&self.app)
             .initial_position(initial)
             .aggregation(self.aggregation)
-            .shutdown(crate::shutdown_on_signals()?))
+            .shutdown(crate::shutdown_on_signals()?);
+        if let Some(name) = &self.fan_out {
+            builder = builder.fan_out(name).deregister_on_shutdown(self.deregister_on_shutdown);
+        }
+        Ok(builder)
     }
 
     /// Scans until SIGINT/SIGTERM, printing each record's data on its own line, checkpointing in `store`.
