@@ -184,3 +184,49 @@ async fn shutdown_mid_stream_is_graceful() -> anyhow::Result<()> {
     assert_eq!(all.len(), produced.len());
     Ok(())
 }
+
+/// The `consumer` example with `--fan-out NAME`, as a user runs it: every record printed once, SIGINT stops it
+/// with exit status 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_example_with_fan_out() -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt as _;
+    let dir = std::env::var("KC_EXAMPLES_BIN_DIR").unwrap_or_else(|_| {
+        panic!("KC_EXAMPLES_BIN_DIR is not set: run the integration tests with `cargo xtask integration`")
+    });
+    let client = kinesis_local().await;
+    let stream = unique_stream("efo-example");
+    create_stream(&client, &stream, 2).await?;
+    let produced = put_numbered(&client, &stream, "line-", 0..60, 7).await?;
+    let mut child = tokio::process::Command::new(std::path::Path::new(&dir).join("consumer"))
+        .args(["--stream", &stream, "--endpoint", &kinesis_local_endpoint(), "--iterator-type", "TRIM_HORIZON"])
+        .args(["--fan-out", "efo-example"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut printed = Vec::new();
+    let read = async {
+        while printed.len() < produced.len() {
+            match lines.next_line().await {
+                Ok(Some(line)) => printed.push(line),
+                _ => break,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // a duplicate would arrive now
+    let pid = child.id().expect("running").to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status()?.success());
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await??;
+    assert!(status.success(), "consumer exited with {status} after SIGINT");
+    while let Ok(Some(line)) = lines.next_line().await {
+        printed.push(line);
+    }
+    printed.sort();
+    let mut want = produced.clone();
+    want.sort();
+    assert_eq!(printed, want, "every record printed once");
+    Ok(())
+}
