@@ -102,6 +102,7 @@ struct State {
     /// Every successful SubscribeToShard: (shard, position).
     subscriptions: Vec<(String, StartingPosition)>,
     drop_generation: u64,
+    stall_generation: u64,
 }
 
 const STREAM_ARN_PREFIX: &str = "arn:aws:kinesis:us-east-1:000000000000:stream/";
@@ -315,6 +316,12 @@ impl FakeKinesis {
         self.lock().hide_subscription_end = hide;
     }
 
+    /// Stalls every open subscription: it never sends another event (a connection that hangs without closing).
+    /// Later subscriptions are not affected.
+    pub fn stall_subscriptions(&self) {
+        self.lock().stall_generation += 1;
+    }
+
     /// Breaks every open subscription: its next event is an error, as when the connection drops.
     pub fn drop_subscriptions(&self) {
         self.lock().drop_generation += 1;
@@ -399,6 +406,7 @@ struct FakeSubscription {
     pos: usize,
     ends_at: Instant,
     generation: u64,
+    stall_generation: u64,
     ended: bool,
 }
 
@@ -411,6 +419,11 @@ impl ShardSubscription for FakeSubscription {
         }
         let waiting_since = Instant::now();
         loop {
+            let stalled = self.fake.lock().stall_generation > self.stall_generation;
+            if stalled {
+                // Hangs without closing.
+                std::future::pending::<()>().await;
+            }
             {
                 let st = self.fake.lock();
                 if st.drop_generation > self.generation {
@@ -609,6 +622,7 @@ impl KinesisApi for FakeKinesis {
             pos,
             ends_at: Instant::now() + duration,
             generation: st.drop_generation,
+            stall_generation: st.stall_generation,
             ended: false,
         }))
     }

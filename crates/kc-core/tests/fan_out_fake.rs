@@ -417,3 +417,29 @@ async fn millis_behind_latest_and_batches_as_with_polling() {
     let batches = batches.lock().expect("lock").clone();
     assert_eq!(batches[..3], [(4, Some(1_000)), (4, Some(1_000)), (2, Some(0))], "one batch per event");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_subscription_is_replaced_after_the_idle_limit() {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 1);
+    fake.consumer_activation(Duration::ZERO);
+    let store = MemoryStore::new();
+    let consumer = builder(&fake, &store).build().await.expect("build");
+    let f = fake.clone();
+    let producer = tokio::spawn(async move {
+        let mut produced = put_many(&f, 0..10, "r");
+        wait_for(|| f.subscriptions().len() == 1).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        f.stall_subscriptions(); // hangs without closing: only the idle limit notices
+        produced.extend(put_many(&f, 10..20, "r"));
+        produced
+    });
+    let started = tokio::time::Instant::now();
+    let task = tokio::spawn(scan_until(consumer, 20));
+    let produced = producer.await.expect("producer");
+    let (seen, result) = task.await.expect("scan");
+    result.expect("scan");
+    assert_exactly_once(&seen, &produced);
+    assert_eq!(fake.subscriptions().len(), 2, "subscribed again after the stall");
+    assert!(started.elapsed() >= Duration::from_secs(30), "after the idle limit, not before");
+}
