@@ -47,6 +47,13 @@ pub struct ConsumerArgs {
     /// The most records one GetRecords call returns (1 to 10000); checkpoints are handed to the store once per batch.
     #[arg(long, default_value_t = 10_000)]
     pub max_records: i32,
+    /// Read with enhanced fan-out (SubscribeToShard) as the stream consumer NAME, registered if missing, instead of
+    /// polling with GetRecords. Needs an endpoint with fan-out (AWS, or kinesis-local: `cargo xtask kinesis-local`).
+    #[arg(long, value_name = "NAME")]
+    pub fan_out: Option<String>,
+    /// With --fan-out: deregister the stream consumer when stopping.
+    #[arg(long, requires = "fan_out")]
+    pub deregister_on_shutdown: bool,
 }
 
 impl ConsumerArgs {
@@ -60,13 +67,17 @@ impl ConsumerArgs {
             }
             (IteratorType::AtTimestamp, _) => anyhow::bail!("AT_TIMESTAMP needs --timestamp SECONDS_SINCE_EPOCH"),
         };
-        Ok(Consumer::builder(&self.stream)
+        let mut builder = Consumer::builder(&self.stream)
             .client(crate::kinesis_client(&self.endpoint).await)
             .app_name(&self.app)
             .initial_position(initial)
             .aggregation(self.aggregation)
             .max_records(self.max_records)
-            .shutdown(crate::shutdown_on_signals()?))
+            .shutdown(crate::shutdown_on_signals()?);
+        if let Some(name) = &self.fan_out {
+            builder = builder.fan_out(name).deregister_on_shutdown(self.deregister_on_shutdown);
+        }
+        Ok(builder)
     }
 
     /// Scans until SIGINT/SIGTERM, printing each record's data on its own line, checkpointing in `store`.

@@ -327,3 +327,34 @@ impl Drop for CutProxy {
         self.task.abort();
     }
 }
+
+// --- Enhanced fan-out (tests/fan_out.rs, benches/latency.rs): kinesis-local, which has SubscribeToShard ---
+
+/// The kinesis-local endpoint from `KINESIS_LOCAL_ENDPOINT`; panics with a clear message when it is not set.
+pub fn kinesis_local_endpoint() -> String {
+    match std::env::var("KINESIS_LOCAL_ENDPOINT") {
+        Ok(e) if !e.is_empty() => e,
+        _ => panic!("KINESIS_LOCAL_ENDPOINT is not set: run the integration tests with `cargo xtask integration`"),
+    }
+}
+
+/// A client for kinesis-local (or for `endpoint`, e.g. a [`CutProxy`] in front of it).
+pub async fn kinesis_local_at(endpoint: &str) -> aws_sdk_kinesis::Client {
+    kc_examples::kinesis_client(endpoint).await
+}
+
+/// A client for kinesis-local.
+pub async fn kinesis_local() -> aws_sdk_kinesis::Client {
+    kinesis_local_at(&kinesis_local_endpoint()).await
+}
+
+/// A consumer builder for `stream` on kinesis-local reading with enhanced fan-out as the consumer `name`: app `it`,
+/// TRIM_HORIZON, discovery every second.
+pub fn fan_out_builder(client: aws_sdk_kinesis::Client, stream: &str, name: &str) -> kinesis_consumer::ConsumerBuilder {
+    kinesis_consumer::Consumer::builder(stream)
+        .client(client)
+        .app_name("it")
+        .initial_position(kinesis_consumer::InitialPosition::TrimHorizon)
+        .discovery_interval(Duration::from_secs(1))
+        .fan_out(name)
+}

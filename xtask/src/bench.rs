@@ -5,7 +5,7 @@ use xshell::{cmd, Shell};
 
 use crate::{
     cargo, databases, emulator_aws_env,
-    emulators::{self, Emulator, DYNALITE, KINESALITE},
+    emulators::{self, Emulator, DYNALITE, KINESALITE, KINESIS_LOCAL},
 };
 
 struct Bench {
@@ -17,21 +17,26 @@ struct Bench {
     /// Started once, for the first bench that needs it; exported as `KINESIS_ENDPOINT` (with dynalite as
     /// `DYNAMODB_ENDPOINT` and the databases' URLs).
     needs_kinesalite: bool,
+    /// Started once, for the first bench that needs it; exported as `KINESIS_LOCAL_ENDPOINT` (enhanced fan-out).
+    needs_kinesis_local: bool,
 }
 
 /// Run in this order. Add a line here for a new benchmark.
 #[rustfmt::skip]
 const BENCHES: &[Bench] = &[
-    Bench { package: "kc-core", bench: Some("scan_loop"), features: &["test-util"], needs_kinesalite: false },
-    Bench { package: "kc-integration", bench: Some("vs_sdk"), features: &[], needs_kinesalite: true },
-    Bench { package: "kc-integration", bench: Some("stores"), features: &[], needs_kinesalite: true },
-    Bench { package: "kc-deagg", bench: None, features: &[], needs_kinesalite: false },
+    Bench { package: "kc-core", bench: Some("scan_loop"), features: &["test-util"], needs_kinesalite: false, needs_kinesis_local: false },
+    Bench { package: "kc-integration", bench: Some("vs_sdk"), features: &[], needs_kinesalite: true, needs_kinesis_local: false },
+    Bench { package: "kc-integration", bench: Some("stores"), features: &[], needs_kinesalite: true, needs_kinesis_local: false },
+    // Put-to-handler latency, polling vs enhanced fan-out, both against kinesis-local.
+    Bench { package: "kc-integration", bench: Some("latency"), features: &[], needs_kinesalite: false, needs_kinesis_local: true },
+    Bench { package: "kc-deagg", bench: None, features: &[], needs_kinesalite: false, needs_kinesis_local: false },
 ];
 
 pub(crate) fn run(sh: &Shell, extra: &[String]) -> Result<()> {
     let cargo = cargo();
     let mut kinesalite: Option<Emulator> = None;
     let mut dynalite: Option<Emulator> = None;
+    let mut kinesis_local: Option<Emulator> = None;
     for bench in BENCHES {
         let package = bench.package;
         let mut target: Vec<String> = Vec::new();
@@ -60,6 +65,16 @@ pub(crate) fn run(sh: &Shell, extra: &[String]) -> Result<()> {
                 .env("DATABASE_URL_POSTGRES", databases::POSTGRES_URL)
                 .env("DATABASE_URL_MYSQL", databases::MYSQL_URL)
                 .envs(emulator_aws_env());
+        }
+        if bench.needs_kinesis_local {
+            let emulator = match &mut kinesis_local {
+                Some(emulator) => emulator,
+                None => {
+                    emulators::ensure_installed(sh)?;
+                    kinesis_local.insert(Emulator::start(&KINESIS_LOCAL)?)
+                }
+            };
+            command = command.env("KINESIS_LOCAL_ENDPOINT", emulator.endpoint()).envs(emulator_aws_env());
         }
         let name = bench.bench.map(|name| format!(" / {name}")).unwrap_or_default();
         println!("benchmark {package}{name}");

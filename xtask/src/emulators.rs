@@ -1,4 +1,4 @@
-//! The Node.js emulators of AWS services (kinesalite, dynalite): installing them with npm from
+//! The Node.js emulators of AWS services (kinesalite, dynalite, kinesis-local): installing them with npm from
 //! `.emulators/package-lock.json`, and running one per test run on a free 127.0.0.1 port.
 
 use std::{
@@ -28,19 +28,39 @@ const LISTENING: &str = "listening on";
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Kind {
     pub(crate) name: &'static str,
-    /// A JavaScript object literal passed to the package's server factory.
-    options: &'static str,
+    /// A JavaScript object literal passed to the package's server factory; `None` for kinesis-local, which is a
+    /// program configured by environment variables rather than a library.
+    options: Option<&'static str>,
 }
 
 /// Kinesis, kept in memory (no `path`), with near-instant stream state changes.
 pub(crate) const KINESALITE: Kind = Kind {
     name: "kinesalite",
-    options: "{ createStreamMs: 50, deleteStreamMs: 50, updateStreamMs: 50, shardLimit: 1000 }",
+    options: Some("{ createStreamMs: 50, deleteStreamMs: 50, updateStreamMs: 50, shardLimit: 1000 }"),
 };
 
 /// DynamoDB, kept in memory (no `path`), with near-instant table state changes.
 pub(crate) const DYNALITE: Kind =
-    Kind { name: "dynalite", options: "{ createTableMs: 50, deleteTableMs: 50, updateTableMs: 50 }" };
+    Kind { name: "dynalite", options: Some("{ createTableMs: 50, deleteTableMs: 50, updateTableMs: 50 }") };
+
+/// Kinesis with enhanced fan-out (kinesis-mock, published as `kinesis-local`): RegisterStreamConsumer,
+/// DescribeStreamConsumer, SubscribeToShard, which kinesalite lacks. Plain HTTP on our port (the SDK streams
+/// SubscribeToShard over HTTP/1.1 chunked responses there); its TLS port gets a second free port.
+pub(crate) const KINESIS_LOCAL: Kind = Kind { name: "kinesis-local", options: None };
+
+/// kinesis-mock's state changes (CREATING -> ACTIVE and the like), kept short for tests.
+const KINESIS_LOCAL_DURATIONS: [&str; 10] = [
+    "CREATE_STREAM_DURATION",
+    "DELETE_STREAM_DURATION",
+    "REGISTER_STREAM_CONSUMER_DURATION",
+    "DEREGISTER_STREAM_CONSUMER_DURATION",
+    "MERGE_SHARDS_DURATION",
+    "SPLIT_SHARD_DURATION",
+    "UPDATE_SHARD_COUNT_DURATION",
+    "UPDATE_STREAM_MODE_DURATION",
+    "START_STREAM_ENCRYPTION_DURATION",
+    "STOP_STREAM_ENCRYPTION_DURATION",
+];
 
 pub(crate) fn emulators_dir() -> PathBuf {
     project_root().join(".emulators")
@@ -58,7 +78,8 @@ pub(crate) fn ensure_installed(sh: &Shell) -> Result<()> {
 
     let dir = emulators_dir();
     let modules = dir.join("node_modules");
-    let installed = ["kinesalite", "dynalite"].iter().all(|pkg| modules.join(pkg).join("package.json").is_file());
+    let installed =
+        ["kinesalite", "dynalite", "kinesis-local"].iter().all(|pkg| modules.join(pkg).join("package.json").is_file());
     // npm writes node_modules/.package-lock.json on every install: older than the lock = stale.
     let fresh = match (modified(&modules.join(".package-lock.json")), modified(&dir.join("package-lock.json"))) {
         (Some(installed_at), Some(locked_at)) => installed_at >= locked_at,
@@ -198,10 +219,13 @@ fn free_port() -> Result<u16> {
 
 fn spawn(kind: &Kind, port: u16, log: &Path) -> Result<ChildGuard> {
     let log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    // The emulators bind every interface unless told otherwise: listen on 127.0.0.1 only.
-    // The script exits when its stdin closes, so node dies with the xtask even on SIGKILL.
-    let script = format!(
-        r#"
+    let mut command = Command::new("node");
+    match kind.options {
+        Some(options) => {
+            // The emulators bind every interface unless told otherwise: listen on 127.0.0.1 only.
+            // The script exits when its stdin closes, so node dies with the xtask even on SIGKILL.
+            let script = format!(
+                r#"
 const port = Number(process.env.XTASK_EMULATOR_PORT);
 const server = require('{name}')({options});
 server.on('error', (err) => {{ console.error('{name}: ' + (err.stack || err)); process.exit(1); }});
@@ -209,13 +233,50 @@ server.listen(port, '127.0.0.1', () => console.log('{name} {listening} http://12
 process.stdin.on('end', () => process.exit(0));
 process.stdin.resume();
 "#,
-        name = kind.name,
-        options = kind.options,
-        listening = LISTENING,
-    );
-    let child = Command::new("node")
-        .arg("-e")
-        .arg(script)
+                name = kind.name,
+                listening = LISTENING,
+            );
+            command.arg("-e").arg(script);
+        }
+        None => {
+            // kinesis-mock binds 0.0.0.0 with no setting to change it: wrap net.Server#listen so that both of its
+            // servers (plain and TLS) bind 127.0.0.1 only, then run its main script.
+            let script = format!(
+                r#"
+const net = require('net');
+const plain = Number(process.env.KINESIS_MOCK_PLAIN_PORT);
+const listen = net.Server.prototype.listen;
+net.Server.prototype.listen = function (...args) {{
+  if (args[0] !== null && typeof args[0] === 'object') {{
+    args[0] = Object.assign({{}}, args[0], {{ host: '127.0.0.1' }});
+  }} else if (typeof args[1] === 'string') {{
+    args[1] = '127.0.0.1';
+  }} else {{
+    args.splice(1, 0, '127.0.0.1');
+  }}
+  this.once('listening', () => {{
+    const a = this.address();
+    if (a && a.port === plain) console.log('kinesis-local {listening} http://' + a.address + ':' + a.port);
+  }});
+  return listen.apply(this, args);
+}};
+process.env.KINESIS_MOCK_CERT_PATH = require.resolve('kinesis-local/server.json');
+process.stdin.on('end', () => process.exit(0));
+process.stdin.resume();
+require('kinesis-local/main.js');
+"#,
+                listening = LISTENING,
+            );
+            command.arg("-e").arg(script);
+            command.env("KINESIS_MOCK_PLAIN_PORT", port.to_string());
+            command.env("KINESIS_MOCK_TLS_PORT", free_port()?.to_string());
+            command.env("LOG_LEVEL", "WARN");
+            for var in KINESIS_LOCAL_DURATIONS {
+                command.env(var, "100ms");
+            }
+        }
+    }
+    let child = command
         .env("XTASK_EMULATOR_PORT", port.to_string())
         .current_dir(emulators_dir())
         .stdin(Stdio::piped())
@@ -226,7 +287,7 @@ process.stdin.resume();
     Ok(ChildGuard::new(kind.name, child))
 }
 
-/// `cargo xtask kinesalite|dynalite`: run one emulator until Ctrl-C.
+/// `cargo xtask kinesalite|dynalite|kinesis-local`: run one emulator until Ctrl-C.
 pub(crate) fn serve(sh: &Shell, kind: &'static Kind) -> Result<()> {
     ensure_installed(sh)?;
     let mut emulator = Emulator::start(kind)?;

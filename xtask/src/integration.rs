@@ -5,7 +5,7 @@ use xshell::{cmd, Shell};
 
 use crate::{
     cargo, databases, emulator_aws_env,
-    emulators::{self, Emulator, DYNALITE, KINESALITE},
+    emulators::{self, Emulator, DYNALITE, KINESALITE, KINESIS_LOCAL},
     target_dir,
 };
 
@@ -25,10 +25,13 @@ pub(crate) fn run_with(sh: &Shell, extra: &[String], more_env: &[(&str, String)]
     let bin_dir = target_dir(sh)?.join("debug");
     let kinesalite = Emulator::start(&KINESALITE)?;
     let dynalite = Emulator::start(&DYNALITE)?;
+    // Enhanced fan-out (tests/fan_out.rs): kinesalite has no SubscribeToShard.
+    let kinesis_local = Emulator::start(&KINESIS_LOCAL)?;
 
     let env = [
         ("KINESIS_ENDPOINT", kinesalite.endpoint()),
         ("DYNAMODB_ENDPOINT", dynalite.endpoint()),
+        ("KINESIS_LOCAL_ENDPOINT", kinesis_local.endpoint()),
         ("DATABASE_URL_POSTGRES", databases::POSTGRES_URL.to_owned()),
         ("DATABASE_URL_MYSQL", databases::MYSQL_URL.to_owned()),
         ("KC_EXAMPLES_BIN_DIR", bin_dir.display().to_string()),

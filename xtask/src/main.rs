@@ -30,13 +30,15 @@ cargo xtask <command> [-- <args>]
 
 Commands:
   help          Print this list.
-  emulators     Install the Node.js emulators (kinesalite, dynalite) in .emulators (npm ci).
+  emulators     Install the Node.js emulators (kinesalite, dynalite, kinesis-local) in .emulators (npm ci).
   kinesalite    Start kinesalite on a free 127.0.0.1 port and print its endpoint; Ctrl-C stops it.
   dynalite      Same for dynalite (DynamoDB).
+  kinesis-local Same for kinesis-local (kinesis-mock: Kinesis with enhanced fan-out, plain HTTP).
   demo          Build the examples, produce examples/users.txt into kinesalite with `producer`,
                 read it back with `consumer` (TRIM_HORIZON), stop it with SIGINT, check every line.
-  integration   Start kinesalite and dynalite, make sure PostgreSQL (5432) and MariaDB (3306) are up,
+  integration   Start kinesalite, dynalite and kinesis-local, make sure PostgreSQL (5432) and MariaDB (3306) are up,
                 then `cargo test -p kc-integration` with KINESIS_ENDPOINT, DYNAMODB_ENDPOINT,
+                KINESIS_LOCAL_ENDPOINT,
                 DATABASE_URL_POSTGRES and DATABASE_URL_MYSQL set. Arguments after `--` go to
                 `cargo test`, e.g. `cargo xtask integration -- --test kinesalite -- --nocapture`.
   ci            What CI runs, stopping at the first failure: fmt, clippy, unit and doc tests,
@@ -91,6 +93,7 @@ fn parse_args(args: &[String]) -> Result<Task> {
         "emulators" => no_extra(Task::Emulators),
         "kinesalite" => no_extra(Task::Serve(&emulators::KINESALITE)),
         "dynalite" => no_extra(Task::Serve(&emulators::DYNALITE)),
+        "kinesis-local" => no_extra(Task::Serve(&emulators::KINESIS_LOCAL)),
         "demo" => no_extra(Task::Demo),
         "ci" => no_extra(Task::Ci),
         "integration" => Ok(Task::Integration { extra: extra.unwrap_or_default() }),
@@ -218,6 +221,7 @@ mod tests {
             ("demo", Task::Demo),
             ("emulators", Task::Emulators),
             ("kinesalite", Task::Serve(&emulators::KINESALITE)),
+            ("kinesis-local", Task::Serve(&emulators::KINESIS_LOCAL)),
             ("integration", Task::Integration { extra: vec![] }),
             ("integration --", Task::Integration { extra: vec![] }),
             (

@@ -105,6 +105,112 @@ pub trait KinesisApi: Send + Sync + 'static {
 
     /// Up to `limit` records from `shard_iterator`.
     async fn get_records(&self, shard_iterator: &str, limit: i32) -> Result<RecordBatch, ApiError>;
+
+    // Enhanced fan-out. The defaults fail with a permanent error, so that an implementation made for polling only
+    // keeps compiling and a consumer configured for fan-out on it stops with a clear error.
+
+    /// The ARN of `stream` (DescribeStreamSummary): fan-out consumers are registered on it.
+    async fn stream_arn(&self, stream: &str) -> Result<String, ApiError> {
+        let _ = stream;
+        Err(fan_out_unsupported("DescribeStreamSummary"))
+    }
+
+    /// Registers a fan-out consumer named `name` on the stream `stream_arn` (RegisterStreamConsumer).
+    async fn register_stream_consumer(&self, stream_arn: &str, name: &str) -> Result<StreamConsumer, ApiError> {
+        let _ = (stream_arn, name);
+        Err(fan_out_unsupported("RegisterStreamConsumer"))
+    }
+
+    /// Describes a fan-out consumer (DescribeStreamConsumer); `NotFound` when there is none.
+    async fn describe_stream_consumer(&self, consumer: ConsumerLookup<'_>) -> Result<StreamConsumer, ApiError> {
+        let _ = consumer;
+        Err(fan_out_unsupported("DescribeStreamConsumer"))
+    }
+
+    /// Deregisters the fan-out consumer `consumer_arn` (DeregisterStreamConsumer).
+    async fn deregister_stream_consumer(&self, consumer_arn: &str) -> Result<(), ApiError> {
+        let _ = consumer_arn;
+        Err(fan_out_unsupported("DeregisterStreamConsumer"))
+    }
+
+    /// Subscribes the fan-out consumer `consumer_arn` to `shard_id` from `position` (SubscribeToShard). The
+    /// subscription pushes events until it ends (after 5 minutes on AWS) or fails.
+    async fn subscribe_to_shard(
+        &self,
+        consumer_arn: &str,
+        shard_id: &str,
+        position: &StartingPosition,
+    ) -> Result<Box<dyn ShardSubscription>, ApiError> {
+        let _ = (consumer_arn, shard_id, position);
+        Err(fan_out_unsupported("SubscribeToShard"))
+    }
+}
+
+fn fan_out_unsupported(call: &str) -> ApiError {
+    ApiError::with_source(
+        ApiErrorKind::Permanent,
+        Some("UnsupportedOperation".to_owned()),
+        format!("this KinesisApi implementation does not implement {call} (enhanced fan-out)"),
+    )
+}
+
+/// Which fan-out consumer [`KinesisApi::describe_stream_consumer`] describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsumerLookup<'a> {
+    /// The consumer `name` of the stream `stream_arn`.
+    Name {
+        /// The stream's ARN.
+        stream_arn: &'a str,
+        /// The consumer's name.
+        name: &'a str,
+    },
+    /// The consumer with this ARN.
+    Arn(&'a str),
+}
+
+/// The state of a registered fan-out consumer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConsumerStatus {
+    /// Being registered: it cannot subscribe yet.
+    Creating,
+    /// Registered: it can subscribe.
+    Active,
+    /// Being deregistered.
+    Deleting,
+}
+
+/// A registered fan-out consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamConsumer {
+    /// The consumer's name.
+    pub name: String,
+    /// The consumer's ARN, which SubscribeToShard takes.
+    pub arn: String,
+    /// Its state.
+    pub status: ConsumerStatus,
+}
+
+/// One event of a SubscribeToShard subscription.
+#[derive(Clone, Debug, Default)]
+pub struct SubscribeEvent {
+    /// The records, in shard order (possibly none: events also come when nothing was put).
+    pub records: Vec<RawRecord>,
+    /// Where to subscribe again (AFTER_SEQUENCE_NUMBER) to continue after this event; `None` at the shard's end.
+    pub continuation_sequence_number: Option<String>,
+    /// How far behind the tip of the stream this event is.
+    pub millis_behind_latest: Option<i64>,
+    /// The shard's children, in the last event of a closed shard.
+    pub child_shards: Vec<ShardInfo>,
+}
+
+/// A SubscribeToShard subscription: the events Kinesis pushes. Events are read from the connection only when
+/// [`next_event`](Self::next_event) is called, so a slow reader slows the transfer (HTTP flow control) rather than
+/// filling memory.
+#[async_trait]
+pub trait ShardSubscription: Send {
+    /// The next event; `None` when the subscription ended normally (after 5 minutes on AWS).
+    async fn next_event(&mut self) -> Result<Option<SubscribeEvent>, ApiError>;
 }
 
 /// What kind of failure an [`ApiError`] is: it decides what the scan loop does.
@@ -119,6 +225,9 @@ pub enum ApiErrorKind {
     Transient,
     /// The stream or shard does not exist (or no longer does).
     NotFound,
+    /// The resource is busy: a fan-out consumer that is not ACTIVE yet, or a shard that this consumer subscribed to
+    /// less than 5 seconds ago (ResourceInUseException).
+    ResourceInUse,
     /// Anything retrying will not fix (access denied, invalid argument, KMS key disabled, ...).
     Permanent,
 }
@@ -203,6 +312,7 @@ fn classify_code(code: &str) -> ApiErrorKind {
         | "RequestTimeout"
         | "RequestTimeoutException" => ApiErrorKind::Transient,
         "ResourceNotFoundException" => ApiErrorKind::NotFound,
+        "ResourceInUseException" => ApiErrorKind::ResourceInUse,
         _ => ApiErrorKind::Permanent,
     }
 }
@@ -214,6 +324,7 @@ impl fmt::Display for ApiError {
             ApiErrorKind::Throttled => "throttled by Kinesis",
             ApiErrorKind::Transient => "transient Kinesis failure",
             ApiErrorKind::NotFound => "stream or shard not found",
+            ApiErrorKind::ResourceInUse => "Kinesis resource in use",
             ApiErrorKind::Permanent => "Kinesis call failed",
         };
         match &self.code {
@@ -236,6 +347,117 @@ fn to_shard_info(shard: aws_sdk_kinesis::types::Shard) -> ShardInfo {
         parent_shard_id: shard.parent_shard_id,
         adjacent_parent_shard_id: shard.adjacent_parent_shard_id,
         closed,
+    }
+}
+
+fn to_raw_record(r: aws_sdk_kinesis::types::Record) -> RawRecord {
+    RawRecord {
+        sequence_number: r.sequence_number,
+        partition_key: r.partition_key.unwrap_or_default(),
+        data: Bytes::from(r.data.into_inner()),
+        approximate_arrival_timestamp: r.approximate_arrival_timestamp.and_then(|t| t.try_into().ok()),
+    }
+}
+
+fn to_child_shards(children: Option<Vec<aws_sdk_kinesis::types::ChildShard>>) -> Vec<ShardInfo> {
+    children
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            let mut parents = c.parent_shards.into_iter();
+            ShardInfo {
+                shard_id: c.shard_id,
+                parent_shard_id: parents.next(),
+                adjacent_parent_shard_id: parents.next(),
+                closed: false,
+            }
+        })
+        .collect()
+}
+
+fn to_stream_consumer(
+    name: String,
+    arn: String,
+    status: &aws_sdk_kinesis::types::ConsumerStatus,
+) -> Result<StreamConsumer, ApiError> {
+    use aws_sdk_kinesis::types::ConsumerStatus as S;
+    let status = match status {
+        S::Active => ConsumerStatus::Active,
+        S::Creating => ConsumerStatus::Creating,
+        S::Deleting => ConsumerStatus::Deleting,
+        other => {
+            return Err(ApiError::new(
+                ApiErrorKind::Permanent,
+                Some(format!("unknown stream consumer status {:?}", other.as_str())),
+            ))
+        }
+    };
+    Ok(StreamConsumer { name, arn, status })
+}
+
+fn to_sdk_position(position: &StartingPosition) -> Result<aws_sdk_kinesis::types::StartingPosition, ApiError> {
+    let builder = aws_sdk_kinesis::types::StartingPosition::builder();
+    let builder = match position {
+        StartingPosition::TrimHorizon => builder.r#type(ShardIteratorType::TrimHorizon),
+        StartingPosition::Latest => builder.r#type(ShardIteratorType::Latest),
+        StartingPosition::AtTimestamp(t) => {
+            builder.r#type(ShardIteratorType::AtTimestamp).timestamp(aws_smithy_types::DateTime::from(*t))
+        }
+        StartingPosition::AtSequenceNumber(s) => {
+            builder.r#type(ShardIteratorType::AtSequenceNumber).sequence_number(s.as_str())
+        }
+        StartingPosition::AfterSequenceNumber(s) => {
+            builder.r#type(ShardIteratorType::AfterSequenceNumber).sequence_number(s.as_str())
+        }
+    };
+    builder.build().map_err(|e| ApiError::with_source(ApiErrorKind::Permanent, None, e))
+}
+
+/// A subscription of the AWS SDK: events are decoded from the HTTP response body one at a time, as they are asked
+/// for.
+struct SdkSubscription {
+    out: aws_sdk_kinesis::operation::subscribe_to_shard::SubscribeToShardOutput,
+}
+
+#[async_trait]
+impl ShardSubscription for SdkSubscription {
+    async fn next_event(&mut self) -> Result<Option<SubscribeEvent>, ApiError> {
+        use aws_sdk_kinesis::types::SubscribeToShardEventStream as Ev;
+        loop {
+            let event = match self.out.event_stream.recv().await {
+                Ok(Some(Ev::SubscribeToShardEvent(e))) => e,
+                // An event type newer than this SDK: not records, skip it.
+                Ok(Some(_)) => continue,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(event_stream_error(e)),
+            };
+            let continuation = Some(event.continuation_sequence_number).filter(|c| !c.is_empty());
+            return Ok(Some(SubscribeEvent {
+                records: event.records.into_iter().map(to_raw_record).collect(),
+                continuation_sequence_number: continuation,
+                millis_behind_latest: Some(event.millis_behind_latest),
+                child_shards: to_child_shards(event.child_shards),
+            }));
+        }
+    }
+}
+
+/// Classifies a failure of an open subscription: an error event by its code, a broken connection as transient.
+fn event_stream_error<E, R>(err: SdkError<E, R>) -> ApiError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: fmt::Debug + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::ServiceError(ctx) => {
+            let code = ctx.err().code().map(str::to_owned);
+            let kind = code.as_deref().map_or(ApiErrorKind::Transient, classify_code);
+            ApiError::with_source(kind, code, err)
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            ApiError::with_source(ApiErrorKind::Transient, None, err)
+        }
+        _ => ApiError::with_source(ApiErrorKind::Permanent, None, err),
     }
 }
 
@@ -283,36 +505,71 @@ impl KinesisApi for aws_sdk_kinesis::Client {
     async fn get_records(&self, shard_iterator: &str, limit: i32) -> Result<RecordBatch, ApiError> {
         let out = self.get_records().shard_iterator(shard_iterator).limit(limit).send().await;
         let out = out.map_err(ApiError::from_sdk)?;
-        let records = out
-            .records
-            .into_iter()
-            .map(|r| RawRecord {
-                sequence_number: r.sequence_number,
-                partition_key: r.partition_key.unwrap_or_default(),
-                data: Bytes::from(r.data.into_inner()),
-                approximate_arrival_timestamp: r.approximate_arrival_timestamp.and_then(|t| t.try_into().ok()),
-            })
-            .collect();
-        let child_shards = out
-            .child_shards
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| {
-                let mut parents = c.parent_shards.into_iter();
-                ShardInfo {
-                    shard_id: c.shard_id,
-                    parent_shard_id: parents.next(),
-                    adjacent_parent_shard_id: parents.next(),
-                    closed: false,
-                }
-            })
-            .collect();
+        let records = out.records.into_iter().map(to_raw_record).collect();
+        let child_shards = to_child_shards(out.child_shards);
         Ok(RecordBatch {
             records,
             next_shard_iterator: out.next_shard_iterator,
             millis_behind_latest: out.millis_behind_latest,
             child_shards,
         })
+    }
+
+    async fn stream_arn(&self, stream: &str) -> Result<String, ApiError> {
+        let out = self.describe_stream_summary().stream_name(stream).send().await.map_err(ApiError::from_sdk)?;
+        out.stream_description_summary.map(|s| s.stream_arn).ok_or_else(|| {
+            ApiError::new(ApiErrorKind::Transient, Some("DescribeStreamSummary returned no description".to_owned()))
+        })
+    }
+
+    async fn register_stream_consumer(&self, stream_arn: &str, name: &str) -> Result<StreamConsumer, ApiError> {
+        let out = self
+            .register_stream_consumer()
+            .stream_arn(stream_arn)
+            .consumer_name(name)
+            .send()
+            .await
+            .map_err(ApiError::from_sdk)?;
+        let c = out.consumer.ok_or_else(|| {
+            ApiError::new(ApiErrorKind::Transient, Some("RegisterStreamConsumer returned no consumer".to_owned()))
+        })?;
+        to_stream_consumer(c.consumer_name, c.consumer_arn, &c.consumer_status)
+    }
+
+    async fn describe_stream_consumer(&self, consumer: ConsumerLookup<'_>) -> Result<StreamConsumer, ApiError> {
+        let request = match consumer {
+            ConsumerLookup::Name { stream_arn, name } => {
+                self.describe_stream_consumer().stream_arn(stream_arn).consumer_name(name)
+            }
+            ConsumerLookup::Arn(arn) => self.describe_stream_consumer().consumer_arn(arn),
+        };
+        let out = request.send().await.map_err(ApiError::from_sdk)?;
+        let c = out.consumer_description.ok_or_else(|| {
+            ApiError::new(ApiErrorKind::Transient, Some("DescribeStreamConsumer returned no description".to_owned()))
+        })?;
+        to_stream_consumer(c.consumer_name, c.consumer_arn, &c.consumer_status)
+    }
+
+    async fn deregister_stream_consumer(&self, consumer_arn: &str) -> Result<(), ApiError> {
+        self.deregister_stream_consumer().consumer_arn(consumer_arn).send().await.map_err(ApiError::from_sdk)?;
+        Ok(())
+    }
+
+    async fn subscribe_to_shard(
+        &self,
+        consumer_arn: &str,
+        shard_id: &str,
+        position: &StartingPosition,
+    ) -> Result<Box<dyn ShardSubscription>, ApiError> {
+        let out = self
+            .subscribe_to_shard()
+            .consumer_arn(consumer_arn)
+            .shard_id(shard_id)
+            .starting_position(to_sdk_position(position)?)
+            .send()
+            .await
+            .map_err(ApiError::from_sdk)?;
+        Ok(Box::new(SdkSubscription { out }))
     }
 }
 
@@ -330,6 +587,7 @@ mod tests {
             ("InternalFailure", ApiErrorKind::Transient),
             ("ServiceUnavailable", ApiErrorKind::Transient),
             ("ResourceNotFoundException", ApiErrorKind::NotFound),
+            ("ResourceInUseException", ApiErrorKind::ResourceInUse),
             ("AccessDeniedException", ApiErrorKind::Permanent),
             ("InvalidArgumentException", ApiErrorKind::Permanent),
             ("KMSDisabledException", ApiErrorKind::Permanent),
@@ -347,6 +605,7 @@ mod tests {
         assert!(retryable(ApiErrorKind::Transient));
         assert!(!retryable(ApiErrorKind::ExpiredIterator));
         assert!(!retryable(ApiErrorKind::NotFound));
+        assert!(!retryable(ApiErrorKind::ResourceInUse));
         assert!(!retryable(ApiErrorKind::Permanent));
     }
 }

@@ -47,6 +47,10 @@ pub(crate) struct Config {
     pub(crate) call_timeout: Duration,
     pub(crate) backoff_base: Duration,
     pub(crate) backoff_max: Duration,
+    /// Enhanced fan-out instead of polling (`None`: polling).
+    pub(crate) fan_out: Option<crate::fan_out::FanOutConfig>,
+    /// Deregister the fan-out consumer when the scan returns.
+    pub(crate) deregister_on_shutdown: bool,
 }
 
 impl Config {
@@ -66,6 +70,8 @@ impl Config {
             call_timeout: Duration::from_secs(10),
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            fan_out: None,
+            deregister_on_shutdown: false,
         }
     }
 
@@ -93,6 +99,15 @@ impl Config {
         }
         if self.backoff_max < self.backoff_base {
             return Err(Error::config("retry backoff max must be at least the backoff base"));
+        }
+        match &self.fan_out {
+            Some(fan_out) => fan_out.validate()?,
+            None if self.deregister_on_shutdown => {
+                return Err(Error::config(
+                    "deregister_on_shutdown needs enhanced fan-out (ConsumerBuilder::fan_out or fan_out_consumer_arn)",
+                ))
+            }
+            None => {}
         }
         Ok(())
     }
@@ -291,6 +306,36 @@ impl ConsumerBuilder {
         self
     }
 
+    // --- Enhanced fan-out (issue 6) ---
+
+    /// Reads with enhanced fan-out (SubscribeToShard) as the stream consumer `name` instead of polling with
+    /// GetRecords. When the scan starts, the consumer is registered on the stream if it does not exist
+    /// (RegisterStreamConsumer) and the scan waits until it is ACTIVE (retrying with backoff). Each shard then gets
+    /// its records pushed (about 70 ms latency, 2 MB/s per shard for this consumer alone); handler, checkpoints,
+    /// metrics, resharding and shutdown work as with polling. Default: polling. `name` is 1 to 128 of
+    /// `a-z A-Z 0-9 _ . -`. With fan-out, [`scan_interval`](Self::scan_interval),
+    /// [`min_poll_interval`](Self::min_poll_interval) and [`max_records`](Self::max_records) do not apply.
+    pub fn fan_out(mut self, name: impl Into<String>) -> Self {
+        self.cfg.fan_out = Some(crate::fan_out::FanOutConfig::Name(name.into()));
+        self
+    }
+
+    /// Like [`fan_out`](Self::fan_out), with a consumer registered beforehand, given by its ARN
+    /// (`arn:aws:kinesis:REGION:ACCOUNT:stream/STREAM/consumer/NAME:TIMESTAMP`). It is not registered by the consumer;
+    /// the scan waits until it is ACTIVE.
+    pub fn fan_out_consumer_arn(mut self, arn: impl Into<String>) -> Self {
+        self.cfg.fan_out = Some(crate::fan_out::FanOutConfig::Arn(arn.into()));
+        self
+    }
+
+    /// With fan-out: deregister the stream consumer (DeregisterStreamConsumer) when the scan returns. Default: off (a
+    /// registered consumer is usually long-lived, and other instances of the app may still use it). Setting it
+    /// without fan-out is a configuration error.
+    pub fn deregister_on_shutdown(mut self, on: bool) -> Self {
+        self.cfg.deregister_on_shutdown = on;
+        self
+    }
+
     /// Validates the settings and builds the consumer. Without a client, one is built from `aws_config` defaults.
     pub async fn build(self) -> Result<Consumer, Error> {
         self.cfg.validate()?;
@@ -342,6 +387,15 @@ mod tests {
         check(|b| b.discovery_interval(Duration::ZERO), Some("discovery_interval"));
         check(|b| b.call_timeout(Duration::ZERO), Some("call_timeout"));
         check(|b| b.retry_backoff(Duration::from_secs(2), Duration::from_secs(1)), Some("backoff max"));
+        check(|b| b.fan_out("my-app_1.x"), None);
+        check(|b| b.fan_out("my-app").deregister_on_shutdown(true), None);
+        check(|b| b.fan_out(""), Some("consumer name must not be empty"));
+        check(|b| b.fan_out("a".repeat(129)), Some("at most 128"));
+        check(|b| b.fan_out("a b"), Some("character ' '"));
+        check(|b| b.deregister_on_shutdown(true), Some("deregister_on_shutdown needs enhanced fan-out"));
+        check(|b| b.fan_out_consumer_arn("arn:aws:kinesis:us-east-1:123456789012:stream/s/consumer/c:1"), None);
+        check(|b| b.fan_out_consumer_arn("c"), Some("not a stream consumer ARN"));
+        check(|b| b.fan_out_consumer_arn("arn:aws:kinesis:us-east-1:1:stream/s"), Some("not a stream consumer ARN"));
     }
 
     #[test]

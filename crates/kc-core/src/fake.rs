@@ -3,6 +3,14 @@
 //! It keeps streams, shards and records in memory; supports splits and merges (parents closed, children listed with
 //! their parent ids, `ChildShards` in the last GetRecords of a parent unless turned off), and injected faults:
 //! errors of a given kind for the next calls of an operation, and expiry of every outstanding iterator.
+//!
+//! Enhanced fan-out is faked too: stream consumers (CREATING for [`FakeKinesis::consumer_activation`], then ACTIVE)
+//! and SubscribeToShard subscriptions that push the shard's records in events of at most
+//! [`FakeKinesis::event_limit`] records (an empty event after 1 s without records), each with its continuation
+//! sequence number, `ChildShards` and no continuation in the last event of a closed shard. A subscription ends
+//! after [`FakeKinesis::subscription_duration`] (5 minutes, as on AWS), [`FakeKinesis::drop_subscriptions`] breaks
+//! every open one, and a new subscription of the same consumer and shard within 5 s of the previous one fails with
+//! ResourceInUseException, as on AWS. Events are made when asked for, so reading slowly never buffers.
 //! It is not a substitute for the integration tests against kinesalite.
 //!
 //! ```
@@ -15,12 +23,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::api::{ApiError, ApiErrorKind, KinesisApi, RawRecord, RecordBatch, ShardInfo, ShardPage, StartingPosition};
+use tokio::time::Instant;
+
+use crate::api::{
+    ApiError, ApiErrorKind, ConsumerLookup, ConsumerStatus, KinesisApi, RawRecord, RecordBatch, ShardInfo, ShardPage,
+    ShardSubscription, StartingPosition, StreamConsumer, SubscribeEvent,
+};
 
 /// A Kinesis operation, for fault injection and call counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -31,6 +44,25 @@ pub enum Op {
     GetShardIterator,
     /// GetRecords.
     GetRecords,
+    /// DescribeStreamSummary (the stream's ARN, for fan-out).
+    DescribeStreamSummary,
+    /// RegisterStreamConsumer.
+    RegisterStreamConsumer,
+    /// DescribeStreamConsumer.
+    DescribeStreamConsumer,
+    /// DeregisterStreamConsumer.
+    DeregisterStreamConsumer,
+    /// SubscribeToShard.
+    SubscribeToShard,
+    /// Taking the next event of a subscription (a fault here breaks the subscription, like a dropped connection).
+    SubscribeEvent,
+}
+
+#[derive(Debug)]
+struct FakeConsumer {
+    name: String,
+    stream: String,
+    active_at: Instant,
 }
 
 #[derive(Debug)]
@@ -57,6 +89,26 @@ struct State {
     calls: HashMap<Op, usize>,
     hide_child_shards: bool,
     list_page_size: Option<usize>,
+    /// Fan-out consumers by ARN.
+    consumers: HashMap<String, FakeConsumer>,
+    next_consumer: u64,
+    consumer_activation: Option<Duration>,
+    subscription_duration: Option<Duration>,
+    event_limit: Option<usize>,
+    /// When each (consumer ARN, shard) was last subscribed.
+    subscribed: HashMap<(String, String), Instant>,
+    /// Like kinesis-mock: subscriptions of closed shards never report their end.
+    hide_subscription_end: bool,
+    /// Every successful SubscribeToShard: (shard, position).
+    subscriptions: Vec<(String, StartingPosition)>,
+    drop_generation: u64,
+    stall_generation: u64,
+}
+
+const STREAM_ARN_PREFIX: &str = "arn:aws:kinesis:us-east-1:000000000000:stream/";
+
+fn stream_arn(stream: &str) -> String {
+    format!("{STREAM_ARN_PREFIX}{stream}")
 }
 
 /// The fake. Clones share state: keep one to put records and inject faults while a consumer reads another.
@@ -243,6 +295,66 @@ impl FakeKinesis {
         self.lock().list_page_size = Some(n.max(1));
     }
 
+    /// How long a registered fan-out consumer stays CREATING. Default: 2 s.
+    pub fn consumer_activation(&self, d: Duration) {
+        self.lock().consumer_activation = Some(d);
+    }
+
+    /// How long a subscription lasts before it ends normally. Default: 5 minutes, as on AWS.
+    pub fn subscription_duration(&self, d: Duration) {
+        self.lock().subscription_duration = Some(d);
+    }
+
+    /// The most records one subscription event carries. Default: 100.
+    pub fn event_limit(&self, n: usize) {
+        self.lock().event_limit = Some(n.max(1));
+    }
+
+    /// Like kinesis-mock: the subscription of a closed shard never reports its end (no ChildShards, always a
+    /// continuation); events stay empty once every record was pushed.
+    pub fn hide_subscription_end(&self, hide: bool) {
+        self.lock().hide_subscription_end = hide;
+    }
+
+    /// Stalls every open subscription: it never sends another event (a connection that hangs without closing).
+    /// Later subscriptions are not affected.
+    pub fn stall_subscriptions(&self) {
+        self.lock().stall_generation += 1;
+    }
+
+    /// Breaks every open subscription: its next event is an error, as when the connection drops.
+    pub fn drop_subscriptions(&self) {
+        self.lock().drop_generation += 1;
+    }
+
+    /// Every successful SubscribeToShard so far, in order: the shard and the starting position.
+    pub fn subscriptions(&self) -> Vec<(String, StartingPosition)> {
+        self.lock().subscriptions.clone()
+    }
+
+    /// The names of the registered fan-out consumers of `stream`.
+    pub fn consumers(&self, stream: &str) -> Vec<String> {
+        let mut names: Vec<String> =
+            self.lock().consumers.values().filter(|c| c.stream == stream).map(|c| c.name.clone()).collect();
+        names.sort();
+        names
+    }
+
+    /// Registers the fan-out consumer `name` on `stream`, ACTIVE at once; returns its ARN.
+    pub fn register_consumer(&self, stream: &str, name: &str) -> String {
+        let mut st = self.lock();
+        Self::add_consumer(&mut st, stream, name, Duration::ZERO)
+    }
+
+    fn add_consumer(st: &mut State, stream: &str, name: &str, activation: Duration) -> String {
+        st.next_consumer += 1;
+        let arn = format!("{}/consumer/{name}:{}", stream_arn(stream), st.next_consumer);
+        let consumer =
+            FakeConsumer { name: name.to_owned(), stream: stream.to_owned(), active_at: Instant::now() + activation };
+        st.consumers.insert(arn.clone(), consumer);
+        arn
+    }
+
     /// How many calls of `op` were made (failed ones included).
     pub fn calls(&self, op: Op) -> usize {
         self.lock().calls.get(&op).copied().unwrap_or(0)
@@ -255,6 +367,112 @@ impl FakeKinesis {
             return Err(ApiError::new(kind, Some(format!("injected {kind:?}"))));
         }
         Ok(st)
+    }
+}
+
+/// The index of the first record at `position`.
+fn start_index(records: &[RawRecord], position: &StartingPosition) -> usize {
+    let seq_of = |r: &RawRecord| kc_checkpoint::SequenceNumber::parse(r.sequence_number.clone()).ok();
+    match position {
+        StartingPosition::TrimHorizon => 0,
+        StartingPosition::Latest => records.len(),
+        StartingPosition::AtTimestamp(t) => records
+            .iter()
+            .position(|r| r.approximate_arrival_timestamp.is_some_and(|a| a >= *t))
+            .unwrap_or(records.len()),
+        StartingPosition::AtSequenceNumber(s) => {
+            records.iter().position(|r| seq_of(r).is_some_and(|q| q >= *s)).unwrap_or(records.len())
+        }
+        StartingPosition::AfterSequenceNumber(s) => {
+            records.iter().position(|r| seq_of(r).is_some_and(|q| q > *s)).unwrap_or(records.len())
+        }
+    }
+}
+
+fn in_use(what: String) -> ApiError {
+    ApiError::with_source(ApiErrorKind::ResourceInUse, Some("ResourceInUseException".to_owned()), what)
+}
+
+fn consumer_of(arn: &str, c: &FakeConsumer) -> StreamConsumer {
+    let status = if Instant::now() >= c.active_at { ConsumerStatus::Active } else { ConsumerStatus::Creating };
+    StreamConsumer { name: c.name.clone(), arn: arn.to_owned(), status }
+}
+
+/// A fake subscription: reads the shard from `pos` as events are asked for.
+struct FakeSubscription {
+    fake: FakeKinesis,
+    stream: String,
+    shard_id: String,
+    pos: usize,
+    ends_at: Instant,
+    generation: u64,
+    stall_generation: u64,
+    ended: bool,
+}
+
+#[async_trait]
+impl ShardSubscription for FakeSubscription {
+    async fn next_event(&mut self) -> Result<Option<SubscribeEvent>, ApiError> {
+        drop(self.fake.begin(Op::SubscribeEvent)?);
+        if self.ended {
+            return Ok(None);
+        }
+        let waiting_since = Instant::now();
+        loop {
+            let stalled = self.fake.lock().stall_generation > self.stall_generation;
+            if stalled {
+                // Hangs without closing.
+                std::future::pending::<()>().await;
+            }
+            {
+                let st = self.fake.lock();
+                if st.drop_generation > self.generation {
+                    return Err(ApiError::new(ApiErrorKind::Transient, Some("connection reset (fake)".to_owned())));
+                }
+                if Instant::now() >= self.ends_at {
+                    return Ok(None);
+                }
+                let s = st.streams.get(&self.stream).ok_or_else(|| not_found(format!("stream {}", self.stream)))?;
+                let shard = s
+                    .shards
+                    .iter()
+                    .find(|s| s.info.shard_id == self.shard_id)
+                    .ok_or_else(|| not_found(format!("shard {}", self.shard_id)))?;
+                let len = shard.records.len();
+                let at_end = shard.info.closed && self.pos >= len && !st.hide_subscription_end;
+                if self.pos < len || at_end || waiting_since.elapsed() >= Duration::from_secs(1) {
+                    let end = (self.pos + st.event_limit.unwrap_or(100)).min(len);
+                    let records = shard.records.get(self.pos..end).map(<[RawRecord]>::to_vec).unwrap_or_default();
+                    self.pos = end;
+                    let last = shard.info.closed && end == len && !st.hide_subscription_end;
+                    let continuation = if last {
+                        None
+                    } else {
+                        Some(match end.checked_sub(1).and_then(|i| shard.records.get(i)) {
+                            Some(r) => r.sequence_number.clone(),
+                            None => "0".to_owned(),
+                        })
+                    };
+                    let child_shards = if last && !st.hide_child_shards {
+                        s.shards
+                            .iter()
+                            .filter(|c| shard.children.contains(&c.info.shard_id))
+                            .map(|c| c.info.clone())
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    self.ended = last;
+                    return Ok(Some(SubscribeEvent {
+                        records,
+                        continuation_sequence_number: continuation,
+                        millis_behind_latest: Some(if end < len { 1_000 } else { 0 }),
+                        child_shards,
+                    }));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -293,22 +511,7 @@ impl KinesisApi for FakeKinesis {
             .get(stream)
             .and_then(|s| s.shards.iter().find(|s| s.info.shard_id == shard_id))
             .ok_or_else(|| not_found(format!("shard {shard_id} of stream {stream}")))?;
-        let records = &shard.records;
-        let seq_of = |r: &RawRecord| kc_checkpoint::SequenceNumber::parse(r.sequence_number.clone()).ok();
-        let pos = match position {
-            StartingPosition::TrimHorizon => 0,
-            StartingPosition::Latest => records.len(),
-            StartingPosition::AtTimestamp(t) => records
-                .iter()
-                .position(|r| r.approximate_arrival_timestamp.is_some_and(|a| a >= *t))
-                .unwrap_or(records.len()),
-            StartingPosition::AtSequenceNumber(s) => {
-                records.iter().position(|r| seq_of(r).is_some_and(|q| q >= *s)).unwrap_or(records.len())
-            }
-            StartingPosition::AfterSequenceNumber(s) => {
-                records.iter().position(|r| seq_of(r).is_some_and(|q| q > *s)).unwrap_or(records.len())
-            }
-        };
+        let pos = start_index(&shard.records, position);
         Ok(format!("{stream}|{shard_id}|{pos}|{}", st.iterator_generation))
     }
 
@@ -342,5 +545,85 @@ impl KinesisApi for FakeKinesis {
             millis_behind_latest: Some(if remaining > 0 { 1_000 } else { 0 }),
             child_shards,
         })
+    }
+
+    async fn stream_arn(&self, stream: &str) -> Result<String, ApiError> {
+        let st = self.begin(Op::DescribeStreamSummary)?;
+        if !st.streams.contains_key(stream) {
+            return Err(not_found(format!("stream {stream}")));
+        }
+        Ok(stream_arn(stream))
+    }
+
+    async fn register_stream_consumer(&self, stream_arn: &str, name: &str) -> Result<StreamConsumer, ApiError> {
+        let mut st = self.begin(Op::RegisterStreamConsumer)?;
+        let stream = stream_arn.strip_prefix(STREAM_ARN_PREFIX).unwrap_or_default().to_owned();
+        if !st.streams.contains_key(&stream) {
+            return Err(not_found(format!("stream {stream_arn}")));
+        }
+        if st.consumers.values().any(|c| c.stream == stream && c.name == name) {
+            return Err(in_use(format!("consumer {name} exists")));
+        }
+        let activation = st.consumer_activation.unwrap_or(Duration::from_secs(2));
+        let arn = Self::add_consumer(&mut st, &stream, name, activation);
+        let c = st.consumers.get(&arn).map(|c| consumer_of(&arn, c));
+        c.ok_or_else(|| not_found(arn))
+    }
+
+    async fn describe_stream_consumer(&self, consumer: ConsumerLookup<'_>) -> Result<StreamConsumer, ApiError> {
+        let st = self.begin(Op::DescribeStreamConsumer)?;
+        let found = match consumer {
+            ConsumerLookup::Arn(arn) => st.consumers.get_key_value(arn),
+            ConsumerLookup::Name { stream_arn, name } => {
+                let stream = stream_arn.strip_prefix(STREAM_ARN_PREFIX).unwrap_or_default();
+                st.consumers.iter().find(|(_, c)| c.stream == stream && c.name == name)
+            }
+        };
+        found.map(|(arn, c)| consumer_of(arn, c)).ok_or_else(|| not_found(format!("consumer {consumer:?}")))
+    }
+
+    async fn deregister_stream_consumer(&self, consumer_arn: &str) -> Result<(), ApiError> {
+        let mut st = self.begin(Op::DeregisterStreamConsumer)?;
+        match st.consumers.remove(consumer_arn) {
+            Some(_) => Ok(()),
+            None => Err(not_found(format!("consumer {consumer_arn}"))),
+        }
+    }
+
+    async fn subscribe_to_shard(
+        &self,
+        consumer_arn: &str,
+        shard_id: &str,
+        position: &StartingPosition,
+    ) -> Result<Box<dyn ShardSubscription>, ApiError> {
+        let mut st = self.begin(Op::SubscribeToShard)?;
+        let consumer = st.consumers.get(consumer_arn).ok_or_else(|| not_found(format!("consumer {consumer_arn}")))?;
+        if consumer_of(consumer_arn, consumer).status != ConsumerStatus::Active {
+            return Err(in_use(format!("consumer {consumer_arn} is not active")));
+        }
+        let stream = consumer.stream.clone();
+        let key = (consumer_arn.to_owned(), shard_id.to_owned());
+        if st.subscribed.get(&key).is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+            return Err(in_use(format!("{shard_id} was subscribed less than 5 s ago")));
+        }
+        let shard = st
+            .streams
+            .get(&stream)
+            .and_then(|s| s.shards.iter().find(|s| s.info.shard_id == shard_id))
+            .ok_or_else(|| not_found(format!("shard {shard_id} of stream {stream}")))?;
+        let pos = start_index(&shard.records, position);
+        st.subscribed.insert(key, Instant::now());
+        st.subscriptions.push((shard_id.to_owned(), position.clone()));
+        let duration = st.subscription_duration.unwrap_or(Duration::from_secs(300));
+        Ok(Box::new(FakeSubscription {
+            fake: self.clone(),
+            stream,
+            shard_id: shard_id.to_owned(),
+            pos,
+            ends_at: Instant::now() + duration,
+            generation: st.drop_generation,
+            stall_generation: st.stall_generation,
+            ended: false,
+        }))
     }
 }

@@ -25,6 +25,37 @@
 //! # }
 //! ```
 //!
+//! # Enhanced fan-out
+//! [`ConsumerBuilder::fan_out`] reads with SubscribeToShard instead of GetRecords polling: Kinesis pushes each shard's
+//! records to this consumer alone (its own 2 MB/s per shard, about 70 ms latency). The stream consumer is registered
+//! when the scan starts if it does not exist, and the scan waits until it is ACTIVE
+//! ([`ConsumerBuilder::fan_out_consumer_arn`] uses one registered beforehand). The handler, checkpoints, metrics,
+//! resharding and shutdown behave as with polling; only the fetching differs.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), kc_core::Error> {
+//! let consumer = kc_core::Consumer::builder("my-stream")
+//!     .app_name("my-app")
+//!     .fan_out("my-app") // the stream consumer's name; registered if missing
+//!     .build()
+//!     .await?;
+//! # drop(consumer);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! - Each shard subscribes from its checkpoint (AFTER_SEQUENCE_NUMBER, or AT_SEQUENCE_NUMBER inside a partly handled
+//!   KPL aggregate, whose handled user records are skipped), its parents or the initial position, and subscribes
+//!   again from the last event's ContinuationSequenceNumber when the subscription ends (every 5 minutes), the
+//!   connection drops or no event came for 30 s. A ResourceInUseException within 5 s of the previous subscription
+//!   (Kinesis allows one per 5 s) waits out those 5 s; other failures back off like polling's retries.
+//! - The last event of a closed shard (ChildShards) ends the shard: `ShardEnd` is checkpointed and its children
+//!   start after it, as with polling. If a service never reports the end (kinesis-mock does not), an idle closed
+//!   shard is checked once per discovery interval with ListShards and GetRecords after the continuation.
+//! - Backpressure: the next event is taken from the connection only after the previous one was handled and
+//!   checkpointed, so a slow handler slows the transfer (HTTP flow control) and memory stays bounded.
+//! - [`ConsumerBuilder::deregister_on_shutdown`] deregisters the consumer when the scan returns (default: kept).
+//!
 //! # Guarantees
 //! - **No record is lost.** A record is checkpointed only after its handler returned; after a restart the consumer
 //!   resumes after the last checkpoint (so a record may be delivered twice after a crash, never skipped). Expired
@@ -59,6 +90,7 @@ mod consumer;
 mod error;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+mod fan_out;
 mod handler;
 mod lifecycle;
 pub mod metrics;

@@ -106,14 +106,20 @@ impl Consumer {
 
     /// Reads the one shard `shard_id` (and not its children) until its end, cancellation or a handler error.
     pub async fn scan_shard<H: RecordHandler>(&self, shard_id: &str, handler: H) -> Result<(), Error> {
-        let shared = self.shared();
+        let mut shared = self.shared();
         let deliver = PerRecord(handler);
         let cancel = self.shutdown.child_token();
+        shared.consumer_arn = crate::fan_out::resolve(&self.cfg, &self.api, &cancel).await?;
+        if self.cfg.fan_out.is_some() && shared.consumer_arn.is_none() {
+            return Ok(()); // cancelled while waiting for the consumer
+        }
         let hint = StartHint { trim_horizon: false, parents: Vec::new(), closed: false };
         let result = ShardReader::new(&shared, &deliver, &cancel, shard_id).run(hint).await;
         let flushed = self.flush().await;
+        let deregistered = self.deregister(&shared).await;
         result?;
-        flushed
+        flushed?;
+        deregistered
     }
 
     fn shared(&self) -> Shared {
@@ -122,6 +128,7 @@ impl Consumer {
             api: Arc::clone(&self.api),
             store: Arc::clone(&self.store),
             lifecycle: Arc::clone(&self.lifecycle),
+            consumer_arn: None,
         }
     }
 
@@ -133,12 +140,25 @@ impl Consumer {
         })
     }
 
+    /// Deregisters the fan-out consumer if the builder asked for it.
+    async fn deregister(&self, shared: &Shared) -> Result<(), Error> {
+        match &shared.consumer_arn {
+            Some(arn) => crate::fan_out::deregister(&self.cfg, &self.api, arn).await,
+            None => Ok(()),
+        }
+    }
+
     async fn scan_with<D: Deliver>(&self, deliver: Arc<D>) -> Result<(), Error> {
         let span = tracing::info_span!("scan", stream = %self.cfg.stream, app = %self.cfg.app);
         async move {
             // Cancelled by the user's token, or by us on the first error.
             let stop = self.shutdown.child_token();
-            let shared = self.shared();
+            let mut shared = self.shared();
+            // Enhanced fan-out: the stream consumer, registered and ACTIVE, before any shard starts.
+            shared.consumer_arn = crate::fan_out::resolve(&self.cfg, &self.api, &stop).await?;
+            if self.cfg.fan_out.is_some() && shared.consumer_arn.is_none() {
+                return Ok(()); // cancelled while waiting for the consumer
+            }
             let mut tasks: JoinSet<ShardResult> = JoinSet::new();
             let mut shards = Shards::default();
             let result = self.run(&stop, &shared, &deliver, &mut tasks, &mut shards).await;
@@ -154,14 +174,18 @@ impl Consumer {
                 }
             }
             let flushed = self.flush().await;
+            let deregistered = self.deregister(&shared).await;
             match first_error {
                 Some(e) => {
                     if let Err(flush_error) = flushed {
                         warn!(error = %flush_error, "flushing checkpoints after an error failed");
                     }
+                    if let Err(deregister_error) = deregistered {
+                        warn!(error = %deregister_error, "deregistering the fan-out consumer after an error failed");
+                    }
                     Err(e)
                 }
-                None => flushed,
+                None => flushed.and(deregistered),
             }
         }
         .instrument(span)

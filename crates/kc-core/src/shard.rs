@@ -12,6 +12,7 @@ use crate::api::{ApiError, ApiErrorKind, KinesisApi, RawRecord, RecordBatch, Sha
 use crate::backoff::Backoff;
 use crate::consumer::{Config, InitialPosition};
 use crate::error::{Error, ErrorKind};
+use crate::fan_out::Subscriber;
 use crate::handler::{Batch, BatchHandler, Outcome, RecordHandler};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::ShardMetrics;
@@ -24,6 +25,8 @@ pub(crate) struct Shared {
     pub(crate) api: Arc<dyn KinesisApi>,
     pub(crate) store: Arc<dyn CheckpointStore>,
     pub(crate) lifecycle: Arc<dyn Lifecycle>,
+    /// The fan-out consumer's ARN when records come by SubscribeToShard; `None` for polling.
+    pub(crate) consumer_arn: Option<Arc<str>>,
 }
 
 /// How a shard with no checkpoint starts.
@@ -189,15 +192,104 @@ fn resume_from(position: &Checkpoint) -> Option<(StartingPosition, Option<(Seque
     }
 }
 
+/// Where a shard's records come from: the seam between "how records are fetched" and everything else (start
+/// position, deaggregation, delivery, checkpoints, metrics, shard end, shutdown), which the reader shares.
+pub(crate) enum Source {
+    /// GetShardIterator + GetRecords (the default).
+    Polling(Polling),
+    /// SubscribeToShard (enhanced fan-out).
+    FanOut(Subscriber),
+}
+
+/// Records a source fetched, to deliver.
+pub(crate) struct Fetched {
+    pub(crate) records: Vec<RawRecord>,
+    pub(crate) millis_behind_latest: Option<i64>,
+    /// `Some(children)` when these are the shard's last records.
+    pub(crate) end: Option<Vec<ShardInfo>>,
+}
+
+/// The polling source: a shard iterator and GetRecords, paced (at once when behind, else the scan interval, never
+/// under the 5 calls/s per shard limit), with expired iterators replaced after the last handled record.
+pub(crate) struct Polling {
+    start: StartingPosition,
+    iterator: Option<String>,
+    /// When the previous GetRecords started, and whether the shard was behind after it.
+    previous: Option<(Instant, bool)>,
+}
+
+impl Polling {
+    fn new(start: StartingPosition) -> Self {
+        Self { start, iterator: None, previous: None }
+    }
+
+    /// The next batch; `None` when cancelled.
+    async fn next<D: Deliver>(&mut self, r: &mut ShardReader<'_, D>) -> Result<Option<Fetched>, Error> {
+        if let Some((started, behind)) = self.previous {
+            let cfg = &r.shared.cfg;
+            let floor = cfg.min_poll_interval.saturating_sub(started.elapsed());
+            let wait = if behind { floor } else { cfg.scan_interval.max(floor) };
+            if !wait.is_zero() && !r.sleep(wait).await {
+                return Ok(None);
+            }
+        }
+        let mut iterator = match self.iterator.take() {
+            Some(it) => it,
+            None => match r.iterator(&self.start).await? {
+                Some(it) => it,
+                None => return Ok(None),
+            },
+        };
+        let limit = r.shared.cfg.max_records;
+        loop {
+            let call_started = Instant::now();
+            let current = Arc::<str>::from(iterator.as_str());
+            let fetch = |api: Arc<dyn KinesisApi>| {
+                let current = Arc::clone(&current);
+                async move { api.get_records(&current, limit).await }
+            };
+            let batch = match r.call(fetch).await {
+                Some(Ok(batch)) => batch,
+                Some(Err(e)) if e.kind() == ApiErrorKind::ExpiredIterator => {
+                    let position = r.resume_position(&self.start);
+                    warn!(position = ?position, "shard iterator expired; getting a new one");
+                    r.metrics.retry("expired_iterator");
+                    match r.iterator(&position).await? {
+                        Some(it) => {
+                            iterator = it;
+                            continue;
+                        }
+                        None => return Ok(None),
+                    }
+                }
+                Some(Err(e)) => return Err(r.api_error("GetRecords", e)),
+                None => return Ok(None),
+            };
+            let RecordBatch { records, next_shard_iterator, millis_behind_latest, child_shards } = batch;
+            let fetched = records.len();
+            let behind = fetched > 0 && (millis_behind_latest.unwrap_or(0) > 0 || fetched >= limit as usize);
+            self.previous = Some((call_started, behind));
+            let end = match next_shard_iterator {
+                Some(next) => {
+                    self.iterator = Some(next);
+                    None
+                }
+                None => Some(child_shards),
+            };
+            return Ok(Some(Fetched { records, millis_behind_latest, end }));
+        }
+    }
+}
+
 /// Reads one shard until its end, cancellation, or an error.
 pub(crate) struct ShardReader<'a, D> {
-    shared: &'a Shared,
+    pub(crate) shared: &'a Shared,
     deliver: &'a D,
-    cancel: &'a CancellationToken,
-    shard_id: Arc<str>,
+    pub(crate) cancel: &'a CancellationToken,
+    pub(crate) shard_id: Arc<str>,
     key: ShardKey,
-    backoff: Backoff,
-    metrics: ShardMetrics,
+    pub(crate) backoff: Backoff,
+    pub(crate) metrics: ShardMetrics,
     progress: Progress,
     /// User records of this aggregate up to this sub-sequence number were handled before the restart.
     drop_until: Option<(SequenceNumber, u64)>,
@@ -219,7 +311,7 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
         }
     }
 
-    fn err(&self, e: Error) -> Error {
+    pub(crate) fn err(&self, e: Error) -> Error {
         e.at(&self.shared.cfg.stream, Some(&self.shard_id))
     }
 
@@ -291,39 +383,18 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
         };
         info!(position = ?start, "shard started");
         self.shared.lifecycle.shard_started(&self.shard_id, &start);
-        let Some(mut iterator) = self.iterator(&start).await? else {
-            return Ok(ShardExit::Stopped);
+        let mut source = match &self.shared.consumer_arn {
+            None => Source::Polling(Polling::new(start)),
+            Some(arn) => Source::FanOut(Subscriber::new(Arc::clone(arn), start)),
         };
-        let limit = self.shared.cfg.max_records;
         loop {
-            let call_started = Instant::now();
-            let current = Arc::<str>::from(iterator.as_str());
-            let fetch = |api: Arc<dyn KinesisApi>| {
-                let current = Arc::clone(&current);
-                async move { api.get_records(&current, limit).await }
+            let fetched = match &mut source {
+                Source::Polling(polling) => polling.next(self).await?,
+                Source::FanOut(subscriber) => subscriber.next(self).await?,
             };
-            let batch = match self.call(fetch).await {
-                Some(Ok(batch)) => batch,
-                Some(Err(e)) if e.kind() == ApiErrorKind::ExpiredIterator => {
-                    let position = match &self.progress.last_handled {
-                        Some(last) => resume_from(last).map(|(p, _)| p).unwrap_or_else(|| start.clone()),
-                        None => start.clone(),
-                    };
-                    warn!(position = ?position, "shard iterator expired; getting a new one");
-                    self.metrics.retry("expired_iterator");
-                    match self.iterator(&position).await? {
-                        Some(it) => {
-                            iterator = it;
-                            continue;
-                        }
-                        None => return Ok(ShardExit::Stopped),
-                    }
-                }
-                Some(Err(e)) => return Err(self.api_error("GetRecords", e)),
-                None => return Ok(ShardExit::Stopped),
+            let Some(Fetched { records, millis_behind_latest, end }) = fetched else {
+                return Ok(ShardExit::Stopped);
             };
-            let RecordBatch { records, next_shard_iterator, millis_behind_latest, child_shards } = batch;
-            let fetched = records.len();
             if let Some(ms) = millis_behind_latest {
                 self.metrics.millis_behind_latest(ms);
             }
@@ -339,18 +410,18 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
             if let Delivered::Cancelled = delivered {
                 return Ok(ShardExit::Stopped);
             }
-            let Some(next) = next_shard_iterator else {
-                return self.finish(child_shards).await;
-            };
-            iterator = next;
-
-            let behind = fetched > 0 && (millis_behind_latest.unwrap_or(0) > 0 || fetched >= limit as usize);
-            let cfg = &self.shared.cfg;
-            let floor = cfg.min_poll_interval.saturating_sub(call_started.elapsed());
-            let wait = if behind { floor } else { cfg.scan_interval.max(floor) };
-            if !wait.is_zero() && !self.sleep(wait).await {
-                return Ok(ShardExit::Stopped);
+            if let Some(children) = end {
+                return self.finish(children).await;
             }
+        }
+    }
+
+    /// Where to continue after the last handled record (or at `start` when none was handled yet): used when a shard
+    /// iterator expired or a fan-out subscription has no continuation yet.
+    pub(crate) fn resume_position(&self, start: &StartingPosition) -> StartingPosition {
+        match &self.progress.last_handled {
+            Some(last) => resume_from(last).map(|(p, _)| p).unwrap_or_else(|| start.clone()),
+            None => start.clone(),
         }
     }
 
@@ -454,7 +525,7 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
     }
 
     /// A shard iterator at `position`, retrying what can be retried. `None` when cancelled.
-    async fn iterator(&mut self, position: &StartingPosition) -> Result<Option<String>, Error> {
+    pub(crate) async fn iterator(&mut self, position: &StartingPosition) -> Result<Option<String>, Error> {
         let stream = self.shared.cfg.stream.clone();
         let shard = Arc::clone(&self.shard_id);
         let position = position.clone();
@@ -471,7 +542,7 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
         }
     }
 
-    fn api_error(&self, call: &str, e: ApiError) -> Error {
+    pub(crate) fn api_error(&self, call: &str, e: ApiError) -> Error {
         let kind = match e.kind() {
             ApiErrorKind::NotFound => ErrorKind::StreamNotFound,
             _ => ErrorKind::Kinesis,
@@ -481,7 +552,7 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
 
     /// Makes a Kinesis call with the call timeout, retrying throttling and transient failures with backoff until it
     /// succeeds, fails otherwise, or the shard is cancelled (`None`).
-    async fn call<T, F, Fut>(&mut self, mut f: F) -> Option<Result<T, ApiError>>
+    pub(crate) async fn call<T, F, Fut>(&mut self, mut f: F) -> Option<Result<T, ApiError>>
     where
         F: FnMut(Arc<dyn KinesisApi>) -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
@@ -513,7 +584,7 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
     }
 
     /// Sleeps unless cancelled first; false when cancelled.
-    async fn sleep(&self, d: Duration) -> bool {
+    pub(crate) async fn sleep(&self, d: Duration) -> bool {
         tokio::select! {
             biased;
             _ = self.cancel.cancelled() => false,

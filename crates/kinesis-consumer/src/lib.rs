@@ -3,7 +3,8 @@
 //!
 //! This crate only re-exports the workspace's crates:
 //! - the consumer itself ([`Consumer`], from `kc-core`): scans every shard concurrently, follows resharding with
-//!   parents before children, retries with backoff, checkpoints, shuts down gracefully;
+//!   parents before children, retries with backoff, checkpoints, shuts down gracefully; reads by GetRecords polling
+//!   or, with [`ConsumerBuilder::fan_out`], by enhanced fan-out (SubscribeToShard);
 //! - [`checkpoint`] (`kc-checkpoint`): the [`CheckpointStore`] trait and the in-memory [`MemoryStore`];
 //! - [`deagg`] (`kc-deagg`): the KPL aggregated-record decoder and encoder;
 //! - checkpoint stores behind features: [`ddb`] (`kc-store-ddb`, feature `ddb`), [`postgres`]

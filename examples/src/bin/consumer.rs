@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! cargo run -p kc-examples --bin consumer -- --stream demo --iterator-type TRIM_HORIZON
+//! # enhanced fan-out (against AWS, or kinesis-local from `cargo xtask kinesis-local`):
+//! cargo run -p kc-examples --bin consumer -- --stream demo --fan-out my-app --endpoint http://127.0.0.1:PORT
 //! ```
 //!
 //! Logs go to stderr; SIGINT or SIGTERM stops it gracefully (the record in hand is finished and checkpointed) and it
