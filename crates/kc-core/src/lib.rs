@@ -59,6 +59,7 @@ mod consumer;
 mod error;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+mod group;
 mod handler;
 mod lifecycle;
 pub mod metrics;
@@ -69,6 +70,7 @@ mod shard;
 pub use api::{KinesisApi, StartingPosition};
 pub use consumer::{Consumer, ConsumerBuilder, InitialPosition};
 pub use error::{BoxError, Error, ErrorKind};
+pub use group::Group;
 pub use handler::{Batch, BatchHandler, Outcome, RecordHandler};
 pub use kc_checkpoint::{Checkpoint, CheckpointStore, MemoryStore, SequenceNumber, ShardKey};
 pub use lifecycle::{Lifecycle, NoLifecycle};
