@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 
+pub mod lease_suite;
+
 /// The kinesalite endpoint from `KINESIS_ENDPOINT`; panics with a clear message when it is not set.
 pub fn kinesis_endpoint() -> String {
     match std::env::var("KINESIS_ENDPOINT") {

@@ -118,6 +118,10 @@ impl Lease {
 /// Every write is atomic and conditional; a condition that does not hold is an [`ErrorKind::Fenced`] error (the
 /// lease changed since the caller read it, or it does not exist). Other failures are `Transient` or `Permanent` as
 /// for checkpoint stores.
+///
+/// A network failure is never `Fenced`. A write that fails with `Transient` may still have been applied (the
+/// connection broke after the server received it), so backends do not retry writes (a retry would be refused by the
+/// write itself, and look like a lost lease); a caller that wants to know reads the lease ([`LeaseTable::get`]).
 #[async_trait]
 pub trait LeaseTable: Send + Sync {
     /// Every lease of `scope`.

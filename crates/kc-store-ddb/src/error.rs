@@ -16,7 +16,8 @@ where
             let kind = classify(ctx.err().code(), Some(ctx.raw().status().as_u16()));
             let detail = match ctx.err().code() {
                 Some("ResourceNotFoundException") => format!(
-                    "{code}: the table does not exist; create it, e.g. with DynamoDbStore::create_table_if_missing"
+                    "{code}: the table does not exist; create it, e.g. with create_table_if_missing of \
+                     DynamoDbStore or DynamoDbLeaseTable"
                 ),
                 _ => match ctx.err().message() {
                     Some(message) => format!("{code}: {message}"),

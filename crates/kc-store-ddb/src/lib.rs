@@ -1,5 +1,6 @@
 //! DynamoDB checkpoint store for kinesis-consumer: [`DynamoDbStore`], an implementation of
-//! [`kc_checkpoint::CheckpointStore`] on one DynamoDB table.
+//! [`kc_checkpoint::CheckpointStore`] on one DynamoDB table; and [`DynamoDbLeaseTable`], the lease table of consumer
+//! groups.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -65,10 +66,60 @@
 //! - [`DynamoDbStore::shutdown`] stops the background task and flushes; calling it again is harmless. Dropping the
 //!   store stops the task without flushing.
 
+//!
+//! # The lease table
+//!
+//! [`DynamoDbLeaseTable`] implements [`LeaseTable`](kc_checkpoint::lease::LeaseTable), the lease table of consumer
+//! groups (see [`kc_checkpoint::lease`]), on a table of its own: partition key `scope` (S), sort key `shard_id` (S),
+//! one item per lease. [`DynamoDbLeaseTable::create_table_if_missing`] creates it (on-demand capacity).
+//!
+//! | attribute             | type | content                                                                        |
+//! |-----------------------|------|--------------------------------------------------------------------------------|
+//! | `scope`               | S    | `{stream}/{group}`, with `%` → `%25` and `/` → `%2F` in the stream name        |
+//! | `shard_id`            | S    | the shard id                                                                   |
+//! | `group_name`, `stream_name` | S | the scope's names, for people reading the table                          |
+//! | `lease_owner`         | S    | the worker holding the lease (absent: none)                                    |
+//! | `lease_counter`       | N    | incremented by every write                                                     |
+//! | `sequence_number`, `sub_sequence_number`, `finished`, `sequence_key` | | the checkpoint, as in the store (absent: none yet) |
+//! | `parents`             | L    | the parent shard ids (strings)                                                 |
+//! | `next_owner`          | S    | the worker that asked for the lease (absent: none)                             |
+//!
+//! Kinesis stream names never contain `%` or `/`, so the key of a real scope reads `orders/billing`; the escaping
+//! keeps the key unique for any pair of names (the first `/` ends the stream name), unlike the checkpoint store's
+//! `{app}-{stream}`.
+//!
+//! Every write is a conditional `UpdateItem` (`ConditionExpression` on `lease_counter`, and on `lease_owner` for the
+//! owner's writes) that increments the counter; `ConditionalCheckFailedException` (the lease changed, or does not
+//! exist) is [`ErrorKind::Fenced`], with a message saying what the lease looks like
+//! now. A checkpoint is first written with the extra condition `sequence_key < :new` (or no checkpoint yet); if
+//! that fails, a second update increments only the counter under `sequence_key >= :new`; if both fail, the lease
+//! changed. Both are fenced by the counter, so the checkpoint never moves backwards and the counter always moves.
+//! `create` is a `PutItem` with `attribute_not_exists`. `list` is a consistent `Query` following
+//! `LastEvaluatedKey`; `get` a consistent `GetItem`. Writes are sent without the SDK's retries (a write whose
+//! response was lost may have been applied: it is [`Transient`](kc_checkpoint::ErrorKind::Transient), never
+//! `Fenced`).
+//!
+//! ```no_run
+//! use kc_checkpoint::lease::{LeaseScope, LeaseTable};
+//! use kc_store_ddb::DynamoDbLeaseTable;
+//!
+//! # async fn run(client: aws_sdk_dynamodb::Client) -> Result<(), kc_checkpoint::Error> {
+//! let leases = DynamoDbLeaseTable::new(client, "kinesis-consumer-leases")?;
+//! leases.create_table_if_missing().await?;
+//! let scope = LeaseScope::new("billing", "orders");
+//! leases.create(&scope, "shardId-000000000000", &[]).await?;
+//! let lease = leases.take(&scope, "shardId-000000000000", 0, "worker-a").await?;
+//! let counter = leases.renew(&scope, "shardId-000000000000", "worker-a", lease.counter).await?;
+//! assert_eq!(counter, lease.counter + 1);
+//! # Ok(())
+//! # }
+//! ```
+
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
 mod key;
+mod lease;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -84,6 +135,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use key::sequence_key;
+pub use lease::DynamoDbLeaseTable;
 
 const NAMESPACE: &str = "namespace";
 const SHARD_ID: &str = "shard_id";
@@ -190,7 +242,7 @@ async fn background(inner: Arc<Inner>, interval: Duration, mut stopped: watch::R
 }
 
 /// Checks DynamoDB's table-name rule: 3 to 255 characters of `A-Z a-z 0-9 _ . -`.
-fn validate_table_name(table: &str) -> Result<(), Error> {
+pub(crate) fn validate_table_name(table: &str) -> Result<(), Error> {
     let valid_chars = table.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if (3..=255).contains(&table.len()) && valid_chars {
         Ok(())
@@ -229,51 +281,7 @@ impl DynamoDbStore {
     /// Creates the table (partition key `namespace`, sort key `shard_id`, on-demand capacity) unless it exists, and
     /// waits until it is `ACTIVE` (at most two minutes).
     pub async fn create_table_if_missing(&self) -> Result<(), Error> {
-        let inner = &self.inner;
-        let described = inner.client.describe_table().table_name(&inner.table).send().await;
-        match described {
-            Ok(_) => {}
-            Err(err) if err.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => {
-                let created = inner
-                    .client
-                    .create_table()
-                    .table_name(&inner.table)
-                    .billing_mode(BillingMode::PayPerRequest)
-                    .attribute_definitions(attribute(NAMESPACE)?)
-                    .attribute_definitions(attribute(SHARD_ID)?)
-                    .key_schema(key_element(NAMESPACE, KeyType::Hash)?)
-                    .key_schema(key_element(SHARD_ID, KeyType::Range)?)
-                    .send()
-                    .await;
-                match created {
-                    Ok(_) => {}
-                    // Created concurrently by another process.
-                    Err(err) if err.as_service_error().is_some_and(|e| e.is_resource_in_use_exception()) => {}
-                    Err(err) => return Err(error::from_sdk(&format!("creating table {}", inner.table), err)),
-                }
-            }
-            Err(err) => return Err(error::from_sdk(&format!("describing table {}", inner.table), err)),
-        }
-        let deadline = tokio::time::Instant::now() + TABLE_ACTIVE_TIMEOUT;
-        loop {
-            let out = inner
-                .client
-                .describe_table()
-                .table_name(&inner.table)
-                .send()
-                .await
-                .map_err(|err| error::from_sdk(&format!("describing table {}", inner.table), err))?;
-            if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Error::new(
-                    ErrorKind::Transient,
-                    format!("table {} not ACTIVE after {:?}", inner.table, TABLE_ACTIVE_TIMEOUT),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        create_table_if_missing(&self.inner.client, &self.inner.table, NAMESPACE, SHARD_ID).await
     }
 
     /// Stops the background task and flushes the pending checkpoints. Calling it again only flushes again (which
@@ -294,6 +302,58 @@ impl DynamoDbStore {
     fn inner_task(&self) -> std::sync::MutexGuard<'_, Option<JoinHandle<()>>> {
         // Only `take()` happens under this lock: a poisoned lock is still consistent.
         self.task.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Creates `table` (partition key `hash`, sort key `range`, both strings, on-demand capacity) unless it exists, and
+/// waits until it is `ACTIVE` (at most two minutes).
+pub(crate) async fn create_table_if_missing(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    hash: &str,
+    range: &str,
+) -> Result<(), Error> {
+    let described = client.describe_table().table_name(table).send().await;
+    match described {
+        Ok(_) => {}
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => {
+            let created = client
+                .create_table()
+                .table_name(table)
+                .billing_mode(BillingMode::PayPerRequest)
+                .attribute_definitions(attribute(hash)?)
+                .attribute_definitions(attribute(range)?)
+                .key_schema(key_element(hash, KeyType::Hash)?)
+                .key_schema(key_element(range, KeyType::Range)?)
+                .send()
+                .await;
+            match created {
+                Ok(_) => {}
+                // Created concurrently by another process.
+                Err(err) if err.as_service_error().is_some_and(|e| e.is_resource_in_use_exception()) => {}
+                Err(err) => return Err(error::from_sdk(&format!("creating table {table}"), err)),
+            }
+        }
+        Err(err) => return Err(error::from_sdk(&format!("describing table {table}"), err)),
+    }
+    let deadline = tokio::time::Instant::now() + TABLE_ACTIVE_TIMEOUT;
+    loop {
+        let out = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|err| error::from_sdk(&format!("describing table {table}"), err))?;
+        if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::new(
+                ErrorKind::Transient,
+                format!("table {table} not ACTIVE after {TABLE_ACTIVE_TIMEOUT:?}"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

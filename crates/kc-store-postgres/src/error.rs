@@ -28,6 +28,23 @@ pub(crate) fn map(what: &str, table: &str, err: sqlx::Error) -> Error {
     Error::with_source(kind, what.to_owned(), err)
 }
 
+/// Maps a sqlx error of the lease table `table` (see [`crate::PostgresLeaseTable`]), keeping it as the source.
+pub(crate) fn map_lease(what: &str, table: &str, err: sqlx::Error) -> Error {
+    if let sqlx::Error::Database(db) = &err {
+        if db.code().is_some_and(|c| MISSING_TABLE_CODES.contains(&c.as_ref())) {
+            return Error::with_source(
+                ErrorKind::Permanent,
+                format!(
+                    "{what}: lease table {table} is missing or lacks columns (create it with \
+                     PostgresLeaseTable::create_table_if_missing, or see the crate docs for the DDL)"
+                ),
+                err,
+            );
+        }
+    }
+    Error::with_source(kind_of(&err), what.to_owned(), err)
+}
+
 /// Whether retrying the statement may help.
 pub(crate) fn is_transient(err: &sqlx::Error) -> bool {
     kind_of(err) == ErrorKind::Transient

@@ -1,4 +1,5 @@
-//! PostgreSQL checkpoint store for kinesis-consumer: [`PostgresStore`].
+//! PostgreSQL checkpoint store for kinesis-consumer: [`PostgresStore`]; and the lease table of consumer groups:
+//! [`PostgresLeaseTable`].
 //!
 //! Checkpoints live in one table, one row per `(namespace, shard_id)`, where `namespace` is `{app}-{stream}` as in
 //! the Go library's store, so tables created for the Go library keep working once they have two more columns.
@@ -113,9 +114,65 @@
 //! the one the consumer uses: the consumer's app name, the stream name and `Record::shard_id()`.
 //!
 //! [`ShardKey`]: kc_checkpoint::ShardKey
+//!
+//! # The lease table
+//! [`PostgresLeaseTable`] implements [`LeaseTable`](kc_checkpoint::lease::LeaseTable), the lease table of consumer
+//! groups (see [`kc_checkpoint::lease`]), in a table of its own (not the checkpoint table: a lease carries its
+//! shard's checkpoint). [`PostgresLeaseTable::create_table_if_missing`] runs (with your table name):
+//!
+//! ```sql
+//! CREATE TABLE IF NOT EXISTS kinesis_leases (
+//!     group_name text NOT NULL,
+//!     stream_name text NOT NULL,
+//!     shard_id text NOT NULL,
+//!     owner text NULL,
+//!     counter bigint NOT NULL DEFAULT 0,
+//!     sequence_number numeric NULL,
+//!     sub_sequence_number bigint NULL,
+//!     finished boolean NOT NULL DEFAULT false,
+//!     parents text[] NOT NULL DEFAULT '{}',
+//!     next_owner text NULL,
+//!     CONSTRAINT kinesis_leases_pk PRIMARY KEY (group_name, stream_name, shard_id)
+//! );
+//! ```
+//!
+//! The checkpoint columns mean what they mean in the checkpoint table (`sequence_number` NULL: no checkpoint yet;
+//! `finished`: [`Checkpoint::ShardEnd`](kc_checkpoint::Checkpoint::ShardEnd)). Group and stream are two columns,
+//! so no pair of names can collide.
+//!
+//! Every write is one statement: `UPDATE .. SET counter = counter + 1, .. WHERE group_name = .. AND stream_name =
+//! .. AND shard_id = .. AND counter = $expected [AND owner = $owner] RETURNING ..`. No row returned means the
+//! condition did not hold (or the lease does not exist): an [`ErrorKind::Fenced`](kc_checkpoint::ErrorKind::Fenced)
+//! error whose message says what the lease looks like now. A checkpoint write compares the stored checkpoint inside
+//! the same statement (as the checkpoint store's upsert does) and keeps it when it is at or after the new one, while
+//! still incrementing the counter. `create` is `INSERT .. ON CONFLICT DO NOTHING`.
+//!
+//! Errors are classified as for the store: a broken connection or a server going away is
+//! [`Transient`](kc_checkpoint::ErrorKind::Transient) (never `Fenced`: a write that may have been applied before the
+//! connection broke is reported `Transient`, and is not retried, so read the lease to find out); a missing table is
+//! [`Permanent`](kc_checkpoint::ErrorKind::Permanent). Statements have no timeout of their own: a caller that must
+//! bound a renewal (a lease duration) wraps the call in `tokio::time::timeout`.
+//!
+//! ```no_run
+//! use kc_checkpoint::lease::{LeaseScope, LeaseTable};
+//! use kc_store_postgres::PostgresLeaseTable;
+//!
+//! # async fn run() -> Result<(), kc_checkpoint::Error> {
+//! let leases = PostgresLeaseTable::connect("postgres://postgres@127.0.0.1:5432/test", "kinesis_leases").await?;
+//! leases.create_table_if_missing().await?;
+//! let scope = LeaseScope::new("billing", "orders");
+//! leases.create(&scope, "shardId-000000000000", &[]).await?;
+//! let lease = leases.take(&scope, "shardId-000000000000", 0, "worker-a").await?;
+//! let counter = leases.renew(&scope, "shardId-000000000000", "worker-a", lease.counter).await?;
+//! assert_eq!(counter, lease.counter + 1);
+//! # Ok(())
+//! # }
+//! ```
 
 mod error;
+mod lease;
 mod store;
 mod table;
 
+pub use lease::PostgresLeaseTable;
 pub use store::{PostgresStore, PostgresStoreBuilder, DEFAULT_FLUSH_INTERVAL};

@@ -33,7 +33,7 @@ impl TableName {
     }
 
     /// The name of the primary-key constraint `create_table_if_missing` gives the table (the Go README's `_pk`).
-    fn constraint_name(&self) -> String {
+    pub(crate) fn constraint_name(&self) -> String {
         let table = self.0.rsplit('.').next().unwrap_or(&self.0);
         let mut name = format!("{table}_pk");
         name.truncate(MAX_IDENT_LEN);

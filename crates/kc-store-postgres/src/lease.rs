@@ -1,0 +1,377 @@
+//! [`PostgresLeaseTable`]: the lease table of consumer groups in a PostgreSQL table.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kc_checkpoint::lease::{fenced, Lease, LeaseScope, LeaseTable};
+use kc_checkpoint::{Checkpoint, Error, ErrorKind, SequenceNumber};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::Row as _;
+
+use crate::error;
+use crate::table::TableName;
+
+/// The columns every read returns, in the order [`decode`] expects.
+const COLUMNS: &str =
+    "shard_id, owner, counter, sequence_number::text, sub_sequence_number, finished, parents, next_owner";
+
+/// The key of a lease in every statement: `$1` group, `$2` stream, `$3` shard id.
+const KEY: &str = "group_name = $1 AND stream_name = $2 AND shard_id = $3";
+
+/// A [`LeaseTable`] in a PostgreSQL table: one row per lease, every conditional write one `UPDATE .. WHERE counter
+/// = .. [AND owner = ..] RETURNING` statement. See the [crate docs](crate#the-lease-table) for the table.
+///
+/// No statement is retried here: a write whose connection broke may have been applied, so retrying it could turn
+/// the caller's own write into a `Fenced` error. Such failures are [`ErrorKind::Transient`]; the caller reads the
+/// lease ([`LeaseTable::get`]) to find out.
+#[derive(Debug, Clone)]
+pub struct PostgresLeaseTable {
+    pool: PgPool,
+    table: TableName,
+    sql: Sql,
+}
+
+/// The statements, built once from the validated table name.
+#[derive(Debug, Clone)]
+struct Sql {
+    list: String,
+    get: String,
+    create: String,
+    take: String,
+    request: String,
+    renew: String,
+    checkpoint: String,
+    release: String,
+    delete: String,
+}
+
+impl Sql {
+    fn new(t: &str) -> Self {
+        // `$8`: the new checkpoint is ShardEnd; else `$6` (sequence number as text) and `$7` (sub-sequence).
+        let newer = "(NOT $8::boolean AND NOT finished AND (sequence_number IS NULL \
+                     OR sequence_number < $6::text::numeric \
+                     OR (sequence_number = $6::text::numeric AND sub_sequence_number IS NOT NULL \
+                     AND ($7::bigint IS NULL OR sub_sequence_number < $7::bigint))))";
+        Self {
+            list: format!(
+                "SELECT {COLUMNS} FROM {t} WHERE group_name = $1 AND stream_name = $2 ORDER BY shard_id COLLATE \"C\""
+            ),
+            get: format!("SELECT {COLUMNS} FROM {t} WHERE {KEY}"),
+            create: format!(
+                "INSERT INTO {t} (group_name, stream_name, shard_id, parents) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (group_name, stream_name, shard_id) DO NOTHING"
+            ),
+            take: format!(
+                "UPDATE {t} SET owner = $5, next_owner = NULL, counter = counter + 1 \
+                 WHERE {KEY} AND counter = $4 RETURNING {COLUMNS}"
+            ),
+            request: format!(
+                "UPDATE {t} SET next_owner = $5, counter = counter + 1 WHERE {KEY} AND counter = $4 RETURNING {COLUMNS}"
+            ),
+            renew: format!(
+                "UPDATE {t} SET counter = counter + 1 WHERE {KEY} AND counter = $4 AND owner = $5 RETURNING counter"
+            ),
+            // Every SET expression sees the row as it was, so `newer` is the same test in both.
+            checkpoint: format!(
+                "UPDATE {t} SET counter = counter + 1, finished = finished OR $8::boolean, \
+                 sequence_number = CASE WHEN {newer} THEN $6::text::numeric ELSE sequence_number END, \
+                 sub_sequence_number = CASE WHEN {newer} THEN $7::bigint ELSE sub_sequence_number END \
+                 WHERE {KEY} AND counter = $4 AND owner = $5 RETURNING counter"
+            ),
+            release: format!(
+                "UPDATE {t} SET owner = NULL, counter = counter + 1 \
+                 WHERE {KEY} AND counter = $4 AND owner = $5 RETURNING counter"
+            ),
+            delete: format!("DELETE FROM {t} WHERE {KEY}"),
+        }
+    }
+}
+
+impl PostgresLeaseTable {
+    /// A lease table in `table` (`table` or `schema.table`, validated as for
+    /// [`PostgresStore`](crate::PostgresStore)) through `pool`.
+    ///
+    /// Fails with [`ErrorKind::InvalidInput`] if `table` is not a plain identifier. Does not touch the database: a
+    /// missing table shows as an [`ErrorKind::Permanent`] error of the first call.
+    pub fn new(pool: PgPool, table: &str) -> Result<Self, Error> {
+        let table = TableName::parse(table)?;
+        Ok(Self { pool, sql: Sql::new(table.as_str()), table })
+    }
+
+    /// Connects to `url` with a small pool (4 connections, 5 s acquire timeout) and returns the lease table in
+    /// `table`. Build a `PgPool` yourself for other pool settings or TLS.
+    pub async fn connect(url: &str, table: &str) -> Result<Self, Error> {
+        let table = TableName::parse(table)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| error::map_lease("connecting to PostgreSQL", table.as_str(), e))?;
+        Self::new(pool, table.as_str())
+    }
+
+    /// The pool the table uses.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Creates the lease table (see the [crate docs](crate#the-lease-table) for the DDL) unless a table of that name
+    /// exists. An existing table is left as it is.
+    pub async fn create_table_if_missing(&self) -> Result<(), Error> {
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {t} (\n\
+             \tgroup_name text NOT NULL,\n\
+             \tstream_name text NOT NULL,\n\
+             \tshard_id text NOT NULL,\n\
+             \towner text NULL,\n\
+             \tcounter bigint NOT NULL DEFAULT 0,\n\
+             \tsequence_number numeric NULL,\n\
+             \tsub_sequence_number bigint NULL,\n\
+             \tfinished boolean NOT NULL DEFAULT false,\n\
+             \tparents text[] NOT NULL DEFAULT '{{}}',\n\
+             \tnext_owner text NULL,\n\
+             \tCONSTRAINT {pk} PRIMARY KEY (group_name, stream_name, shard_id)\n\
+             )",
+            t = self.table.as_str(),
+            pk = self.table.constraint_name(),
+        );
+        sqlx::query(&sql).execute(&self.pool).await.map(drop).map_err(|e| self.map("creating the lease table", e))
+    }
+
+    fn map(&self, what: &str, err: sqlx::Error) -> Error {
+        error::map_lease(what, self.table.as_str(), err)
+    }
+
+    fn key<'q>(
+        &self,
+        sql: &'q str,
+        scope: &'q LeaseScope,
+        shard_id: &'q str,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        sqlx::query(sql).bind(scope.group()).bind(scope.stream()).bind(shard_id)
+    }
+
+    /// The `Fenced` error of a write whose condition did not hold, saying what the lease looks like now (best
+    /// effort: the error is `Fenced` whether or not that read succeeds).
+    async fn refused(&self, scope: &LeaseScope, shard_id: &str, what: &str, expected: u64) -> Error {
+        let now = match self.get(scope, shard_id).await {
+            Ok(Some(l)) => format!("counter {} (expected {expected}), owner {:?}", l.counter, l.owner),
+            Ok(None) => "the lease does not exist".to_owned(),
+            Err(_) => "could not read the lease".to_owned(),
+        };
+        fenced(scope, shard_id, &format!("{what} ({now})"))
+    }
+
+    /// Runs a conditional write returning the new counter; no row means the condition did not hold.
+    async fn write_counter(
+        &self,
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        scope: &LeaseScope,
+        shard_id: &str,
+        what: &str,
+        expected: u64,
+    ) -> Result<u64, Error> {
+        let row = query.fetch_optional(&self.pool).await.map_err(|e| self.map(what, e))?;
+        match row {
+            Some(row) => {
+                let counter: i64 = row.try_get(0).map_err(|e| self.map(what, e))?;
+                counter_of(counter)
+            }
+            None => Err(self.refused(scope, shard_id, what, expected).await),
+        }
+    }
+
+    /// Runs a conditional write returning the whole lease.
+    async fn write_lease(
+        &self,
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        scope: &LeaseScope,
+        shard_id: &str,
+        what: &str,
+        expected: u64,
+    ) -> Result<Lease, Error> {
+        let row = query.fetch_optional(&self.pool).await.map_err(|e| self.map(what, e))?;
+        match row {
+            Some(row) => self.decode(&row),
+            None => Err(self.refused(scope, shard_id, what, expected).await),
+        }
+    }
+
+    fn decode(&self, row: &PgRow) -> Result<Lease, Error> {
+        let map = |e| self.map("reading a lease", e);
+        let shard_id: String = row.try_get(0).map_err(map)?;
+        let owner: Option<String> = row.try_get(1).map_err(map)?;
+        let counter: i64 = row.try_get(2).map_err(map)?;
+        let sequence: Option<String> = row.try_get(3).map_err(map)?;
+        let sub_sequence: Option<i64> = row.try_get(4).map_err(map)?;
+        let finished: bool = row.try_get(5).map_err(map)?;
+        let parents: Vec<String> = row.try_get(6).map_err(map)?;
+        let next_owner: Option<String> = row.try_get(7).map_err(map)?;
+        let table = self.table.as_str();
+        let checkpoint = match (finished, sequence) {
+            (true, _) => Some(Checkpoint::ShardEnd),
+            (false, None) => None,
+            (false, Some(sequence)) => {
+                let sequence = SequenceNumber::parse(sequence).map_err(|e| {
+                    Error::with_source(ErrorKind::Permanent, format!("invalid sequence number stored in {table}"), e)
+                })?;
+                let sub_sequence = sub_sequence.map(u64::try_from).transpose().map_err(|e| {
+                    Error::with_source(ErrorKind::Permanent, format!("negative sub-sequence in {table}"), e)
+                })?;
+                Some(Checkpoint::At { sequence, sub_sequence })
+            }
+        };
+        Ok(Lease::new(shard_id, owner, counter_of(counter)?, checkpoint, parents).with_next_owner(next_owner))
+    }
+}
+
+/// A counter as stored (`bigint`, never negative: it starts at 0 and only grows).
+fn counter_of(stored: i64) -> Result<u64, Error> {
+    u64::try_from(stored)
+        .map_err(|e| Error::with_source(ErrorKind::Permanent, format!("negative lease counter {stored} stored"), e))
+}
+
+/// An expected counter as a `bigint`; `None` when no stored counter can equal it (the condition cannot hold).
+fn expected(counter: u64) -> Option<i64> {
+    i64::try_from(counter).ok()
+}
+
+#[async_trait]
+impl LeaseTable for PostgresLeaseTable {
+    async fn list(&self, scope: &LeaseScope) -> Result<Vec<Lease>, Error> {
+        let rows = sqlx::query(&self.sql.list)
+            .bind(scope.group())
+            .bind(scope.stream())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.map("listing leases", e))?;
+        rows.iter().map(|row| self.decode(row)).collect()
+    }
+
+    async fn get(&self, scope: &LeaseScope, shard_id: &str) -> Result<Option<Lease>, Error> {
+        let row = self
+            .key(&self.sql.get, scope, shard_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.map("reading a lease", e))?;
+        row.map(|row| self.decode(&row)).transpose()
+    }
+
+    async fn create(&self, scope: &LeaseScope, shard_id: &str, parents: &[String]) -> Result<bool, Error> {
+        let done = self
+            .key(&self.sql.create, scope, shard_id)
+            .bind(parents)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.map("creating a lease", e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn take(
+        &self,
+        scope: &LeaseScope,
+        shard_id: &str,
+        expected_counter: u64,
+        new_owner: &str,
+    ) -> Result<Lease, Error> {
+        let Some(counter) = expected(expected_counter) else { return Err(fenced(scope, shard_id, "take")) };
+        let query = self.key(&self.sql.take, scope, shard_id).bind(counter).bind(new_owner);
+        self.write_lease(query, scope, shard_id, "take", expected_counter).await
+    }
+
+    async fn request(
+        &self,
+        scope: &LeaseScope,
+        shard_id: &str,
+        expected_counter: u64,
+        requester: &str,
+    ) -> Result<Lease, Error> {
+        let what = "handoff request";
+        let Some(counter) = expected(expected_counter) else { return Err(fenced(scope, shard_id, what)) };
+        let query = self.key(&self.sql.request, scope, shard_id).bind(counter).bind(requester);
+        self.write_lease(query, scope, shard_id, what, expected_counter).await
+    }
+
+    async fn renew(&self, scope: &LeaseScope, shard_id: &str, owner: &str, counter: u64) -> Result<u64, Error> {
+        let Some(c) = expected(counter) else { return Err(fenced(scope, shard_id, "renewal")) };
+        let query = self.key(&self.sql.renew, scope, shard_id).bind(c).bind(owner);
+        self.write_counter(query, scope, shard_id, "renewal", counter).await
+    }
+
+    async fn checkpoint(
+        &self,
+        scope: &LeaseScope,
+        shard_id: &str,
+        owner: &str,
+        counter: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<u64, Error> {
+        let (sequence, sub_sequence, finished) = match checkpoint {
+            Checkpoint::At { sequence, sub_sequence } => {
+                let sub = sub_sequence
+                    .map(|sub| {
+                        i64::try_from(sub).map_err(|_| {
+                            Error::new(
+                                ErrorKind::InvalidInput,
+                                format!("sub-sequence number {sub} does not fit the bigint column sub_sequence_number"),
+                            )
+                        })
+                    })
+                    .transpose()?;
+                (Some(sequence.as_str()), sub, false)
+            }
+            Checkpoint::ShardEnd => (None, None, true),
+        };
+        let Some(c) = expected(counter) else { return Err(fenced(scope, shard_id, "checkpoint")) };
+        let query = self
+            .key(&self.sql.checkpoint, scope, shard_id)
+            .bind(c)
+            .bind(owner)
+            .bind(sequence)
+            .bind(sub_sequence)
+            .bind(finished);
+        self.write_counter(query, scope, shard_id, "checkpoint", counter).await
+    }
+
+    async fn release(&self, scope: &LeaseScope, shard_id: &str, owner: &str, counter: u64) -> Result<u64, Error> {
+        let Some(c) = expected(counter) else { return Err(fenced(scope, shard_id, "release")) };
+        let query = self.key(&self.sql.release, scope, shard_id).bind(c).bind(owner);
+        self.write_counter(query, scope, shard_id, "release", counter).await
+    }
+
+    async fn delete(&self, scope: &LeaseScope, shard_id: &str) -> Result<(), Error> {
+        self.key(&self.sql.delete, scope, shard_id)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|e| self.map("deleting a lease", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_conditional_and_bump_the_counter() {
+        let sql = Sql::new("app.leases");
+        for (name, stmt, owner) in [
+            ("take", &sql.take, false),
+            ("request", &sql.request, false),
+            ("renew", &sql.renew, true),
+            ("checkpoint", &sql.checkpoint, true),
+            ("release", &sql.release, true),
+        ] {
+            assert!(stmt.starts_with("UPDATE app.leases SET"), "{name}: {stmt}");
+            assert!(stmt.contains("counter = counter + 1"), "{name}: {stmt}");
+            assert!(stmt.contains(&format!("WHERE {KEY} AND counter = $4")), "{name}: {stmt}");
+            assert_eq!(stmt.contains("AND owner = $5"), owner, "{name}: {stmt}");
+            assert!(stmt.contains(" RETURNING "), "{name}: {stmt}");
+        }
+        assert!(sql.create.contains("ON CONFLICT (group_name, stream_name, shard_id) DO NOTHING"));
+        assert_eq!(expected(u64::MAX), None);
+        assert_eq!(expected(7), Some(7));
+        assert!(counter_of(-1).is_err());
+    }
+}

@@ -1,0 +1,390 @@
+//! The lease tables of consumer groups against real servers: the conformance suite (`kc_integration::lease_suite`)
+//! on every backend, and each backend's failures (bad table name, missing table, server cut off).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kc_integration::lease_suite;
+use kc_integration::{postgres_url, unique_table, CutProxy};
+use kinesis_consumer::checkpoint::lease::{LeaseScope, LeaseTable, MemoryLeaseTable};
+use kinesis_consumer::checkpoint::{Checkpoint, Error, ErrorKind};
+use kinesis_consumer::ddb::DynamoDbLeaseTable;
+use kinesis_consumer::postgres::PostgresLeaseTable;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+fn kind<T: std::fmt::Debug>(result: Result<T, Error>) -> ErrorKind {
+    match result {
+        Ok(v) => panic!("want an error, got Ok({v:?})"),
+        Err(e) => {
+            eprintln!("  error as expected: {:?}: {e} (source: {:?})", e.kind(), std::error::Error::source(&e));
+            e.kind()
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_table_conforms() {
+    lease_suite::run(Arc::new(MemoryLeaseTable::new()), "memory").await;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// PostgreSQL
+
+async fn pg_pool(url: &str, connections: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect(url)
+        .await
+        .expect("connect to PostgreSQL")
+}
+
+async fn pg_drop(pool: &PgPool, table: &str) {
+    sqlx::query(&format!("DROP TABLE IF EXISTS {table}")).execute(pool).await.expect("drop table");
+}
+
+/// `url` with its `host:port` replaced by the proxy's, and the proxy.
+async fn proxied(url: &str) -> (String, CutProxy) {
+    let authority = url.split('@').nth(1).and_then(|rest| rest.split('/').next()).expect("host:port in the URL");
+    let proxy = CutProxy::start(authority).await.expect("proxy");
+    (url.replacen(authority, &proxy.addr().to_string(), 1), proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_table_conforms() {
+    let pool = pg_pool(&postgres_url(), 10).await;
+    let table = unique_table("kc_pg_leases");
+    let leases = PostgresLeaseTable::new(pool.clone(), &table).expect("valid table name");
+    leases.create_table_if_missing().await.expect("create table");
+    leases.create_table_if_missing().await.expect("create table again is a no-op");
+    lease_suite::run(Arc::new(leases), "postgres").await;
+    pg_drop(&pool, &table).await;
+}
+
+#[tokio::test]
+async fn postgres_table_name_with_sql_is_invalid_input() {
+    let pool = pg_pool(&postgres_url(), 1).await;
+    for name in ["x; DROP TABLE y", "leases--", "a.b.c", "\"quoted\"", ""] {
+        assert_eq!(kind(PostgresLeaseTable::new(pool.clone(), name)), ErrorKind::InvalidInput, "{name:?}");
+        assert_eq!(kind(PostgresLeaseTable::connect(&postgres_url(), name).await), ErrorKind::InvalidInput, "{name:?}");
+    }
+}
+
+#[tokio::test]
+async fn postgres_missing_table_is_permanent_until_created() {
+    let table = unique_table("kc_pg_leases_missing");
+    let leases = PostgresLeaseTable::connect(&postgres_url(), &table).await.expect("connect");
+    let s = LeaseScope::new("g", "s");
+    assert_eq!(kind(leases.list(&s).await), ErrorKind::Permanent);
+    assert_eq!(kind(leases.get(&s, "shard").await), ErrorKind::Permanent);
+    assert_eq!(kind(leases.create(&s, "shard", &[]).await), ErrorKind::Permanent);
+    assert_eq!(kind(leases.renew(&s, "shard", "w", 0).await), ErrorKind::Permanent, "not Fenced: no table");
+    let err = leases.take(&s, "shard", 0, "w").await.expect_err("no table");
+    assert!(err.to_string().contains("create_table_if_missing"), "the message says how to fix it: {err}");
+    leases.create_table_if_missing().await.expect("create table");
+    assert!(leases.create(&s, "shard", &[]).await.expect("create lease"));
+    assert_eq!(leases.take(&s, "shard", 0, "w").await.expect("take").counter, 1);
+    pg_drop(leases.pool(), &table).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cut_is_transient_not_fenced_and_restore_works() {
+    let url = postgres_url();
+    let table = unique_table("kc_pg_leases_cut");
+    let direct = PostgresLeaseTable::new(pg_pool(&url, 2).await, &table).expect("table");
+    direct.create_table_if_missing().await.expect("create table");
+    let (proxied_url, proxy) = proxied(&url).await;
+    let leases = PostgresLeaseTable::new(pg_pool(&proxied_url, 2).await, &table).expect("table");
+    let s = LeaseScope::new("g", "s");
+    leases.create(&s, "shard", &[]).await.expect("create");
+    let c = leases.take(&s, "shard", 0, "w1").await.expect("take").counter;
+
+    proxy.cut();
+    assert_eq!(kind(leases.renew(&s, "shard", "w1", c).await), ErrorKind::Transient, "renew while cut");
+    assert_eq!(kind(leases.take(&s, "shard", c, "w1").await), ErrorKind::Transient, "take while cut");
+    assert_eq!(kind(leases.get(&s, "shard").await), ErrorKind::Transient, "get while cut: an error, not None");
+    assert_eq!(kind(leases.list(&s).await), ErrorKind::Transient, "list while cut");
+    assert_eq!(direct.get(&s, "shard").await.expect("get").map(|l| l.counter), Some(c), "nothing was written");
+
+    proxy.restore();
+    let c = leases.renew(&s, "shard", "w1", c).await.expect("renew after restore");
+    assert_eq!(leases.get(&s, "shard").await.expect("get").map(|l| l.counter), Some(c));
+    pg_drop(direct.pool(), &table).await;
+}
+
+/// A renewal that the server applies after its client's connection was cut: the caller sees `Transient` (it cannot
+/// know whether the write happened), never `Fenced`, and the table did not retry it (a retry would have been
+/// refused by its own write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_write_applied_after_the_cut_is_transient() {
+    let url = postgres_url();
+    let table = unique_table("kc_pg_leases_inflight");
+    let direct_pool = pg_pool(&url, 3).await;
+    let direct = PostgresLeaseTable::new(direct_pool.clone(), &table).expect("table");
+    direct.create_table_if_missing().await.expect("create table");
+    let s = LeaseScope::new("g", "s");
+    direct.create(&s, "shard", &[]).await.expect("create");
+    let c = direct.take(&s, "shard", 0, "w1").await.expect("take").counter;
+    let (proxied_url, proxy) = proxied(&url).await;
+    let leases = PostgresLeaseTable::new(pg_pool(&proxied_url, 1).await, &table).expect("table");
+
+    // Hold the row lock so that the renewal waits inside the server.
+    let mut lock = direct_pool.begin().await.expect("begin");
+    sqlx::query(&format!("SELECT 1 FROM {table} WHERE shard_id = 'shard' FOR UPDATE"))
+        .execute(&mut *lock)
+        .await
+        .expect("lock the row");
+    let renewal = tokio::spawn(async move { leases.renew(&s, "shard", "w1", c).await });
+    let waiting = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE {table} %'"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (n,): (i64,) = sqlx::query_as(&waiting).fetch_one(&direct_pool).await.expect("pg_stat_activity");
+        if n == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the renewal never waited for the lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut();
+    let result = renewal.await.expect("renewal task");
+    assert_eq!(kind(result), ErrorKind::Transient, "a write in flight when the connection broke");
+    lock.commit().await.expect("release the row lock");
+    let s = LeaseScope::new("g", "s");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = direct.get(&s, "shard").await.expect("get").expect("lease").counter;
+        if now == c + 1 {
+            break;
+        }
+        assert_eq!(now, c, "only the cut renewal writes this lease");
+        assert!(std::time::Instant::now() < deadline, "the server never applied the cut renewal");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("the renewal was applied by the server although its caller got a Transient error");
+    proxy.restore();
+    pg_drop(&direct_pool, &table).await;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// DynamoDB (dynalite)
+
+fn dynamodb_endpoint() -> String {
+    std::env::var("DYNAMODB_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty())
+        .expect("DYNAMODB_ENDPOINT is not set: run `cargo xtask integration`, or start dynalite and set it")
+}
+
+/// A client for `endpoint` with dummy credentials (never the default credential chain), and the SDK's standard
+/// retries (3 attempts), which the lease table must turn off for its writes.
+fn ddb_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    use aws_sdk_dynamodb::config::{retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Credentials, Region};
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("dummy", "dummy", None, None, "kc-integration"))
+        .endpoint_url(endpoint)
+        .retry_config(RetryConfig::standard().with_max_attempts(3))
+        .timeout_config(TimeoutConfig::builder().operation_timeout(Duration::from_secs(10)).build())
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(config)
+}
+
+fn ddb_table_name(prefix: &str) -> String {
+    unique_table(prefix).replace('_', "-")
+}
+
+async fn ddb_table(prefix: &str) -> DynamoDbLeaseTable {
+    let leases = DynamoDbLeaseTable::new(ddb_client(&dynamodb_endpoint()), &ddb_table_name(prefix)).expect("table");
+    leases.create_table_if_missing().await.expect("create table");
+    leases
+}
+
+async fn ddb_drop(table: &str) {
+    ddb_client(&dynamodb_endpoint()).delete_table().table_name(table).send().await.expect("delete table");
+}
+
+/// The `host:port` of dynalite.
+fn dynamodb_authority() -> String {
+    dynamodb_endpoint().trim_start_matches("http://").trim_end_matches('/').to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dynamodb_table_conforms() {
+    let leases = ddb_table("kc-ddb-leases").await;
+    leases.create_table_if_missing().await.expect("create table again is a no-op");
+    let table = leases.table().to_owned();
+    lease_suite::run(Arc::new(leases), "dynamodb").await;
+    ddb_drop(&table).await;
+}
+
+#[tokio::test]
+async fn dynamodb_invalid_table_name_is_invalid_input() {
+    for name in ["x; DROP TABLE y", "ab", "has space", "a/b", ""] {
+        let result = DynamoDbLeaseTable::new(ddb_client(&dynamodb_endpoint()), name);
+        assert_eq!(kind(result), ErrorKind::InvalidInput, "{name:?}");
+    }
+}
+
+#[tokio::test]
+async fn dynamodb_missing_table_is_permanent_until_created() {
+    let leases =
+        DynamoDbLeaseTable::new(ddb_client(&dynamodb_endpoint()), &ddb_table_name("kc-ddb-missing")).expect("table");
+    let s = LeaseScope::new("g", "s");
+    assert_eq!(kind(leases.list(&s).await), ErrorKind::Permanent);
+    assert_eq!(kind(leases.get(&s, "shard").await), ErrorKind::Permanent);
+    assert_eq!(kind(leases.create(&s, "shard", &[]).await), ErrorKind::Permanent);
+    assert_eq!(kind(leases.renew(&s, "shard", "w", 0).await), ErrorKind::Permanent, "not Fenced: no table");
+    let err = leases.checkpoint(&s, "shard", "w", 0, &Checkpoint::ShardEnd).await.expect_err("no table");
+    assert!(err.to_string().contains("create_table_if_missing"), "the message says how to fix it: {err}");
+    leases.create_table_if_missing().await.expect("create table");
+    assert!(leases.create(&s, "shard", &[]).await.expect("create lease"));
+    assert_eq!(leases.take(&s, "shard", 0, "w").await.expect("take").counter, 1);
+    ddb_drop(leases.table()).await;
+}
+
+/// Items big enough (~60 KB of parent ids each) that a Query returns them in several 1 MB pages.
+#[tokio::test]
+async fn dynamodb_list_follows_pages() {
+    let leases = ddb_table("kc-ddb-pages").await;
+    let s = LeaseScope::new("g", "s");
+    let parents: Vec<String> = (0..12).map(|i| format!("{i}-{}", "p".repeat(5000))).collect();
+    const LEASES: usize = 40;
+    for i in 0..LEASES {
+        assert!(leases.create(&s, &format!("shard-{i:02}"), &parents).await.expect("create"));
+    }
+    let first_page = ddb_client(&dynamodb_endpoint())
+        .query()
+        .table_name(leases.table())
+        .key_condition_expression("#s = :s")
+        .expression_attribute_names("#s", "scope")
+        .expression_attribute_values(":s", aws_sdk_dynamodb::types::AttributeValue::S("s/g".to_owned()))
+        .send()
+        .await
+        .expect("query");
+    let on_first = first_page.items().len();
+    assert!(first_page.last_evaluated_key().is_some() && on_first < LEASES, "one page held all {on_first} items");
+    let listed = leases.list(&s).await.expect("list");
+    assert_eq!(listed.len(), LEASES, "list follows LastEvaluatedKey (first page: {on_first} items)");
+    assert!(listed.iter().all(|l| l.parents == parents), "parents kept");
+    eprintln!("list read {LEASES} leases, {on_first} on the first page");
+    ddb_drop(leases.table()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_cut_is_transient_not_fenced_and_restore_works() {
+    let direct = ddb_table("kc-ddb-cut").await;
+    let proxy = CutProxy::start(&dynamodb_authority()).await.expect("proxy");
+    let leases =
+        DynamoDbLeaseTable::new(ddb_client(&format!("http://{}", proxy.addr())), direct.table()).expect("table");
+    let s = LeaseScope::new("g", "s");
+    leases.create(&s, "shard", &[]).await.expect("create");
+    let c = leases.take(&s, "shard", 0, "w1").await.expect("take").counter;
+
+    proxy.cut();
+    assert_eq!(kind(leases.renew(&s, "shard", "w1", c).await), ErrorKind::Transient, "renew while cut");
+    assert_eq!(kind(leases.take(&s, "shard", c, "w2").await), ErrorKind::Transient, "take while cut");
+    let cp = Checkpoint::ShardEnd;
+    assert_eq!(kind(leases.checkpoint(&s, "shard", "w1", c, &cp).await), ErrorKind::Transient, "checkpoint while cut");
+    assert_eq!(kind(leases.get(&s, "shard").await), ErrorKind::Transient, "get while cut: an error, not None");
+    assert_eq!(kind(leases.list(&s).await), ErrorKind::Transient, "list while cut");
+    assert_eq!(direct.get(&s, "shard").await.expect("get").map(|l| l.counter), Some(c), "nothing was written");
+
+    proxy.restore();
+    let c = leases.renew(&s, "shard", "w1", c).await.expect("renew after restore");
+    assert_eq!(leases.get(&s, "shard").await.expect("get").map(|l| l.counter), Some(c));
+    ddb_drop(direct.table()).await;
+}
+
+/// A proxy that passes requests on but closes the connection instead of passing the next `lose` responses back: the
+/// server applied the request, the client never hears of it. A retry of the request gets through.
+struct LoseResponses {
+    addr: std::net::SocketAddr,
+    lose: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LoseResponses {
+    async fn start(target: String) -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let lose = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let lose2 = Arc::clone(&lose);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else { continue };
+                let lose = Arc::clone(&lose2);
+                tokio::spawn(async move {
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let upstream = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match server_read.read(&mut buf).await {
+                            Ok(n)
+                                if n > 0
+                                    && lose
+                                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
+                                        .is_err() =>
+                            {
+                                if client_write.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                            _ => break, // closed, failed, or a response to lose: close both sides
+                        }
+                    }
+                    upstream.abort();
+                });
+            }
+        });
+        Self { addr, lose, task }
+    }
+}
+
+impl Drop for LoseResponses {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The table's writes are not retried by the SDK (whose client here retries 3 times): a write whose response is
+/// lost was applied, and is reported `Transient`, not `Fenced` (a retry would get through the proxy and be refused by
+/// the write it repeats).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_write_whose_response_is_lost_is_transient() {
+    use std::sync::atomic::Ordering;
+    let direct = ddb_table("kc-ddb-lost").await;
+    let proxy = LoseResponses::start(dynamodb_authority()).await;
+    let leases = DynamoDbLeaseTable::new(ddb_client(&format!("http://{}", proxy.addr)), direct.table()).expect("table");
+    let s = LeaseScope::new("g", "s");
+    leases.create(&s, "shard", &[]).await.expect("create");
+    let c = leases.take(&s, "shard", 0, "w1").await.expect("take").counter;
+
+    proxy.lose.store(1, Ordering::SeqCst);
+    assert_eq!(kind(leases.renew(&s, "shard", "w1", c).await), ErrorKind::Transient, "renewal, response lost");
+    assert_eq!(direct.get(&s, "shard").await.expect("get").map(|l| l.counter), Some(c + 1), "it was applied");
+    let c = c + 1;
+    let cp = Checkpoint::ShardEnd;
+    proxy.lose.store(1, Ordering::SeqCst);
+    assert_eq!(kind(leases.checkpoint(&s, "shard", "w1", c, &cp).await), ErrorKind::Transient, "checkpoint");
+    let l = direct.get(&s, "shard").await.expect("get").expect("lease");
+    assert_eq!((l.counter, l.is_finished()), (c + 1, true), "it was applied");
+    proxy.lose.store(1, Ordering::SeqCst);
+    assert_eq!(kind(leases.take(&s, "shard", c + 1, "w2").await), ErrorKind::Transient, "take, response lost");
+    let l = direct.get(&s, "shard").await.expect("get").expect("lease");
+    assert_eq!((l.counter, l.owner.as_deref()), (c + 2, Some("w2")), "it was applied");
+    proxy.lose.store(1, Ordering::SeqCst);
+    assert_eq!(kind(leases.create(&s, "new", &[]).await), ErrorKind::Transient, "create, response lost");
+    assert!(direct.get(&s, "new").await.expect("get").is_some(), "it was applied");
+
+    assert_eq!(proxy.lose.load(Ordering::SeqCst), 0, "every lost response was a request of the table");
+    assert_eq!(leases.renew(&s, "shard", "w2", c + 2).await.expect("renew"), c + 3);
+    ddb_drop(direct.table()).await;
+}
