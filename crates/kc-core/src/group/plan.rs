@@ -115,6 +115,9 @@ pub(crate) fn plan(leases: &[Lease], expiry: &Expiry, now: Instant, duration: Du
         let entry = (l.shard_id.clone(), l.counter);
         match (&l.owner, &l.next_owner) {
             (None, Some(n)) if n == me.id => reserved.push(entry),
+            // Owned by this worker's id but not held: a take whose response was lost, or a restart with the same
+            // id. Ours to take back at once (worker ids are unique among live workers).
+            (Some(o), _) if o == me.id => reserved.push(entry),
             // Released for another worker's request: left to it unless it did not come for a lease duration.
             (None, Some(_)) if !expired(l) => {}
             (None, _) => unowned.push(entry),
@@ -346,11 +349,12 @@ mod tests {
         assert_eq!(ids(&plan1.take), ["a", "b", "o"], "the split's children, not yet the merge's");
         assert!(plan1.delete.is_empty(), "children not started yet");
         leases[1].owner = Some("w1".to_owned());
+        assert_eq!(ids(&plan_now(&leases, &e).take), ["a", "b", "o"], "owned by w1's id but not held: taken back");
         assert!(plan_now(&leases, &e).delete.is_empty(), "b not started");
         leases[2].checkpoint = Some(seq);
         assert_eq!(plan_now(&leases, &e).delete, ["p"]);
         leases.remove(0);
-        assert_eq!(ids(&plan_now(&leases, &e).take), ["b", "o"], "a deleted parent counts as finished");
+        assert_eq!(ids(&run(&leases, &e, t0, "w1", &["a"]).take), ["b", "o"], "a deleted parent counts as finished");
     }
 
     #[test]
