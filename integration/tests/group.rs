@@ -306,7 +306,8 @@ async fn three_workers_spread_and_join(backend: Backend) {
     let first = run.wait_spread(&[4, 4], LEASE * 30).await;
     run.start("w3", None);
     let rebalance = run.wait_spread(&[2, 3, 3], LEASE * 30).await;
-    let produced = producer.await.expect("producer");
+    let mut produced = producer.await.expect("producer");
+    produced.extend(produce(&run.stream, 1500..2100).await.expect("producer"));
     run.wait_all(&produced, Duration::from_secs(60)).await;
     let dupes = run.duplicates();
     eprintln!(

@@ -51,7 +51,7 @@ use plan::{Expiry, Me};
 /// | [`worker_id`](Self::worker_id) | `{hostname}-{pid}-{8 random hex digits}` | this worker's name in the lease table |
 /// | [`lease_duration`](Self::lease_duration) | 10 s | a lease whose counter did not change for this long is expired |
 /// | [`renew_interval`](Self::renew_interval) | lease duration / 3 | how often each held lease is renewed |
-/// | [`take_interval`](Self::take_interval) | 2 × lease duration | how often leases are taken and balanced |
+/// | [`take_interval`](Self::take_interval) | 2 × lease duration | how often leases are balanced (free and expired ones are also taken every lease duration) |
 /// | [`max_leases`](Self::max_leases) | none | the most leases this worker holds |
 ///
 /// [`ConsumerBuilder::build`] validates them: a non-empty group name and worker id, durations above zero, a renew
@@ -65,7 +65,9 @@ use plan::{Expiry, Me};
 ///   checkpoint is the shard's end.
 /// - **Expiry, the KCL way.** A lease is expired when this worker saw its counter unchanged for the lease duration
 ///   on its own monotonic clock: clock skew between hosts does not matter. Leases without an owner are free.
-/// - **Taking**, every take interval (and at once when a shard of this worker ended): the leases to read are the
+/// - **Taking**, every take interval (and at once when a shard of this worker ended; free and expired leases also
+///   every lease duration, so that a failed worker's leases are taken within about two lease durations of its last
+///   renewal: one to see the counter, one to judge it unchanged): the leases to read are the
 ///   unfinished ones whose parents are finished or gone; the live workers are the owners of unexpired leases, the
 ///   workers that asked for one, and this one; each aims at `ceil(leases to read / live workers)`, capped by
 ///   `max_leases`. Free leases are taken first (those released to this worker, then unowned, then expired ones).
@@ -318,14 +320,25 @@ impl<D: Deliver> Worker<'_, D> {
             Listing::Unavailable | Listing::Cancelled => return Ok(()),
         }
         info!(shards = self.listing.len(), "shards listed; joining the group");
+        // Full cycles (taking and balancing) every take interval; in between, every lease duration, a check that
+        // takes free and expired leases, so that a worker's failure is noticed within about two lease durations.
         let mut next_take = Instant::now();
+        let mut next_full = next_take;
         let mut discovery = tokio::time::interval(self.consumer.cfg.discovery_interval);
         discovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         discovery.reset();
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return Ok(()),
-                _ = tokio::time::sleep_until(next_take) => next_take = self.take_cycle().await?,
+                _ = tokio::time::sleep_until(next_take) => {
+                    let full = Instant::now() >= next_full;
+                    let pending = self.take_cycle(full).await?;
+                    let now = Instant::now();
+                    if full {
+                        next_full = now + if pending { self.cfg.renew_interval } else { self.cfg.take_interval };
+                    }
+                    next_take = next_full.min(now + self.cfg.lease_duration);
+                }
                 _ = discovery.tick() => {
                     if !self.discover().await? {
                         return Ok(());
@@ -338,6 +351,7 @@ impl<D: Deliver> Worker<'_, D> {
                             return Ok(());
                         }
                         next_take = Instant::now();
+                        next_full = next_take;
                     }
                 }
                 Some(_) = self.renewers.join_next() => {}
@@ -376,24 +390,24 @@ impl<D: Deliver> Worker<'_, D> {
         Ok(true)
     }
 
-    /// One take cycle; returns when the next one is due.
-    async fn take_cycle(&mut self) -> Result<Instant, Error> {
-        let (renew, take) = (self.cfg.renew_interval, self.cfg.take_interval);
+    /// One take cycle (with balancing when `full`). Returns whether the next full cycle should come soon (after a
+    /// renew interval): a handoff this worker asked for is pending, or the lease table could not be read.
+    async fn take_cycle(&mut self, full: bool) -> Result<bool, Error> {
         let mut leases = match self.cfg.table.list(&self.scope).await {
             Ok(leases) => leases,
             Err(e) if e.is_retryable() => {
                 warn!(error = %e, "listing the leases failed; trying again");
-                return Ok(Instant::now() + renew);
+                return Ok(true);
             }
             Err(e) => return Err(lease_error("listing the leases", e)),
         };
         if !plan::to_create(&self.listing, &leases).is_empty() {
             if !self.create_leases(&leases).await? {
-                return Ok(Instant::now() + renew);
+                return Ok(true);
             }
             leases = match self.cfg.table.list(&self.scope).await {
                 Ok(leases) => leases,
-                Err(e) if e.is_retryable() => return Ok(Instant::now() + renew),
+                Err(e) if e.is_retryable() => return Ok(true),
                 Err(e) => return Err(lease_error("listing the leases", e)),
             };
         }
@@ -418,7 +432,7 @@ impl<D: Deliver> Worker<'_, D> {
             self.take(&shard_id, counter, &leases).await?;
         }
         let mut requested = false;
-        if let Some((shard_id, counter)) = plan.request {
+        if let Some((shard_id, counter)) = plan.request.filter(|_| full && !self.stop.is_cancelled()) {
             match self.cfg.table.request(&self.scope, &shard_id, counter, &self.cfg.worker_id).await {
                 Ok(lease) => {
                     info!(shard = %shard_id, from = ?lease.owner, "asked for a lease (balancing)");
@@ -428,7 +442,7 @@ impl<D: Deliver> Worker<'_, D> {
                 Err(e) => warn!(shard = %shard_id, error = %e, "asking for a lease failed"),
             }
         }
-        Ok(Instant::now() + if requested || plan.request_pending { renew } else { take })
+        Ok(requested || plan.request_pending)
     }
 
     async fn take(&mut self, shard_id: &str, counter: u64, leases: &[Lease]) -> Result<(), Error> {

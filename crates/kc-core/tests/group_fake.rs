@@ -354,6 +354,7 @@ async fn a_worker_cut_off_from_the_table_stops_within_a_lease_duration_and_other
     );
     assert!(last_w1 < cut_at + LEASE, "w1 stopped within one lease duration of losing the table");
     assert!(taken_over >= LEASE, "nobody takes a lease before it expired");
+    assert!(taken_over <= LEASE * 2 + Duration::from_secs(1), "taken over within about two lease durations");
     assert_eq!(w1.events.lost.load(Ordering::SeqCst), w1_leases.len(), "every lease of w1 was lost");
 
     // w1's stale writes are refused and change nothing.
