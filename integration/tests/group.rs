@@ -169,8 +169,13 @@ impl Run {
         per
     }
 
+    /// Leases per worker, sorted; empty while a lease is unowned.
     async fn spread(&self) -> Vec<usize> {
-        let mut counts: Vec<usize> = self.owners().await.into_values().collect();
+        let owners = self.owners().await;
+        if owners.contains_key("") {
+            return Vec::new();
+        }
+        let mut counts: Vec<usize> = owners.into_values().collect();
         counts.sort_unstable();
         counts
     }
