@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kc_integration::lease_suite;
-use kc_integration::{postgres_url, unique_table, CutProxy};
+use kc_integration::{mysql_url, postgres_url, unique_table, CutProxy};
 use kinesis_consumer::checkpoint::lease::{LeaseScope, LeaseTable, MemoryLeaseTable};
 use kinesis_consumer::checkpoint::{Checkpoint, Error, ErrorKind};
 use kinesis_consumer::ddb::DynamoDbLeaseTable;
+use kinesis_consumer::mysql::MySqlLeaseTable;
 use kinesis_consumer::postgres::PostgresLeaseTable;
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 fn kind<T: std::fmt::Debug>(result: Result<T, Error>) -> ErrorKind {
@@ -387,4 +389,137 @@ async fn dynamodb_write_whose_response_is_lost_is_transient() {
     assert_eq!(proxy.lose.load(Ordering::SeqCst), 0, "every lost response was a request of the table");
     assert_eq!(leases.renew(&s, "shard", "w2", c + 2).await.expect("renew"), c + 3);
     ddb_drop(direct.table()).await;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// MySQL / MariaDB
+
+async fn my_pool(url: &str, connections: u32) -> MySqlPool {
+    MySqlPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect(url)
+        .await
+        .expect("connect to MySQL")
+}
+
+async fn my_drop(pool: &MySqlPool, table: &str) {
+    sqlx::query(&format!("DROP TABLE IF EXISTS {table}")).execute(pool).await.expect("drop table");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_table_conforms() {
+    let pool = my_pool(&mysql_url(), 10).await;
+    let table = unique_table("kc_my_leases");
+    let leases = MySqlLeaseTable::new(pool.clone(), &table).expect("valid table name");
+    leases.create_table_if_missing().await.expect("create table");
+    leases.create_table_if_missing().await.expect("create table again is a no-op");
+    lease_suite::run(Arc::new(leases), "mysql").await;
+    my_drop(&pool, &table).await;
+}
+
+#[tokio::test]
+async fn mysql_table_name_with_sql_is_invalid_input() {
+    let pool = my_pool(&mysql_url(), 1).await;
+    for name in ["x; DROP TABLE y", "leases--", "a.b.c", "`quoted`", ""] {
+        assert_eq!(kind(MySqlLeaseTable::new(pool.clone(), name)), ErrorKind::InvalidInput, "{name:?}");
+        assert_eq!(kind(MySqlLeaseTable::connect(&mysql_url(), name).await), ErrorKind::InvalidInput, "{name:?}");
+    }
+    let leases = MySqlLeaseTable::new(pool, "unused").expect("table");
+    let s = LeaseScope::new("g", "s");
+    let comma = leases.create(&s, "shard", &["a,b".to_owned()]).await;
+    assert_eq!(kind(comma), ErrorKind::InvalidInput, "a parent id with the list separator");
+}
+
+#[tokio::test]
+async fn mysql_missing_table_is_permanent_until_created() {
+    let table = unique_table("kc_my_leases_missing");
+    let leases = MySqlLeaseTable::connect(&mysql_url(), &table).await.expect("connect");
+    let s = LeaseScope::new("g", "s");
+    assert_eq!(kind(leases.list(&s).await), ErrorKind::Permanent);
+    assert_eq!(kind(leases.get(&s, "shard").await), ErrorKind::Permanent);
+    assert_eq!(kind(leases.create(&s, "shard", &[]).await), ErrorKind::Permanent);
+    assert_eq!(kind(leases.renew(&s, "shard", "w", 0).await), ErrorKind::Permanent, "not Fenced: no table");
+    let err = leases.take(&s, "shard", 0, "w").await.expect_err("no table");
+    assert!(err.to_string().contains("create_table_if_missing"), "the message says how to fix it: {err}");
+    leases.create_table_if_missing().await.expect("create table");
+    assert!(leases.create(&s, "shard", &[]).await.expect("create lease"));
+    assert_eq!(leases.take(&s, "shard", 0, "w").await.expect("take").counter, 1);
+    my_drop(leases.pool(), &table).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_cut_is_transient_not_fenced_and_restore_works() {
+    let url = mysql_url();
+    let table = unique_table("kc_my_leases_cut");
+    let direct = MySqlLeaseTable::new(my_pool(&url, 2).await, &table).expect("table");
+    direct.create_table_if_missing().await.expect("create table");
+    let (proxied_url, proxy) = proxied(&url).await;
+    let leases = MySqlLeaseTable::new(my_pool(&proxied_url, 2).await, &table).expect("table");
+    let s = LeaseScope::new("g", "s");
+    leases.create(&s, "shard", &[]).await.expect("create");
+    let c = leases.take(&s, "shard", 0, "w1").await.expect("take").counter;
+
+    proxy.cut();
+    assert_eq!(kind(leases.renew(&s, "shard", "w1", c).await), ErrorKind::Transient, "renew while cut");
+    assert_eq!(kind(leases.take(&s, "shard", c, "w1").await), ErrorKind::Transient, "take while cut");
+    assert_eq!(kind(leases.get(&s, "shard").await), ErrorKind::Transient, "get while cut: an error, not None");
+    assert_eq!(kind(leases.list(&s).await), ErrorKind::Transient, "list while cut");
+    assert_eq!(direct.get(&s, "shard").await.expect("get").map(|l| l.counter), Some(c), "nothing was written");
+
+    proxy.restore();
+    let c = leases.renew(&s, "shard", "w1", c).await.expect("renew after restore");
+    assert_eq!(leases.get(&s, "shard").await.expect("get").map(|l| l.counter), Some(c));
+    my_drop(direct.pool(), &table).await;
+}
+
+/// As for PostgreSQL: a renewal waiting for a row lock when its connection is cut is applied by the server once
+/// the lock is released, and its caller saw `Transient`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_write_applied_after_the_cut_is_transient() {
+    let url = mysql_url();
+    let table = unique_table("kc_my_leases_inflight");
+    let direct_pool = my_pool(&url, 3).await;
+    let direct = MySqlLeaseTable::new(direct_pool.clone(), &table).expect("table");
+    direct.create_table_if_missing().await.expect("create table");
+    let s = LeaseScope::new("g", "s");
+    direct.create(&s, "shard", &[]).await.expect("create");
+    let c = direct.take(&s, "shard", 0, "w1").await.expect("take").counter;
+    let (proxied_url, proxy) = proxied(&url).await;
+    let leases = MySqlLeaseTable::new(my_pool(&proxied_url, 1).await, &table).expect("table");
+
+    let mut lock = direct_pool.begin().await.expect("begin");
+    sqlx::query(&format!("SELECT 1 FROM {table} WHERE shard_id = 'shard' FOR UPDATE"))
+        .execute(&mut *lock)
+        .await
+        .expect("lock the row");
+    let renewal = tokio::spawn(async move { leases.renew(&s, "shard", "w1", c).await });
+    let waiting = format!("SELECT count(*) FROM information_schema.processlist WHERE info LIKE 'UPDATE {table} %'");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (n,): (i64,) = sqlx::query_as(&waiting).fetch_one(&direct_pool).await.expect("processlist");
+        if n == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the renewal never waited for the lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut();
+    let result = renewal.await.expect("renewal task");
+    assert_eq!(kind(result), ErrorKind::Transient, "a write in flight when the connection broke");
+    lock.commit().await.expect("release the row lock");
+    let s = LeaseScope::new("g", "s");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = direct.get(&s, "shard").await.expect("get").expect("lease").counter;
+        if now == c + 1 {
+            break;
+        }
+        assert_eq!(now, c, "only the cut renewal writes this lease");
+        assert!(std::time::Instant::now() < deadline, "the server never applied the cut renewal");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("the renewal was applied by the server although its caller got a Transient error");
+    proxy.restore();
+    my_drop(&direct_pool, &table).await;
 }

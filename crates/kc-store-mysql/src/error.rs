@@ -27,6 +27,21 @@ pub(crate) fn map(what: &str, table: &str, err: sqlx::Error) -> Error {
     Error::with_source(kind_of(&err), what.to_owned(), err)
 }
 
+/// Maps a sqlx error of the lease table `table` (see [`crate::MySqlLeaseTable`]), keeping it as the source.
+pub(crate) fn map_lease(what: &str, table: &str, err: sqlx::Error) -> Error {
+    if number(&err).is_some_and(|n| MISSING_TABLE_NUMBERS.contains(&n)) {
+        return Error::with_source(
+            ErrorKind::Permanent,
+            format!(
+                "{what}: lease table {table} is missing or lacks columns (create it with \
+                 MySqlLeaseTable::create_table_if_missing, or see the crate docs for the DDL)"
+            ),
+            err,
+        );
+    }
+    Error::with_source(kind_of(&err), what.to_owned(), err)
+}
+
 /// Whether retrying the statement may help.
 pub(crate) fn is_transient(err: &sqlx::Error) -> bool {
     kind_of(err) == ErrorKind::Transient

@@ -1,4 +1,5 @@
-//! MySQL/MariaDB checkpoint store for kinesis-consumer: [`MySqlStore`].
+//! MySQL/MariaDB checkpoint store for kinesis-consumer: [`MySqlStore`]; and the lease table of consumer groups:
+//! [`MySqlLeaseTable`].
 //!
 //! Checkpoints live in one table, one row per `(namespace, shard_id)`, where `namespace` is `{app}-{stream}` as in
 //! the Go library's store, so tables created for the Go library keep working once they have two more columns.
@@ -96,9 +97,62 @@
 //!   the error's `source()`.
 //! - [`get`](kc_checkpoint::CheckpointStore::get) reads the row, returns the pending checkpoint instead if it is
 //!   newer, and `Ok(None)` only when there is neither.
+//!
+//! # The lease table
+//! [`MySqlLeaseTable`] implements [`LeaseTable`](kc_checkpoint::lease::LeaseTable), the lease table of consumer
+//! groups (see [`kc_checkpoint::lease`]), in a table of its own. [`MySqlLeaseTable::create_table_if_missing`] runs
+//! (with your table name):
+//!
+//! ```sql
+//! CREATE TABLE IF NOT EXISTS kinesis_leases (
+//!     group_name varchar(255) NOT NULL,
+//!     stream_name varchar(128) NOT NULL,
+//!     shard_id varchar(128) NOT NULL,
+//!     owner varchar(255) NULL,
+//!     counter bigint unsigned NOT NULL DEFAULT 0,
+//!     sequence_number numeric(65,0) NULL,
+//!     sub_sequence_number bigint unsigned NULL,
+//!     finished boolean NOT NULL DEFAULT false,
+//!     parents text NOT NULL,
+//!     next_owner varchar(255) NULL,
+//!     PRIMARY KEY (group_name, stream_name, shard_id)
+//! ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+//! ```
+//!
+//! The binary collation makes names and owners compare exactly (`W1` is not `w1`; as everywhere in MySQL, trailing
+//! spaces are ignored in comparisons). `parents` is the parent shard ids joined by `,` (shard ids never contain
+//! one; `create` refuses a parent id that does). The checkpoint columns are those of the checkpoint table
+//! (`sequence_number` NULL: no checkpoint yet), with the same 65-digit limit.
+//!
+//! Every write is one `UPDATE .. SET counter = counter + 1, .. WHERE group_name = ? AND stream_name = ? AND
+//! shard_id = ? AND counter = ? [AND owner = ?]`; no affected row means the condition did not hold (or the lease
+//! does not exist): an [`ErrorKind::Fenced`](kc_checkpoint::ErrorKind::Fenced) error. The counter always changes,
+//! so a matched row is always counted as affected. A checkpoint write compares the stored checkpoint inside the same
+//! statement (`@kc_newer`, as the store's upsert) and keeps it when it is at or after the new one, still incrementing
+//! the counter. `take` and `request` read the lease back in the transaction of their update. Errors are classified
+//! as for the store; writes are not retried (a write whose connection broke may have been applied: it is
+//! [`Transient`](kc_checkpoint::ErrorKind::Transient), never `Fenced`).
+//!
+//! ```no_run
+//! use kc_checkpoint::lease::{LeaseScope, LeaseTable};
+//! use kc_store_mysql::MySqlLeaseTable;
+//!
+//! # async fn run() -> Result<(), kc_checkpoint::Error> {
+//! let leases = MySqlLeaseTable::connect("mysql://root@127.0.0.1:3306/test", "kinesis_leases").await?;
+//! leases.create_table_if_missing().await?;
+//! let scope = LeaseScope::new("billing", "orders");
+//! leases.create(&scope, "shardId-000000000000", &[]).await?;
+//! let lease = leases.take(&scope, "shardId-000000000000", 0, "worker-a").await?;
+//! let counter = leases.renew(&scope, "shardId-000000000000", "worker-a", lease.counter).await?;
+//! assert_eq!(counter, lease.counter + 1);
+//! # Ok(())
+//! # }
+//! ```
 
 mod error;
+mod lease;
 mod store;
 mod table;
 
+pub use lease::MySqlLeaseTable;
 pub use store::{MySqlStore, MySqlStoreBuilder, DEFAULT_FLUSH_INTERVAL, MAX_SEQUENCE_DIGITS};

@@ -7,7 +7,29 @@
 //! - [`checkpoint`] (`kc-checkpoint`): the [`CheckpointStore`] trait and the in-memory [`MemoryStore`];
 //! - [`deagg`] (`kc-deagg`): the KPL aggregated-record decoder and encoder;
 //! - checkpoint stores behind features: [`ddb`] (`kc-store-ddb`, feature `ddb`), [`postgres`]
-//!   (`kc-store-postgres`, feature `postgres`) and [`mysql`] (`kc-store-mysql`, feature `mysql`).
+//!   (`kc-store-postgres`, feature `postgres`) and [`mysql`] (`kc-store-mysql`, feature `mysql`);
+//! - lease tables of consumer groups: the trait [`checkpoint::lease::LeaseTable`] and the in-memory
+//!   [`checkpoint::lease::MemoryLeaseTable`], and a backend in each store module, behind the same features:
+//!   `ddb::DynamoDbLeaseTable`, `postgres::PostgresLeaseTable`, `mysql::MySqlLeaseTable` (each store crate's docs
+//!   give its table and its conditional writes).
+//!
+//! ```
+//! use kinesis_consumer::checkpoint::lease::{LeaseScope, LeaseTable, MemoryLeaseTable};
+//! use kinesis_consumer::checkpoint::ErrorKind;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), kinesis_consumer::checkpoint::Error> {
+//! // With feature `postgres`: `kinesis_consumer::postgres::PostgresLeaseTable::connect(url, "leases").await?`.
+//! let leases = MemoryLeaseTable::new();
+//! let scope = LeaseScope::new("billing", "orders");
+//! leases.create(&scope, "shardId-0", &[]).await?;
+//! let lease = leases.take(&scope, "shardId-0", 0, "worker-a").await?;
+//! let stale = leases.take(&scope, "shardId-0", 0, "worker-b").await.unwrap_err();
+//! assert_eq!(stale.kind(), ErrorKind::Fenced); // worker-b's view of the lease was stale
+//! assert_eq!(lease.owner.as_deref(), Some("worker-a"));
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! ```no_run
 //! use kinesis_consumer::{Consumer, InitialPosition, Outcome, Record};

@@ -1,0 +1,404 @@
+//! [`MySqlLeaseTable`]: the lease table of consumer groups in a MySQL/MariaDB table.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kc_checkpoint::lease::{fenced, Lease, LeaseScope, LeaseTable};
+use kc_checkpoint::{Checkpoint, Error, ErrorKind, SequenceNumber};
+use sqlx::mysql::{MySqlArguments, MySqlPool, MySqlPoolOptions};
+use sqlx::query::Query;
+use sqlx::MySql;
+
+use crate::error;
+use crate::store::MAX_SEQUENCE_DIGITS;
+use crate::table::TableName;
+
+/// The columns every read returns (text columns cast to the connection's character set, since the table's binary
+/// collation marks them binary), in the order of [`Row`].
+const COLUMNS: &str = "CAST(shard_id AS CHAR), CAST(owner AS CHAR), counter, CAST(sequence_number AS CHAR), \
+                       sub_sequence_number, finished, CAST(parents AS CHAR), CAST(next_owner AS CHAR)";
+
+/// The key of a lease: group, stream, shard id.
+const KEY: &str = "group_name = ? AND stream_name = ? AND shard_id = ?";
+
+type Row = (String, Option<String>, u64, Option<String>, Option<u64>, bool, String, Option<String>);
+
+/// A [`LeaseTable`] in a MySQL or MariaDB table: one row per lease, every conditional write one `UPDATE .. WHERE
+/// counter = ? [AND owner = ?]` whose affected-row count says whether the condition held (the counter always
+/// changes, so a matched row is always counted). See the [crate docs](crate#the-lease-table) for the table.
+///
+/// No statement is retried here: a write whose connection broke may have been applied, so retrying it could turn
+/// the caller's own write into a `Fenced` error. Such failures are [`ErrorKind::Transient`]; the caller reads the
+/// lease ([`LeaseTable::get`]) to find out.
+#[derive(Debug, Clone)]
+pub struct MySqlLeaseTable {
+    pool: MySqlPool,
+    table: TableName,
+    sql: Sql,
+}
+
+#[derive(Debug, Clone)]
+struct Sql {
+    list: String,
+    get: String,
+    create: String,
+    take: String,
+    request: String,
+    renew: String,
+    checkpoint: String,
+    release: String,
+    delete: String,
+}
+
+impl Sql {
+    fn new(t: &str) -> Self {
+        Self {
+            list: format!("SELECT {COLUMNS} FROM {t} WHERE group_name = ? AND stream_name = ? ORDER BY shard_id"),
+            get: format!("SELECT {COLUMNS} FROM {t} WHERE {KEY}"),
+            create: format!(
+                "INSERT IGNORE INTO {t} (group_name, stream_name, shard_id, counter, finished, parents) \
+                 VALUES (?, ?, ?, 0, FALSE, ?)"
+            ),
+            take: format!(
+                "UPDATE {t} SET owner = ?, next_owner = NULL, counter = counter + 1 WHERE {KEY} AND counter = ?"
+            ),
+            request: format!("UPDATE {t} SET next_owner = ?, counter = counter + 1 WHERE {KEY} AND counter = ?"),
+            renew: format!("UPDATE {t} SET counter = counter + 1 WHERE {KEY} AND counter = ? AND owner = ?"),
+            // MySQL assigns left to right, each assignment seeing the ones before: "is the new checkpoint after the
+            // stored one" is computed once, from the old values, into `@kc_newer` by the first assignment.
+            // Parameters: finished, sequence x2, sub-sequence x3, sequence, finished, then the key and condition.
+            checkpoint: format!(
+                "UPDATE {t} SET \
+                 sub_sequence_number = IF(@kc_newer := COALESCE(NOT ? AND NOT finished AND (sequence_number IS NULL \
+                 OR sequence_number < CAST(? AS DECIMAL(65,0)) \
+                 OR (sequence_number = CAST(? AS DECIMAL(65,0)) AND sub_sequence_number IS NOT NULL \
+                 AND (? IS NULL OR sub_sequence_number < ?))), FALSE), ?, sub_sequence_number), \
+                 sequence_number = IF(@kc_newer, CAST(? AS DECIMAL(65,0)), sequence_number), \
+                 finished = finished OR ?, \
+                 counter = counter + 1 \
+                 WHERE {KEY} AND counter = ? AND owner = ?"
+            ),
+            release: format!(
+                "UPDATE {t} SET owner = NULL, counter = counter + 1 WHERE {KEY} AND counter = ? AND owner = ?"
+            ),
+            delete: format!("DELETE FROM {t} WHERE {KEY}"),
+        }
+    }
+}
+
+impl MySqlLeaseTable {
+    /// A lease table in `table` (`table` or `database.table`, validated as for [`MySqlStore`](crate::MySqlStore))
+    /// through `pool`.
+    ///
+    /// Fails with [`ErrorKind::InvalidInput`] if `table` is not a plain identifier. Does not touch the database: a
+    /// missing table shows as an [`ErrorKind::Permanent`] error of the first call.
+    pub fn new(pool: MySqlPool, table: &str) -> Result<Self, Error> {
+        let table = TableName::parse(table)?;
+        Ok(Self { pool, sql: Sql::new(table.as_str()), table })
+    }
+
+    /// Connects to `url` (`mysql://user@host:3306/db`) with a small pool (4 connections, 5 s acquire timeout) and
+    /// returns the lease table in `table`. Build a `MySqlPool` yourself for other pool settings or TLS.
+    pub async fn connect(url: &str, table: &str) -> Result<Self, Error> {
+        let table = TableName::parse(table)?;
+        let pool = MySqlPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| error::map_lease("connecting to MySQL", table.as_str(), e))?;
+        Self::new(pool, table.as_str())
+    }
+
+    /// The pool the table uses.
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
+    /// Creates the lease table (see the [crate docs](crate#the-lease-table) for the DDL) unless a table of that name
+    /// exists. An existing table is left as it is.
+    pub async fn create_table_if_missing(&self) -> Result<(), Error> {
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {t} (\n\
+             \tgroup_name varchar(255) NOT NULL,\n\
+             \tstream_name varchar(128) NOT NULL,\n\
+             \tshard_id varchar(128) NOT NULL,\n\
+             \towner varchar(255) NULL,\n\
+             \tcounter bigint unsigned NOT NULL DEFAULT 0,\n\
+             \tsequence_number numeric(65,0) NULL,\n\
+             \tsub_sequence_number bigint unsigned NULL,\n\
+             \tfinished boolean NOT NULL DEFAULT false,\n\
+             \tparents text NOT NULL,\n\
+             \tnext_owner varchar(255) NULL,\n\
+             \tPRIMARY KEY (group_name, stream_name, shard_id)\n\
+             ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+            t = self.table.as_str(),
+        );
+        sqlx::query(&sql).execute(&self.pool).await.map(drop).map_err(|e| self.map("creating the lease table", e))
+    }
+
+    fn map(&self, what: &str, err: sqlx::Error) -> Error {
+        error::map_lease(what, self.table.as_str(), err)
+    }
+
+    /// The `Fenced` error of a write whose condition did not hold, saying what the lease looks like now (best
+    /// effort: the error is `Fenced` whether or not that read succeeds).
+    async fn refused(&self, scope: &LeaseScope, shard_id: &str, what: &str, expected: u64) -> Error {
+        let now = match self.get(scope, shard_id).await {
+            Ok(Some(l)) => format!("counter {} (expected {expected}), owner {:?}", l.counter, l.owner),
+            Ok(None) => "the lease does not exist".to_owned(),
+            Err(_) => "could not read the lease".to_owned(),
+        };
+        fenced(scope, shard_id, &format!("{what} ({now})"))
+    }
+
+    /// Runs a conditional write of the owner; the condition pins the counter, so the new one is `counter + 1`.
+    async fn owner_write(
+        &self,
+        query: Query<'_, MySql, MySqlArguments>,
+        scope: &LeaseScope,
+        shard_id: &str,
+        what: &str,
+        counter: u64,
+    ) -> Result<u64, Error> {
+        let done = query.execute(&self.pool).await.map_err(|e| self.map(what, e))?;
+        if done.rows_affected() == 1 {
+            Ok(counter + 1)
+        } else {
+            Err(self.refused(scope, shard_id, what, counter).await)
+        }
+    }
+
+    /// Runs a conditional write and reads the lease as written, in one transaction (the row stays locked from the
+    /// update to the commit, so the read is the write's result).
+    async fn write_and_read(
+        &self,
+        query: Query<'_, MySql, MySqlArguments>,
+        scope: &LeaseScope,
+        shard_id: &str,
+        what: &str,
+        expected: u64,
+    ) -> Result<Lease, Error> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.map(what, e))?;
+        let done = query.execute(&mut *tx).await.map_err(|e| self.map(what, e))?;
+        if done.rows_affected() != 1 {
+            tx.rollback().await.map_err(|e| self.map(what, e))?;
+            return Err(self.refused(scope, shard_id, what, expected).await);
+        }
+        let row: Row = sqlx::query_as(&self.sql.get)
+            .bind(scope.group())
+            .bind(scope.stream())
+            .bind(shard_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| self.map(what, e))?;
+        tx.commit().await.map_err(|e| self.map(what, e))?;
+        self.decode(row)
+    }
+
+    fn decode(&self, row: Row) -> Result<Lease, Error> {
+        let (shard_id, owner, counter, sequence, sub_sequence, finished, parents, next_owner) = row;
+        let checkpoint = match (finished, sequence) {
+            (true, _) => Some(Checkpoint::ShardEnd),
+            (false, None) => None,
+            (false, Some(sequence)) => {
+                let sequence = SequenceNumber::parse(sequence).map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::Permanent,
+                        format!("invalid sequence number stored in {}", self.table.as_str()),
+                        e,
+                    )
+                })?;
+                Some(Checkpoint::At { sequence, sub_sequence })
+            }
+        };
+        let parents = if parents.is_empty() { Vec::new() } else { parents.split(',').map(str::to_owned).collect() };
+        Ok(Lease::new(shard_id, owner, counter, checkpoint, parents).with_next_owner(next_owner))
+    }
+}
+
+/// The `parents` column: the ids joined by `,` (shard ids are `[a-zA-Z0-9_.-]+`).
+fn join_parents(parents: &[String]) -> Result<String, Error> {
+    if let Some(bad) = parents.iter().find(|p| p.is_empty() || p.contains(',')) {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "parent shard id {bad:?}: must be non-empty without ',' (the parents column is a list joined by ',')"
+            ),
+        ));
+    }
+    Ok(parents.join(","))
+}
+
+#[async_trait]
+impl LeaseTable for MySqlLeaseTable {
+    async fn list(&self, scope: &LeaseScope) -> Result<Vec<Lease>, Error> {
+        let rows: Vec<Row> = sqlx::query_as(&self.sql.list)
+            .bind(scope.group())
+            .bind(scope.stream())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.map("listing leases", e))?;
+        rows.into_iter().map(|row| self.decode(row)).collect()
+    }
+
+    async fn get(&self, scope: &LeaseScope, shard_id: &str) -> Result<Option<Lease>, Error> {
+        let row: Option<Row> = sqlx::query_as(&self.sql.get)
+            .bind(scope.group())
+            .bind(scope.stream())
+            .bind(shard_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.map("reading a lease", e))?;
+        row.map(|row| self.decode(row)).transpose()
+    }
+
+    async fn create(&self, scope: &LeaseScope, shard_id: &str, parents: &[String]) -> Result<bool, Error> {
+        let parents = join_parents(parents)?;
+        let done = sqlx::query(&self.sql.create)
+            .bind(scope.group())
+            .bind(scope.stream())
+            .bind(shard_id)
+            .bind(parents)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.map("creating a lease", e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn take(
+        &self,
+        scope: &LeaseScope,
+        shard_id: &str,
+        expected_counter: u64,
+        new_owner: &str,
+    ) -> Result<Lease, Error> {
+        let query = sqlx::query(&self.sql.take)
+            .bind(new_owner)
+            .bind(scope.group())
+            .bind(scope.stream())
+            .bind(shard_id)
+            .bind(expected_counter);
+        self.write_and_read(query, scope, shard_id, "take", expected_counter).await
+    }
+
+    async fn request(
+        &self,
+        scope: &LeaseScope,
+        shard_id: &str,
+        expected_counter: u64,
+        requester: &str,
+    ) -> Result<Lease, Error> {
+        let query = sqlx::query(&self.sql.request)
+            .bind(requester)
+            .bind(scope.group())
+            .bind(scope.stream())
+            .bind(shard_id)
+            .bind(expected_counter);
+        self.write_and_read(query, scope, shard_id, "handoff request", expected_counter).await
+    }
+
+    async fn renew(&self, scope: &LeaseScope, shard_id: &str, owner: &str, counter: u64) -> Result<u64, Error> {
+        let query = sqlx::query(&self.sql.renew)
+            .bind(scope.group())
+            .bind(scope.stream())
+            .bind(shard_id)
+            .bind(counter)
+            .bind(owner);
+        self.owner_write(query, scope, shard_id, "renewal", counter).await
+    }
+
+    async fn checkpoint(
+        &self,
+        scope: &LeaseScope,
+        shard_id: &str,
+        owner: &str,
+        counter: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<u64, Error> {
+        let (sequence, sub_sequence, finished) = match checkpoint {
+            Checkpoint::At { sequence, sub_sequence } => {
+                if sequence.as_str().len() > MAX_SEQUENCE_DIGITS {
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!(
+                            "sequence number {sequence} has {} digits: the DECIMAL(65,0) column sequence_number \
+                             holds at most {MAX_SEQUENCE_DIGITS}",
+                            sequence.as_str().len()
+                        ),
+                    ));
+                }
+                (Some(sequence.as_str()), *sub_sequence, false)
+            }
+            Checkpoint::ShardEnd => (None, None, true),
+        };
+        let query = sqlx::query(&self.sql.checkpoint)
+            .bind(finished)
+            .bind(sequence)
+            .bind(sequence)
+            .bind(sub_sequence)
+            .bind(sub_sequence)
+            .bind(sub_sequence)
+            .bind(sequence)
+            .bind(finished)
+            .bind(scope.group())
+            .bind(scope.stream())
+            .bind(shard_id)
+            .bind(counter)
+            .bind(owner);
+        self.owner_write(query, scope, shard_id, "checkpoint", counter).await
+    }
+
+    async fn release(&self, scope: &LeaseScope, shard_id: &str, owner: &str, counter: u64) -> Result<u64, Error> {
+        let query = sqlx::query(&self.sql.release)
+            .bind(scope.group())
+            .bind(scope.stream())
+            .bind(shard_id)
+            .bind(counter)
+            .bind(owner);
+        self.owner_write(query, scope, shard_id, "release", counter).await
+    }
+
+    async fn delete(&self, scope: &LeaseScope, shard_id: &str) -> Result<(), Error> {
+        sqlx::query(&self.sql.delete)
+            .bind(scope.group())
+            .bind(scope.stream())
+            .bind(shard_id)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|e| self.map("deleting a lease", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_conditional_and_bump_the_counter() {
+        let sql = Sql::new("app.leases");
+        for (name, stmt, owner) in [
+            ("take", &sql.take, false),
+            ("request", &sql.request, false),
+            ("renew", &sql.renew, true),
+            ("checkpoint", &sql.checkpoint, true),
+            ("release", &sql.release, true),
+        ] {
+            assert!(stmt.starts_with("UPDATE app.leases SET"), "{name}: {stmt}");
+            assert!(stmt.contains("counter = counter + 1"), "{name}: {stmt}");
+            assert!(stmt.contains(&format!("WHERE {KEY} AND counter = ?")), "{name}: {stmt}");
+            assert_eq!(stmt.ends_with("AND owner = ?"), owner, "{name}: {stmt}");
+        }
+        assert_eq!(sql.checkpoint.matches('?').count(), 13, "the binds of `checkpoint`");
+    }
+
+    #[test]
+    fn parents_are_joined_and_checked() {
+        assert_eq!(join_parents(&[]).expect("none"), "");
+        assert_eq!(join_parents(&["a".to_owned(), "b".to_owned()]).expect("two"), "a,b");
+        for bad in [vec![String::new()], vec!["a,b".to_owned()]] {
+            assert_eq!(join_parents(&bad).map_err(|e| e.kind()), Err(ErrorKind::InvalidInput), "{bad:?}");
+        }
+    }
+}
