@@ -8,10 +8,13 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kc_integration::{create_stream, kinesis, kinesis_endpoint, postgres_url, put_numbered, unique_stream, CutProxy};
+use kc_integration::{
+    create_stream, kinesis, kinesis_endpoint, mysql_url, postgres_url, put_numbered, unique_stream, CutProxy,
+};
 use kinesis_consumer::checkpoint::lease::{Lease, LeaseScope, LeaseTable};
 use kinesis_consumer::checkpoint::ErrorKind;
 use kinesis_consumer::ddb::DynamoDbLeaseTable;
+use kinesis_consumer::mysql::MySqlLeaseTable;
 use kinesis_consumer::postgres::PostgresLeaseTable;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
@@ -19,6 +22,9 @@ use tokio::process::{Child, Command};
 /// The lease duration of the workers in these tests.
 const LEASE: Duration = Duration::from_secs(2);
 const GROUP: &str = "it-group";
+
+/// The tests of this file run one at a time: each runs three worker processes, and their timings are measured.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn bin(name: &str) -> PathBuf {
     let dir = std::env::var("KC_EXAMPLES_BIN_DIR").unwrap_or_else(|_| {
@@ -43,6 +49,7 @@ fn dynamodb_endpoint() -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
     Postgres,
+    Mysql,
     Ddb,
 }
 
@@ -50,6 +57,7 @@ impl Backend {
     fn name(self) -> &'static str {
         match self {
             Self::Postgres => "postgres",
+            Self::Mysql => "mysql",
             Self::Ddb => "ddb",
         }
     }
@@ -66,6 +74,7 @@ struct Line {
 
 /// A group of worker processes on one stream, and what they printed.
 struct Run {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
     backend: Backend,
     stream: String,
     table_name: String,
@@ -77,12 +86,20 @@ struct Run {
 
 impl Run {
     async fn new(backend: Backend, prefix: &str, shards: i32) -> Self {
+        // Held until the run is dropped.
+        let serial = SERIAL.lock().await;
         let stream = unique_stream(prefix);
         create_stream(&kinesis().await, &stream, shards).await.expect("create stream");
         let (table_name, table): (String, Arc<dyn LeaseTable>) = match backend {
             Backend::Postgres => {
                 let name = kc_integration::unique_table("kc_group_leases");
                 let t = PostgresLeaseTable::connect(&postgres_url(), &name).await.expect("connect PostgreSQL");
+                t.create_table_if_missing().await.expect("create lease table");
+                (name, Arc::new(t))
+            }
+            Backend::Mysql => {
+                let name = kc_integration::unique_table("kc_group_leases");
+                let t = MySqlLeaseTable::connect(&mysql_url(), &name).await.expect("connect MySQL");
                 t.create_table_if_missing().await.expect("create lease table");
                 (name, Arc::new(t))
             }
@@ -95,6 +112,7 @@ impl Run {
             }
         };
         Self {
+            _serial: serial,
             backend,
             stream,
             table_name,
@@ -121,6 +139,7 @@ impl Run {
             Backend::Postgres => {
                 cmd.args(["--database-url", database_url.map_or_else(postgres_url, str::to_owned).as_str()])
             }
+            Backend::Mysql => cmd.args(["--mysql-url", &mysql_url()]),
             Backend::Ddb => cmd.args(["--dynamodb-endpoint", &dynamodb_endpoint()]),
         };
         let mut child = cmd.spawn().expect("spawn consumer-group");
@@ -269,6 +288,10 @@ impl Run {
         match self.backend {
             Backend::Postgres => {
                 let pool = sqlx::PgPool::connect(&postgres_url()).await.expect("connect");
+                sqlx::query(&format!("DROP TABLE IF EXISTS {}", self.table_name)).execute(&pool).await.expect("drop");
+            }
+            Backend::Mysql => {
+                let pool = sqlx::MySqlPool::connect(&mysql_url()).await.expect("connect");
                 sqlx::query(&format!("DROP TABLE IF EXISTS {}", self.table_name)).execute(&pool).await.expect("drop");
             }
             Backend::Ddb => {
@@ -495,4 +518,24 @@ async fn postgres_worker_cut_off_from_the_lease_table() {
     eprintln!("[postgres] cut-off worker: duplicates: {}", run.duplicates());
     run.assert_key_order(true);
     run.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_three_workers_spread_and_join() {
+    three_workers_spread_and_join(Backend::Mysql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_kill_one_worker() {
+    kill_one_worker(Backend::Mysql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_graceful_stop_of_one_worker() {
+    graceful_stop_of_one_worker(Backend::Mysql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_reshard_while_running() {
+    reshard_while_running(Backend::Mysql).await;
 }

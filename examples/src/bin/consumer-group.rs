@@ -1,5 +1,5 @@
 //! A worker of a consumer group: run several, each reads its share of the shards; leases (and checkpoints) in
-//! PostgreSQL or DynamoDB. Prints one `worker shard data` line per record.
+//! PostgreSQL, MySQL/MariaDB or DynamoDB. Prints one `worker shard data` line per record.
 //!
 //! ```text
 //! cargo run -p kc-examples --bin consumer-group -- --stream demo --iterator-type TRIM_HORIZON \
@@ -19,6 +19,7 @@ use clap::{Parser, ValueEnum};
 use kc_examples::consumer_cli::ConsumerArgs;
 use kinesis_consumer::checkpoint::lease::LeaseTable;
 use kinesis_consumer::ddb::DynamoDbLeaseTable;
+use kinesis_consumer::mysql::MySqlLeaseTable;
 use kinesis_consumer::postgres::PostgresLeaseTable;
 use kinesis_consumer::{Group, Outcome, Record};
 
@@ -29,6 +30,8 @@ enum Backend {
     Ddb,
     /// PostgreSQL (`--database-url`, `--table`).
     Postgres,
+    /// MySQL or MariaDB (`--mysql-url`, `--table`).
+    Mysql,
 }
 
 /// Prints the records of the shards this worker holds leases of, as `worker shard data` lines.
@@ -48,10 +51,13 @@ struct Args {
     /// PostgreSQL: the database.
     #[arg(long, env = "DATABASE_URL_POSTGRES", default_value = "postgres://postgres@127.0.0.1:5432/test")]
     database_url: String,
+    /// MySQL/MariaDB: the database.
+    #[arg(long, env = "DATABASE_URL_MYSQL", default_value = "mysql://root@127.0.0.1:3306/test")]
+    mysql_url: String,
     /// DynamoDB: the endpoint (`aws` for AWS itself).
     #[arg(long, env = "DYNAMODB_ENDPOINT", default_value = "http://127.0.0.1:8000")]
     dynamodb_endpoint: String,
-    /// The lease table (created if missing). Default: `kinesis_consumer_leases` (PostgreSQL),
+    /// The lease table (created if missing). Default: `kinesis_consumer_leases` (PostgreSQL, MySQL),
     /// `kinesis-consumer-leases` (DynamoDB).
     #[arg(long)]
     table: Option<String>,
@@ -77,6 +83,12 @@ async fn main() -> anyhow::Result<()> {
         Backend::Postgres => {
             let name = args.table.as_deref().unwrap_or("kinesis_consumer_leases");
             let t = PostgresLeaseTable::connect(&args.database_url, name).await.context("connecting PostgreSQL")?;
+            t.create_table_if_missing().await.context("creating the lease table")?;
+            Arc::new(t)
+        }
+        Backend::Mysql => {
+            let name = args.table.as_deref().unwrap_or("kinesis_consumer_leases");
+            let t = MySqlLeaseTable::connect(&args.mysql_url, name).await.context("connecting MySQL")?;
             t.create_table_if_missing().await.context("creating the lease table")?;
             Arc::new(t)
         }
