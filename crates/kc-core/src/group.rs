@@ -28,7 +28,8 @@ use handle::{renew_loop, LeaseHandle, LeaseStore};
 use plan::{Expiry, Me};
 
 /// A consumer group: the workers (processes) that run a consumer with the same group name and lease table share
-/// the stream's shards, each shard read by one worker at a time. Give it to [`ConsumerBuilder::group`].
+/// the stream's shards, each shard read by one worker at a time. Give it to
+/// [`ConsumerBuilder::group`](crate::ConsumerBuilder::group).
 ///
 /// ```
 /// use std::time::Duration;
@@ -48,15 +49,16 @@ use plan::{Expiry, Me};
 /// # Settings and defaults
 /// | setting | default | meaning |
 /// |---|---|---|
-/// | [`worker_id`](Self::worker_id) | `{hostname}-{pid}-{8 random hex digits}` | this worker's name in the lease table |
+/// | [`worker_id`](Self::worker_id) | `{hostname}-{pid}-{8 random hex digits}` | this worker's name in the table |
 /// | [`lease_duration`](Self::lease_duration) | 10 s | a lease whose counter did not change for this long is expired |
 /// | [`renew_interval`](Self::renew_interval) | lease duration / 3 | how often each held lease is renewed |
-/// | [`take_interval`](Self::take_interval) | 2 × lease duration | how often leases are balanced (free and expired ones are also taken every lease duration) |
+/// | [`take_interval`](Self::take_interval) | 2 × lease duration | how often leases are balanced (see Taking) |
 /// | [`max_leases`](Self::max_leases) | none | the most leases this worker holds |
 ///
-/// [`ConsumerBuilder::build`] validates them: a non-empty group name and worker id, durations above zero, a renew
-/// interval below the lease duration, `max_leases` at least 1. A builder given both a group and a checkpoint store
-/// is refused (a [`Config`](ErrorKind::Config) error): in a group the checkpoints live in the leases.
+/// [`ConsumerBuilder::build`](crate::ConsumerBuilder::build) validates them: a non-empty group name and worker
+/// id, durations above zero, a renew interval below the lease duration, `max_leases` at least 1. A builder given both
+/// a group and a checkpoint store is refused (a [`Config`](ErrorKind::Config) error): in a group the checkpoints live
+/// in the leases.
 ///
 /// # How it works
 /// - **Leases.** One lease per shard in the group's scope (group name, stream), created for every shard the
