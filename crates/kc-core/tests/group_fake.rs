@@ -472,3 +472,68 @@ async fn max_leases_leaves_the_rest_to_others() {
     token.cancel();
     task.await.expect("task").expect("scan");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_lease_stops_its_shard_after_the_handler_in_flight_and_writes_nothing_more() {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 1);
+    for i in 0..20 {
+        fake.put(STREAM, "k", format!("x{i}"));
+    }
+    let table = MemoryLeaseTable::new();
+    let started: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let token = CancellationToken::new();
+    let events = Arc::new(Events::default());
+    let consumer = Consumer::builder(STREAM)
+        .api(fake.clone())
+        .initial_position(InitialPosition::TrimHorizon)
+        .max_records(2)
+        .shutdown(token.clone())
+        .lifecycle(CountEvents(Arc::clone(&events)))
+        .group(Group::new(GROUP, table.clone()).worker_id("slow").lease_duration(LEASE))
+        .build()
+        .await
+        .expect("build");
+    let s = Arc::clone(&started);
+    let task = tokio::spawn(async move {
+        consumer
+            .scan(move |_r: Record| {
+                let s = Arc::clone(&s);
+                async move {
+                    s.lock().expect("lock").push(Instant::now());
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
+                }
+            })
+            .await
+    });
+    wait_until("a few records", || async { started.lock().expect("lock").len() >= 3 }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // a handler is in flight
+    let scope = LeaseScope::new(GROUP, STREAM);
+    let lease = table.list(&scope).await.expect("list").remove(0);
+    let taken = table.take(&scope, &lease.shard_id, lease.counter, "intruder").await.expect("take over");
+    let taken_at = Instant::now();
+    // The intruder is alive: it renews, so "slow" does not take the lease back.
+    let renewer = tokio::spawn({
+        let (table, scope, shard) = (table.clone(), scope.clone(), lease.shard_id.clone());
+        let mut counter = taken.counter;
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                counter = table.renew(&scope, &shard, "intruder", counter).await.expect("intruder renews");
+            }
+        }
+    });
+    tokio::time::sleep(LEASE * 3).await;
+    renewer.abort();
+    let after: Vec<Instant> = started.lock().expect("lock").iter().copied().filter(|t| *t > taken_at).collect();
+    // The loss is noticed at the next renewal (within a renew interval); the handler in flight then finishes and no
+    // other record is handed over.
+    assert!(after.iter().all(|t| *t <= taken_at + LEASE / 3), "started after the loss was noticed: {after:?}");
+    assert_eq!(events.lost.load(Ordering::SeqCst), 1);
+    let now = table.get(&scope, &lease.shard_id).await.expect("get").expect("lease");
+    assert_eq!(now.owner.as_deref(), Some("intruder"));
+    assert_eq!(now.checkpoint, taken.checkpoint, "the old owner wrote no checkpoint after the take");
+    token.cancel();
+    task.await.expect("task").expect("a lost lease is not an error of the scan");
+}
