@@ -523,3 +523,40 @@ async fn mysql_write_applied_after_the_cut_is_transient() {
     proxy.restore();
     my_drop(&direct_pool, &table).await;
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Values a backend cannot store: InvalidInput or a database error, never a silent change.
+
+#[tokio::test]
+async fn values_beyond_a_columns_range_are_refused() {
+    let seq = |s: &str| kinesis_consumer::checkpoint::SequenceNumber::parse(s).expect("valid");
+    let s = LeaseScope::new("g", "s");
+
+    let pg_table = unique_table("kc_pg_leases_limits");
+    let pg = PostgresLeaseTable::connect(&postgres_url(), &pg_table).await.expect("connect");
+    pg.create_table_if_missing().await.expect("create table");
+    pg.create(&s, "shard", &[]).await.expect("create");
+    let c = pg.take(&s, "shard", 0, "w").await.expect("take").counter;
+    let huge_sub = Checkpoint::at_sub(seq("1"), u64::MAX);
+    assert_eq!(kind(pg.checkpoint(&s, "shard", "w", c, &huge_sub).await), ErrorKind::InvalidInput, "bigint");
+    let long = Checkpoint::at(seq(&"9".repeat(129)));
+    assert_eq!(pg.checkpoint(&s, "shard", "w", c, &long).await.expect("129 digits fit numeric"), c + 1);
+    assert_eq!(pg.get(&s, "shard").await.expect("get").and_then(|l| l.checkpoint), Some(long));
+    pg_drop(pg.pool(), &pg_table).await;
+
+    let my_table = unique_table("kc_my_leases_limits");
+    let my = MySqlLeaseTable::connect(&mysql_url(), &my_table).await.expect("connect");
+    my.create_table_if_missing().await.expect("create table");
+    my.create(&s, "shard", &[]).await.expect("create");
+    let c = my.take(&s, "shard", 0, "w").await.expect("take").counter;
+    let long = Checkpoint::at(seq(&"9".repeat(66)));
+    assert_eq!(kind(my.checkpoint(&s, "shard", "w", c, &long).await), ErrorKind::InvalidInput, "decimal(65,0)");
+    let max_sub = Checkpoint::at_sub(seq(&"9".repeat(65)), u64::MAX);
+    assert_eq!(my.checkpoint(&s, "shard", "w", c, &max_sub).await.expect("65 digits, u64::MAX fit"), c + 1);
+    assert_eq!(my.get(&s, "shard").await.expect("get").and_then(|l| l.checkpoint), Some(max_sub));
+    let long_group = LeaseScope::new("g".repeat(256), "s");
+    let err = my.create(&long_group, "shard", &[]).await.expect_err("a group name longer than the column");
+    assert_ne!(err.kind(), ErrorKind::Fenced, "{err}");
+    assert!(my.list(&LeaseScope::new("g".repeat(255), "s")).await.expect("list").is_empty(), "not truncated");
+    my_drop(my.pool(), &my_table).await;
+}

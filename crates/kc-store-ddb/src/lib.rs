@@ -77,10 +77,14 @@
 //! |-----------------------|------|--------------------------------------------------------------------------------|
 //! | `scope`               | S    | `{stream}/{group}`, with `%` → `%25` and `/` → `%2F` in the stream name        |
 //! | `shard_id`            | S    | the shard id                                                                   |
-//! | `group_name`, `stream_name` | S | the scope's names, for people reading the table                          |
+//! | `group_name`          | S    | the scope's group name (for people reading the table)                          |
+//! | `stream_name`         | S    | the scope's stream name (for people reading the table)                         |
 //! | `lease_owner`         | S    | the worker holding the lease (absent: none)                                    |
 //! | `lease_counter`       | N    | incremented by every write                                                     |
-//! | `sequence_number`, `sub_sequence_number`, `finished`, `sequence_key` | | the checkpoint, as in the store (absent: none yet) |
+//! | `sequence_number`     | S    | the checkpoint, as in the checkpoint store (these four absent: no checkpoint)  |
+//! | `sub_sequence_number` | N    | as in the checkpoint store                                                     |
+//! | `finished`            | BOOL | as in the checkpoint store                                                     |
+//! | `sequence_key`        | S    | as in the checkpoint store; compared by the checkpoint's conditional write     |
 //! | `parents`             | L    | the parent shard ids (strings)                                                 |
 //! | `next_owner`          | S    | the worker that asked for the lease (absent: none)                             |
 //!

@@ -42,6 +42,11 @@ pub(crate) fn map_lease(what: &str, table: &str, err: sqlx::Error) -> Error {
     Error::with_source(kind_of(&err), what.to_owned(), err)
 }
 
+/// Whether `err` is a duplicate-key error (1062): the row exists.
+pub(crate) fn is_duplicate_key(err: &sqlx::Error) -> bool {
+    number(err) == Some(1062)
+}
+
 /// Whether retrying the statement may help.
 pub(crate) fn is_transient(err: &sqlx::Error) -> bool {
     kind_of(err) == ErrorKind::Transient

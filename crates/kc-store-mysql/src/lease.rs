@@ -55,8 +55,11 @@ impl Sql {
         Self {
             list: format!("SELECT {COLUMNS} FROM {t} WHERE group_name = ? AND stream_name = ? ORDER BY shard_id"),
             get: format!("SELECT {COLUMNS} FROM {t} WHERE {KEY}"),
+            // A duplicate key means the lease exists (not `INSERT IGNORE`, which would also turn a too-long name
+            // into a silently truncated one; not `ON DUPLICATE KEY UPDATE`, whose row count sqlx's CLIENT_FOUND_ROWS
+            // makes 1 either way).
             create: format!(
-                "INSERT IGNORE INTO {t} (group_name, stream_name, shard_id, counter, finished, parents) \
+                "INSERT INTO {t} (group_name, stream_name, shard_id, counter, finished, parents) \
                  VALUES (?, ?, ?, 0, FALSE, ?)"
             ),
             take: format!(
@@ -261,9 +264,12 @@ impl LeaseTable for MySqlLeaseTable {
             .bind(shard_id)
             .bind(parents)
             .execute(&self.pool)
-            .await
-            .map_err(|e| self.map("creating a lease", e))?;
-        Ok(done.rows_affected() == 1)
+            .await;
+        match done {
+            Ok(_) => Ok(true),
+            Err(e) if error::is_duplicate_key(&e) => Ok(false),
+            Err(e) => Err(self.map("creating a lease", e)),
+        }
     }
 
     async fn take(

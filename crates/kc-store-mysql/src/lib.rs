@@ -127,10 +127,11 @@
 //! Every write is one `UPDATE .. SET counter = counter + 1, .. WHERE group_name = ? AND stream_name = ? AND
 //! shard_id = ? AND counter = ? [AND owner = ?]`; no affected row means the condition did not hold (or the lease
 //! does not exist): an [`ErrorKind::Fenced`](kc_checkpoint::ErrorKind::Fenced) error. The counter always changes,
-//! so a matched row is always counted as affected. A checkpoint write compares the stored checkpoint inside the same
-//! statement (`@kc_newer`, as the store's upsert) and keeps it when it is at or after the new one, still incrementing
-//! the counter. `take` and `request` read the lease back in the transaction of their update. Errors are classified
-//! as for the store; writes are not retried (a write whose connection broke may have been applied: it is
+//! so a matched row is counted whether the connection reports found or changed rows. A checkpoint write compares
+//! the stored checkpoint inside the same statement (`@kc_newer`, as the store's upsert) and keeps it when it is at
+//! or after the new one, still incrementing the counter. `create` is an `INSERT`; a duplicate key means the lease
+//! exists. `take` and `request` read the lease back in the transaction of their update. Errors are classified as
+//! for the store; writes are not retried (a write whose connection broke may have been applied: it is
 //! [`Transient`](kc_checkpoint::ErrorKind::Transient), never `Fenced`).
 //!
 //! ```no_run
