@@ -357,7 +357,8 @@ async fn kill_one_worker(backend: Backend) {
     for id in ["w1", "w2", "w3"] {
         run.start(id, None);
     }
-    run.wait_spread(&[2, 3, 3], LEASE * 30).await;
+    let spread = run.wait_spread(&[2, 3, 3], LEASE * 30).await;
+    eprintln!("[{}] 3 workers started together: 3/3/2 after {spread:?}", backend.name());
     let mut victim = run.signal("w2", "-KILL").await;
     let killed = Instant::now();
     victim.wait().await.expect("wait");

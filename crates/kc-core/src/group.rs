@@ -68,8 +68,9 @@ use plan::{Expiry, Me};
 /// - **Expiry, the KCL way.** A lease is expired when this worker saw its counter unchanged for the lease duration
 ///   on its own monotonic clock: clock skew between hosts does not matter. Leases without an owner are free.
 /// - **Taking**, every take interval (and at once when a shard of this worker ended; free and expired leases also
-///   every lease duration, so that a failed worker's leases are taken within about two lease durations of its last
-///   renewal: one to see the counter, one to judge it unchanged): the leases to read are the
+///   every half lease duration, so that a failed worker's leases are taken within about one and a half to two lease
+///   durations of its last renewal: up to half a duration to see its last counter, one to judge it unchanged): the
+///   leases to read are the
 ///   unfinished ones whose parents are finished or gone; the live workers are the owners of unexpired leases, the
 ///   workers that asked for one, and this one; each aims at `ceil(leases to read / live workers)`, capped by
 ///   `max_leases`. Free leases are taken first (those released to this worker, then unowned, then expired ones).
@@ -322,8 +323,9 @@ impl<D: Deliver> Worker<'_, D> {
             Listing::Unavailable | Listing::Cancelled => return Ok(()),
         }
         info!(shards = self.listing.len(), "shards listed; joining the group");
-        // Full cycles (taking and balancing) every take interval; in between, every lease duration, a check that
-        // takes free and expired leases, so that a worker's failure is noticed within about two lease durations.
+        // Full cycles (taking and balancing) every take interval; in between, every half lease duration, a check
+        // that takes free and expired leases, so that a failed worker's leases are taken within about one and a half
+        // to two lease durations.
         let mut next_take = Instant::now();
         let mut next_full = next_take;
         let mut discovery = tokio::time::interval(self.consumer.cfg.discovery_interval);
@@ -339,7 +341,7 @@ impl<D: Deliver> Worker<'_, D> {
                     if full {
                         next_full = now + if pending { self.cfg.renew_interval } else { self.cfg.take_interval };
                     }
-                    next_take = next_full.min(now + self.cfg.lease_duration);
+                    next_take = next_full.min(now + self.cfg.lease_duration / 2);
                 }
                 _ = discovery.tick() => {
                     if !self.discover().await? {

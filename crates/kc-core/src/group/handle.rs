@@ -234,7 +234,11 @@ impl CheckpointStore for LeaseStore {
                 Err(e) if e.is_retryable() && !self.handle.is_lost() => {
                     let delay = backoff.next_delay();
                     warn!(shard = %self.handle.shard_id, error = %e, ?delay, "checkpoint write failed; retrying");
-                    tokio::time::sleep(delay).await;
+                    // Not past the moment the lease is lost: then the shard stops at once.
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.handle.retired().cancelled() => {}
+                    }
                 }
                 other => return other,
             }
