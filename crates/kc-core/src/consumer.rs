@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{KinesisApi, StartingPosition};
 use crate::error::Error;
+use crate::group::{Group, GroupConfig};
 use crate::lifecycle::{Lifecycle, NoLifecycle, OnShardClosed};
 
 /// Where a shard with no checkpoint starts.
@@ -140,6 +141,7 @@ pub struct Consumer {
     pub(crate) store: Arc<dyn CheckpointStore>,
     pub(crate) lifecycle: Arc<dyn Lifecycle>,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) group: Option<Arc<GroupConfig>>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -151,7 +153,14 @@ impl std::fmt::Debug for Consumer {
 impl Consumer {
     /// A builder for a consumer of `stream`.
     pub fn builder(stream: impl Into<String>) -> ConsumerBuilder {
-        ConsumerBuilder { cfg: Config::new(stream.into()), api: None, store: None, lifecycle: None, shutdown: None }
+        ConsumerBuilder {
+            cfg: Config::new(stream.into()),
+            api: None,
+            store: None,
+            lifecycle: None,
+            shutdown: None,
+            group: None,
+        }
     }
 
     /// The stream this consumer reads.
@@ -170,9 +179,14 @@ impl Consumer {
         self.shutdown.clone()
     }
 
-    /// The checkpoint store.
+    /// The checkpoint store (in a consumer group an unused empty [`MemoryStore`]: the checkpoints are in the leases).
     pub fn store(&self) -> &Arc<dyn CheckpointStore> {
         &self.store
+    }
+
+    /// In a consumer group, this worker's id (the given one or the default, see [`Group::worker_id`]).
+    pub fn worker_id(&self) -> Option<&str> {
+        self.group.as_deref().map(|g| g.worker_id.as_str())
     }
 }
 
@@ -185,6 +199,7 @@ pub struct ConsumerBuilder {
     store: Option<Arc<dyn CheckpointStore>>,
     lifecycle: Option<Arc<dyn Lifecycle>>,
     shutdown: Option<CancellationToken>,
+    group: Option<Group>,
 }
 
 impl std::fmt::Debug for ConsumerBuilder {
@@ -336,9 +351,25 @@ impl ConsumerBuilder {
         self
     }
 
+    // --- Consumer groups (issue 5) ---
+
+    /// Makes this consumer a worker of a consumer group: it reads only the shards whose leases it holds, and keeps
+    /// their checkpoints in the leases (so a [`store`](Self::store) must not be given too). See [`Group`] for the
+    /// settings, their defaults and the behaviour. Default: no group (every shard is read, checkpoints in the store).
+    pub fn group(mut self, group: Group) -> Self {
+        self.group = Some(group);
+        self
+    }
+
     /// Validates the settings and builds the consumer. Without a client, one is built from `aws_config` defaults.
     pub async fn build(self) -> Result<Consumer, Error> {
         self.cfg.validate()?;
+        if self.group.is_some() && self.store.is_some() {
+            return Err(Error::config(
+                "a consumer group keeps its checkpoints in the lease table: give either a group or a store, not both",
+            ));
+        }
+        let group = self.group.map(Group::resolve).transpose()?.map(Arc::new);
         let api = match self.api {
             Some(api) => api,
             None => {
@@ -352,6 +383,7 @@ impl ConsumerBuilder {
             store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
             lifecycle: self.lifecycle.unwrap_or_else(|| Arc::new(NoLifecycle)),
             shutdown: self.shutdown.unwrap_or_default(),
+            group,
         })
     }
 }

@@ -67,6 +67,12 @@
 //! - **Graceful stop.** Cancelling the shutdown token finishes the record in hand, checkpoints, flushes the store, and
 //!   `scan` returns `Ok(())`. A handler error stops every shard the same way and `scan` returns that error.
 //!
+//! # Consumer groups
+//! With [`ConsumerBuilder::group`], several processes share the stream's shards through a lease table (PostgreSQL,
+//! MySQL or DynamoDB in the store crates; in memory for tests): each shard is read by one worker at a time, every
+//! checkpoint and renewal is fenced by the lease's counter, leases are balanced by graceful handoffs, and a worker
+//! that loses a lease stops that shard before its next record. See [`Group`].
+//!
 //! # Design decisions
 //! - The handler's checkpoints are given to the store at the end of each GetRecords batch and when a shard stops
 //!   (one store call per batch, not per record); stores may buffer further and flush on [`CheckpointStore::flush`],
@@ -91,6 +97,7 @@ mod error;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 mod fan_out;
+mod group;
 mod handler;
 mod lifecycle;
 pub mod metrics;
@@ -101,6 +108,7 @@ mod shard;
 pub use api::{KinesisApi, StartingPosition};
 pub use consumer::{Consumer, ConsumerBuilder, InitialPosition};
 pub use error::{BoxError, Error, ErrorKind};
+pub use group::Group;
 pub use handler::{Batch, BatchHandler, Outcome, RecordHandler};
 pub use kc_checkpoint::{Checkpoint, CheckpointStore, MemoryStore, SequenceNumber, ShardKey};
 pub use lifecycle::{Lifecycle, NoLifecycle};

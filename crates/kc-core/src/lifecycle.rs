@@ -20,6 +20,17 @@ pub trait Lifecycle: Send + Sync + 'static {
     fn shard_stopped(&self, shard_id: &str) {
         let _ = shard_id;
     }
+
+    /// Consumer groups: this worker took the lease of `shard_id` and starts reading it.
+    fn lease_gained(&self, shard_id: &str) {
+        let _ = shard_id;
+    }
+
+    /// Consumer groups: this worker lost the lease of `shard_id` (another worker took it, or it could not be renewed
+    /// within the lease duration). The shard was stopped without a further checkpoint.
+    fn lease_lost(&self, shard_id: &str) {
+        let _ = shard_id;
+    }
 }
 
 /// The default: ignores every event.

@@ -8,6 +8,11 @@
 //! | `kinesis_consumer_retries_total` | counter | app, stream, shard, reason | Kinesis calls retried (`throttled`, `transient`, `expired_iterator`) |
 //! | `kinesis_consumer_deaggregation_errors_total` | counter | app, stream, shard | corrupt KPL aggregates delivered as one record |
 //!
+//! | `kinesis_consumer_leases_held` | gauge | group, stream, worker | leases this worker holds (consumer groups) |
+//! | `kinesis_consumer_leases_taken_total` | counter | group, stream, worker | leases this worker took |
+//! | `kinesis_consumer_leases_lost_total` | counter | group, stream, worker | leases taken from this worker, or not renewed in time |
+//! | `kinesis_consumer_workers` | gauge | group, stream, worker | live workers this worker sees in its group |
+//!
 //! Handles are registered once per shard, so the per-record cost is one atomic add per batch.
 
 use metrics::{Counter, Gauge};
@@ -24,6 +29,51 @@ pub mod names {
     pub const RETRIES: &str = "kinesis_consumer_retries_total";
     /// Corrupt KPL aggregates delivered as one record.
     pub const DEAGGREGATION_ERRORS: &str = "kinesis_consumer_deaggregation_errors_total";
+    /// Leases a group worker holds.
+    pub const LEASES_HELD: &str = "kinesis_consumer_leases_held";
+    /// Leases a group worker took.
+    pub const LEASES_TAKEN: &str = "kinesis_consumer_leases_taken_total";
+    /// Leases a group worker lost.
+    pub const LEASES_LOST: &str = "kinesis_consumer_leases_lost_total";
+    /// Live workers a group worker sees.
+    pub const WORKERS: &str = "kinesis_consumer_workers";
+}
+
+/// The metrics of a worker in a consumer group.
+pub(crate) struct GroupMetrics {
+    held: Gauge,
+    taken: Counter,
+    lost: Counter,
+    workers: Gauge,
+}
+
+impl GroupMetrics {
+    pub(crate) fn new(group: &str, stream: &str, worker: &str) -> Self {
+        let labels = [("group", group.to_owned()), ("stream", stream.to_owned()), ("worker", worker.to_owned())];
+        Self {
+            held: metrics::gauge!(names::LEASES_HELD, &labels),
+            taken: metrics::counter!(names::LEASES_TAKEN, &labels),
+            lost: metrics::counter!(names::LEASES_LOST, &labels),
+            workers: metrics::gauge!(names::WORKERS, &labels),
+        }
+    }
+
+    pub(crate) fn held(&self, n: usize) {
+        self.held.set(n as f64);
+    }
+
+    pub(crate) fn taken(&self, held: usize) {
+        self.taken.increment(1);
+        self.held(held);
+    }
+
+    pub(crate) fn lost(&self) {
+        self.lost.increment(1);
+    }
+
+    pub(crate) fn workers(&self, n: usize) {
+        self.workers.set(n as f64);
+    }
 }
 
 pub(crate) struct ShardMetrics {

@@ -105,7 +105,13 @@ impl Consumer {
     }
 
     /// Reads the one shard `shard_id` (and not its children) until its end, cancellation or a handler error.
+    ///
+    /// Not available in a consumer group (a [`Config`](ErrorKind::Config) error): it reads without a lease.
     pub async fn scan_shard<H: RecordHandler>(&self, shard_id: &str, handler: H) -> Result<(), Error> {
+        if self.group.is_some() {
+            return Err(Error::config("scan_shard reads a shard without a lease: not available in a consumer group")
+                .at(&self.cfg.stream, Some(shard_id)));
+        }
         let mut shared = self.shared();
         let deliver = PerRecord(handler);
         let cancel = self.shutdown.child_token();
@@ -122,7 +128,7 @@ impl Consumer {
         deregistered
     }
 
-    fn shared(&self) -> Shared {
+    pub(crate) fn shared(&self) -> Shared {
         Shared {
             cfg: Arc::clone(&self.cfg),
             api: Arc::clone(&self.api),
@@ -149,6 +155,9 @@ impl Consumer {
     }
 
     async fn scan_with<D: Deliver>(&self, deliver: Arc<D>) -> Result<(), Error> {
+        if let Some(group) = &self.group {
+            return crate::group::scan(self, group, deliver).await;
+        }
         let span = tracing::info_span!("scan", stream = %self.cfg.stream, app = %self.cfg.app);
         async move {
             // Cancelled by the user's token, or by us on the first error.
@@ -262,7 +271,7 @@ impl Consumer {
     /// retryable failure is retried with backoff at the `first` listing (nothing can start without it); later it
     /// gives [`Listing::Unavailable`] at once, so that the supervisor keeps watching its shard tasks (a handler error
     /// must stop the scan even while ListShards fails) and tries again at the next discovery tick.
-    async fn list_shards(&self, stop: &CancellationToken, first: bool) -> Result<Listing, Error> {
+    pub(crate) async fn list_shards(&self, stop: &CancellationToken, first: bool) -> Result<Listing, Error> {
         let stream = &self.cfg.stream;
         let mut backoff = Backoff::new(self.cfg.backoff_base, self.cfg.backoff_max);
         'listing: loop {
@@ -312,7 +321,7 @@ impl Consumer {
 }
 
 /// The outcome of listing the shards.
-enum Listing {
+pub(crate) enum Listing {
     Shards(Vec<ShardInfo>),
     /// A retryable failure while scanning: keep the shards known so far.
     Unavailable,

@@ -1,0 +1,325 @@
+//! One held lease: every write to it (renewal, checkpoint, release) goes through its [`LeaseHandle`], serialized,
+//! conditional on the owner and the counter the last write returned; and the [`LeaseStore`] through which a shard
+//! task's checkpoints reach the lease.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use kc_checkpoint::lease::{fenced, LeaseScope, LeaseTable};
+use kc_checkpoint::{Checkpoint, CheckpointStore, Error as StoreError, ErrorKind as StoreErrorKind, ShardKey};
+use tokio::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backoff::Backoff;
+
+/// A lease this worker holds.
+pub(crate) struct LeaseHandle {
+    table: Arc<dyn LeaseTable>,
+    scope: LeaseScope,
+    shard_id: String,
+    owner: String,
+    duration: Duration,
+    /// The counter the last successful write returned; the lock serializes the writes.
+    counter: tokio::sync::Mutex<u64>,
+    /// The start of the last successful write plus the lease duration: other workers cannot judge the lease
+    /// expired before then, and this worker treats it as lost from then on.
+    deadline: Mutex<Instant>,
+    lost: AtomicBool,
+    handoff: AtomicBool,
+    finished: AtomicBool,
+    /// Stops the shard's task (lost, or a handoff was asked).
+    task: CancellationToken,
+    /// Cancelled when the lease is released or lost: no more writes, the renewer ends.
+    retired: CancellationToken,
+}
+
+impl LeaseHandle {
+    /// A lease just taken by `owner` with `counter`, by a take that started at `taken_at`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        table: Arc<dyn LeaseTable>,
+        scope: LeaseScope,
+        shard_id: &str,
+        owner: &str,
+        counter: u64,
+        duration: Duration,
+        taken_at: Instant,
+        task: CancellationToken,
+    ) -> Self {
+        Self {
+            table,
+            scope,
+            shard_id: shard_id.to_owned(),
+            owner: owner.to_owned(),
+            duration,
+            counter: tokio::sync::Mutex::new(counter),
+            deadline: Mutex::new(taken_at + duration),
+            lost: AtomicBool::new(false),
+            handoff: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            task,
+            retired: CancellationToken::new(),
+        }
+    }
+
+    pub(crate) fn shard_id(&self) -> &str {
+        &self.shard_id
+    }
+
+    /// Whether the lease was lost (taken by another worker, or not renewed within the lease duration).
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Whether another worker asked for the lease.
+    pub(crate) fn handoff_asked(&self) -> bool {
+        self.handoff.load(Ordering::SeqCst)
+    }
+
+    /// Whether the shard's end was written to the lease.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn deadline(&self) -> Instant {
+        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn retired(&self) -> &CancellationToken {
+        &self.retired
+    }
+
+    fn mark_lost(&self, why: &str) {
+        if !self.lost.swap(true, Ordering::SeqCst) {
+            warn!(shard = %self.shard_id, why, "lease lost; the shard stops");
+        }
+        self.task.cancel();
+        self.retired.cancel();
+    }
+
+    /// One conditional write, serialized with the others. A refused write is looked into: if this worker still owns
+    /// the lease (the counter was bumped by a handoff request), the write is made again with the new counter and, if
+    /// a handoff was asked, the shard's task is stopped; otherwise the lease is lost. No write succeeds after the
+    /// deadline.
+    async fn write<F, Fut>(&self, what: &'static str, op: F) -> Result<u64, StoreError>
+    where
+        F: Fn(u64) -> Fut,
+        Fut: Future<Output = Result<u64, StoreError>>,
+    {
+        let attempt = async {
+            let mut counter = self.counter.lock().await;
+            for _ in 0..3 {
+                if self.retired.is_cancelled() {
+                    return Err(fenced(&self.scope, &self.shard_id, what));
+                }
+                if Instant::now() >= self.deadline() {
+                    self.mark_lost("not renewed within the lease duration");
+                    return Err(fenced(&self.scope, &self.shard_id, what));
+                }
+                let started = Instant::now();
+                match op(*counter).await {
+                    Ok(next) => {
+                        *counter = next;
+                        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) = started + self.duration;
+                        return Ok(next);
+                    }
+                    Err(e) if e.kind() == StoreErrorKind::Fenced => {
+                        match self.table.get(&self.scope, &self.shard_id).await? {
+                            Some(l) if l.owner.as_deref() == Some(self.owner.as_str()) => {
+                                *counter = l.counter;
+                                if l.next_owner.is_some() && !self.handoff.swap(true, Ordering::SeqCst) {
+                                    info!(shard = %self.shard_id, to = ?l.next_owner, "handoff asked; the shard stops");
+                                    self.task.cancel();
+                                }
+                            }
+                            _ => {
+                                self.mark_lost("taken by another worker");
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(StoreError::new(StoreErrorKind::Transient, format!("lease of {} kept changing", self.shard_id)))
+        };
+        match tokio::time::timeout_at(self.deadline(), attempt).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.mark_lost("not renewed within the lease duration");
+                Err(fenced(&self.scope, &self.shard_id, what))
+            }
+        }
+    }
+
+    pub(crate) async fn renew(&self) -> Result<(), StoreError> {
+        let (table, scope, shard, owner) = (&self.table, &self.scope, self.shard_id.as_str(), self.owner.as_str());
+        self.write("renewal", |c| table.renew(scope, shard, owner, c)).await.map(|_| ())
+    }
+
+    pub(crate) async fn checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        let (table, scope, shard, owner) = (&self.table, &self.scope, self.shard_id.as_str(), self.owner.as_str());
+        self.write("checkpoint", |c| table.checkpoint(scope, shard, owner, c, checkpoint)).await?;
+        if checkpoint.is_shard_end() {
+            self.finished.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Gives the lease up (keeping a handoff request for the requester). Nothing is written after this.
+    pub(crate) async fn release(&self) -> Result<(), StoreError> {
+        let (table, scope, shard, owner) = (&self.table, &self.scope, self.shard_id.as_str(), self.owner.as_str());
+        let released = self.write("release", |c| table.release(scope, shard, owner, c)).await;
+        self.retired.cancel();
+        released.map(|_| ())
+    }
+
+    /// Stops using the lease without writing (the scan stops on an error and the lease is left to expire).
+    pub(crate) fn abandon(&self) {
+        self.retired.cancel();
+    }
+}
+
+/// Renews `handle` every `interval` until it is released or lost. Transient failures are retried at the next
+/// interval; the lease is lost when no renewal succeeded for the lease duration (checked at the deadline itself, not
+/// only at the next interval).
+pub(crate) async fn renew_loop(handle: Arc<LeaseHandle>, interval: Duration) {
+    loop {
+        let wake = (Instant::now() + interval).min(handle.deadline());
+        tokio::select! {
+            _ = handle.retired().cancelled() => return,
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+        if let Err(e) = handle.renew().await {
+            if handle.is_lost() || handle.retired().is_cancelled() {
+                return;
+            }
+            warn!(shard = %handle.shard_id(), error = %e, "lease renewal failed; retrying");
+        }
+    }
+}
+
+/// The checkpoint store of one shard task in group mode: the checkpoint is the lease's, written through the handle.
+pub(crate) struct LeaseStore {
+    pub(crate) handle: Arc<LeaseHandle>,
+    /// The lease's checkpoint when it was taken.
+    pub(crate) initial: Option<Checkpoint>,
+    pub(crate) backoff: (Duration, Duration),
+}
+
+#[async_trait]
+impl CheckpointStore for LeaseStore {
+    async fn get(&self, key: &ShardKey) -> Result<Option<Checkpoint>, StoreError> {
+        if key.shard() == self.handle.shard_id {
+            return Ok(self.initial.clone());
+        }
+        let lease = self.handle.table.get(&self.handle.scope, key.shard()).await?;
+        Ok(lease.and_then(|l| l.checkpoint))
+    }
+
+    /// Writes the checkpoint to the lease, retrying transient failures until it is written or the lease is lost.
+    async fn set(&self, key: &ShardKey, checkpoint: Checkpoint) -> Result<(), StoreError> {
+        if key.shard() != self.handle.shard_id {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidInput,
+                format!("the lease of {} cannot hold a checkpoint of {}", self.handle.shard_id, key.shard()),
+            ));
+        }
+        let mut backoff = Backoff::new(self.backoff.0, self.backoff.1);
+        loop {
+            match self.handle.checkpoint(&checkpoint).await {
+                Err(e) if e.is_retryable() && !self.handle.is_lost() => {
+                    let delay = backoff.next_delay();
+                    warn!(shard = %self.handle.shard_id, error = %e, ?delay, "checkpoint write failed; retrying");
+                    // Not past the moment the lease is lost: then the shard stops at once.
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.handle.retired().cancelled() => {}
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kc_checkpoint::lease::MemoryLeaseTable;
+    use kc_checkpoint::SequenceNumber;
+
+    const D: Duration = Duration::from_secs(10);
+
+    fn at(s: &str) -> Checkpoint {
+        Checkpoint::at(SequenceNumber::parse(s).expect("valid"))
+    }
+
+    async fn taken(table: &MemoryLeaseTable, scope: &LeaseScope, owner: &str) -> (Arc<LeaseHandle>, CancellationToken) {
+        table.create(scope, "s", &[]).await.expect("create");
+        let counter = table.get(scope, "s").await.expect("get").expect("lease").counter;
+        let started = Instant::now();
+        let l = table.take(scope, "s", counter, owner).await.expect("take");
+        let task = CancellationToken::new();
+        let h =
+            LeaseHandle::new(Arc::new(table.clone()), scope.clone(), "s", owner, l.counter, D, started, task.clone());
+        (Arc::new(h), task)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_workers_checkpoint_is_refused_and_the_stored_one_stays() {
+        let table = MemoryLeaseTable::new();
+        let scope = LeaseScope::new("g", "st");
+        let (a, a_task) = taken(&table, &scope, "a").await;
+        a.checkpoint(&at("10")).await.expect("owner writes");
+        // b judged the lease expired and took it; a does not know yet.
+        let counter = table.get(&scope, "s").await.expect("get").expect("lease").counter;
+        table.take(&scope, "s", counter, "b").await.expect("b takes over");
+        let err = a.checkpoint(&at("20")).await.expect_err("fenced");
+        assert_eq!(err.kind(), StoreErrorKind::Fenced);
+        assert!(a.is_lost() && a_task.is_cancelled(), "lost: the shard's task is stopped");
+        let lease = table.get(&scope, "s").await.expect("get").expect("lease");
+        assert_eq!((lease.checkpoint, lease.owner.as_deref()), (Some(at("10")), Some("b")), "unchanged");
+        assert!(a.renew().await.is_err() && a.release().await.is_err(), "nothing more is written");
+        assert_eq!(table.get(&scope, "s").await.expect("get").expect("lease").counter, lease.counter);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handoff_request_stops_the_task_but_the_owner_still_checkpoints_and_releases() {
+        let table = MemoryLeaseTable::new();
+        let scope = LeaseScope::new("g", "st");
+        let (a, a_task) = taken(&table, &scope, "a").await;
+        let counter = table.get(&scope, "s").await.expect("get").expect("lease").counter;
+        table.request(&scope, "s", counter, "b").await.expect("b asks");
+        a.renew().await.expect("still the owner: the renewal is made again with the new counter");
+        assert!(a.handoff_asked() && a_task.is_cancelled() && !a.is_lost());
+        a.checkpoint(&at("5")).await.expect("final checkpoint");
+        a.release().await.expect("release");
+        let lease = table.get(&scope, "s").await.expect("get").expect("lease");
+        assert_eq!((lease.owner, lease.next_owner.as_deref()), (None, Some("b")));
+        assert_eq!(lease.checkpoint, Some(at("5")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_not_renewed_for_its_duration_is_lost_at_its_deadline() {
+        let table = MemoryLeaseTable::new();
+        let scope = LeaseScope::new("g", "st");
+        let (a, a_task) = taken(&table, &scope, "a").await;
+        let started = Instant::now();
+        tokio::time::sleep(D / 2).await;
+        a.renew().await.expect("renewed");
+        assert_eq!(a.deadline(), started + D / 2 + D);
+        tokio::time::sleep(D).await;
+        let before = table.get(&scope, "s").await.expect("get").expect("lease");
+        assert!(a.checkpoint(&at("1")).await.is_err(), "past the deadline nothing is written");
+        assert!(a.is_lost() && a_task.is_cancelled());
+        assert_eq!(table.get(&scope, "s").await.expect("get").expect("lease"), before);
+    }
+}

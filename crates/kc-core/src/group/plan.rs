@@ -1,0 +1,378 @@
+//! The decisions of a take cycle, as pure functions of what the lease table holds: which leases are expired,
+//! which to take, which to ask for (balancing), which parents to delete, which leases to create.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use kc_checkpoint::lease::Lease;
+use tokio::time::{Duration, Instant};
+
+use crate::api::ShardInfo;
+
+/// When this worker last saw each lease's counter change, on its own monotonic clock (the KCL's expiry rule: a lease
+/// is expired when its counter stayed the same for the lease duration).
+#[derive(Debug, Default)]
+pub(crate) struct Expiry {
+    seen: HashMap<String, (u64, Instant)>,
+}
+
+impl Expiry {
+    /// Records the counters of a listing of every lease.
+    pub(crate) fn observe(&mut self, leases: &[Lease], now: Instant) {
+        let present: HashSet<&str> = leases.iter().map(|l| l.shard_id.as_str()).collect();
+        self.seen.retain(|id, _| present.contains(id.as_str()));
+        for l in leases {
+            match self.seen.get_mut(&l.shard_id) {
+                Some((counter, _)) if *counter == l.counter => {}
+                Some(entry) => *entry = (l.counter, now),
+                None => {
+                    self.seen.insert(l.shard_id.clone(), (l.counter, now));
+                }
+            }
+        }
+    }
+
+    /// Whether `lease`'s counter was seen unchanged for `duration`.
+    pub(crate) fn expired(&self, lease: &Lease, now: Instant, duration: Duration) -> bool {
+        match self.seen.get(&lease.shard_id) {
+            Some((counter, since)) if *counter == lease.counter => now.saturating_duration_since(*since) >= duration,
+            _ => false,
+        }
+    }
+}
+
+/// What this worker knows of itself for a cycle.
+pub(crate) struct Me<'a> {
+    pub(crate) id: &'a str,
+    /// The leases this worker holds.
+    pub(crate) held: &'a HashSet<String>,
+    /// Shards read to their end here without being marked finished (last records skipped): not taken again.
+    pub(crate) ended_here: &'a HashSet<String>,
+    pub(crate) max_leases: Option<usize>,
+}
+
+/// The outcome of a cycle's decisions.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// Leases to take: shard id and the counter the take is conditional on.
+    pub(crate) take: Vec<(String, u64)>,
+    /// A lease to ask its owner for (graceful handoff), with its counter.
+    pub(crate) request: Option<(String, u64)>,
+    /// This worker asked for a lease that its owner has not released yet.
+    pub(crate) request_pending: bool,
+    /// Finished parents whose children have all started.
+    pub(crate) delete: Vec<String>,
+    /// Live workers: owners of unexpired leases, requesters, and this worker.
+    pub(crate) workers: usize,
+    /// The number of leases each worker aims at.
+    pub(crate) target: usize,
+}
+
+/// Decides what to take, ask for and delete. `leases` is the whole table's scope.
+pub(crate) fn plan(leases: &[Lease], expiry: &Expiry, now: Instant, duration: Duration, me: &Me<'_>) -> Plan {
+    let finished: HashSet<&str> = leases.iter().filter(|l| l.is_finished()).map(|l| l.shard_id.as_str()).collect();
+    let present: HashSet<&str> = leases.iter().map(|l| l.shard_id.as_str()).collect();
+    // Readable now: not finished, and every parent finished or gone (deleted after its children started, or never
+    // had a lease because it is past the stream's retention).
+    let readable: Vec<&Lease> = leases
+        .iter()
+        .filter(|l| !l.is_finished())
+        .filter(|l| l.parents.iter().all(|p| finished.contains(p.as_str()) || !present.contains(p.as_str())))
+        .collect();
+    let expired = |l: &Lease| expiry.expired(l, now, duration);
+
+    let mut workers: HashSet<&str> = HashSet::from([me.id]);
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in leases {
+        if expired(l) {
+            continue;
+        }
+        if let Some(requester) = l.next_owner.as_deref() {
+            workers.insert(requester);
+        }
+        if let Some(owner) = l.owner.as_deref() {
+            workers.insert(owner);
+        }
+    }
+    for l in &readable {
+        if let Some(owner) = l.owner.as_deref().filter(|o| *o != me.id && !expired(l)) {
+            *counts.entry(owner).or_default() += 1;
+        }
+    }
+    let mut target = readable.len().div_ceil(workers.len());
+    if let Some(max) = me.max_leases {
+        target = target.min(max);
+    }
+    let mine = me.held.len();
+
+    // Free leases, in order: asked for by this worker, unowned, expired.
+    let mut reserved = Vec::new();
+    let mut unowned = Vec::new();
+    let mut expired_leases = Vec::new();
+    for l in &readable {
+        if me.held.contains(&l.shard_id) || me.ended_here.contains(&l.shard_id) {
+            continue;
+        }
+        let entry = (l.shard_id.clone(), l.counter);
+        match (&l.owner, &l.next_owner) {
+            (None, Some(n)) if n == me.id => reserved.push(entry),
+            // Owned by this worker's id but not held: a take whose response was lost, or a restart with the same
+            // id. Ours to take back at once (worker ids are unique among live workers).
+            (Some(o), _) if o == me.id => reserved.push(entry),
+            // Released for another worker's request: left to it unless it did not come for a lease duration.
+            (None, Some(_)) if !expired(l) => {}
+            (None, _) => unowned.push(entry),
+            (Some(_), _) if expired(l) => expired_leases.push(entry),
+            (Some(_), _) => {}
+        }
+    }
+    // Workers that run the same cycle at the same time try different leases first.
+    fastrand::shuffle(&mut unowned);
+    fastrand::shuffle(&mut expired_leases);
+    let free: Vec<(String, u64)> = reserved.into_iter().chain(unowned).chain(expired_leases).collect();
+    let has_free = !free.is_empty();
+    let take: Vec<(String, u64)> = free.into_iter().take(target.saturating_sub(mine)).collect();
+
+    let request_pending = leases.iter().any(|l| {
+        l.next_owner.as_deref() == Some(me.id) && l.owner.as_deref().is_some_and(|o| o != me.id) && !expired(l)
+    });
+    let mut request = None;
+    if !has_free && mine < target && !request_pending {
+        // The most loaded live worker, if taking one of its leases leaves it at or above the target.
+        let victim = counts.iter().filter(|(_, n)| **n > target).max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)));
+        if let Some((victim, _)) = victim {
+            request = readable
+                .iter()
+                .filter(|l| l.owner.as_deref() == Some(*victim) && l.next_owner.is_none() && !expired(l))
+                .max_by(|a, b| a.shard_id.cmp(&b.shard_id))
+                .map(|l| (l.shard_id.clone(), l.counter));
+        }
+    }
+
+    let delete = leases
+        .iter()
+        .filter(|p| p.is_finished())
+        .filter(|p| {
+            let mut children = leases.iter().filter(|c| c.parents.contains(&p.shard_id)).peekable();
+            children.peek().is_some() && children.all(|c| c.checkpoint.is_some() || c.owner.is_some())
+        })
+        .map(|p| p.shard_id.clone())
+        .collect();
+
+    Plan { take, request, request_pending, delete, workers: workers.len(), target }
+}
+
+/// The shards of `listing` that need a lease, parents before children: those with no lease, except shards with a
+/// descendant that has one (a finished parent whose lease was deleted after its children started).
+pub(crate) fn to_create<'a>(listing: &'a [ShardInfo], leases: &[Lease]) -> Vec<&'a ShardInfo> {
+    let by_id: HashMap<&str, &ShardInfo> = listing.iter().map(|s| (s.shard_id.as_str(), s)).collect();
+    let with_lease: HashSet<&str> = leases.iter().map(|l| l.shard_id.as_str()).collect();
+    let mut covered: HashSet<&str> = HashSet::new();
+    let mut stack: Vec<&str> = leases.iter().flat_map(|l| l.parents.iter().map(String::as_str)).collect();
+    while let Some(id) = stack.pop() {
+        if covered.insert(id) {
+            if let Some(s) = by_id.get(id) {
+                stack.extend(s.parents());
+            }
+        }
+    }
+    let depth = |s: &ShardInfo| {
+        let mut d = 0usize;
+        let mut frontier: Vec<&str> = s.parents().collect();
+        while !frontier.is_empty() && d < listing.len() {
+            d += 1;
+            frontier = frontier.iter().filter_map(|p| by_id.get(p)).flat_map(|p| p.parents()).collect();
+        }
+        d
+    };
+    let mut out: Vec<&ShardInfo> = listing
+        .iter()
+        .filter(|s| !with_lease.contains(s.shard_id.as_str()) && !covered.contains(s.shard_id.as_str()))
+        .collect();
+    out.sort_by_cached_key(|s| (depth(s), s.shard_id.clone()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kc_checkpoint::{Checkpoint, SequenceNumber};
+
+    const D: Duration = Duration::from_secs(10);
+
+    fn lease(id: &str, owner: Option<&str>, counter: u64) -> Lease {
+        Lease::new(id, owner.map(str::to_owned), counter, None, Vec::new())
+    }
+
+    fn ids(v: &[(String, u64)]) -> Vec<&str> {
+        let mut out: Vec<&str> = v.iter().map(|(id, _)| id.as_str()).collect();
+        out.sort_unstable();
+        out
+    }
+
+    fn run(leases: &[Lease], expiry: &Expiry, now: Instant, me: &str, held: &[&str]) -> Plan {
+        let held: HashSet<String> = held.iter().map(|s| (*s).to_owned()).collect();
+        let none = HashSet::new();
+        plan(leases, expiry, now, D, &Me { id: me, held: &held, ended_here: &none, max_leases: None })
+    }
+
+    #[test]
+    fn expiry_is_judged_on_this_workers_clock() {
+        let t0 = Instant::now();
+        let mut e = Expiry::default();
+        let l = lease("a", Some("w1"), 3);
+        e.observe(std::slice::from_ref(&l), t0);
+        assert!(!e.expired(&l, t0 + D - Duration::from_millis(1), D), "first seen: not expired yet");
+        assert!(e.expired(&l, t0 + D, D));
+        let renewed = lease("a", Some("w1"), 4);
+        e.observe(std::slice::from_ref(&renewed), t0 + D);
+        assert!(!e.expired(&renewed, t0 + D + D / 2, D), "a new counter restarts the clock");
+        assert!(!e.expired(&l, t0 + D * 5, D), "a counter other than the one seen is not judged");
+    }
+
+    #[test]
+    fn takes_free_leases_up_to_the_target_and_no_finished_ones() {
+        let t0 = Instant::now();
+        let mut leases: Vec<Lease> = (0..8).map(|i| lease(&format!("s{i}"), None, 0)).collect();
+        leases[7].checkpoint = Some(Checkpoint::ShardEnd);
+        let mut e = Expiry::default();
+        e.observe(&leases, t0);
+        let p = run(&leases, &e, t0, "w1", &[]);
+        assert_eq!((p.workers, p.target, p.take.len()), (1, 7, 7), "alone: every unfinished lease");
+        assert!(!ids(&p.take).contains(&"s7"));
+
+        // Two others own three each: 7 readable / 3 workers = 3.
+        for (i, l) in leases.iter_mut().enumerate().take(6) {
+            l.owner = Some(if i < 3 { "w2" } else { "w3" }.to_owned());
+        }
+        e.observe(&leases, t0);
+        let p = run(&leases, &e, t0, "w1", &[]);
+        assert_eq!((p.workers, p.target), (3, 3));
+        assert_eq!(ids(&p.take), ["s6"], "the only free one");
+        assert_eq!(p.request, None, "free leases first: no balancing in the same cycle");
+    }
+
+    #[test]
+    fn expired_leases_are_taken_and_their_owner_is_not_a_live_worker() {
+        let t0 = Instant::now();
+        let leases: Vec<Lease> =
+            (0..4).map(|i| lease(&format!("s{i}"), Some(if i < 2 { "w2" } else { "w3" }), 5)).collect();
+        let mut e = Expiry::default();
+        e.observe(&leases, t0);
+        let p = run(&leases, &e, t0 + D / 2, "w1", &[]);
+        assert!(p.take.is_empty());
+        let mut renewed = leases.clone();
+        renewed[2].counter = 6;
+        renewed[3].counter = 6;
+        e.observe(&renewed, t0 + D / 2);
+        let p = run(&renewed, &e, t0 + D, "w1", &[]);
+        assert_eq!(p.workers, 2, "w2 stopped renewing: not live");
+        assert_eq!(ids(&p.take), ["s0", "s1"], "its leases are taken, up to the target of 2");
+        assert_eq!(p.take.iter().find(|(id, _)| id == "s0").map(|t| t.1), Some(5), "conditional on its counter");
+    }
+
+    #[test]
+    fn balance_asks_the_most_loaded_worker_once_and_never_below_the_target() {
+        let t0 = Instant::now();
+        // w2 holds 5, w3 holds 3: a joining w1 aims at 3 and asks w2 for one lease.
+        let leases: Vec<Lease> =
+            (0..8).map(|i| lease(&format!("s{i}"), Some(if i < 5 { "w2" } else { "w3" }), 1)).collect();
+        let mut e = Expiry::default();
+        e.observe(&leases, t0);
+        let p = run(&leases, &e, t0, "w1", &[]);
+        assert_eq!((p.workers, p.target), (3, 3));
+        let (id, counter) = p.request.clone().expect("a request");
+        assert!(leases.iter().any(|l| l.shard_id == id && l.owner.as_deref() == Some("w2")), "w2 is the most loaded");
+        assert_eq!(counter, 1);
+
+        // While it is pending, no other request.
+        let mut asked = leases.clone();
+        let i = asked.iter().position(|l| l.shard_id == id).expect("requested lease");
+        asked[i].next_owner = Some("w1".to_owned());
+        asked[i].counter = 2;
+        e.observe(&asked, t0);
+        let p = run(&asked, &e, t0, "w1", &[]);
+        assert!(p.request_pending);
+        assert_eq!(p.request, None);
+
+        // Released for w1: w1 takes it; another worker leaves it alone.
+        asked[i].owner = None;
+        asked[i].counter = 3;
+        e.observe(&asked, t0);
+        assert_eq!(ids(&run(&asked, &e, t0, "w1", &[]).take), [id.as_str()]);
+        assert!(run(&asked, &e, t0, "w4", &[]).take.is_empty(), "reserved for the requester");
+        let late = run(&asked, &e, t0 + D, "w4", &[]);
+        assert!(ids(&late.take).contains(&id.as_str()), "unless it did not come");
+
+        // 3/3/2: nobody is above the target, nothing moves.
+        let spread: Vec<Lease> = (0..8).map(|i| lease(&format!("s{i}"), Some(["w1", "w2", "w3"][i % 3]), 1)).collect();
+        e.observe(&spread, t0);
+        let held = ["s2", "s5"];
+        let p = run(&spread, &e, t0, "w3", &held);
+        assert_eq!((p.target, p.take.len(), p.request.clone()), (3, 0, None));
+    }
+
+    #[test]
+    fn max_leases_caps_the_target() {
+        let t0 = Instant::now();
+        let leases: Vec<Lease> = (0..8).map(|i| lease(&format!("s{i}"), None, 0)).collect();
+        let mut e = Expiry::default();
+        e.observe(&leases, t0);
+        let held = HashSet::new();
+        let none = HashSet::new();
+        let p = plan(&leases, &e, t0, D, &Me { id: "w1", held: &held, ended_here: &none, max_leases: Some(2) });
+        assert_eq!((p.target, p.take.len()), (2, 2));
+    }
+
+    #[test]
+    fn children_wait_for_parents_and_parents_are_deleted_after_children_started() {
+        let t0 = Instant::now();
+        let seq = Checkpoint::at(SequenceNumber::parse("7").expect("valid"));
+        let mut p = lease("p", Some("w2"), 1);
+        p.checkpoint = Some(seq.clone());
+        let mut a = lease("a", None, 0);
+        a.parents = vec!["p".to_owned()];
+        let mut b = a.clone();
+        b.shard_id = "b".to_owned();
+        let mut m = lease("m", None, 0);
+        m.parents = vec!["a".to_owned(), "b".to_owned()];
+        let mut orphan = lease("o", None, 0);
+        orphan.parents = vec!["past-retention".to_owned()];
+        let mut leases = vec![p, a, b, m, orphan];
+        let mut e = Expiry::default();
+        e.observe(&leases, t0);
+        let plan_now = |leases: &[Lease], e: &Expiry| run(leases, e, t0, "w1", &[]);
+        assert_eq!(ids(&plan_now(&leases, &e).take), ["o"], "children wait; a parent with no lease is gone");
+
+        leases[0].checkpoint = Some(Checkpoint::ShardEnd);
+        leases[0].owner = None;
+        let plan1 = plan_now(&leases, &e);
+        assert_eq!(ids(&plan1.take), ["a", "b", "o"], "the split's children, not yet the merge's");
+        assert!(plan1.delete.is_empty(), "children not started yet");
+        leases[1].owner = Some("w1".to_owned());
+        assert_eq!(ids(&plan_now(&leases, &e).take), ["a", "b", "o"], "owned by w1's id but not held: taken back");
+        assert!(plan_now(&leases, &e).delete.is_empty(), "b not started");
+        leases[2].checkpoint = Some(seq);
+        assert_eq!(plan_now(&leases, &e).delete, ["p"]);
+        leases.remove(0);
+        assert_eq!(ids(&run(&leases, &e, t0, "w1", &["a"]).take), ["b", "o"], "a deleted parent counts as finished");
+    }
+
+    #[test]
+    fn leases_are_created_parents_first_and_not_for_deleted_parents() {
+        let info = |id: &str, parents: &[&str]| ShardInfo {
+            shard_id: id.to_owned(),
+            parent_shard_id: parents.first().map(|p| (*p).to_owned()),
+            adjacent_parent_shard_id: parents.get(1).map(|p| (*p).to_owned()),
+            closed: false,
+        };
+        let listing =
+            vec![info("z-child", &["a-parent"]), info("a-parent", &["root"]), info("root", &[]), info("q", &[])];
+        let created: Vec<&str> = to_create(&listing, &[]).iter().map(|s| s.shard_id.as_str()).collect();
+        assert_eq!(created, ["q", "root", "a-parent", "z-child"]);
+
+        let mut child = lease("z-child", None, 0);
+        child.parents = vec!["a-parent".to_owned()];
+        let created: Vec<&str> = to_create(&listing, &[child]).iter().map(|s| s.shard_id.as_str()).collect();
+        assert_eq!(created, ["q"], "ancestors of a shard with a lease were finished and deleted");
+    }
+}

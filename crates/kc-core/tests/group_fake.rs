@@ -1,0 +1,539 @@
+//! Consumer groups against the in-process fake and the in-memory lease table: several workers in one process,
+//! tokio's paused clock. The same behaviours are tested across processes against kinesalite, dynalite and
+//! PostgreSQL in the `kc-integration` package (tests/group.rs).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kc_checkpoint::lease::{Lease, LeaseScope, LeaseTable, MemoryLeaseTable};
+use kc_checkpoint::{Checkpoint, Error as StoreError, ErrorKind as StoreErrorKind};
+use kc_core::fake::FakeKinesis;
+use kc_core::{Consumer, ErrorKind, Group, InitialPosition, Lifecycle, Outcome, Record};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const STREAM: &str = "s";
+const GROUP: &str = "g";
+const LEASE: Duration = Duration::from_secs(10);
+
+/// A handled record: worker, shard, partition key, data, when.
+#[derive(Clone, Debug)]
+struct Handled {
+    worker: String,
+    shard: String,
+    key: String,
+    data: String,
+    at: Instant,
+}
+
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<Handled>>>);
+
+impl Seen {
+    fn all(&self) -> Vec<Handled> {
+        self.0.lock().expect("lock").clone()
+    }
+    fn distinct(&self) -> usize {
+        let all = self.all();
+        let set: std::collections::HashSet<&str> = all.iter().map(|h| h.data.as_str()).collect();
+        set.len()
+    }
+}
+
+#[derive(Default)]
+struct Events {
+    gained: AtomicUsize,
+    lost: AtomicUsize,
+}
+
+struct CountEvents(Arc<Events>);
+
+impl Lifecycle for CountEvents {
+    fn lease_gained(&self, _shard_id: &str) {
+        self.0.gained.fetch_add(1, Ordering::SeqCst);
+    }
+    fn lease_lost(&self, _shard_id: &str) {
+        self.0.lost.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+struct Worker {
+    token: CancellationToken,
+    events: Arc<Events>,
+    task: JoinHandle<Result<(), kc_core::Error>>,
+}
+
+impl Worker {
+    async fn stop(self) {
+        self.token.cancel();
+        self.task.await.expect("worker task").expect("worker scan");
+    }
+}
+
+fn start(fake: &FakeKinesis, table: impl LeaseTable + 'static, id: &str, seen: &Seen) -> Worker {
+    let token = CancellationToken::new();
+    let events = Arc::new(Events::default());
+    let builder = Consumer::builder(STREAM)
+        .api(fake.clone())
+        .initial_position(InitialPosition::TrimHorizon)
+        .discovery_interval(Duration::from_secs(1))
+        .max_records(10)
+        .lifecycle(CountEvents(Arc::clone(&events)))
+        .shutdown(token.clone())
+        .group(Group::new(GROUP, table).worker_id(id).lease_duration(LEASE));
+    let (seen, worker) = (seen.clone(), id.to_owned());
+    let task = tokio::spawn(async move {
+        let consumer = builder.build().await?;
+        consumer
+            .scan(move |r: Record| {
+                let (seen, worker) = (seen.clone(), worker.clone());
+                async move {
+                    seen.0.lock().expect("lock").push(Handled {
+                        worker,
+                        shard: r.shard_id().to_owned(),
+                        key: r.partition_key().to_owned(),
+                        data: String::from_utf8_lossy(r.data()).into_owned(),
+                        at: Instant::now(),
+                    });
+                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
+                }
+            })
+            .await
+    });
+    Worker { token, events, task }
+}
+
+/// Puts `n` records `{prefix}{i}` on keys `key-{i % 20}`, one every `every`.
+fn produce(fake: &FakeKinesis, n: usize, prefix: &str, every: Duration) -> JoinHandle<Vec<String>> {
+    let (fake, prefix) = (fake.clone(), prefix.to_owned());
+    tokio::spawn(async move {
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let data = format!("{prefix}{i}");
+            fake.put(STREAM, &format!("key-{}", i % 20), data.clone());
+            out.push(data);
+            if !every.is_zero() {
+                tokio::time::sleep(every).await;
+            }
+        }
+        out
+    })
+}
+
+async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
+    for _ in 0..6000 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not reached in 10 minutes of (paused) time");
+}
+
+async fn leases(table: &MemoryLeaseTable) -> Vec<Lease> {
+    table.list(&LeaseScope::new(GROUP, STREAM)).await.expect("list")
+}
+
+/// Unfinished leases per owner, sorted counts (unowned ones under "").
+async fn spread(table: &MemoryLeaseTable) -> Vec<usize> {
+    let mut per: HashMap<String, usize> = HashMap::new();
+    for l in leases(table).await.into_iter().filter(|l| !l.is_finished()) {
+        *per.entry(l.owner.unwrap_or_default()).or_default() += 1;
+    }
+    let mut counts: Vec<usize> = per.into_values().collect();
+    counts.sort_unstable();
+    counts
+}
+
+fn counts(seen: &Seen) -> HashMap<String, usize> {
+    let mut c: HashMap<String, usize> = HashMap::new();
+    for h in seen.all() {
+        *c.entry(h.data).or_default() += 1;
+    }
+    c
+}
+
+fn assert_all_handled(seen: &Seen, produced: &[String]) {
+    let c = counts(seen);
+    let missing: Vec<_> = produced.iter().filter(|p| !c.contains_key(*p)).collect();
+    assert!(missing.is_empty(), "lost {} records, e.g. {:?}", missing.len(), missing.first());
+}
+
+fn duplicates(seen: &Seen) -> usize {
+    counts(seen).values().map(|n| n - 1).sum()
+}
+
+/// For each key, records in production order (`{prefix}{i}` with increasing i; one prefix per test).
+fn assert_key_order(seen: &Seen) {
+    let mut last: BTreeMap<String, usize> = BTreeMap::new();
+    for h in seen.all() {
+        let i: usize = h.data.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().expect("numbered");
+        if let Some(prev) = last.insert(h.key.clone(), i) {
+            assert!(prev < i, "key {}: record {i} after {prev} (shard {}, worker {})", h.key, h.shard, h.worker);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn three_workers_read_every_record_once_and_spread_3_3_2() {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 8);
+    let table = MemoryLeaseTable::new();
+    let seen = Seen::default();
+    let producer = produce(&fake, 800, "r", Duration::from_millis(50));
+    let workers: Vec<Worker> = ["w1", "w2", "w3"].iter().map(|id| start(&fake, table.clone(), id, &seen)).collect();
+    let produced = producer.await.expect("producer");
+    wait_until("spread 3/3/2", || async { spread(&table).await == [2, 3, 3] }).await;
+    wait_until("every record", || async { seen.distinct() == produced.len() }).await;
+    tokio::time::sleep(LEASE * 3).await;
+    assert_eq!(spread(&table).await, [2, 3, 3], "stable");
+    assert_all_handled(&seen, &produced);
+    assert_eq!(duplicates(&seen), 0, "nothing read twice: no lease was lost, moves are handoffs");
+    let per_worker: HashMap<String, usize> = seen.all().into_iter().fold(HashMap::new(), |mut m, h| {
+        *m.entry(h.worker).or_default() += 1;
+        m
+    });
+    assert_eq!(per_worker.len(), 3, "every worker handled records: {per_worker:?}");
+    for w in workers {
+        assert_eq!(w.events.lost.load(Ordering::SeqCst), 0);
+        assert!(w.events.gained.load(Ordering::SeqCst) >= 2);
+        w.stop().await;
+    }
+    let after = leases(&table).await;
+    assert!(after.iter().all(|l| l.owner.is_none()), "graceful stops release every lease: {after:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_joining_worker_gets_its_share_by_handoff_without_duplicates() {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 8);
+    let table = MemoryLeaseTable::new();
+    let seen = Seen::default();
+    let producer = produce(&fake, 1500, "j", Duration::from_millis(100));
+    let w1 = start(&fake, table.clone(), "w1", &seen);
+    let w2 = start(&fake, table.clone(), "w2", &seen);
+    wait_until("4/4", || async { spread(&table).await == [4, 4] }).await;
+    let joined_at = Instant::now();
+    let w3 = start(&fake, table.clone(), "w3", &seen);
+    wait_until("3/3/2 after the join", || async { spread(&table).await == [2, 3, 3] }).await;
+    eprintln!("rebalance after a join: {:?} (paused clock; lease duration {LEASE:?})", joined_at.elapsed());
+    let produced = producer.await.expect("producer");
+    wait_until("every record", || async { seen.distinct() == produced.len() }).await;
+    assert_all_handled(&seen, &produced);
+    assert_eq!(duplicates(&seen), 0, "handoffs repeat nothing");
+    assert_key_order(&seen);
+    assert!(seen.all().iter().any(|h| h.worker == "w3"), "the new worker reads");
+    assert_eq!(
+        w1.events.lost.load(Ordering::SeqCst) + w2.events.lost.load(Ordering::SeqCst),
+        0,
+        "handed over, not lost"
+    );
+    for w in [w1, w2, w3] {
+        w.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn graceful_stop_moves_the_shards_with_nothing_handled_twice() {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 8);
+    let table = MemoryLeaseTable::new();
+    let seen = Seen::default();
+    let producer = produce(&fake, 1500, "g", Duration::from_millis(100));
+    let w1 = start(&fake, table.clone(), "w1", &seen);
+    let w2 = start(&fake, table.clone(), "w2", &seen);
+    let w3 = start(&fake, table.clone(), "w3", &seen);
+    wait_until("3/3/2", || async { spread(&table).await == [2, 3, 3] }).await;
+    let stopped_at = Instant::now();
+    w2.stop().await;
+    let released = leases(&table).await;
+    assert!(released.iter().all(|l| l.owner.as_deref() != Some("w2")), "w2 released everything: {released:?}");
+    wait_until("4/4 without w2", || async { spread(&table).await == [4, 4] }).await;
+    eprintln!("shards of a stopped worker moved in {:?}", stopped_at.elapsed());
+    let produced = producer.await.expect("producer");
+    wait_until("every record", || async { seen.distinct() == produced.len() }).await;
+    assert_all_handled(&seen, &produced);
+    assert_eq!(duplicates(&seen), 0, "the next owners start from the handoff checkpoints");
+    assert_key_order(&seen);
+    w1.stop().await;
+    w3.stop().await;
+}
+
+/// A lease table that fails (transiently) while `cut` is set: a worker cut off from the table.
+#[derive(Clone)]
+struct Cuttable {
+    inner: MemoryLeaseTable,
+    cut: Arc<AtomicBool>,
+}
+
+impl Cuttable {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.cut.load(Ordering::SeqCst) {
+            return Err(StoreError::new(StoreErrorKind::Transient, "connection refused (cut)"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl LeaseTable for Cuttable {
+    async fn list(&self, scope: &LeaseScope) -> Result<Vec<Lease>, StoreError> {
+        self.check()?;
+        self.inner.list(scope).await
+    }
+    async fn get(&self, scope: &LeaseScope, shard_id: &str) -> Result<Option<Lease>, StoreError> {
+        self.check()?;
+        self.inner.get(scope, shard_id).await
+    }
+    async fn create(&self, scope: &LeaseScope, shard_id: &str, parents: &[String]) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.create(scope, shard_id, parents).await
+    }
+    async fn take(&self, scope: &LeaseScope, shard_id: &str, counter: u64, owner: &str) -> Result<Lease, StoreError> {
+        self.check()?;
+        self.inner.take(scope, shard_id, counter, owner).await
+    }
+    async fn request(&self, scope: &LeaseScope, shard_id: &str, c: u64, requester: &str) -> Result<Lease, StoreError> {
+        self.check()?;
+        self.inner.request(scope, shard_id, c, requester).await
+    }
+    async fn renew(&self, scope: &LeaseScope, shard_id: &str, owner: &str, c: u64) -> Result<u64, StoreError> {
+        self.check()?;
+        self.inner.renew(scope, shard_id, owner, c).await
+    }
+    async fn checkpoint(
+        &self,
+        scope: &LeaseScope,
+        shard_id: &str,
+        owner: &str,
+        c: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<u64, StoreError> {
+        self.check()?;
+        self.inner.checkpoint(scope, shard_id, owner, c, checkpoint).await
+    }
+    async fn release(&self, scope: &LeaseScope, shard_id: &str, owner: &str, c: u64) -> Result<u64, StoreError> {
+        self.check()?;
+        self.inner.release(scope, shard_id, owner, c).await
+    }
+    async fn delete(&self, scope: &LeaseScope, shard_id: &str) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.delete(scope, shard_id).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_cut_off_from_the_table_stops_within_a_lease_duration_and_others_take_over() {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 8);
+    let table = MemoryLeaseTable::new();
+    let cut = Arc::new(AtomicBool::new(false));
+    let seen = Seen::default();
+    let producer = produce(&fake, 1500, "c", Duration::from_millis(100));
+    let w1 = start(&fake, Cuttable { inner: table.clone(), cut: Arc::clone(&cut) }, "w1", &seen);
+    let w2 = start(&fake, table.clone(), "w2", &seen);
+    let w3 = start(&fake, table.clone(), "w3", &seen);
+    wait_until("3/3/2", || async { spread(&table).await == [2, 3, 3] }).await;
+    let w1_leases: Vec<Lease> = leases(&table).await.into_iter().filter(|l| l.owner.as_deref() == Some("w1")).collect();
+    assert!(!w1_leases.is_empty());
+    let cut_at = Instant::now();
+    cut.store(true, Ordering::SeqCst);
+    wait_until("w1's shards taken over", || async {
+        leases(&table).await.iter().all(|l| l.owner.as_deref() != Some("w1")) && spread(&table).await == [4, 4]
+    })
+    .await;
+    let taken_over = cut_at.elapsed();
+    let last_w1 = seen.all().iter().filter(|h| h.worker == "w1").map(|h| h.at).max().expect("w1 handled records");
+    eprintln!(
+        "cut-off worker: last record handled {:?} after the cut; its shards taken over after {taken_over:?}",
+        last_w1.saturating_duration_since(cut_at)
+    );
+    assert!(last_w1 < cut_at + LEASE, "w1 stopped within one lease duration of losing the table");
+    assert!(taken_over >= LEASE, "nobody takes a lease before it expired");
+    assert!(taken_over <= LEASE * 2 + Duration::from_secs(1), "taken over within about two lease durations");
+    assert_eq!(w1.events.lost.load(Ordering::SeqCst), w1_leases.len(), "every lease of w1 was lost");
+
+    // w1's stale writes are refused and change nothing.
+    cut.store(false, Ordering::SeqCst);
+    let l = &w1_leases[0];
+    let scope = LeaseScope::new(GROUP, STREAM);
+    let stored = table.get(&scope, &l.shard_id).await.expect("get").expect("lease");
+    let refused = table.checkpoint(&scope, &l.shard_id, "w1", l.counter, &Checkpoint::ShardEnd).await;
+    assert_eq!(refused.expect_err("fenced").kind(), StoreErrorKind::Fenced);
+    let after = table.get(&scope, &l.shard_id).await.expect("get").expect("lease");
+    assert_eq!(after.checkpoint, stored.checkpoint);
+
+    let produced = producer.await.expect("producer");
+    wait_until("every record", || async { seen.distinct() == produced.len() }).await;
+    assert_all_handled(&seen, &produced);
+    eprintln!("cut-off worker: {} duplicates", duplicates(&seen));
+    for w in [w1, w2, w3] {
+        w.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn split_and_merge_while_the_group_runs_keep_per_key_order() {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 4);
+    let table = MemoryLeaseTable::new();
+    let seen = Seen::default();
+    let w1 = start(&fake, table.clone(), "w1", &seen);
+    let w2 = start(&fake, table.clone(), "w2", &seen);
+    let w3 = start(&fake, table.clone(), "w3", &seen);
+    let mut produced = produce(&fake, 300, "k", Duration::from_millis(20)).await.expect("producer");
+    let ids = fake.open_shard_ids(STREAM);
+    let (a, b) = fake.split_shard(STREAM, &ids[0]);
+    let merged = fake.merge_shards(STREAM, &ids[2], &ids[3]);
+    // Numbering continues so that per-key order is checked across the reshard.
+    let more = tokio::spawn({
+        let fake = fake.clone();
+        async move {
+            let mut out = Vec::new();
+            for i in 300..900 {
+                let data = format!("k{i}");
+                fake.put(STREAM, &format!("key-{}", i % 20), data.clone());
+                out.push(data);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            out
+        }
+    });
+    produced.extend(more.await.expect("producer"));
+    wait_until("every record", || async { seen.distinct() == produced.len() }).await;
+    assert_all_handled(&seen, &produced);
+    assert_key_order(&seen);
+    assert_eq!(duplicates(&seen), 0);
+    let read: std::collections::HashSet<String> = seen.all().into_iter().map(|h| h.shard).collect();
+    assert!(read.contains(&a) && read.contains(&b) && read.contains(&merged), "children read: {read:?}");
+    wait_until("finished parents deleted", || async {
+        let ids: Vec<String> = leases(&table).await.into_iter().map(|l| l.shard_id).collect();
+        !ids.contains(&fake.shard_ids(STREAM)[0]) && !ids.contains(&fake.shard_ids(STREAM)[2])
+    })
+    .await;
+    for w in [w1, w2, w3] {
+        w.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_with_a_store_is_refused_and_scan_shard_is_not_available() {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 1);
+    let both = Consumer::builder(STREAM)
+        .api(fake.clone())
+        .store(kc_core::MemoryStore::new())
+        .group(Group::new(GROUP, MemoryLeaseTable::new()))
+        .build()
+        .await
+        .expect_err("both");
+    assert_eq!(both.kind(), ErrorKind::Config);
+    assert!(both.to_string().contains("either a group or a store"), "{both}");
+    let consumer = Consumer::builder(STREAM)
+        .api(fake.clone())
+        .group(Group::new(GROUP, MemoryLeaseTable::new()).worker_id("w"))
+        .build()
+        .await
+        .expect("group");
+    assert_eq!(consumer.worker_id(), Some("w"));
+    let err = consumer
+        .scan_shard(&fake.shard_ids(STREAM)[0], |_r: Record| async { Ok::<_, std::io::Error>(Outcome::Checkpoint) })
+        .await
+        .expect_err("no lease");
+    assert_eq!(err.kind(), ErrorKind::Config);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_leases_leaves_the_rest_to_others() {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 4);
+    let table = MemoryLeaseTable::new();
+    let seen = Seen::default();
+    let token = CancellationToken::new();
+    let consumer = Consumer::builder(STREAM)
+        .api(fake.clone())
+        .initial_position(InitialPosition::TrimHorizon)
+        .shutdown(token.clone())
+        .group(Group::new(GROUP, table.clone()).worker_id("capped").max_leases(1))
+        .build()
+        .await
+        .expect("build");
+    let task = tokio::spawn(async move {
+        consumer.scan(|_r: Record| async { Ok::<_, std::io::Error>(Outcome::Checkpoint) }).await
+    });
+    wait_until("one lease", || async { spread(&table).await == [1, 3] }).await;
+    tokio::time::sleep(LEASE * 5).await;
+    assert_eq!(spread(&table).await, [1, 3], "never more than one: {:?}", leases(&table).await);
+    drop(seen);
+    token.cancel();
+    task.await.expect("task").expect("scan");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_lease_stops_its_shard_after_the_handler_in_flight_and_writes_nothing_more() {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 1);
+    for i in 0..20 {
+        fake.put(STREAM, "k", format!("x{i}"));
+    }
+    let table = MemoryLeaseTable::new();
+    let started: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let token = CancellationToken::new();
+    let events = Arc::new(Events::default());
+    let consumer = Consumer::builder(STREAM)
+        .api(fake.clone())
+        .initial_position(InitialPosition::TrimHorizon)
+        .max_records(2)
+        .shutdown(token.clone())
+        .lifecycle(CountEvents(Arc::clone(&events)))
+        .group(Group::new(GROUP, table.clone()).worker_id("slow").lease_duration(LEASE))
+        .build()
+        .await
+        .expect("build");
+    let s = Arc::clone(&started);
+    let task = tokio::spawn(async move {
+        consumer
+            .scan(move |_r: Record| {
+                let s = Arc::clone(&s);
+                async move {
+                    s.lock().expect("lock").push(Instant::now());
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
+                }
+            })
+            .await
+    });
+    wait_until("a few records", || async { started.lock().expect("lock").len() >= 3 }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // a handler is in flight
+    let scope = LeaseScope::new(GROUP, STREAM);
+    let lease = table.list(&scope).await.expect("list").remove(0);
+    let taken = table.take(&scope, &lease.shard_id, lease.counter, "intruder").await.expect("take over");
+    let taken_at = Instant::now();
+    // The intruder is alive: it renews, so "slow" does not take the lease back.
+    let renewer = tokio::spawn({
+        let (table, scope, shard) = (table.clone(), scope.clone(), lease.shard_id.clone());
+        let mut counter = taken.counter;
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                counter = table.renew(&scope, &shard, "intruder", counter).await.expect("intruder renews");
+            }
+        }
+    });
+    tokio::time::sleep(LEASE * 3).await;
+    renewer.abort();
+    let after: Vec<Instant> = started.lock().expect("lock").iter().copied().filter(|t| *t > taken_at).collect();
+    // The loss is noticed at the next renewal (within a renew interval); the handler in flight then finishes and no
+    // other record is handed over.
+    assert!(after.iter().all(|t| *t <= taken_at + LEASE / 3), "started after the loss was noticed: {after:?}");
+    assert_eq!(events.lost.load(Ordering::SeqCst), 1);
+    let now = table.get(&scope, &lease.shard_id).await.expect("get").expect("lease");
+    assert_eq!(now.owner.as_deref(), Some("intruder"));
+    assert_eq!(now.checkpoint, taken.checkpoint, "the old owner wrote no checkpoint after the take");
+    token.cancel();
+    task.await.expect("task").expect("a lost lease is not an error of the scan");
+}

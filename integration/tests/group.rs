@@ -1,0 +1,542 @@
+//! Consumer groups across processes: `consumer-group` example workers against kinesalite, with their leases in
+//! PostgreSQL or dynalite. Each test prints its measured figures (rebalance and failover times, duplicates).
+//! `cargo xtask integration -- --test group -- --nocapture` shows them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kc_integration::{
+    create_stream, kinesis, kinesis_endpoint, mysql_url, postgres_url, put_numbered, unique_stream, CutProxy,
+};
+use kinesis_consumer::checkpoint::lease::{Lease, LeaseScope, LeaseTable};
+use kinesis_consumer::checkpoint::ErrorKind;
+use kinesis_consumer::ddb::DynamoDbLeaseTable;
+use kinesis_consumer::mysql::MySqlLeaseTable;
+use kinesis_consumer::postgres::PostgresLeaseTable;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+/// The lease duration of the workers in these tests.
+const LEASE: Duration = Duration::from_secs(2);
+const GROUP: &str = "it-group";
+
+/// The tests of this file run one at a time: each runs three worker processes, and their timings are measured.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var("KC_EXAMPLES_BIN_DIR").unwrap_or_else(|_| {
+        panic!("KC_EXAMPLES_BIN_DIR is not set: run the integration tests with `cargo xtask integration`")
+    });
+    let path = PathBuf::from(dir).join(name);
+    assert!(
+        path.exists(),
+        "{} does not exist: build the examples (`cargo build -p kc-examples --bins`)",
+        path.display()
+    );
+    path
+}
+
+fn dynamodb_endpoint() -> String {
+    match std::env::var("DYNAMODB_ENDPOINT") {
+        Ok(e) if !e.is_empty() => e,
+        _ => panic!("DYNAMODB_ENDPOINT is not set: run the integration tests with `cargo xtask integration`"),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Postgres,
+    Mysql,
+    Ddb,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Mysql => "mysql",
+            Self::Ddb => "ddb",
+        }
+    }
+}
+
+/// One line a worker printed: `worker shard data`, and when the test read it.
+#[derive(Clone, Debug)]
+struct Line {
+    at: Instant,
+    worker: String,
+    shard: String,
+    data: String,
+}
+
+/// A group of worker processes on one stream, and what they printed.
+struct Run {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+    backend: Backend,
+    stream: String,
+    table_name: String,
+    table: Arc<dyn LeaseTable>,
+    lines: Arc<Mutex<Vec<Line>>>,
+    logs: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    workers: HashMap<String, Child>,
+}
+
+impl Run {
+    async fn new(backend: Backend, prefix: &str, shards: i32) -> Self {
+        // Held until the run is dropped.
+        let serial = SERIAL.lock().await;
+        let stream = unique_stream(prefix);
+        create_stream(&kinesis().await, &stream, shards).await.expect("create stream");
+        let (table_name, table): (String, Arc<dyn LeaseTable>) = match backend {
+            Backend::Postgres => {
+                let name = kc_integration::unique_table("kc_group_leases");
+                let t = PostgresLeaseTable::connect(&postgres_url(), &name).await.expect("connect PostgreSQL");
+                t.create_table_if_missing().await.expect("create lease table");
+                (name, Arc::new(t))
+            }
+            Backend::Mysql => {
+                let name = kc_integration::unique_table("kc_group_leases");
+                let t = MySqlLeaseTable::connect(&mysql_url(), &name).await.expect("connect MySQL");
+                t.create_table_if_missing().await.expect("create lease table");
+                (name, Arc::new(t))
+            }
+            Backend::Ddb => {
+                let name = kc_integration::unique_table("kc-group-leases");
+                let client = kc_examples::dynamodb_client(&dynamodb_endpoint()).await;
+                let t = DynamoDbLeaseTable::new(client, &name).expect("lease table");
+                t.create_table_if_missing().await.expect("create lease table");
+                (name, Arc::new(t))
+            }
+        };
+        Self {
+            _serial: serial,
+            backend,
+            stream,
+            table_name,
+            table,
+            lines: Arc::default(),
+            logs: Arc::default(),
+            workers: HashMap::new(),
+        }
+    }
+
+    /// Starts worker `id`; with `database_url`, its PostgreSQL connection goes there (a proxy).
+    fn start(&mut self, id: &str, database_url: Option<&str>) {
+        let mut cmd = Command::new(bin("consumer-group"));
+        cmd.args(["--stream", &self.stream, "--endpoint", &kinesis_endpoint(), "--iterator-type", "TRIM_HORIZON"])
+            .args(["--group", GROUP, "--worker-id", id, "--lease-backend", self.backend.name()])
+            .args(["--table", &self.table_name])
+            .args(["--lease-duration-ms", &LEASE.as_millis().to_string(), "--discovery-interval-ms", "1000"])
+            .env("RUST_LOG", "warn,kc_core=info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        match self.backend {
+            Backend::Postgres => {
+                cmd.args(["--database-url", database_url.map_or_else(postgres_url, str::to_owned).as_str()])
+            }
+            Backend::Mysql => cmd.args(["--mysql-url", &mysql_url()]),
+            Backend::Ddb => cmd.args(["--dynamodb-endpoint", &dynamodb_endpoint()]),
+        };
+        let mut child = cmd.spawn().expect("spawn consumer-group");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::clone(&self.lines);
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                let mut parts = line.splitn(3, ' ');
+                let (Some(worker), Some(shard), Some(data)) = (parts.next(), parts.next(), parts.next()) else {
+                    panic!("not a `worker shard data` line: {line:?}");
+                };
+                let line = Line { at: Instant::now(), worker: worker.into(), shard: shard.into(), data: data.into() };
+                lines.lock().expect("lock").push(line);
+            }
+        });
+        let stderr = child.stderr.take().expect("stderr");
+        let (logs, worker) = (Arc::clone(&self.logs), id.to_owned());
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                logs.lock().expect("lock").entry(worker.clone()).or_default().push(line);
+            }
+        });
+        self.workers.insert(id.to_owned(), child);
+    }
+
+    fn lines(&self) -> Vec<Line> {
+        self.lines.lock().expect("lock").clone()
+    }
+
+    fn logs(&self, id: &str) -> Vec<String> {
+        self.logs.lock().expect("lock").get(id).cloned().unwrap_or_default()
+    }
+
+    async fn leases(&self) -> Vec<Lease> {
+        self.table.list(&LeaseScope::new(GROUP, self.stream.as_str())).await.expect("list leases")
+    }
+
+    /// Unfinished leases per owner ("" for none).
+    async fn owners(&self) -> BTreeMap<String, usize> {
+        let mut per = BTreeMap::new();
+        for l in self.leases().await.into_iter().filter(|l| !l.is_finished()) {
+            *per.entry(l.owner.unwrap_or_default()).or_default() += 1;
+        }
+        per
+    }
+
+    /// Leases per worker, sorted; empty while a lease is unowned.
+    async fn spread(&self) -> Vec<usize> {
+        let owners = self.owners().await;
+        if owners.contains_key("") {
+            return Vec::new();
+        }
+        let mut counts: Vec<usize> = owners.into_values().collect();
+        counts.sort_unstable();
+        counts
+    }
+
+    /// Waits (up to `timeout`) until `done` holds of the leases; returns how long it took.
+    async fn wait_leases(&self, what: &str, timeout: Duration, done: impl Fn(&[Lease]) -> bool) -> Duration {
+        let start = Instant::now();
+        loop {
+            let leases = self.leases().await;
+            if done(&leases) {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}; leases: {leases:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_spread(&self, want: &[usize], timeout: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let spread = self.spread().await;
+            if spread == want {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "leases not spread {want:?} within {timeout:?}: {:?}",
+                self.owners().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_all(&self, produced: &[String], timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let seen: HashSet<String> = self.lines().into_iter().map(|l| l.data).collect();
+            let missing = produced.iter().filter(|p| !seen.contains(*p)).count();
+            if missing == 0 {
+                // Anything extra (a duplicate) would arrive now.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return;
+            }
+            assert!(start.elapsed() < timeout, "{missing} of {} records never handled", produced.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn duplicates(&self) -> usize {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for l in self.lines() {
+            *counts.entry(l.data).or_default() += 1;
+        }
+        counts.values().map(|n| n - 1).sum()
+    }
+
+    /// For each partition key (`key-{i % 20}` of record `r{i}`), records in production order; a record seen before
+    /// (handled again after a crash) is allowed when `repeats` is.
+    fn assert_key_order(&self, repeats: bool) {
+        let mut last: HashMap<usize, usize> = HashMap::new();
+        let mut seen = HashSet::new();
+        for l in self.lines() {
+            let i: usize = l.data.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().expect("numbered");
+            let first = seen.insert(i);
+            if !first {
+                assert!(repeats, "record {} handled twice", l.data);
+                continue;
+            }
+            if let Some(prev) = last.insert(i % 20, i) {
+                assert!(prev < i, "key-{}: record {i} after {prev} (worker {}, shard {})", i % 20, l.worker, l.shard);
+            }
+        }
+    }
+
+    async fn signal(&mut self, id: &str, signal: &str) -> Child {
+        let child = self.workers.remove(id).expect("running worker");
+        let pid = child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill").args([signal, &pid]).status().expect("kill");
+        assert!(status.success());
+        child
+    }
+
+    async fn stop_all(mut self) {
+        let ids: Vec<String> = self.workers.keys().cloned().collect();
+        for id in ids {
+            let mut child = self.signal(&id, "-TERM").await;
+            let status =
+                tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("stops").expect("wait");
+            assert!(status.success(), "worker {id} exited with {status}");
+        }
+        match self.backend {
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&postgres_url()).await.expect("connect");
+                sqlx::query(&format!("DROP TABLE IF EXISTS {}", self.table_name)).execute(&pool).await.expect("drop");
+            }
+            Backend::Mysql => {
+                let pool = sqlx::MySqlPool::connect(&mysql_url()).await.expect("connect");
+                sqlx::query(&format!("DROP TABLE IF EXISTS {}", self.table_name)).execute(&pool).await.expect("drop");
+            }
+            Backend::Ddb => {
+                let client = kc_examples::dynamodb_client(&dynamodb_endpoint()).await;
+                client.delete_table().table_name(&self.table_name).send().await.expect("delete table");
+            }
+        }
+    }
+}
+
+/// Puts `r{i}` for i in `range` (key `key-{i % 20}`), 20 records every 100 ms, in the background.
+fn produce(stream: &str, range: std::ops::Range<usize>) -> tokio::task::JoinHandle<Vec<String>> {
+    let stream = stream.to_owned();
+    tokio::spawn(async move {
+        let client = kinesis().await;
+        let mut out = Vec::new();
+        let mut i = range.start;
+        while i < range.end {
+            let end = (i + 20).min(range.end);
+            out.extend(put_numbered(&client, &stream, "r", i..end, 20).await.expect("put"));
+            i = end;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        out
+    })
+}
+
+fn owned_by<'a>(leases: &'a [Lease], id: &str) -> impl Iterator<Item = &'a Lease> + use<'a> {
+    let id = id.to_owned();
+    leases.iter().filter(move |l| l.owner.as_deref() == Some(id.as_str()) && !l.is_finished())
+}
+
+/// 3 workers on 8 shards while producing: two start, the third joins; 3/3/2 within a few cycles; every record
+/// handled once (balancing hands leases over).
+async fn three_workers_spread_and_join(backend: Backend) {
+    let mut run = Run::new(backend, "grp-join", 8).await;
+    let producer = produce(&run.stream, 0..1500);
+    run.start("w1", None);
+    run.start("w2", None);
+    let first = run.wait_spread(&[4, 4], LEASE * 30).await;
+    run.start("w3", None);
+    let rebalance = run.wait_spread(&[2, 3, 3], LEASE * 30).await;
+    let mut produced = producer.await.expect("producer");
+    produced.extend(produce(&run.stream, 1500..2100).await.expect("producer"));
+    run.wait_all(&produced, Duration::from_secs(60)).await;
+    let dupes = run.duplicates();
+    eprintln!(
+        "[{}] 2 workers spread 4/4 after {first:?}; rebalance after a join (to 3/3/2): {rebalance:?} \
+         (lease {LEASE:?}); duplicates: {dupes}",
+        backend.name()
+    );
+    assert_eq!(dupes, 0, "balancing hands leases over: nothing handled twice");
+    run.assert_key_order(false);
+    let by_worker: HashSet<String> = run.lines().into_iter().map(|l| l.worker).collect();
+    assert_eq!(by_worker.len(), 3, "every worker handled records");
+    run.stop_all().await;
+}
+
+/// kill -9 of one worker: its shards are taken over; nothing lost (duplicates only from its last records).
+async fn kill_one_worker(backend: Backend) {
+    let mut run = Run::new(backend, "grp-kill", 8).await;
+    let producer = produce(&run.stream, 0..1500);
+    for id in ["w1", "w2", "w3"] {
+        run.start(id, None);
+    }
+    let spread = run.wait_spread(&[2, 3, 3], LEASE * 30).await;
+    eprintln!("[{}] 3 workers started together: 3/3/2 after {spread:?}", backend.name());
+    let mut victim = run.signal("w2", "-KILL").await;
+    let killed = Instant::now();
+    victim.wait().await.expect("wait");
+    run.wait_leases("w2's leases taken over", LEASE * 10, |leases| {
+        owned_by(leases, "w2").next().is_none() && leases.iter().all(|l| l.is_finished() || l.owner.is_some())
+    })
+    .await;
+    let failover = killed.elapsed();
+    let produced = producer.await.expect("producer");
+    run.wait_all(&produced, Duration::from_secs(60)).await;
+    let dupes = run.duplicates();
+    eprintln!("[{}] failover after kill -9: {failover:?} (lease {LEASE:?}); duplicates: {dupes}", backend.name());
+    run.assert_key_order(true);
+    run.stop_all().await;
+}
+
+/// SIGTERM of one worker: it releases its leases after checkpointing; the others take over with nothing repeated.
+async fn graceful_stop_of_one_worker(backend: Backend) {
+    let mut run = Run::new(backend, "grp-term", 8).await;
+    let producer = produce(&run.stream, 0..1500);
+    for id in ["w1", "w2", "w3"] {
+        run.start(id, None);
+    }
+    run.wait_spread(&[2, 3, 3], LEASE * 30).await;
+    let mut stopping = run.signal("w2", "-TERM").await;
+    let stopped = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(20), stopping.wait()).await.expect("stops").expect("wait");
+    assert!(status.success(), "w2 exited with {status}");
+    let leases = run.leases().await;
+    assert!(owned_by(&leases, "w2").next().is_none(), "w2 released its leases: {leases:?}");
+    run.wait_spread(&[4, 4], LEASE * 10).await;
+    let moved = stopped.elapsed();
+    let produced = producer.await.expect("producer");
+    run.wait_all(&produced, Duration::from_secs(60)).await;
+    let dupes = run.duplicates();
+    eprintln!("[{}] shards of a stopped worker moved in {moved:?}; duplicates: {dupes}", backend.name());
+    assert_eq!(dupes, 0, "a graceful stop hands over: nothing handled twice");
+    run.assert_key_order(false);
+    run.stop_all().await;
+}
+
+/// Split and merge while 3 workers run: children after parents, per-key order.
+async fn reshard_while_running(backend: Backend) {
+    let mut run = Run::new(backend, "grp-reshard", 4).await;
+    for id in ["w1", "w2", "w3"] {
+        run.start(id, None);
+    }
+    run.wait_leases("every lease owned", LEASE * 30, |leases| {
+        leases.len() == 4 && leases.iter().all(|l| l.owner.is_some())
+    })
+    .await;
+    let client = kinesis().await;
+    let mut produced = produce(&run.stream, 0..400).await.expect("producer");
+    let shards = client.list_shards().stream_name(&run.stream).send().await.expect("ListShards");
+    let first = shards.shards()[0].shard_id().to_owned();
+    kc_integration::split(&client, &run.stream, &first).await.expect("split");
+    produced.extend(produce(&run.stream, 400..800).await.expect("producer"));
+    let (a, b) = kc_integration::merge_first_adjacent(&client, &run.stream).await.expect("merge");
+    produced.extend(produce(&run.stream, 800..1200).await.expect("producer"));
+    run.wait_all(&produced, Duration::from_secs(90)).await;
+    let dupes = run.duplicates();
+    eprintln!("[{}] split {first}, merged {a}+{b} while running; duplicates: {dupes}", backend.name());
+    run.assert_key_order(false);
+    assert_eq!(dupes, 0);
+    run.wait_leases("the split parent's lease deleted", LEASE * 10, |leases| {
+        leases.iter().all(|l| l.shard_id != first)
+    })
+    .await;
+    run.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_three_workers_spread_and_join() {
+    three_workers_spread_and_join(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_kill_one_worker() {
+    kill_one_worker(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_graceful_stop_of_one_worker() {
+    graceful_stop_of_one_worker(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reshard_while_running() {
+    reshard_while_running(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddb_three_workers_spread_and_join() {
+    three_workers_spread_and_join(Backend::Ddb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddb_kill_one_worker() {
+    kill_one_worker(Backend::Ddb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddb_graceful_stop_of_one_worker() {
+    graceful_stop_of_one_worker(Backend::Ddb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddb_reshard_while_running() {
+    reshard_while_running(Backend::Ddb).await;
+}
+
+/// A worker whose PostgreSQL connection goes through a proxy that is cut: it stops handling records within one
+/// lease duration, the others take its shards, and its stale writes are refused by the fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_worker_cut_off_from_the_lease_table() {
+    let url = postgres_url();
+    let authority = url.split('@').nth(1).and_then(|rest| rest.split('/').next()).expect("host:port in the URL");
+    let proxy = CutProxy::start(authority).await.expect("proxy");
+    let proxied = url.replacen(authority, &proxy.addr().to_string(), 1);
+    let mut run = Run::new(Backend::Postgres, "grp-cut", 8).await;
+    let producer = produce(&run.stream, 0..2000);
+    run.start("w1", Some(&proxied));
+    run.start("w2", None);
+    run.start("w3", None);
+    run.wait_spread(&[2, 3, 3], LEASE * 30).await;
+    let held: Vec<Lease> = owned_by(&run.leases().await, "w1").cloned().collect();
+    assert!(!held.is_empty());
+    proxy.cut();
+    let cut = Instant::now();
+    let taken_over =
+        run.wait_leases("w1's leases taken over", LEASE * 10, |leases| owned_by(leases, "w1").next().is_none()).await;
+    tokio::time::sleep(LEASE).await;
+    let last = run.lines().iter().filter(|l| l.worker == "w1").map(|l| l.at).max().expect("w1 handled records");
+    let stopped_after = last.saturating_duration_since(cut);
+    eprintln!(
+        "[postgres] cut-off worker: last record handled {stopped_after:?} after the cut (lease {LEASE:?}); \
+         its shards taken over after {taken_over:?}"
+    );
+    assert!(stopped_after < LEASE + Duration::from_millis(500), "w1 stopped within one lease duration of the cut");
+    let lost = run.logs("w1").iter().filter(|l| l.contains("lease lost")).count();
+    assert!(lost >= held.len(), "w1 noticed that it lost each of its {} leases ({lost} logged)", held.len());
+
+    // w1's writes with what it last held are refused, and change nothing.
+    proxy.restore();
+    let scope = LeaseScope::new(GROUP, run.stream.as_str());
+    for l in &held {
+        let before = run.table.get(&scope, &l.shard_id).await.expect("get").expect("lease");
+        let stale = kinesis_consumer::Checkpoint::ShardEnd;
+        let refused = run.table.checkpoint(&scope, &l.shard_id, "w1", l.counter, &stale).await;
+        assert_eq!(refused.expect_err("fenced").kind(), ErrorKind::Fenced);
+        let renewed = run.table.renew(&scope, &l.shard_id, "w1", l.counter).await;
+        assert_eq!(renewed.expect_err("fenced").kind(), ErrorKind::Fenced);
+        let after = run.table.get(&scope, &l.shard_id).await.expect("get").expect("lease");
+        assert!(after.checkpoint >= before.checkpoint && !after.is_finished(), "the refused write changed nothing");
+    }
+    let produced = producer.await.expect("producer");
+    run.wait_all(&produced, Duration::from_secs(60)).await;
+    eprintln!("[postgres] cut-off worker: duplicates: {}", run.duplicates());
+    run.assert_key_order(true);
+    run.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_three_workers_spread_and_join() {
+    three_workers_spread_and_join(Backend::Mysql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_kill_one_worker() {
+    kill_one_worker(Backend::Mysql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_graceful_stop_of_one_worker() {
+    graceful_stop_of_one_worker(Backend::Mysql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_reshard_while_running() {
+    reshard_while_running(Backend::Mysql).await;
+}
