@@ -45,7 +45,7 @@ pub struct ConsumerArgs {
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
     /// The most records one GetRecords call returns (1 to 10000); checkpoints are handed to the store once per batch.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, conflicts_with = "fan_out")]
     pub max_records: i32,
     /// Read with enhanced fan-out (SubscribeToShard) as the stream consumer NAME, registered if missing, instead of
     /// polling with GetRecords. Needs an endpoint with fan-out (AWS, or kinesis-local: `cargo xtask kinesis-local`).
@@ -72,11 +72,11 @@ impl ConsumerArgs {
             .app_name(&self.app)
             .initial_position(initial)
             .aggregation(self.aggregation)
-            .max_records(self.max_records)
             .shutdown(crate::shutdown_on_signals()?);
-        if let Some(name) = &self.fan_out {
-            builder = builder.fan_out(name).deregister_on_shutdown(self.deregister_on_shutdown);
-        }
+        builder = match &self.fan_out {
+            Some(name) => builder.fan_out(name).deregister_on_shutdown(self.deregister_on_shutdown),
+            None => builder.max_records(self.max_records),
+        };
         Ok(builder)
     }
 

@@ -52,6 +52,8 @@ pub(crate) struct Config {
     pub(crate) fan_out: Option<crate::fan_out::FanOutConfig>,
     /// Deregister the fan-out consumer when the scan returns.
     pub(crate) deregister_on_shutdown: bool,
+    /// The polling-only settings the builder was given (refused with fan-out rather than ignored).
+    pub(crate) polling_options: Vec<&'static str>,
 }
 
 impl Config {
@@ -73,6 +75,7 @@ impl Config {
             backoff_max: Duration::from_secs(10),
             fan_out: None,
             deregister_on_shutdown: false,
+            polling_options: Vec::new(),
         }
     }
 
@@ -102,6 +105,12 @@ impl Config {
             return Err(Error::config("retry backoff max must be at least the backoff base"));
         }
         match &self.fan_out {
+            Some(_) if !self.polling_options.is_empty() => {
+                return Err(Error::config(format!(
+                    "{} only apply to polling (GetRecords), not to enhanced fan-out",
+                    self.polling_options.join(", ")
+                )))
+            }
             Some(fan_out) => fan_out.validate()?,
             None if self.deregister_on_shutdown => {
                 return Err(Error::config(
@@ -250,12 +259,14 @@ impl ConsumerBuilder {
     /// [`min_poll_interval`](Self::min_poll_interval) after the previous call.
     pub fn scan_interval(mut self, interval: Duration) -> Self {
         self.cfg.scan_interval = interval;
+        self.cfg.polling_options.push("scan_interval");
         self
     }
 
     /// The most records one GetRecords call returns, 1 to 10,000. Default: 10,000.
     pub fn max_records(mut self, max: i32) -> Self {
         self.cfg.max_records = max;
+        self.cfg.polling_options.push("max_records");
         self
     }
 
@@ -285,6 +296,7 @@ impl ConsumerBuilder {
     /// per shard).
     pub fn min_poll_interval(mut self, interval: Duration) -> Self {
         self.cfg.min_poll_interval = interval;
+        self.cfg.polling_options.push("min_poll_interval");
         self
     }
 
@@ -328,8 +340,9 @@ impl ConsumerBuilder {
     /// (RegisterStreamConsumer) and the scan waits until it is ACTIVE (retrying with backoff). Each shard then gets
     /// its records pushed (about 70 ms latency, 2 MB/s per shard for this consumer alone); handler, checkpoints,
     /// metrics, resharding and shutdown work as with polling. Default: polling. `name` is 1 to 128 of
-    /// `a-z A-Z 0-9 _ . -`. With fan-out, [`scan_interval`](Self::scan_interval),
-    /// [`min_poll_interval`](Self::min_poll_interval) and [`max_records`](Self::max_records) do not apply.
+    /// `a-z A-Z 0-9 _ . -`. [`scan_interval`](Self::scan_interval), [`min_poll_interval`](Self::min_poll_interval)
+    /// and [`max_records`](Self::max_records) apply to polling only: giving one of them with fan-out is a
+    /// configuration error.
     pub fn fan_out(mut self, name: impl Into<String>) -> Self {
         self.cfg.fan_out = Some(crate::fan_out::FanOutConfig::Name(name.into()));
         self
@@ -425,6 +438,11 @@ mod tests {
         check(|b| b.fan_out("a".repeat(129)), Some("at most 128"));
         check(|b| b.fan_out("a b"), Some("character ' '"));
         check(|b| b.deregister_on_shutdown(true), Some("deregister_on_shutdown needs enhanced fan-out"));
+        check(|b| b.max_records(5).fan_out("c"), Some("max_records only apply to polling"));
+        check(
+            |b| b.fan_out("c").scan_interval(Duration::from_secs(1)).min_poll_interval(Duration::from_secs(1)),
+            Some("scan_interval, min_poll_interval only apply to polling"),
+        );
         check(|b| b.fan_out_consumer_arn("arn:aws:kinesis:us-east-1:123456789012:stream/s/consumer/c:1"), None);
         check(|b| b.fan_out_consumer_arn("c"), Some("not a stream consumer ARN"));
         check(|b| b.fan_out_consumer_arn("arn:aws:kinesis:us-east-1:1:stream/s"), Some("not a stream consumer ARN"));

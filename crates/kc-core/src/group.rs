@@ -268,13 +268,20 @@ pub(crate) async fn scan<D: Deliver>(consumer: &Consumer, group: &GroupConfig, d
     let span =
         tracing::info_span!("group", group = %group.name, worker = %group.worker_id, stream = %consumer.cfg.stream);
     async move {
+        let stop = consumer.shutdown.child_token();
+        let mut shared = consumer.shared();
+        // Enhanced fan-out: the stream consumer, registered and ACTIVE, before any lease is taken.
+        shared.consumer_arn = crate::fan_out::resolve(&consumer.cfg, &consumer.api, &stop).await?;
+        if consumer.cfg.fan_out.is_some() && shared.consumer_arn.is_none() {
+            return Ok(()); // cancelled while waiting for the consumer
+        }
         let mut worker = Worker {
             consumer,
             cfg: group,
             scope: LeaseScope::new(group.name.as_str(), consumer.cfg.stream.as_str()),
-            stop: consumer.shutdown.child_token(),
+            stop,
             deliver,
-            shared: consumer.shared(),
+            shared,
             held: HashMap::new(),
             tasks: JoinSet::new(),
             renewers: JoinSet::new(),
@@ -285,7 +292,8 @@ pub(crate) async fn scan<D: Deliver>(consumer: &Consumer, group: &GroupConfig, d
         };
         let result = worker.run().await;
         let stopped = worker.stop_all().await;
-        let result = match (result, stopped) {
+        let deregistered = consumer.deregister(&worker.shared).await;
+        let result = match (result, stopped.and(deregistered)) {
             (Err(e), Err(other)) => {
                 warn!(error = %other, "another shard failed while stopping");
                 Err(e)

@@ -147,7 +147,7 @@ impl Consumer {
     }
 
     /// Deregisters the fan-out consumer if the builder asked for it.
-    async fn deregister(&self, shared: &Shared) -> Result<(), Error> {
+    pub(crate) async fn deregister(&self, shared: &Shared) -> Result<(), Error> {
         match &shared.consumer_arn {
             Some(arn) => crate::fan_out::deregister(&self.cfg, &self.api, arn).await,
             None => Ok(()),

@@ -75,16 +75,26 @@ impl Worker {
 }
 
 fn start(fake: &FakeKinesis, table: impl LeaseTable + 'static, id: &str, seen: &Seen) -> Worker {
+    start_with(fake, table, id, seen, |b| b.max_records(10))
+}
+
+fn start_with(
+    fake: &FakeKinesis,
+    table: impl LeaseTable + 'static,
+    id: &str,
+    seen: &Seen,
+    tweak: impl FnOnce(kc_core::ConsumerBuilder) -> kc_core::ConsumerBuilder,
+) -> Worker {
     let token = CancellationToken::new();
     let events = Arc::new(Events::default());
     let builder = Consumer::builder(STREAM)
         .api(fake.clone())
         .initial_position(InitialPosition::TrimHorizon)
         .discovery_interval(Duration::from_secs(1))
-        .max_records(10)
         .lifecycle(CountEvents(Arc::clone(&events)))
         .shutdown(token.clone())
         .group(Group::new(GROUP, table).worker_id(id).lease_duration(LEASE));
+    let builder = tweak(builder);
     let (seen, worker) = (seen.clone(), id.to_owned());
     let task = tokio::spawn(async move {
         let consumer = builder.build().await?;
@@ -536,4 +546,26 @@ async fn a_lost_lease_stops_its_shard_after_the_handler_in_flight_and_writes_not
     assert_eq!(now.checkpoint, taken.checkpoint, "the old owner wrote no checkpoint after the take");
     token.cancel();
     task.await.expect("task").expect("a lost lease is not an error of the scan");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_reads_with_enhanced_fan_out_when_asked() {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 4);
+    let table = MemoryLeaseTable::new();
+    let seen = Seen::default();
+    let producer = produce(&fake, 200, "f", Duration::from_millis(50));
+    let workers: Vec<Worker> =
+        ["w1", "w2"].iter().map(|id| start_with(&fake, table.clone(), id, &seen, |b| b.fan_out("group-efo"))).collect();
+    let produced = producer.await.expect("producer");
+    wait_until("every record", || async { seen.distinct() == produced.len() }).await;
+    for w in workers {
+        w.stop().await;
+    }
+    assert_all_handled(&seen, &produced);
+    assert_eq!(duplicates(&seen), 0);
+    assert_key_order(&seen);
+    assert_eq!(fake.consumers(STREAM).len(), 1, "the stream consumer was registered once");
+    assert!(fake.subscriptions().len() >= 4, "every shard was subscribed: {:?}", fake.subscriptions());
+    assert_eq!(fake.calls(kc_core::fake::Op::GetRecords), 0, "fan-out, not polling");
 }
