@@ -75,7 +75,8 @@ use plan::{Expiry, Me};
 ///   workers that asked for one, and this one; each aims at `ceil(leases to read / live workers)`, capped by
 ///   `max_leases`. Free leases are taken first (those released to this worker, then unowned, then expired ones).
 ///   When none is free and this worker is below the target, it asks the most loaded worker, if that one is above the
-///   target, for one lease ([`LeaseTable::request`]): at most one lease moves per cycle, and the other worker hands
+///   target (or at it, when this worker needs more than one lease and holds at least two fewer: no worker stays
+///   idle), for one lease ([`LeaseTable::request`]): at most one lease moves per cycle, and the other worker hands
 ///   it over gracefully (below). While such a request is pending the next cycle comes after one renew interval.
 /// - **Renewal and fencing.** Each held lease is renewed every renew interval. Renewals and checkpoint writes of a
 ///   lease are serialized and conditional on the owner and the counter the last write returned. A refused write is

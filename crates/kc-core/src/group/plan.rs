@@ -137,8 +137,15 @@ pub(crate) fn plan(leases: &[Lease], expiry: &Expiry, now: Instant, duration: Du
     });
     let mut request = None;
     if !has_free && mine < target && !request_pending {
-        // The most loaded live worker, if taking one of its leases leaves it at or above the target.
-        let victim = counts.iter().filter(|(_, n)| **n > target).max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)));
+        // The most loaded live worker, if taking one of its leases leaves it at or above the target; or, when this
+        // worker needs more than one lease, a worker at the target that holds at least two more than this one (so
+        // that no worker stays idle: 4 leases on 3 workers end 2/1/1, not 2/2/0). Either way the move narrows the
+        // gap, so it cannot swing back.
+        let needs_several = target - mine > 1;
+        let victim = counts
+            .iter()
+            .filter(|(_, n)| **n > target || (needs_several && **n >= target && **n >= mine + 2))
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)));
         if let Some((victim, _)) = victim {
             request = readable
                 .iter()
@@ -309,6 +316,21 @@ mod tests {
         let held = ["s2", "s5"];
         let p = run(&spread, &e, t0, "w3", &held);
         assert_eq!((p.target, p.take.len(), p.request.clone()), (3, 0, None));
+
+        // 4 leases, w2 and w3 hold 2 each, w1 none: the target is 2 and nobody is above it, but w1 needs two, so it
+        // asks one of them (2/1/1, not an idle worker); at 1 it needs only one and asks nobody at the target.
+        let four: Vec<Lease> = (0..4).map(|i| lease(&format!("s{i}"), Some(["w2", "w3"][i % 2]), 1)).collect();
+        e.observe(&four, t0);
+        let p = run(&four, &e, t0, "w1", &[]);
+        assert_eq!((p.workers, p.target), (3, 2));
+        assert!(p.request.is_some(), "an idle worker asks a worker at the target");
+        let mut after: Vec<Lease> = four.clone();
+        after[0].owner = Some("w1".to_owned());
+        e.observe(&after, t0);
+        let p = run(&after, &e, t0, "w1", &["s0"]);
+        assert_eq!(p.request, None, "w1 holds 1 of a target of 2: the others stay at the target");
+        let p = run(&after, &e, t0, "w2", &["s2"]);
+        assert_eq!(p.request, None, "w2 (1) does not ask w3 (2) back");
     }
 
     #[test]
