@@ -358,3 +358,18 @@ pub fn fan_out_builder(client: aws_sdk_kinesis::Client, stream: &str, name: &str
         .discovery_interval(Duration::from_secs(1))
         .fan_out(name)
 }
+
+/// The path of the example binary `name`, from `KC_EXAMPLES_BIN_DIR` (set by `cargo xtask integration`, which builds
+/// the examples); panics with a clear message when it is not set or the binary is missing.
+pub fn example_bin(name: &str) -> std::path::PathBuf {
+    let dir = std::env::var("KC_EXAMPLES_BIN_DIR").unwrap_or_else(|_| {
+        panic!("KC_EXAMPLES_BIN_DIR is not set: run the integration tests with `cargo xtask integration`")
+    });
+    let path = std::path::PathBuf::from(dir).join(name);
+    assert!(
+        path.exists(),
+        "{} does not exist: build the examples (`cargo build -p kc-examples --bins`)",
+        path.display()
+    );
+    path
+}

@@ -2,29 +2,15 @@
 //! their folder in `KC_EXAMPLES_BIN_DIR`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use kc_integration::{kinesis_endpoint, unique_stream};
+use kc_integration::{example_bin, kinesis_endpoint, unique_stream};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};
 
-fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var("KC_EXAMPLES_BIN_DIR").unwrap_or_else(|_| {
-        panic!("KC_EXAMPLES_BIN_DIR is not set: run the integration tests with `cargo xtask integration`")
-    });
-    let path = PathBuf::from(dir).join(name);
-    assert!(
-        path.exists(),
-        "{} does not exist: build the examples (`cargo build -p kc-examples --bins`)",
-        path.display()
-    );
-    path
-}
-
 async fn produce(stream: &str, lines: &[String], extra: &[&str]) {
-    let mut child = Command::new(bin("producer"))
+    let mut child = Command::new(example_bin("producer"))
         .args(["--stream", stream, "--endpoint", &kinesis_endpoint(), "--shards", "2"])
         .args(extra)
         .stdin(Stdio::piped())
@@ -40,7 +26,7 @@ async fn produce(stream: &str, lines: &[String], extra: &[&str]) {
 }
 
 fn consumer(stream: &str, extra: &[&str]) -> Child {
-    Command::new(bin("consumer"))
+    Command::new(example_bin("consumer"))
         .args(["--stream", stream, "--endpoint", &kinesis_endpoint(), "--iterator-type", "TRIM_HORIZON"])
         .args(extra)
         .stdout(Stdio::piped())
@@ -113,7 +99,7 @@ fn postgres_url() -> String {
 }
 
 fn tx_consumer(stream: &str, tables: &(String, String), crash_after: Option<u64>) -> Child {
-    let mut cmd = Command::new(bin("consumer-postgres-tx"));
+    let mut cmd = Command::new(example_bin("consumer-postgres-tx"));
     cmd.args(["--stream", stream, "--endpoint", &kinesis_endpoint(), "--iterator-type", "TRIM_HORIZON"])
         .args(["--database-url", &postgres_url(), "--table", &tables.0, "--events-table", &tables.1])
         .stdout(Stdio::piped())
@@ -179,7 +165,7 @@ async fn store_consumers_resume_across_processes() {
         let first: Vec<String> = (0..40).map(|i| format!("first-{i}")).collect();
         produce(&stream, &first, &[]).await;
         let run = || {
-            Command::new(bin(bin_name))
+            Command::new(example_bin(bin_name))
                 .args(["--stream", &stream, "--endpoint", &kinesis_endpoint(), "--iterator-type", "TRIM_HORIZON"])
                 .args([url_flag, &url, "--table", &table])
                 .stdout(Stdio::piped())
@@ -219,7 +205,7 @@ async fn kpl_restart_mid_aggregate_across_processes() {
     let lines: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
     produce(&stream, &lines, &["--aggregate", "100"]).await;
     let run = || {
-        Command::new(bin("consumer-postgres"))
+        Command::new(example_bin("consumer-postgres"))
             .args(["--stream", &stream, "--endpoint", &kinesis_endpoint(), "--iterator-type", "TRIM_HORIZON"])
             .args(["--database-url", &url, "--table", &table, "--aggregation", "--delay-ms", "50"])
             .stdout(Stdio::piped())

@@ -3,13 +3,13 @@
 //! `cargo xtask integration -- --test group -- --nocapture` shows them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kc_integration::{
-    create_stream, kinesis, kinesis_endpoint, mysql_url, postgres_url, put_numbered, unique_stream, CutProxy,
+    create_stream, example_bin, kinesis, kinesis_endpoint, mysql_url, postgres_url, put_numbered, unique_stream,
+    CutProxy,
 };
 use kinesis_consumer::checkpoint::lease::{Lease, LeaseScope, LeaseTable};
 use kinesis_consumer::checkpoint::ErrorKind;
@@ -25,19 +25,6 @@ const GROUP: &str = "it-group";
 
 /// The tests of this file run one at a time: each runs three worker processes, and their timings are measured.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var("KC_EXAMPLES_BIN_DIR").unwrap_or_else(|_| {
-        panic!("KC_EXAMPLES_BIN_DIR is not set: run the integration tests with `cargo xtask integration`")
-    });
-    let path = PathBuf::from(dir).join(name);
-    assert!(
-        path.exists(),
-        "{} does not exist: build the examples (`cargo build -p kc-examples --bins`)",
-        path.display()
-    );
-    path
-}
 
 fn dynamodb_endpoint() -> String {
     match std::env::var("DYNAMODB_ENDPOINT") {
@@ -125,7 +112,7 @@ impl Run {
 
     /// Starts worker `id`; with `database_url`, its PostgreSQL connection goes there (a proxy).
     fn start(&mut self, id: &str, database_url: Option<&str>) {
-        let mut cmd = Command::new(bin("consumer-group"));
+        let mut cmd = Command::new(example_bin("consumer-group"));
         cmd.args(["--stream", &self.stream, "--endpoint", &kinesis_endpoint(), "--iterator-type", "TRIM_HORIZON"])
             .args(["--group", GROUP, "--worker-id", id, "--lease-backend", self.backend.name()])
             .args(["--table", &self.table_name])

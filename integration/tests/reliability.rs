@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use kc_integration::{
-    create_stream, kinesis, kinesis_endpoint, postgres_url, put_numbered, unique_stream, unique_table, CutProxy, Fault,
-    FaultPlan, FaultProxy, SplitMix64,
+    create_stream, example_bin, kinesis, kinesis_endpoint, postgres_url, put_numbered, unique_stream, unique_table,
+    CutProxy, Fault, FaultPlan, FaultProxy, SplitMix64,
 };
 use kinesis_consumer::api::{ApiError, KinesisApi, RecordBatch, ShardPage, StartingPosition};
 use kinesis_consumer::{
@@ -807,19 +807,6 @@ async fn s4_checkpoint_database_outage_keeps_consuming_and_catches_up() {
 
 // ---------------------------------------------------------------------------------------------------------------
 // 5: kill -9
-
-fn example_bin(name: &str) -> PathBuf {
-    let dir = std::env::var("KC_EXAMPLES_BIN_DIR").unwrap_or_else(|_| {
-        panic!("KC_EXAMPLES_BIN_DIR is not set: run the integration tests with `cargo xtask integration`")
-    });
-    let path = PathBuf::from(dir).join(name);
-    assert!(
-        path.exists(),
-        "{} does not exist: build the examples (`cargo build -p kc-examples --bins`)",
-        path.display()
-    );
-    path
-}
 
 /// Collects a child's stdout lines into a shared vector, in the background.
 fn collect_lines(child: &mut Child) -> (Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
