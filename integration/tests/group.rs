@@ -527,3 +527,48 @@ async fn mysql_graceful_stop_of_one_worker() {
 async fn mysql_reshard_while_running() {
     reshard_while_running(Backend::Mysql).await;
 }
+
+/// `Latest` in a group against kinesalite: a lease whose owner crashed before its first checkpoint is taken over from
+/// where the new worker started (AT_TIMESTAMP), not from LATEST at the takeover, so the records put while the lease
+/// expired are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_takeover_without_a_checkpoint_reads_what_was_put_meanwhile() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let client = kinesis().await;
+    let stream = unique_stream("group-latest");
+    create_stream(&client, &stream, 1).await?;
+    let table = Arc::new(PostgresLeaseTable::connect(&postgres_url(), &kc_integration::unique_table("kc_gl")).await?);
+    table.create_table_if_missing().await?;
+    let listed = client.list_shards().stream_name(&stream).send().await?;
+    let shard = listed.shards().first().map(|s| s.shard_id().to_owned()).expect("one shard");
+    let scope = LeaseScope::new(GROUP, &stream);
+    table.create(&scope, &shard, &[]).await?;
+    let lease = table.take(&scope, &shard, 0, "crashed").await?;
+    table.renew(&scope, &shard, "crashed", lease.counter).await?;
+    let before = put_numbered(&client, &stream, "before", 0..3, 1).await?;
+    // kinesalite's arrival times are coarse: keep whole seconds between the puts and the worker's start.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let consumer = kinesis_consumer::Consumer::builder(&stream)
+        .client(client.clone())
+        .initial_position(kinesis_consumer::InitialPosition::Latest)
+        .group(kinesis_consumer::Group::new(GROUP, Arc::clone(&table)).worker_id("w1").lease_duration(LEASE))
+        .build()
+        .await?;
+    let producer = {
+        let (client, stream) = (client.clone(), stream.clone());
+        tokio::spawn(async move {
+            // Before the crashed worker's lease expires (2 s, judged after the worker saw it unchanged).
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            put_numbered(&client, &stream, "after", 0..20, 4).await
+        })
+    };
+    let (seen, result) = kc_integration::collect_until(consumer, 20).await;
+    let after = producer.await??;
+    result?;
+    seen.assert_exactly_once(&after);
+    let data = seen.data();
+    assert!(before.iter().all(|b| !data.contains(b)), "records from before the worker started are not read: {data:?}");
+    let taken = table.get(&scope, &shard).await?.expect("lease");
+    assert!(taken.checkpoint.is_some(), "the new owner checkpointed");
+    Ok(())
+}

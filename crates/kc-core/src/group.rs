@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::api::ShardInfo;
-use crate::consumer::Consumer;
+use crate::consumer::{Consumer, InitialPosition};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::GroupMetrics;
 use crate::scan::Listing;
@@ -99,11 +99,14 @@ use plan::{Expiry, Me};
 /// when a shard is finished) and the metrics (see [`metrics`](crate::metrics)).
 ///
 /// # Limits
-/// - A shard with no checkpoint starts at the consumer's initial position each time it is taken. With
-///   [`InitialPosition::Latest`](crate::InitialPosition::Latest), records put between a first owner's start and its
-///   first checkpoint are not read by a next owner that starts before that checkpoint. Use
-///   [`TrimHorizon`](crate::InitialPosition::TrimHorizon) or [`AtTimestamp`](crate::InitialPosition::AtTimestamp)
-///   where that matters.
+/// - A shard with no checkpoint starts at the consumer's initial position. With
+///   [`InitialPosition::Latest`](crate::InitialPosition::Latest), a lease that had an owner before and has no
+///   checkpoint (handed over, or its owner crashed, before a first batch end) starts at AT_TIMESTAMP of this
+///   worker's start instead of LATEST, so that records put while it changed hands are read. A record that the
+///   first owner handled without checkpointing, and that arrived before the next owner started, is still missed:
+///   use [`TrimHorizon`](crate::InitialPosition::TrimHorizon) or
+///   [`AtTimestamp`](crate::InitialPosition::AtTimestamp) where that matters. (kinesalite answers AT_TIMESTAMP
+///   only once a record at or after the time exists; until then the call times out and is retried.)
 /// - A lease that is lost (taken after expiry) may have had records handled by both workers: the old owner's last
 ///   handled records after its last checkpoint, as after a crash. Handoffs and graceful stops repeat nothing.
 /// - A shard whose last records were handled with [`Outcome::SkipCheckpoint`](crate::Outcome::SkipCheckpoint) is not
@@ -289,6 +292,7 @@ pub(crate) async fn scan<D: Deliver>(consumer: &Consumer, group: &GroupConfig, d
             expiry: Expiry::default(),
             ended_here: HashSet::new(),
             listing: Vec::new(),
+            started: std::time::SystemTime::now(),
             metrics: GroupMetrics::new(&group.name, &consumer.cfg.stream, &group.worker_id),
         };
         let result = worker.run().await;
@@ -322,6 +326,8 @@ struct Worker<'a, D> {
     expiry: Expiry,
     ended_here: HashSet<String>,
     listing: Vec<ShardInfo>,
+    /// When this worker started: where a shard taken over without a checkpoint starts under `Latest`.
+    started: std::time::SystemTime,
     metrics: GroupMetrics,
 }
 
@@ -499,7 +505,16 @@ impl<D: Deliver> Worker<'_, D> {
             initial: lease.checkpoint.clone(),
             backoff: (cfg.backoff_base, cfg.backoff_max),
         });
-        let shared = Shared { store: Arc::clone(&store) as Arc<dyn CheckpointStore>, ..self.shared.clone() };
+        let mut shared = Shared { store: Arc::clone(&store) as Arc<dyn CheckpointStore>, ..self.shared.clone() };
+        // A lease that had an owner before (its counter was bumped by more than this take) and no checkpoint: with
+        // `Latest`, the previous owner may have been reading without having checkpointed yet (a handoff or a crash
+        // before its first batch end). Start at AT_TIMESTAMP of this worker's start rather than LATEST, so that
+        // records put since then are not skipped.
+        if cfg.initial_position == InitialPosition::Latest && lease.checkpoint.is_none() && lease.counter > 1 {
+            let mut shard_cfg = (*shared.cfg).clone();
+            shard_cfg.initial_position = InitialPosition::AtTimestamp(self.started);
+            shared.cfg = Arc::new(shard_cfg);
+        }
         let hint = StartHint {
             // A child is read from its start: its parents were read to their end, by whichever worker.
             trim_horizon: !lease.parents.is_empty(),

@@ -569,3 +569,35 @@ async fn a_group_reads_with_enhanced_fan_out_when_asked() {
     assert!(fake.subscriptions().len() >= 4, "every shard was subscribed: {:?}", fake.subscriptions());
     assert_eq!(fake.calls(kc_core::fake::Op::GetRecords), 0, "fan-out, not polling");
 }
+
+#[tokio::test(start_paused = true)]
+async fn under_latest_a_lease_taken_over_without_a_checkpoint_starts_where_the_worker_started() {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 1);
+    let shard = fake.shard_ids(STREAM).remove(0);
+    let table = MemoryLeaseTable::new();
+    let scope = LeaseScope::new(GROUP, STREAM);
+    // A worker took the lease and renewed it, then crashed before its first checkpoint.
+    table.create(&scope, &shard, &[]).await.expect("create");
+    let lease = table.take(&scope, &shard, 0, "crashed").await.expect("take");
+    table.renew(&scope, &shard, "crashed", lease.counter).await.expect("renew");
+    fake.put(STREAM, "k", "before");
+    std::thread::sleep(Duration::from_millis(5)); // arrival times are wall-clock times
+    let seen = Seen::default();
+    let w = start_with(&fake, table.clone(), "w1", &seen, |b| b.initial_position(InitialPosition::Latest));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Records arrive while the crashed worker's lease expires: LATEST at the takeover would skip them.
+    let produced: Vec<String> = (0..5)
+        .map(|i| {
+            let data = format!("after{i}");
+            fake.put(STREAM, "k", data.clone());
+            data
+        })
+        .collect();
+    wait_until("taken over", || async { leases(&table).await[0].owner.as_deref() == Some("w1") }).await;
+    wait_until("every record put since w1 started", || async { seen.distinct() >= produced.len() }).await;
+    w.stop().await;
+    assert_all_handled(&seen, &produced);
+    assert!(seen.all().iter().all(|h| h.data != "before"), "a record from before the worker started is not read");
+    assert_eq!(duplicates(&seen), 0);
+}
