@@ -24,6 +24,46 @@ fn kind<T: std::fmt::Debug>(result: Result<T, Error>) -> ErrorKind {
     }
 }
 
+/// A lease table whose table does not exist yet: every call is `Permanent` (never `Fenced`), and the message says
+/// how to fix it.
+async fn assert_missing_table_is_permanent(leases: &dyn LeaseTable) {
+    let s = LeaseScope::new("g", "s");
+    assert_eq!(kind(leases.list(&s).await), ErrorKind::Permanent);
+    assert_eq!(kind(leases.get(&s, "shard").await), ErrorKind::Permanent);
+    assert_eq!(kind(leases.create(&s, "shard", &[]).await), ErrorKind::Permanent);
+    assert_eq!(kind(leases.renew(&s, "shard", "w", 0).await), ErrorKind::Permanent, "not Fenced: no table");
+    let err = leases.checkpoint(&s, "shard", "w", 0, &Checkpoint::ShardEnd).await.expect_err("no table");
+    assert!(err.to_string().contains("create_table_if_missing"), "the message says how to fix it: {err}");
+}
+
+/// The same table once created.
+async fn assert_works_once_created(leases: &dyn LeaseTable) {
+    let s = LeaseScope::new("g", "s");
+    assert!(leases.create(&s, "shard", &[]).await.expect("create lease"));
+    assert_eq!(leases.take(&s, "shard", 0, "w").await.expect("take").counter, 1);
+}
+
+/// `leases` reaches the server through `proxy`, `direct` does not: while cut, every call is `Transient` (not
+/// `Fenced`: a network failure is not a lost lease) and nothing is written; after the restore it works again.
+async fn assert_cut_is_transient(leases: &dyn LeaseTable, direct: &dyn LeaseTable, proxy: &CutProxy) {
+    let s = LeaseScope::new("g", "s");
+    leases.create(&s, "shard", &[]).await.expect("create");
+    let c = leases.take(&s, "shard", 0, "w1").await.expect("take").counter;
+
+    proxy.cut();
+    assert_eq!(kind(leases.renew(&s, "shard", "w1", c).await), ErrorKind::Transient, "renew while cut");
+    assert_eq!(kind(leases.take(&s, "shard", c, "w2").await), ErrorKind::Transient, "take while cut");
+    let cp = Checkpoint::ShardEnd;
+    assert_eq!(kind(leases.checkpoint(&s, "shard", "w1", c, &cp).await), ErrorKind::Transient, "checkpoint while cut");
+    assert_eq!(kind(leases.get(&s, "shard").await), ErrorKind::Transient, "get while cut: an error, not None");
+    assert_eq!(kind(leases.list(&s).await), ErrorKind::Transient, "list while cut");
+    assert_eq!(direct.get(&s, "shard").await.expect("get").map(|l| l.counter), Some(c), "nothing was written");
+
+    proxy.restore();
+    let c = leases.renew(&s, "shard", "w1", c).await.expect("renew after restore");
+    assert_eq!(leases.get(&s, "shard").await.expect("get").map(|l| l.counter), Some(c));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_table_conforms() {
     lease_suite::run(Arc::new(MemoryLeaseTable::new()), "memory").await;
@@ -76,16 +116,9 @@ async fn postgres_table_name_with_sql_is_invalid_input() {
 async fn postgres_missing_table_is_permanent_until_created() {
     let table = unique_table("kc_pg_leases_missing");
     let leases = PostgresLeaseTable::connect(&postgres_url(), &table).await.expect("connect");
-    let s = LeaseScope::new("g", "s");
-    assert_eq!(kind(leases.list(&s).await), ErrorKind::Permanent);
-    assert_eq!(kind(leases.get(&s, "shard").await), ErrorKind::Permanent);
-    assert_eq!(kind(leases.create(&s, "shard", &[]).await), ErrorKind::Permanent);
-    assert_eq!(kind(leases.renew(&s, "shard", "w", 0).await), ErrorKind::Permanent, "not Fenced: no table");
-    let err = leases.take(&s, "shard", 0, "w").await.expect_err("no table");
-    assert!(err.to_string().contains("create_table_if_missing"), "the message says how to fix it: {err}");
+    assert_missing_table_is_permanent(&leases).await;
     leases.create_table_if_missing().await.expect("create table");
-    assert!(leases.create(&s, "shard", &[]).await.expect("create lease"));
-    assert_eq!(leases.take(&s, "shard", 0, "w").await.expect("take").counter, 1);
+    assert_works_once_created(&leases).await;
     pg_drop(leases.pool(), &table).await;
 }
 
@@ -97,20 +130,7 @@ async fn postgres_cut_is_transient_not_fenced_and_restore_works() {
     direct.create_table_if_missing().await.expect("create table");
     let (proxied_url, proxy) = proxied(&url).await;
     let leases = PostgresLeaseTable::new(pg_pool(&proxied_url, 2).await, &table).expect("table");
-    let s = LeaseScope::new("g", "s");
-    leases.create(&s, "shard", &[]).await.expect("create");
-    let c = leases.take(&s, "shard", 0, "w1").await.expect("take").counter;
-
-    proxy.cut();
-    assert_eq!(kind(leases.renew(&s, "shard", "w1", c).await), ErrorKind::Transient, "renew while cut");
-    assert_eq!(kind(leases.take(&s, "shard", c, "w1").await), ErrorKind::Transient, "take while cut");
-    assert_eq!(kind(leases.get(&s, "shard").await), ErrorKind::Transient, "get while cut: an error, not None");
-    assert_eq!(kind(leases.list(&s).await), ErrorKind::Transient, "list while cut");
-    assert_eq!(direct.get(&s, "shard").await.expect("get").map(|l| l.counter), Some(c), "nothing was written");
-
-    proxy.restore();
-    let c = leases.renew(&s, "shard", "w1", c).await.expect("renew after restore");
-    assert_eq!(leases.get(&s, "shard").await.expect("get").map(|l| l.counter), Some(c));
+    assert_cut_is_transient(&leases, &direct, &proxy).await;
     pg_drop(direct.pool(), &table).await;
 }
 
@@ -234,16 +254,9 @@ async fn dynamodb_invalid_table_name_is_invalid_input() {
 async fn dynamodb_missing_table_is_permanent_until_created() {
     let leases =
         DynamoDbLeaseTable::new(ddb_client(&dynamodb_endpoint()), &ddb_table_name("kc-ddb-missing")).expect("table");
-    let s = LeaseScope::new("g", "s");
-    assert_eq!(kind(leases.list(&s).await), ErrorKind::Permanent);
-    assert_eq!(kind(leases.get(&s, "shard").await), ErrorKind::Permanent);
-    assert_eq!(kind(leases.create(&s, "shard", &[]).await), ErrorKind::Permanent);
-    assert_eq!(kind(leases.renew(&s, "shard", "w", 0).await), ErrorKind::Permanent, "not Fenced: no table");
-    let err = leases.checkpoint(&s, "shard", "w", 0, &Checkpoint::ShardEnd).await.expect_err("no table");
-    assert!(err.to_string().contains("create_table_if_missing"), "the message says how to fix it: {err}");
+    assert_missing_table_is_permanent(&leases).await;
     leases.create_table_if_missing().await.expect("create table");
-    assert!(leases.create(&s, "shard", &[]).await.expect("create lease"));
-    assert_eq!(leases.take(&s, "shard", 0, "w").await.expect("take").counter, 1);
+    assert_works_once_created(&leases).await;
     ddb_drop(leases.table()).await;
 }
 
@@ -281,22 +294,7 @@ async fn dynamodb_cut_is_transient_not_fenced_and_restore_works() {
     let proxy = CutProxy::start(&dynamodb_authority()).await.expect("proxy");
     let leases =
         DynamoDbLeaseTable::new(ddb_client(&format!("http://{}", proxy.addr())), direct.table()).expect("table");
-    let s = LeaseScope::new("g", "s");
-    leases.create(&s, "shard", &[]).await.expect("create");
-    let c = leases.take(&s, "shard", 0, "w1").await.expect("take").counter;
-
-    proxy.cut();
-    assert_eq!(kind(leases.renew(&s, "shard", "w1", c).await), ErrorKind::Transient, "renew while cut");
-    assert_eq!(kind(leases.take(&s, "shard", c, "w2").await), ErrorKind::Transient, "take while cut");
-    let cp = Checkpoint::ShardEnd;
-    assert_eq!(kind(leases.checkpoint(&s, "shard", "w1", c, &cp).await), ErrorKind::Transient, "checkpoint while cut");
-    assert_eq!(kind(leases.get(&s, "shard").await), ErrorKind::Transient, "get while cut: an error, not None");
-    assert_eq!(kind(leases.list(&s).await), ErrorKind::Transient, "list while cut");
-    assert_eq!(direct.get(&s, "shard").await.expect("get").map(|l| l.counter), Some(c), "nothing was written");
-
-    proxy.restore();
-    let c = leases.renew(&s, "shard", "w1", c).await.expect("renew after restore");
-    assert_eq!(leases.get(&s, "shard").await.expect("get").map(|l| l.counter), Some(c));
+    assert_cut_is_transient(&leases, &direct, &proxy).await;
     ddb_drop(direct.table()).await;
 }
 
@@ -435,16 +433,9 @@ async fn mysql_table_name_with_sql_is_invalid_input() {
 async fn mysql_missing_table_is_permanent_until_created() {
     let table = unique_table("kc_my_leases_missing");
     let leases = MySqlLeaseTable::connect(&mysql_url(), &table).await.expect("connect");
-    let s = LeaseScope::new("g", "s");
-    assert_eq!(kind(leases.list(&s).await), ErrorKind::Permanent);
-    assert_eq!(kind(leases.get(&s, "shard").await), ErrorKind::Permanent);
-    assert_eq!(kind(leases.create(&s, "shard", &[]).await), ErrorKind::Permanent);
-    assert_eq!(kind(leases.renew(&s, "shard", "w", 0).await), ErrorKind::Permanent, "not Fenced: no table");
-    let err = leases.take(&s, "shard", 0, "w").await.expect_err("no table");
-    assert!(err.to_string().contains("create_table_if_missing"), "the message says how to fix it: {err}");
+    assert_missing_table_is_permanent(&leases).await;
     leases.create_table_if_missing().await.expect("create table");
-    assert!(leases.create(&s, "shard", &[]).await.expect("create lease"));
-    assert_eq!(leases.take(&s, "shard", 0, "w").await.expect("take").counter, 1);
+    assert_works_once_created(&leases).await;
     my_drop(leases.pool(), &table).await;
 }
 
@@ -456,20 +447,7 @@ async fn mysql_cut_is_transient_not_fenced_and_restore_works() {
     direct.create_table_if_missing().await.expect("create table");
     let (proxied_url, proxy) = proxied(&url).await;
     let leases = MySqlLeaseTable::new(my_pool(&proxied_url, 2).await, &table).expect("table");
-    let s = LeaseScope::new("g", "s");
-    leases.create(&s, "shard", &[]).await.expect("create");
-    let c = leases.take(&s, "shard", 0, "w1").await.expect("take").counter;
-
-    proxy.cut();
-    assert_eq!(kind(leases.renew(&s, "shard", "w1", c).await), ErrorKind::Transient, "renew while cut");
-    assert_eq!(kind(leases.take(&s, "shard", c, "w1").await), ErrorKind::Transient, "take while cut");
-    assert_eq!(kind(leases.get(&s, "shard").await), ErrorKind::Transient, "get while cut: an error, not None");
-    assert_eq!(kind(leases.list(&s).await), ErrorKind::Transient, "list while cut");
-    assert_eq!(direct.get(&s, "shard").await.expect("get").map(|l| l.counter), Some(c), "nothing was written");
-
-    proxy.restore();
-    let c = leases.renew(&s, "shard", "w1", c).await.expect("renew after restore");
-    assert_eq!(leases.get(&s, "shard").await.expect("get").map(|l| l.counter), Some(c));
+    assert_cut_is_transient(&leases, &direct, &proxy).await;
     my_drop(direct.pool(), &table).await;
 }
 
