@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::api::ShardInfo;
-use crate::consumer::{Consumer, InitialPosition};
+use crate::consumer::Consumer;
 use crate::error::{Error, ErrorKind};
 use crate::metrics::GroupMetrics;
 use crate::scan::Listing;
@@ -273,12 +273,9 @@ pub(crate) async fn scan<D: Deliver>(consumer: &Consumer, group: &GroupConfig, d
         tracing::info_span!("group", group = %group.name, worker = %group.worker_id, stream = %consumer.cfg.stream);
     async move {
         let stop = consumer.shutdown.child_token();
-        let mut shared = consumer.shared();
-        // Enhanced fan-out: the stream consumer, registered and ACTIVE, before any lease is taken.
-        shared.consumer_arn = crate::fan_out::resolve(&consumer.cfg, &consumer.api, &stop).await?;
-        if consumer.cfg.fan_out.is_some() && shared.consumer_arn.is_none() {
-            return Ok(()); // cancelled while waiting for the consumer
-        }
+        let Some(shared) = consumer.prepare(&stop).await? else {
+            return Ok(()); // cancelled while waiting for the fan-out consumer
+        };
         let mut worker = Worker {
             consumer,
             cfg: group,
@@ -505,21 +502,16 @@ impl<D: Deliver> Worker<'_, D> {
             initial: lease.checkpoint.clone(),
             backoff: (cfg.backoff_base, cfg.backoff_max),
         });
-        let mut shared = Shared { store: Arc::clone(&store) as Arc<dyn CheckpointStore>, ..self.shared.clone() };
-        // A lease that had an owner before (its counter was bumped by more than this take) and no checkpoint: with
-        // `Latest`, the previous owner may have been reading without having checkpointed yet (a handoff or a crash
-        // before its first batch end). Start at AT_TIMESTAMP of this worker's start rather than LATEST, so that
-        // records put since then are not skipped.
-        if cfg.initial_position == InitialPosition::Latest && lease.checkpoint.is_none() && lease.counter > 1 {
-            let mut shard_cfg = (*shared.cfg).clone();
-            shard_cfg.initial_position = InitialPosition::AtTimestamp(self.started);
-            shared.cfg = Arc::new(shard_cfg);
-        }
+        let shared = Shared { store: Arc::clone(&store) as Arc<dyn CheckpointStore>, ..self.shared.clone() };
         let hint = StartHint {
             // A child is read from its start: its parents were read to their end, by whichever worker.
             trim_horizon: !lease.parents.is_empty(),
             parents: Vec::new(),
             closed: self.listing.iter().any(|s| s.shard_id == shard_id && s.closed),
+            // A lease that had an owner before (its counter was bumped by more than this take) and no checkpoint:
+            // that owner may have been reading without having checkpointed yet (a handoff or a crash before its
+            // first batch end), so `Latest` means "since this worker started", not LATEST at the takeover.
+            latest_since: (lease.checkpoint.is_none() && lease.counter > 1).then_some(self.started),
         };
         let deliver = Arc::clone(&self.deliver);
         let id = shard_id.clone();

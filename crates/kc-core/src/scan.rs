@@ -59,6 +59,7 @@ impl Shards {
                         || s.parents().any(|p| self.read.contains(p)),
                     parents: s.parents().map(str::to_owned).collect(),
                     closed: s.closed,
+                    latest_since: None,
                 };
                 (s.shard_id.clone(), hint)
             })
@@ -112,14 +113,12 @@ impl Consumer {
             return Err(Error::config("scan_shard reads a shard without a lease: not available in a consumer group")
                 .at(&self.cfg.stream, Some(shard_id)));
         }
-        let mut shared = self.shared();
         let deliver = PerRecord(handler);
         let cancel = self.shutdown.child_token();
-        shared.consumer_arn = crate::fan_out::resolve(&self.cfg, &self.api, &cancel).await?;
-        if self.cfg.fan_out.is_some() && shared.consumer_arn.is_none() {
-            return Ok(()); // cancelled while waiting for the consumer
-        }
-        let hint = StartHint { trim_horizon: false, parents: Vec::new(), closed: false };
+        let Some(shared) = self.prepare(&cancel).await? else {
+            return Ok(()); // cancelled while waiting for the fan-out consumer
+        };
+        let hint = StartHint { trim_horizon: false, parents: Vec::new(), closed: false, latest_since: None };
         let result = ShardReader::new(&shared, &deliver, &cancel, shard_id).run(hint).await;
         let flushed = self.flush().await;
         let deregistered = self.deregister(&shared).await;
@@ -128,7 +127,18 @@ impl Consumer {
         deregistered
     }
 
-    pub(crate) fn shared(&self) -> Shared {
+    /// The state shared by the shard tasks of a scan, with the fan-out consumer resolved (registered if needed and
+    /// ACTIVE) when fan-out is on; `None` if `cancel` fired while waiting for it.
+    pub(crate) async fn prepare(&self, cancel: &CancellationToken) -> Result<Option<Shared>, Error> {
+        let mut shared = self.shared();
+        shared.consumer_arn = crate::fan_out::resolve(&self.cfg, &self.api, cancel).await?;
+        if self.cfg.fan_out.is_some() && shared.consumer_arn.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(shared))
+    }
+
+    fn shared(&self) -> Shared {
         Shared {
             cfg: Arc::clone(&self.cfg),
             api: Arc::clone(&self.api),
@@ -162,12 +172,9 @@ impl Consumer {
         async move {
             // Cancelled by the user's token, or by us on the first error.
             let stop = self.shutdown.child_token();
-            let mut shared = self.shared();
-            // Enhanced fan-out: the stream consumer, registered and ACTIVE, before any shard starts.
-            shared.consumer_arn = crate::fan_out::resolve(&self.cfg, &self.api, &stop).await?;
-            if self.cfg.fan_out.is_some() && shared.consumer_arn.is_none() {
-                return Ok(()); // cancelled while waiting for the consumer
-            }
+            let Some(shared) = self.prepare(&stop).await? else {
+                return Ok(()); // cancelled while waiting for the fan-out consumer
+            };
             let mut tasks: JoinSet<ShardResult> = JoinSet::new();
             let mut shards = Shards::default();
             let result = self.run(&stop, &shared, &deliver, &mut tasks, &mut shards).await;

@@ -38,6 +38,9 @@ pub(crate) struct StartHint {
     pub(crate) parents: Vec<String>,
     /// The shard is closed: with [`InitialPosition::Latest`] there is nothing to read, it is skipped.
     pub(crate) closed: bool,
+    /// With [`InitialPosition::Latest`]: start at AT_TIMESTAMP of this time instead of LATEST (a consumer group
+    /// taking over a lease that has no checkpoint yet).
+    pub(crate) latest_since: Option<std::time::SystemTime>,
 }
 
 /// How a shard task ended without error.
@@ -363,7 +366,11 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
         if trim_horizon {
             return Ok(Start::At(StartingPosition::TrimHorizon));
         }
-        if hint.closed && self.shared.cfg.initial_position == InitialPosition::Latest {
+        let latest = self.shared.cfg.initial_position == InitialPosition::Latest;
+        if let Some(since) = hint.latest_since.filter(|_| latest) {
+            return Ok(Start::At(StartingPosition::AtTimestamp(since)));
+        }
+        if hint.closed && latest {
             return Ok(Start::Skip);
         }
         Ok(Start::At(self.shared.cfg.initial_position.starting_position()))
