@@ -451,10 +451,14 @@ async fn mysql_cut_is_transient_not_fenced_and_restore_works() {
     my_drop(direct.pool(), &table).await;
 }
 
-/// As for PostgreSQL: a renewal waiting for a row lock when its connection is cut is applied by the server once
-/// the lock is released, and its caller saw `Transient`.
+/// As for PostgreSQL, a renewal waiting for a row lock when its connection is cut gives its caller `Transient`,
+/// never `Fenced`, and the table does not retry it. Unlike PostgreSQL, MariaDB does not always finish such a
+/// statement: it sometimes notices the dropped client during the lock wait and rolls the statement back (a CI run
+/// saw the counter stay put), so either outcome is accepted here. What the test holds the table to is the caller's
+/// side of the contract: the error is `Transient`, the stored counter is the old one or exactly one more (no retry,
+/// no second write), and reading the lease and writing with the counter read works once the connection is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_write_applied_after_the_cut_is_transient() {
+async fn mysql_write_in_flight_when_cut_is_transient_and_recoverable() {
     let url = mysql_url();
     let table = unique_table("kc_my_leases_inflight");
     let direct_pool = my_pool(&url, 3).await;
@@ -464,21 +468,24 @@ async fn mysql_write_applied_after_the_cut_is_transient() {
     direct.create(&s, "shard", &[]).await.expect("create");
     let c = direct.take(&s, "shard", 0, "w1").await.expect("take").counter;
     let (proxied_url, proxy) = proxied(&url).await;
-    let leases = MySqlLeaseTable::new(my_pool(&proxied_url, 1).await, &table).expect("table");
+    let leases = Arc::new(MySqlLeaseTable::new(my_pool(&proxied_url, 1).await, &table).expect("table"));
 
     let mut lock = direct_pool.begin().await.expect("begin");
     sqlx::query(&format!("SELECT 1 FROM {table} WHERE shard_id = 'shard' FOR UPDATE"))
         .execute(&mut *lock)
         .await
         .expect("lock the row");
-    let renewal = tokio::spawn(async move { leases.renew(&s, "shard", "w1", c).await });
+    let renewal = {
+        let (leases, s) = (leases.clone(), s.clone());
+        tokio::spawn(async move { leases.renew(&s, "shard", "w1", c).await })
+    };
     let waiting = format!("SELECT count(*) FROM information_schema.processlist WHERE info LIKE 'UPDATE {table} %'");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    let in_flight = || async {
         let (n,): (i64,) = sqlx::query_as(&waiting).fetch_one(&direct_pool).await.expect("processlist");
-        if n == 1 {
-            break;
-        }
+        n
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while in_flight().await != 1 {
         assert!(std::time::Instant::now() < deadline, "the renewal never waited for the lock");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -486,19 +493,24 @@ async fn mysql_write_applied_after_the_cut_is_transient() {
     let result = renewal.await.expect("renewal task");
     assert_eq!(kind(result), ErrorKind::Transient, "a write in flight when the connection broke");
     lock.commit().await.expect("release the row lock");
-    let s = LeaseScope::new("g", "s");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = direct.get(&s, "shard").await.expect("get").expect("lease").counter;
-        if now == c + 1 {
-            break;
-        }
-        assert_eq!(now, c, "only the cut renewal writes this lease");
-        assert!(std::time::Instant::now() < deadline, "the server never applied the cut renewal");
+    while in_flight().await != 0 {
+        assert!(std::time::Instant::now() < deadline, "the cut renewal never finished on the server");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("the renewal was applied by the server although its caller got a Transient error");
+    let now = direct.get(&s, "shard").await.expect("get").expect("lease").counter;
+    assert!(now == c || now == c + 1, "only the cut renewal, once, may have written this lease: {c} -> {now}");
+    eprintln!(
+        "the cut renewal was {} by the server; its caller saw Transient",
+        if now == c + 1 { "applied" } else { "rolled back" }
+    );
+
     proxy.restore();
+    let read = leases.get(&s, "shard").await.expect("get after restore").expect("lease");
+    assert_eq!((read.counter, read.owner.as_deref()), (now, Some("w1")), "the caller reads what the server kept");
+    let renewed = leases.renew(&s, "shard", "w1", read.counter).await.expect("renew with the counter read");
+    assert_eq!(renewed, now + 1);
+    assert_eq!(kind(leases.renew(&s, "shard", "w1", now).await), ErrorKind::Fenced, "a counter already used");
     my_drop(&direct_pool, &table).await;
 }
 
