@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 pub mod fault_proxy;
 pub mod lease_suite;
+pub mod report;
 pub use fault_proxy::{Fault, FaultCounts, FaultPlan, FaultProxy, SplitMix64};
 
 /// The kinesalite endpoint from `KINESIS_ENDPOINT`; panics with a clear message when it is not set.

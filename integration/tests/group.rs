@@ -1,12 +1,14 @@
 //! Consumer groups across processes: `consumer-group` example workers against kinesalite, with their leases in
 //! PostgreSQL or dynalite. Each test prints its measured figures (rebalance and failover times, duplicates).
-//! `cargo xtask integration -- --test group -- --nocapture` shows them.
+//! `cargo xtask integration -- --test group -- --nocapture` shows them. The fault scenarios (kill -9, graceful stop,
+//! lease table cut) also write rows `G1`–`G3` of the reliability table (`cargo xtask reliability`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kc_integration::report::{tally, Row};
 use kc_integration::{
     create_stream, example_bin, kinesis, kinesis_endpoint, mysql_url, postgres_url, put_numbered, unique_stream,
     CutProxy,
@@ -216,18 +218,42 @@ impl Run {
     }
 
     async fn wait_all(&self, produced: &[String], timeout: Duration) {
+        let missing = self.wait_handled(produced, timeout).await;
+        assert_eq!(missing, 0, "{missing} of {} records never handled within {timeout:?}", produced.len());
+    }
+
+    /// Waits (up to `timeout`) until every record of `produced` was handled; returns how many were not.
+    async fn wait_handled(&self, produced: &[String], timeout: Duration) -> usize {
         let start = Instant::now();
         loop {
             let seen: HashSet<String> = self.lines().into_iter().map(|l| l.data).collect();
             let missing = produced.iter().filter(|p| !seen.contains(*p)).count();
-            if missing == 0 {
+            if missing == 0 || start.elapsed() >= timeout {
                 // Anything extra (a duplicate) would arrive now.
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                return;
+                return missing;
             }
-            assert!(start.elapsed() < timeout, "{missing} of {} records never handled", produced.len());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Waits for `produced` as `wait_handled` does, then reports the scenario's row of the reliability table
+    /// (`ok` also needs no record lost, and no duplicate unless `duplicates_allowed`); returns the row.
+    async fn report(
+        &self,
+        scenario: String,
+        faults: String,
+        produced: &[String],
+        duplicates_allowed: bool,
+        ok: bool,
+    ) -> Row {
+        self.wait_handled(produced, Duration::from_secs(60)).await;
+        let handled: Vec<String> = self.lines().into_iter().map(|l| l.data).collect();
+        let (lost, duplicates) = tally(produced, &handled);
+        let ok = ok && lost == 0 && (duplicates_allowed || duplicates == 0);
+        let row = Row { scenario, faults, produced: produced.len(), handled: handled.len(), lost, duplicates, ok };
+        row.report();
+        row
     }
 
     fn duplicates(&self) -> usize {
@@ -355,9 +381,14 @@ async fn kill_one_worker(backend: Backend) {
     .await;
     let failover = killed.elapsed();
     let produced = producer.await.expect("producer");
-    run.wait_all(&produced, Duration::from_secs(60)).await;
-    let dupes = run.duplicates();
-    eprintln!("[{}] failover after kill -9: {failover:?} (lease {LEASE:?}); duplicates: {dupes}", backend.name());
+    let faults = format!("1 SIGKILL of 3 workers; failover {:.1} s (lease {LEASE:?})", failover.as_secs_f64());
+    let row = run.report(format!("G1 group kill -9 ({})", backend.name()), faults, &produced, true, true).await;
+    eprintln!(
+        "[{}] failover after kill -9: {failover:?} (lease {LEASE:?}); duplicates: {}",
+        backend.name(),
+        row.duplicates
+    );
+    assert_eq!(row.lost, 0, "every record handled");
     run.assert_key_order(true);
     run.stop_all().await;
 }
@@ -379,10 +410,10 @@ async fn graceful_stop_of_one_worker(backend: Backend) {
     run.wait_spread(&[4, 4], LEASE * 10).await;
     let moved = stopped.elapsed();
     let produced = producer.await.expect("producer");
-    run.wait_all(&produced, Duration::from_secs(60)).await;
-    let dupes = run.duplicates();
-    eprintln!("[{}] shards of a stopped worker moved in {moved:?}; duplicates: {dupes}", backend.name());
-    assert_eq!(dupes, 0, "a graceful stop hands over: nothing handled twice");
+    let faults = format!("1 SIGTERM of 3 workers; shards moved in {:.1} s", moved.as_secs_f64());
+    let row = run.report(format!("G2 group graceful stop ({})", backend.name()), faults, &produced, false, true).await;
+    eprintln!("[{}] shards of a stopped worker moved in {moved:?}; duplicates: {}", backend.name(), row.duplicates);
+    assert_eq!((row.lost, row.duplicates), (0, 0), "a graceful stop hands over: nothing lost or handled twice");
     run.assert_key_order(false);
     run.stop_all().await;
 }
@@ -484,26 +515,45 @@ async fn postgres_worker_cut_off_from_the_lease_table() {
         "[postgres] cut-off worker: last record handled {stopped_after:?} after the cut (lease {LEASE:?}); \
          its shards taken over after {taken_over:?}"
     );
-    assert!(stopped_after < LEASE + Duration::from_millis(500), "w1 stopped within one lease duration of the cut");
-    let lost = run.logs("w1").iter().filter(|l| l.contains("lease lost")).count();
-    assert!(lost >= held.len(), "w1 noticed that it lost each of its {} leases ({lost} logged)", held.len());
+    let stopped_in_time = stopped_after < LEASE + Duration::from_millis(500);
+    let lost_logged = run.logs("w1").iter().filter(|l| l.contains("lease lost")).count();
 
     // w1's writes with what it last held are refused, and change nothing.
     proxy.restore();
     let scope = LeaseScope::new(GROUP, run.stream.as_str());
+    let mut fenced = 0;
     for l in &held {
         let before = run.table.get(&scope, &l.shard_id).await.expect("get").expect("lease");
         let stale = kinesis_consumer::Checkpoint::ShardEnd;
         let refused = run.table.checkpoint(&scope, &l.shard_id, "w1", l.counter, &stale).await;
-        assert_eq!(refused.expect_err("fenced").kind(), ErrorKind::Fenced);
         let renewed = run.table.renew(&scope, &l.shard_id, "w1", l.counter).await;
-        assert_eq!(renewed.expect_err("fenced").kind(), ErrorKind::Fenced);
         let after = run.table.get(&scope, &l.shard_id).await.expect("get").expect("lease");
-        assert!(after.checkpoint >= before.checkpoint && !after.is_finished(), "the refused write changed nothing");
+        let unchanged = after.checkpoint >= before.checkpoint && !after.is_finished();
+        let kinds = (refused.map_err(|e| e.kind()), renewed.map_err(|e| e.kind()));
+        if kinds == (Err(ErrorKind::Fenced), Err(ErrorKind::Fenced)) && unchanged {
+            fenced += 1;
+        } else {
+            eprintln!("[postgres] {}: stale writes {kinds:?}, lease before {before:?}, after {after:?}", l.shard_id);
+        }
     }
     let produced = producer.await.expect("producer");
-    run.wait_all(&produced, Duration::from_secs(60)).await;
-    eprintln!("[postgres] cut-off worker: duplicates: {}", run.duplicates());
+    let faults = format!(
+        "lease table cut for 1 of 3; it stopped {:.2} s after, shards taken in {:.1} s; stale writes fenced {fenced}/{}",
+        stopped_after.as_secs_f64(),
+        taken_over.as_secs_f64(),
+        held.len()
+    );
+    let ok = stopped_in_time && fenced == held.len() && lost_logged >= held.len();
+    let row = run.report("G3 group cut from lease table (postgres)".into(), faults, &produced, true, ok).await;
+    eprintln!("[postgres] cut-off worker: duplicates: {}", row.duplicates);
+    assert!(stopped_in_time, "w1 stopped within one lease duration of the cut");
+    assert!(
+        lost_logged >= held.len(),
+        "w1 noticed that it lost each of its {} leases ({lost_logged} logged)",
+        held.len()
+    );
+    assert_eq!(fenced, held.len(), "every stale write was refused by the fence and changed nothing");
+    assert_eq!(row.lost, 0, "every record handled");
     run.assert_key_order(true);
     run.stop_all().await;
 }

@@ -9,7 +9,6 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use kc_integration::report::{tally, Row};
 use kc_integration::{
     create_stream, example_bin, kinesis, kinesis_endpoint, postgres_url, put_numbered, unique_stream, unique_table,
     CutProxy, Fault, FaultPlan, FaultProxy, SplitMix64,
@@ -31,52 +31,6 @@ use tokio::process::{Child, Command};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Reporting
-
-/// One line of the reliability table.
-struct Row {
-    scenario: &'static str,
-    faults: String,
-    produced: usize,
-    handled: usize,
-    lost: usize,
-    duplicates: usize,
-    ok: bool,
-}
-
-impl Row {
-    /// Prints the row and appends it to `$KC_RELIABILITY_REPORT` (when set).
-    fn report(&self) {
-        let result = if self.ok { "pass" } else { "FAIL" };
-        println!(
-            "[reliability] {} | faults: {} | produced {} | handled {} | lost {} | duplicates {} | {result}",
-            self.scenario, self.faults, self.produced, self.handled, self.lost, self.duplicates
-        );
-        if let Ok(path) = std::env::var("KC_RELIABILITY_REPORT") {
-            if path.is_empty() {
-                return;
-            }
-            let line = format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{result}\n",
-                self.scenario, self.faults, self.produced, self.handled, self.lost, self.duplicates
-            );
-            let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
-            // One write of a short line to an O_APPEND file: rows of concurrent tests do not interleave.
-            let written = file.and_then(|mut f| f.write_all(line.as_bytes()));
-            assert!(written.is_ok(), "cannot append to KC_RELIABILITY_REPORT={path}: {written:?}");
-        }
-    }
-}
-
-/// Records produced but never handled, and handlings beyond the first of a record.
-fn tally(produced: &[String], handled: &[String]) -> (usize, usize) {
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for h in handled {
-        *counts.entry(h.as_str()).or_default() += 1;
-    }
-    let lost = produced.iter().filter(|p| !counts.contains_key(p.as_str())).count();
-    let duplicates = counts.values().map(|n| n - 1).sum();
-    (lost, duplicates)
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
@@ -284,7 +238,7 @@ async fn consume_through_faults(run: ProxyRun) {
     );
     let ok = all && lost == 0 && duplicates == 0 && result.is_ok() && checkpoints_ok && counts.total() > 0;
     Row {
-        scenario: run.scenario,
+        scenario: run.scenario.into(),
         faults: format!("{} ({}); {} reached consumer", counts.total(), counts.summary(), api.total()),
         produced: produced.len(),
         handled: log.len(),
@@ -467,7 +421,7 @@ async fn s3a_kinesalite_restarted_with_its_state_kept() {
     );
     let ok = all && lost == 0 && duplicates == 0 && result.is_ok() && api.total() > 0;
     Row {
-        scenario: "3a kinesalite restart, state kept",
+        scenario: "3a kinesalite restart, state kept".into(),
         faults: format!("1 SIGKILL + restart; {} failed calls retried", api.total()),
         produced: produced.len(),
         handled: log.len(),
@@ -512,7 +466,7 @@ async fn s3b_kinesalite_restarted_without_the_stream_is_a_clear_error() {
     println!("3b: scan ended {took:?} after the empty restart with {:?}", result.as_ref().map_err(ToString::to_string));
     let ok = ended && kind == Some(ErrorKind::StreamNotFound) && lost == 0;
     Row {
-        scenario: "3b kinesalite restart, stream gone",
+        scenario: "3b kinesalite restart, stream gone".into(),
         faults: format!("1 restart empty -> {kind:?} in {:.1}s", took.as_secs_f64()),
         produced: produced.len(),
         handled: log.len(),
@@ -627,7 +581,7 @@ async fn s3c_stream_recreated_under_the_same_name() {
     };
     let ok = acceptable(running, lost, duplicates) && acceptable(from_checkpoints, lost2, duplicates2);
     Row {
-        scenario: "3c stream deleted + recreated",
+        scenario: "3c stream deleted + recreated".into(),
         faults: summary.clone(),
         produced: produced.len(),
         handled: log.len(),
@@ -787,7 +741,7 @@ async fn s4_checkpoint_database_outage_keeps_consuming_and_catches_up() {
         && during > 0
         && behind_at_restore > 0;
     Row {
-        scenario: "4 PostgreSQL cut 20 s (keep consuming)",
+        scenario: "4 PostgreSQL cut 20 s (keep consuming)".into(),
         faults: format!("20 s outage; {behind_at_restore} shards pending; {} regressions/{samples}", regressions.len()),
         produced: produced.len(),
         handled: log.len(),
@@ -956,7 +910,7 @@ async fn s5a_kill_9_twenty_times_at_least_once() {
         && status.success()
         && resumed;
     Row {
-        scenario: "5a kill -9 x20, consumer-postgres",
+        scenario: "5a kill -9 x20, consumer-postgres".into(),
         faults: format!("20 SIGKILL; dup bound {since_flush_total}"),
         produced: produced.len(),
         handled: all.len(),
@@ -1036,7 +990,7 @@ async fn s5b_kill_9_twenty_times_exactly_once_with_transactional_checkpoints() {
     let mid_stream = per_kill.iter().filter(|n| (**n as usize) < produced.len()).count();
     let ok = lost == 0 && duplicates == 0 && distinct_produced == want && status.success() && mid_stream >= 10;
     Row {
-        scenario: "5b kill -9 x20, transactional",
+        scenario: "5b kill -9 x20, transactional".into(),
         faults: format!("20 SIGKILL, {mid_stream} before the end"),
         produced: produced.len(),
         handled: rows,
@@ -1111,7 +1065,7 @@ async fn s6_two_hundred_shards_on_one_consumer() {
     );
     let ok = all && lost == 0 && duplicates == 0 && stopped && !panicked;
     Row {
-        scenario: "6 200 shards, one process",
+        scenario: "6 200 shards, one process".into(),
         faults: format!(
             "peak RSS {} MiB",
             peak.map_or_else(|| "?".to_owned(), |p| format!("{:.1}", p as f64 / 1024.0))
@@ -1252,7 +1206,7 @@ async fn s7a_corrupt_aggregates_and_empty_records() {
         && ended
         && strict_kind == Some(ErrorKind::Deaggregation);
     Row {
-        scenario: "7a corrupt aggregates, empty record",
+        scenario: "7a corrupt aggregates, empty record".into(),
         faults: format!("5 corrupt, {} empty; strict -> {strict_kind:?}", usize::from(empty_accepted)),
         produced: expected,
         handled: seen.len(),
@@ -1351,7 +1305,7 @@ async fn s7b_missing_and_deleted_streams_bad_tables() {
     }
     let failed: Vec<&String> = checks.iter().filter(|(_, ok)| !ok).map(|(w, _)| w).collect();
     Row {
-        scenario: "7b missing/deleted stream, bad tables",
+        scenario: "7b missing/deleted stream, bad tables".into(),
         faults: format!("{} bad inputs, {} typed errors", checks.len(), checks.len() - failed.len()),
         produced: produced.len(),
         handled: log.len(),

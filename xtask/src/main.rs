@@ -47,7 +47,8 @@ Commands:
                 if missing. Not part of `ci`.
   reliability   Start the servers as `integration` does and run only integration/tests/reliability.rs
                 (faults through a proxy, kinesalite restarts, database outage, kill -9, 200 shards,
-                bad input); prints a table: scenario, faults injected, records produced, handled,
+                bad input) and integration/tests/group.rs (group workers killed, stopped, cut off
+                from the lease table); prints a table: scenario, faults injected, records produced, handled,
                 lost, duplicates, result. Arguments after `--` go to `cargo test`.
   nightly       `reliability`, then `fuzz` for a bounded time (`-- SECONDS`, default 300); prints
                 the table, the fuzzer's executions and crashes. Not part of `ci`.

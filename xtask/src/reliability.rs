@@ -1,5 +1,6 @@
-//! `cargo xtask reliability`: the fault, crash and bad-input scenarios of `integration/tests/reliability.rs`, with
-//! their figures in one table; `cargo xtask nightly`: that, then the fuzzer for a bounded time.
+//! `cargo xtask reliability`: the fault, crash and bad-input scenarios of `integration/tests/reliability.rs` and the
+//! consumer-group fault scenarios of `integration/tests/group.rs`, with their figures in one table;
+//! `cargo xtask nightly`: that, then the fuzzer for a bounded time.
 
 use std::time::Instant;
 
@@ -17,7 +18,8 @@ pub(crate) fn run(sh: &Shell, extra: &[String]) -> Result<()> {
     if report.exists() {
         std::fs::remove_file(&report)?;
     }
-    let mut args: Vec<String> = vec!["--test".into(), "reliability".into()];
+    // The single-consumer scenarios, and the consumer-group ones (rows `G…`: a worker killed, stopped, cut off).
+    let mut args: Vec<String> = vec!["--test".into(), "reliability".into(), "--test".into(), "group".into()];
     args.extend(extra.iter().cloned());
     if !extra.iter().any(|a| a == "--") {
         args.extend(["--".into(), "--nocapture".into()]);
