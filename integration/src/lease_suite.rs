@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, ensure, Context as _};
-use kinesis_consumer::checkpoint::lease::{Lease, LeaseScope, LeaseTable};
+use kinesis_consumer::checkpoint::lease::{creation_millis, from_millis, Lease, LeaseScope, LeaseTable};
 use kinesis_consumer::checkpoint::{Checkpoint, Error, ErrorKind, SequenceNumber};
 
 /// A lease table as the checks use it (spawned tasks share it).
@@ -25,6 +25,7 @@ pub fn checks() -> Vec<(&'static str, Check)> {
     vec![
         ("create_is_idempotent_and_keeps_parents", |t, s| Box::pin(create_is_idempotent_and_keeps_parents(t, s))),
         ("get_of_a_missing_lease_is_none", |t, s| Box::pin(get_of_a_missing_lease_is_none(t, s))),
+        ("creation_time_is_stamped_once_and_kept", |t, s| Box::pin(creation_time_is_stamped_once_and_kept(t, s))),
         ("take_needs_the_current_counter", |t, s| Box::pin(take_needs_the_current_counter(t, s))),
         ("owner_writes_need_owner_and_counter", |t, s| Box::pin(owner_writes_need_owner_and_counter(t, s))),
         ("request_then_handoff", |t, s| Box::pin(request_then_handoff(t, s))),
@@ -113,7 +114,7 @@ async fn create_is_idempotent_and_keeps_parents(t: Table, s: LeaseScope) -> anyh
     ensure!(t.create(&s, "shardId-b", &parents).await?, "first create: want true");
     ensure!(!t.create(&s, "shardId-b", &[]).await?, "second create: want false");
     let b = must_get(&t, &s, "shardId-b").await?;
-    let want = Lease::new("shardId-b", None, 0, None, parents.clone());
+    let want = Lease::new("shardId-b", None, 0, None, parents.clone()).with_created_at(b.created_at);
     ensure!(b == want, "a created lease: got {b:?}, want {want:?}");
     ensure!(t.create(&s, "shardId-a", &[]).await?, "create a");
     let a = t.take(&s, "shardId-a", 0, "w1").await?;
@@ -124,6 +125,29 @@ async fn create_is_idempotent_and_keeps_parents(t: Table, s: LeaseScope) -> anyh
     let mut listed = t.list(&s).await?;
     listed.sort_by(|x, y| x.shard_id.cmp(&y.shard_id));
     ensure!(listed == vec![a, want], "list: {listed:?}");
+    Ok(())
+}
+
+/// `create` stamps the caller's clock (whole milliseconds) on a new lease; a second `create` and every write keep it.
+async fn creation_time_is_stamped_once_and_kept(t: Table, s: LeaseScope) -> anyhow::Result<()> {
+    let before = from_millis(creation_millis());
+    ensure!(t.create(&s, "shard", &[]).await?, "create");
+    let after = from_millis(creation_millis());
+    let created = must_get(&t, &s, "shard").await?.created_at.ok_or_else(|| anyhow!("no creation time"))?;
+    ensure!(before <= created && created <= after, "created at {created:?}, not within {before:?}..={after:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    ensure!(!t.create(&s, "shard", &[]).await?, "second create");
+    let c = t.take(&s, "shard", 0, "w1").await?.counter;
+    let c = t.renew(&s, "shard", "w1", c).await?;
+    let c = t.checkpoint(&s, "shard", "w1", c, &at("7")).await?;
+    let l = t.request(&s, "shard", c, "w2").await?;
+    let c = t.release(&s, "shard", "w1", l.counter).await?;
+    let taken = t.take(&s, "shard", c, "w2").await?;
+    ensure!(taken.created_at == Some(created), "take returns the creation time: {taken:?}");
+    let read = must_get(&t, &s, "shard").await?;
+    ensure!(read.created_at == Some(created), "kept by a second create and every write: {read:?}");
+    let listed = t.list(&s).await?;
+    ensure!(listed.iter().all(|l| l.created_at == Some(created)), "list reads it too: {listed:?}");
     Ok(())
 }
 

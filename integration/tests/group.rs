@@ -579,8 +579,9 @@ async fn mysql_reshard_while_running() {
 }
 
 /// `Latest` in a group against kinesalite: a lease whose owner crashed before its first checkpoint is taken over from
-/// where the new worker started (AT_TIMESTAMP), not from LATEST at the takeover, so the records put while the lease
-/// expired are read.
+/// the lease's creation (AT_TIMESTAMP), not from LATEST at the takeover nor from the new worker's start, so the records
+/// put after the lease was created and before the new worker started, and those put while the lease expired, are
+/// read; records from before the lease existed are not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latest_takeover_without_a_checkpoint_reads_what_was_put_meanwhile() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
@@ -591,12 +592,16 @@ async fn latest_takeover_without_a_checkpoint_reads_what_was_put_meanwhile() -> 
     table.create_table_if_missing().await?;
     let listed = client.list_shards().stream_name(&stream).send().await?;
     let shard = listed.shards().first().map(|s| s.shard_id().to_owned()).expect("one shard");
+    let ancient = put_numbered(&client, &stream, "ancient", 0..3, 1).await?;
+    // kinesalite's arrival times are coarse: keep whole seconds between the puts, the lease's creation and the
+    // worker's start.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let scope = LeaseScope::new(GROUP, &stream);
     table.create(&scope, &shard, &[]).await?;
     let lease = table.take(&scope, &shard, 0, "crashed").await?;
     table.renew(&scope, &shard, "crashed", lease.counter).await?;
-    let before = put_numbered(&client, &stream, "before", 0..3, 1).await?;
-    // kinesalite's arrival times are coarse: keep whole seconds between the puts and the worker's start.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut produced = put_numbered(&client, &stream, "meanwhile", 0..3, 1).await?;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let consumer = kinesis_consumer::Consumer::builder(&stream)
         .client(client.clone())
@@ -612,12 +617,12 @@ async fn latest_takeover_without_a_checkpoint_reads_what_was_put_meanwhile() -> 
             put_numbered(&client, &stream, "after", 0..20, 4).await
         })
     };
-    let (seen, result) = kc_integration::collect_until(consumer, 20).await;
-    let after = producer.await??;
+    let (seen, result) = kc_integration::collect_until(consumer, 23).await;
+    produced.extend(producer.await??);
     result?;
-    seen.assert_exactly_once(&after);
+    seen.assert_exactly_once(&produced);
     let data = seen.data();
-    assert!(before.iter().all(|b| !data.contains(b)), "records from before the worker started are not read: {data:?}");
+    assert!(ancient.iter().all(|b| !data.contains(b)), "records from before the lease existed are not read: {data:?}");
     let taken = table.get(&scope, &shard).await?.expect("lease");
     assert!(taken.checkpoint.is_some(), "the new owner checkpointed");
     Ok(())

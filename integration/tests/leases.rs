@@ -515,6 +515,75 @@ async fn mysql_write_in_flight_when_cut_is_transient_and_recoverable() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// A lease table created before leases carried their creation time: `create_table_if_missing` adds the column.
+
+/// The lease table of an earlier version (no `created_at_ms`) with one lease in it; `create_table_if_missing` adds
+/// the column, the old lease reads with no creation time and keeps working, a new lease gets one.
+async fn assert_upgraded(
+    leases: &dyn LeaseTable,
+    upgrade: impl std::future::Future<Output = Result<(), kinesis_consumer::checkpoint::Error>>,
+) {
+    let s = LeaseScope::new("g", "s");
+    upgrade.await.expect("create_table_if_missing on a table of the earlier layout");
+    let old = leases.get(&s, "old").await.expect("get").expect("the old lease");
+    assert_eq!((old.counter, old.created_at), (0, None), "{old:?}");
+    let taken = leases.take(&s, "old", 0, "w1").await.expect("take the old lease");
+    assert_eq!(taken.created_at, None);
+    assert!(leases.create(&s, "new", &[]).await.expect("create"));
+    let new = leases.get(&s, "new").await.expect("get").expect("the new lease");
+    assert!(new.created_at.is_some(), "{new:?}");
+}
+
+#[tokio::test]
+async fn postgres_table_of_the_earlier_layout_is_upgraded() {
+    let pool = pg_pool(&postgres_url(), 2).await;
+    let table = unique_table("kc_pg_leases_v0");
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (group_name text NOT NULL, stream_name text NOT NULL, shard_id text NOT NULL, \
+         owner text NULL, counter bigint NOT NULL DEFAULT 0, sequence_number numeric NULL, \
+         sub_sequence_number bigint NULL, finished boolean NOT NULL DEFAULT false, \
+         parents text[] NOT NULL DEFAULT '{{}}', next_owner text NULL, PRIMARY KEY (group_name, stream_name, shard_id))"
+    ))
+    .execute(&pool)
+    .await
+    .expect("create a table of the earlier layout");
+    sqlx::query(&format!("INSERT INTO {table} (group_name, stream_name, shard_id) VALUES ('g', 's', 'old')"))
+        .execute(&pool)
+        .await
+        .expect("insert");
+    let leases = PostgresLeaseTable::new(pool.clone(), &table).expect("table");
+    assert_upgraded(&leases, leases.create_table_if_missing()).await;
+    leases.create_table_if_missing().await.expect("a second call has nothing to do");
+    pg_drop(&pool, &table).await;
+}
+
+#[tokio::test]
+async fn mysql_table_of_the_earlier_layout_is_upgraded() {
+    let pool = my_pool(&mysql_url(), 2).await;
+    let table = unique_table("kc_my_leases_v0");
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (group_name varchar(255) NOT NULL, stream_name varchar(128) NOT NULL, \
+         shard_id varchar(128) NOT NULL, owner varchar(255) NULL, counter bigint unsigned NOT NULL DEFAULT 0, \
+         sequence_number numeric(65,0) NULL, sub_sequence_number bigint unsigned NULL, \
+         finished boolean NOT NULL DEFAULT false, parents text NOT NULL, next_owner varchar(255) NULL, \
+         PRIMARY KEY (group_name, stream_name, shard_id)) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin"
+    ))
+    .execute(&pool)
+    .await
+    .expect("create a table of the earlier layout");
+    sqlx::query(&format!(
+        "INSERT INTO {table} (group_name, stream_name, shard_id, parents) VALUES ('g', 's', 'old', '')"
+    ))
+    .execute(&pool)
+    .await
+    .expect("insert");
+    let leases = MySqlLeaseTable::new(pool.clone(), &table).expect("table");
+    assert_upgraded(&leases, leases.create_table_if_missing()).await;
+    leases.create_table_if_missing().await.expect("a second call has nothing to do");
+    my_drop(&pool, &table).await;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Values a backend cannot store: InvalidInput or a database error, never a silent change.
 
 #[tokio::test]

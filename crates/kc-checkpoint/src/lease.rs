@@ -42,6 +42,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
@@ -87,6 +88,11 @@ pub struct Lease {
     pub parents: Vec<String>,
     /// A worker that asked for the lease (balancing); cleared by [`LeaseTable::take`].
     pub next_owner: Option<String>,
+    /// When the lease was created, by the clock of the worker that created it, in whole milliseconds (see
+    /// [`LeaseTable::create`]); `None` for a lease read from a row written before this field existed. Consumer
+    /// groups under `InitialPosition::Latest` read a shard that was never checkpointed from this time when the
+    /// lease changed hands, so records put after the group first listed the shard are not skipped.
+    pub created_at: Option<SystemTime>,
 }
 
 impl Lease {
@@ -98,7 +104,13 @@ impl Lease {
         checkpoint: Option<Checkpoint>,
         parents: Vec<String>,
     ) -> Self {
-        Self { shard_id: shard_id.into(), owner, counter, checkpoint, parents, next_owner: None }
+        Self { shard_id: shard_id.into(), owner, counter, checkpoint, parents, next_owner: None, created_at: None }
+    }
+
+    /// The same lease with [`created_at`](Self::created_at) set.
+    pub fn with_created_at(mut self, created_at: Option<SystemTime>) -> Self {
+        self.created_at = created_at;
+        self
     }
 
     /// The same lease with [`next_owner`](Self::next_owner) set.
@@ -111,6 +123,17 @@ impl Lease {
     pub fn is_finished(&self) -> bool {
         matches!(self.checkpoint, Some(Checkpoint::ShardEnd))
     }
+}
+
+/// The creation time a backend stores for a lease it creates: the caller's clock now, in whole milliseconds since
+/// the Unix epoch (0 for a clock set before 1970).
+pub fn creation_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A creation time stored as milliseconds since the Unix epoch, as a [`SystemTime`].
+pub fn from_millis(millis: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(millis)
 }
 
 /// Where a consumer group keeps its leases.
@@ -130,8 +153,9 @@ pub trait LeaseTable: Send + Sync {
     /// The lease of `shard_id`, or `Ok(None)` if there is none.
     async fn get(&self, scope: &LeaseScope, shard_id: &str) -> Result<Option<Lease>, Error>;
 
-    /// Creates the lease of `shard_id` (no owner, counter 0, no checkpoint) unless it exists. Returns whether it
-    /// was created; an existing lease is left as it is.
+    /// Creates the lease of `shard_id` (no owner, counter 0, no checkpoint, [`Lease::created_at`] the caller's
+    /// clock now, as [`creation_millis`] gives it) unless it exists. Returns whether it was created; an existing
+    /// lease is left as it is (its creation time too).
     async fn create(&self, scope: &LeaseScope, shard_id: &str, parents: &[String]) -> Result<bool, Error>;
 
     /// Makes `new_owner` the owner, clears `next_owner` and increments the counter, if the counter is still
@@ -326,7 +350,8 @@ impl LeaseTable for MemoryLeaseTable {
         if map.contains_key(&key) {
             return Ok(false);
         }
-        map.insert(key, Lease::new(shard_id, None, 0, None, parents.to_vec()));
+        let created_at = Some(from_millis(creation_millis()));
+        map.insert(key, Lease::new(shard_id, None, 0, None, parents.to_vec()).with_created_at(created_at));
         Ok(true)
     }
 

@@ -9,6 +9,7 @@ mod plan;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use kc_checkpoint::lease::{Lease, LeaseScope, LeaseTable};
 use kc_checkpoint::{Checkpoint, CheckpointStore, ErrorKind as StoreErrorKind, ShardKey};
@@ -98,15 +99,20 @@ use plan::{Expiry, Me};
 /// Lease events reach the [`Lifecycle`](crate::Lifecycle) hooks (`lease_gained`, `lease_lost`, and `shard_closed`
 /// when a shard is finished) and the metrics (see [`metrics`](crate::metrics)).
 ///
+/// # `Latest` in a group
+/// A shard with no checkpoint starts at the consumer's initial position. With
+/// [`InitialPosition::Latest`](crate::InitialPosition::Latest) that is LATEST for a lease's first owner when this
+/// worker created the lease. A lease without a checkpoint that had an owner before (handed over, or its owner
+/// crashed or stopped before a first batch end, or its shard had no records yet), or that another worker created
+/// before this one started, starts at AT_TIMESTAMP of the lease's creation (or of this worker's start, if that is
+/// earlier; [`Lease::created_at`](kc_checkpoint::lease::Lease::created_at)), so that no record put after the group
+/// first listed the shard is skipped while the lease changes hands, even across a restart of every worker. The
+/// times are the creating worker's clock against Kinesis' arrival times: a creating host whose clock runs ahead of
+/// AWS's by more than the time to its first take could still skip the records of that difference. (kinesalite
+/// answers AT_TIMESTAMP only once a record at or after the time exists; until then the call times out and is
+/// retried.)
+///
 /// # Limits
-/// - A shard with no checkpoint starts at the consumer's initial position. With
-///   [`InitialPosition::Latest`](crate::InitialPosition::Latest), a lease that had an owner before and has no
-///   checkpoint (handed over, or its owner crashed, before a first batch end) starts at AT_TIMESTAMP of this
-///   worker's start instead of LATEST, so that records put while it changed hands are read. A record that the
-///   first owner handled without checkpointing, and that arrived before the next owner started, is still missed:
-///   use [`TrimHorizon`](crate::InitialPosition::TrimHorizon) or
-///   [`AtTimestamp`](crate::InitialPosition::AtTimestamp) where that matters. (kinesalite answers AT_TIMESTAMP
-///   only once a record at or after the time exists; until then the call times out and is retried.)
 /// - A lease that is lost (taken after expiry) may have had records handled by both workers: the old owner's last
 ///   handled records after its last checkpoint, as after a crash. Handoffs and graceful stops repeat nothing.
 /// - A shard whose last records were handled with [`Outcome::SkipCheckpoint`](crate::Outcome::SkipCheckpoint) is not
@@ -289,7 +295,7 @@ pub(crate) async fn scan<D: Deliver>(consumer: &Consumer, group: &GroupConfig, d
             expiry: Expiry::default(),
             ended_here: HashSet::new(),
             listing: Vec::new(),
-            started: std::time::SystemTime::now(),
+            started: SystemTime::now(),
             metrics: GroupMetrics::new(&group.name, &consumer.cfg.stream, &group.worker_id),
         };
         let result = worker.run().await;
@@ -324,7 +330,7 @@ struct Worker<'a, D> {
     ended_here: HashSet<String>,
     listing: Vec<ShardInfo>,
     /// When this worker started: where a shard taken over without a checkpoint starts under `Latest`.
-    started: std::time::SystemTime,
+    started: SystemTime,
     metrics: GroupMetrics,
 }
 
@@ -508,10 +514,7 @@ impl<D: Deliver> Worker<'_, D> {
             trim_horizon: !lease.parents.is_empty(),
             parents: Vec::new(),
             closed: self.listing.iter().any(|s| s.shard_id == shard_id && s.closed),
-            // A lease that had an owner before (its counter was bumped by more than this take) and no checkpoint:
-            // that owner may have been reading without having checkpointed yet (a handoff or a crash before its
-            // first batch end), so `Latest` means "since this worker started", not LATEST at the takeover.
-            latest_since: (lease.checkpoint.is_none() && lease.counter > 1).then_some(self.started),
+            latest_since: latest_since(&lease, self.started),
         };
         let deliver = Arc::clone(&self.deliver);
         let id = shard_id.clone();
@@ -616,6 +619,19 @@ impl Drop for Held {
     }
 }
 
+/// Where a lease without a checkpoint starts under `Latest` (see [`Group`]'s docs): `None` (LATEST) for the first
+/// owner of a lease this worker created; otherwise the lease's creation time, or this worker's start if earlier
+/// (or if the lease has no creation time).
+fn latest_since(lease: &Lease, started: SystemTime) -> Option<SystemTime> {
+    if lease.checkpoint.is_some() {
+        return None;
+    }
+    // Bumped by more than this worker's take: somebody owned it before and may have read without checkpointing.
+    let had_owner = lease.counter > 1;
+    let created_elsewhere = lease.created_at.is_some_and(|created| created < started);
+    (had_owner || created_elsewhere).then(|| lease.created_at.map_or(started, |created| created.min(started)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -652,5 +668,26 @@ mod tests {
             let err = resolve(group).expect_err(want);
             assert!(err.contains(want), "{err} does not contain {want:?}");
         }
+    }
+
+    #[test]
+    fn latest_starts_from_the_lease_creation_unless_this_worker_created_it_and_is_its_first_owner() {
+        let started = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let (before, after) = (started - Duration::from_secs(60), started + Duration::from_secs(5));
+        let lease =
+            |counter, created_at| Lease::new("s", Some("me".into()), counter, None, vec![]).with_created_at(created_at);
+        // First owner of a lease created by this worker (after it started): LATEST.
+        assert_eq!(latest_since(&lease(1, Some(after)), started), None);
+        // First owner of a lease another worker created before this one started: from the creation.
+        assert_eq!(latest_since(&lease(1, Some(before)), started), Some(before));
+        // Owned before (counter bumped by others): from the creation, or this worker's start if earlier.
+        assert_eq!(latest_since(&lease(5, Some(before)), started), Some(before));
+        assert_eq!(latest_since(&lease(5, Some(after)), started), Some(started));
+        // A lease read from a row without a creation time: this worker's start once it had an owner.
+        assert_eq!(latest_since(&lease(5, None), started), Some(started));
+        assert_eq!(latest_since(&lease(1, None), started), None);
+        // A checkpoint decides.
+        let checkpointed = Lease::new("s", None, 5, Some(Checkpoint::ShardEnd), vec![]).with_created_at(Some(before));
+        assert_eq!(latest_since(&checkpointed, started), None);
     }
 }

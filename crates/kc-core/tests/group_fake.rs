@@ -570,34 +570,89 @@ async fn a_group_reads_with_enhanced_fan_out_when_asked() {
     assert_eq!(fake.calls(kc_core::fake::Op::GetRecords), 0, "fan-out, not polling");
 }
 
+/// Under `Latest`, a lease that changed hands before any checkpoint is read from its creation: records put after
+/// the group first listed the shard are read even when they arrived before the new owner started (a crash, or every
+/// worker restarted), records from before the lease existed are not.
 #[tokio::test(start_paused = true)]
-async fn under_latest_a_lease_taken_over_without_a_checkpoint_starts_where_the_worker_started() {
+async fn under_latest_a_lease_taken_over_without_a_checkpoint_starts_where_the_lease_was_created() {
     let fake = FakeKinesis::new();
     fake.create_stream(STREAM, 1);
     let shard = fake.shard_ids(STREAM).remove(0);
     let table = MemoryLeaseTable::new();
     let scope = LeaseScope::new(GROUP, STREAM);
-    // A worker took the lease and renewed it, then crashed before its first checkpoint.
+    fake.put(STREAM, "k", "ancient");
+    std::thread::sleep(Duration::from_millis(5)); // arrival and creation times are wall-clock times
+                                                  // A worker created and took the lease and renewed it, then crashed before its first checkpoint.
     table.create(&scope, &shard, &[]).await.expect("create");
     let lease = table.take(&scope, &shard, 0, "crashed").await.expect("take");
     table.renew(&scope, &shard, "crashed", lease.counter).await.expect("renew");
-    fake.put(STREAM, "k", "before");
-    std::thread::sleep(Duration::from_millis(5)); // arrival times are wall-clock times
+    std::thread::sleep(Duration::from_millis(5));
+    // Put before the next worker started: neither LATEST at the takeover nor that worker's start would read it.
+    let mut produced = vec!["meanwhile".to_owned()];
+    fake.put(STREAM, "k", "meanwhile");
+    std::thread::sleep(Duration::from_millis(5));
     let seen = Seen::default();
     let w = start_with(&fake, table.clone(), "w1", &seen, |b| b.initial_position(InitialPosition::Latest));
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Records arrive while the crashed worker's lease expires: LATEST at the takeover would skip them.
-    let produced: Vec<String> = (0..5)
-        .map(|i| {
-            let data = format!("after{i}");
-            fake.put(STREAM, "k", data.clone());
+    produced.extend((0..5).map(|i| {
+        let data = format!("after{i}");
+        fake.put(STREAM, "k", data.clone());
+        data
+    }));
+    wait_until("taken over", || async { leases(&table).await[0].owner.as_deref() == Some("w1") }).await;
+    wait_until("every record put since the lease was created", || async { seen.distinct() >= produced.len() }).await;
+    w.stop().await;
+    assert_all_handled(&seen, &produced);
+    assert!(seen.all().iter().all(|h| h.data != "ancient"), "a record from before the lease existed is not read");
+    assert_eq!(duplicates(&seen), 0);
+}
+
+/// Under `Latest`, a lease another worker created before this one started, and never took (it died, or
+/// `max_leases` kept it from taking), is read from its creation by its first owner; a lease this worker creates
+/// itself reads nothing from before it existed.
+#[tokio::test(start_paused = true)]
+async fn under_latest_a_lease_created_by_another_worker_is_read_from_its_creation() {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 2);
+    let shards = fake.shard_ids(STREAM);
+    let table = MemoryLeaseTable::new();
+    let scope = LeaseScope::new(GROUP, STREAM);
+    for shard in &shards {
+        fake.put_to_shard(STREAM, shard, "k", "ancient");
+    }
+    std::thread::sleep(Duration::from_millis(5));
+    // Only the first shard's lease exists before w1 starts; w1 creates the second one itself.
+    table.create(&scope, &shards[0], &[]).await.expect("create");
+    std::thread::sleep(Duration::from_millis(5));
+    fake.put_to_shard(STREAM, &shards[0], "k", "meanwhile");
+    fake.put_to_shard(STREAM, &shards[1], "k", "before-w1");
+    std::thread::sleep(Duration::from_millis(5));
+    let seen = Seen::default();
+    let w = start_with(&fake, table.clone(), "w1", &seen, |b| b.initial_position(InitialPosition::Latest));
+    wait_until("both leases taken", || async {
+        let l = leases(&table).await;
+        l.len() == 2 && l.iter().all(|l| l.owner.as_deref() == Some("w1"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after: Vec<String> = shards
+        .iter()
+        .map(|shard| {
+            let data = format!("after-{shard}");
+            fake.put_to_shard(STREAM, shard, "k", data.clone());
             data
         })
         .collect();
-    wait_until("taken over", || async { leases(&table).await[0].owner.as_deref() == Some("w1") }).await;
-    wait_until("every record put since w1 started", || async { seen.distinct() >= produced.len() }).await;
+    wait_until("the records put after w1 started", || async {
+        let data: Vec<String> = seen.all().into_iter().map(|h| h.data).collect();
+        after.iter().all(|a| data.contains(a))
+    })
+    .await;
     w.stop().await;
-    assert_all_handled(&seen, &produced);
-    assert!(seen.all().iter().all(|h| h.data != "before"), "a record from before the worker started is not read");
+    let data: Vec<String> = seen.all().into_iter().map(|h| h.data).collect();
+    assert!(data.contains(&"meanwhile".to_owned()), "put after the other worker created the lease: {data:?}");
+    assert!(!data.contains(&"before-w1".to_owned()), "w1's own lease starts at LATEST: {data:?}");
+    assert!(!data.contains(&"ancient".to_owned()), "nothing from before the leases existed: {data:?}");
     assert_eq!(duplicates(&seen), 0);
 }

@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
-use kc_checkpoint::lease::{fenced, Lease, LeaseScope, LeaseTable};
+use kc_checkpoint::lease::{creation_millis, fenced, from_millis, Lease, LeaseScope, LeaseTable};
 use kc_checkpoint::{Checkpoint, Error, ErrorKind};
 
 use crate::{error, sequence_key, FINISHED, SEQUENCE_KEY, SEQUENCE_NUMBER, SHARD_ID, SUB_SEQUENCE_NUMBER};
@@ -20,6 +20,7 @@ const OWNER: &str = "lease_owner";
 const COUNTER: &str = "lease_counter";
 const PARENTS: &str = "parents";
 const NEXT_OWNER: &str = "next_owner";
+const CREATED_AT: &str = "created_at_ms";
 
 /// A [`LeaseTable`] on a DynamoDB table: one item per lease, every write one conditional `UpdateItem` (two for a
 /// checkpoint that is not newer than the stored one). See the [crate docs](crate#the-lease-table) for the layout.
@@ -200,7 +201,16 @@ impl DynamoDbLeaseTable {
         };
         let counter = self.counter(item, &shard_id)?;
         let (owner, next_owner) = (text(OWNER)?, text(NEXT_OWNER)?);
-        Ok(Lease::new(shard_id, owner, counter, checkpoint, parents).with_next_owner(next_owner))
+        let created_at = match item.get(CREATED_AT) {
+            None | Some(AttributeValue::Null(_)) => None,
+            Some(AttributeValue::N(n)) => Some(from_millis(n.parse().map_err(|e| {
+                Error::with_source(ErrorKind::Permanent, self.malformed(&shard_id, &format!("{CREATED_AT} {n:?}")), e)
+            })?)),
+            Some(_) => return Err(Error::new(ErrorKind::Permanent, self.malformed(&shard_id, "created_at_ms type"))),
+        };
+        Ok(Lease::new(shard_id, owner, counter, checkpoint, parents)
+            .with_next_owner(next_owner)
+            .with_created_at(created_at))
     }
 }
 
@@ -274,6 +284,7 @@ impl LeaseTable for DynamoDbLeaseTable {
             .item(GROUP_NAME, AttributeValue::S(scope.group().to_owned()))
             .item(STREAM_NAME, AttributeValue::S(scope.stream().to_owned()))
             .item(COUNTER, AttributeValue::N("0".to_owned()))
+            .item(CREATED_AT, AttributeValue::N(creation_millis().to_string()))
             .item(PARENTS, AttributeValue::L(parents.iter().map(|p| AttributeValue::S(p.clone())).collect()))
             .condition_expression("attribute_not_exists(#shard)")
             .expression_attribute_names("#shard", SHARD_ID)

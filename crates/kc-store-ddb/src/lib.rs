@@ -87,6 +87,7 @@
 //! | `sequence_key`        | S    | as in the checkpoint store; compared by the checkpoint's conditional write     |
 //! | `parents`             | L    | the parent shard ids (strings)                                                 |
 //! | `next_owner`          | S    | the worker that asked for the lease (absent: none)                             |
+//! | `created_at_ms`       | N    | when the lease was created: ms since the Unix epoch, creating worker's clock   |
 //!
 //! Kinesis stream names never contain `%` or `/`, so the key of a real scope reads `orders/billing`; the escaping
 //! keeps the key unique for any pair of names (the first `/` ends the stream name), unlike the checkpoint store's

@@ -47,6 +47,11 @@ pub(crate) fn is_duplicate_key(err: &sqlx::Error) -> bool {
     number(err) == Some(1062)
 }
 
+/// Whether `err` is a duplicate-column error (1060): the table has that column.
+pub(crate) fn is_duplicate_column(err: &sqlx::Error) -> bool {
+    number(err) == Some(1060)
+}
+
 /// Whether retrying the statement may help.
 pub(crate) fn is_transient(err: &sqlx::Error) -> bool {
     kind_of(err) == ErrorKind::Transient

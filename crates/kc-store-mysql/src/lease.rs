@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kc_checkpoint::lease::{fenced, Lease, LeaseScope, LeaseTable};
+use kc_checkpoint::lease::{creation_millis, fenced, from_millis, Lease, LeaseScope, LeaseTable};
 use kc_checkpoint::{Checkpoint, Error, ErrorKind, SequenceNumber};
 use sqlx::mysql::{MySqlArguments, MySqlPool, MySqlPoolOptions};
 use sqlx::query::Query;
@@ -16,12 +16,12 @@ use crate::table::TableName;
 /// The columns every read returns (text columns cast to the connection's character set, since the table's binary
 /// collation marks them binary), in the order of [`Row`].
 const COLUMNS: &str = "CAST(shard_id AS CHAR), CAST(owner AS CHAR), counter, CAST(sequence_number AS CHAR), \
-                       sub_sequence_number, finished, CAST(parents AS CHAR), CAST(next_owner AS CHAR)";
+                       sub_sequence_number, finished, CAST(parents AS CHAR), CAST(next_owner AS CHAR), created_at_ms";
 
 /// The key of a lease: group, stream, shard id.
 const KEY: &str = "group_name = ? AND stream_name = ? AND shard_id = ?";
 
-type Row = (String, Option<String>, u64, Option<String>, Option<u64>, bool, String, Option<String>);
+type Row = (String, Option<String>, u64, Option<String>, Option<u64>, bool, String, Option<String>, Option<u64>);
 
 /// A [`LeaseTable`] in a MySQL or MariaDB table: one row per lease, every conditional write one `UPDATE .. WHERE
 /// counter = ? [AND owner = ?]` whose affected-row count says whether the condition held (the counter always
@@ -59,8 +59,8 @@ impl Sql {
             // into a silently truncated one; not `ON DUPLICATE KEY UPDATE`, whose row count sqlx's CLIENT_FOUND_ROWS
             // makes 1 either way).
             create: format!(
-                "INSERT INTO {t} (group_name, stream_name, shard_id, counter, finished, parents) \
-                 VALUES (?, ?, ?, 0, FALSE, ?)"
+                "INSERT INTO {t} (group_name, stream_name, shard_id, counter, finished, parents, created_at_ms) \
+                 VALUES (?, ?, ?, 0, FALSE, ?, ?)"
             ),
             take: format!(
                 "UPDATE {t} SET owner = ?, next_owner = NULL, counter = counter + 1 WHERE {KEY} AND counter = ?"
@@ -133,11 +133,20 @@ impl MySqlLeaseTable {
              \tfinished boolean NOT NULL DEFAULT false,\n\
              \tparents text NOT NULL,\n\
              \tnext_owner varchar(255) NULL,\n\
+             \tcreated_at_ms bigint unsigned NULL,\n\
              \tPRIMARY KEY (group_name, stream_name, shard_id)\n\
              ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
             t = self.table.as_str(),
         );
-        sqlx::query(&sql).execute(&self.pool).await.map(drop).map_err(|e| self.map("creating the lease table", e))
+        sqlx::query(&sql).execute(&self.pool).await.map_err(|e| self.map("creating the lease table", e))?;
+        // A table created before leases carried their creation time gets the column (NULL in existing rows). MySQL
+        // has no `ADD COLUMN IF NOT EXISTS` (MariaDB has): a duplicate column (1060) says the table has it.
+        let upgrade = format!("ALTER TABLE {} ADD COLUMN created_at_ms bigint unsigned NULL", self.table.as_str());
+        match sqlx::query(&upgrade).execute(&self.pool).await {
+            Ok(_) => Ok(()),
+            Err(e) if error::is_duplicate_column(&e) => Ok(()),
+            Err(e) => Err(self.map("upgrading the lease table", e)),
+        }
     }
 
     fn map(&self, what: &str, err: sqlx::Error) -> Error {
@@ -200,7 +209,7 @@ impl MySqlLeaseTable {
     }
 
     fn decode(&self, row: Row) -> Result<Lease, Error> {
-        let (shard_id, owner, counter, sequence, sub_sequence, finished, parents, next_owner) = row;
+        let (shard_id, owner, counter, sequence, sub_sequence, finished, parents, next_owner, created_at) = row;
         let checkpoint = match (finished, sequence) {
             (true, _) => Some(Checkpoint::ShardEnd),
             (false, None) => None,
@@ -216,7 +225,9 @@ impl MySqlLeaseTable {
             }
         };
         let parents = if parents.is_empty() { Vec::new() } else { parents.split(',').map(str::to_owned).collect() };
-        Ok(Lease::new(shard_id, owner, counter, checkpoint, parents).with_next_owner(next_owner))
+        Ok(Lease::new(shard_id, owner, counter, checkpoint, parents)
+            .with_next_owner(next_owner)
+            .with_created_at(created_at.map(from_millis)))
     }
 }
 
@@ -263,6 +274,7 @@ impl LeaseTable for MySqlLeaseTable {
             .bind(scope.stream())
             .bind(shard_id)
             .bind(parents)
+            .bind(creation_millis())
             .execute(&self.pool)
             .await;
         match done {

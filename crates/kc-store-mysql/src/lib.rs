@@ -115,6 +115,7 @@
 //!     finished boolean NOT NULL DEFAULT false,
 //!     parents text NOT NULL,
 //!     next_owner varchar(255) NULL,
+//!     created_at_ms bigint unsigned NULL,
 //!     PRIMARY KEY (group_name, stream_name, shard_id)
 //! ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 //! ```
@@ -122,7 +123,10 @@
 //! The binary collation makes names and owners compare exactly (`W1` is not `w1`; as everywhere in MySQL, trailing
 //! spaces are ignored in comparisons). `parents` is the parent shard ids joined by `,` (shard ids never contain
 //! one; `create` refuses a parent id that does). The checkpoint columns are those of the checkpoint table
-//! (`sequence_number` NULL: no checkpoint yet), with the same 65-digit limit.
+//! (`sequence_number` NULL: no checkpoint yet), with the same 65-digit limit. `created_at_ms` is when the lease was
+//! created (milliseconds since the Unix epoch, by the creating worker's clock; see
+//! [`Lease::created_at`](kc_checkpoint::lease::Lease::created_at)); `create_table_if_missing` adds it to a lease
+//! table created by an earlier version, whose rows then read with no creation time.
 //!
 //! Every write is one `UPDATE .. SET counter = counter + 1, .. WHERE group_name = ? AND stream_name = ? AND
 //! shard_id = ? AND counter = ? [AND owner = ?]`; no affected row means the condition did not hold (or the lease

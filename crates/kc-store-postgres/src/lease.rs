@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kc_checkpoint::lease::{fenced, Lease, LeaseScope, LeaseTable};
+use kc_checkpoint::lease::{creation_millis, fenced, from_millis, Lease, LeaseScope, LeaseTable};
 use kc_checkpoint::{Checkpoint, Error, ErrorKind, SequenceNumber};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::Row as _;
@@ -13,7 +13,7 @@ use crate::table::TableName;
 
 /// The columns every read returns, in the order [`decode`] expects.
 const COLUMNS: &str =
-    "shard_id, owner, counter, sequence_number::text, sub_sequence_number, finished, parents, next_owner";
+    "shard_id, owner, counter, sequence_number::text, sub_sequence_number, finished, parents, next_owner, created_at_ms";
 
 /// The key of a lease in every statement: `$1` group, `$2` stream, `$3` shard id.
 const KEY: &str = "group_name = $1 AND stream_name = $2 AND shard_id = $3";
@@ -58,7 +58,7 @@ impl Sql {
             ),
             get: format!("SELECT {COLUMNS} FROM {t} WHERE {KEY}"),
             create: format!(
-                "INSERT INTO {t} (group_name, stream_name, shard_id, parents) VALUES ($1, $2, $3, $4) \
+                "INSERT INTO {t} (group_name, stream_name, shard_id, parents, created_at_ms) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (group_name, stream_name, shard_id) DO NOTHING"
             ),
             take: format!(
@@ -131,12 +131,29 @@ impl PostgresLeaseTable {
              \tfinished boolean NOT NULL DEFAULT false,\n\
              \tparents text[] NOT NULL DEFAULT '{{}}',\n\
              \tnext_owner text NULL,\n\
+             \tcreated_at_ms bigint NULL,\n\
              \tCONSTRAINT {pk} PRIMARY KEY (group_name, stream_name, shard_id)\n\
              )",
             t = self.table.as_str(),
             pk = self.table.constraint_name(),
         );
-        sqlx::query(&sql).execute(&self.pool).await.map(drop).map_err(|e| self.map("creating the lease table", e))
+        sqlx::query(&sql).execute(&self.pool).await.map_err(|e| self.map("creating the lease table", e))?;
+        // A table created before leases carried their creation time gets the column (NULL in existing rows). Looked
+        // up first: an `ALTER TABLE` locks the table even when it has nothing to do.
+        let has_column = "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) \
+                          AND attname = 'created_at_ms' AND NOT attisdropped)";
+        let upgrading = "upgrading the lease table";
+        let (has,): (bool,) = sqlx::query_as(has_column)
+            .bind(self.table.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.map(upgrading, e))?;
+        if !has {
+            let upgrade =
+                format!("ALTER TABLE {} ADD COLUMN IF NOT EXISTS created_at_ms bigint NULL", self.table.as_str());
+            sqlx::query(&upgrade).execute(&self.pool).await.map_err(|e| self.map(upgrading, e))?;
+        }
+        Ok(())
     }
 
     fn map(&self, what: &str, err: sqlx::Error) -> Error {
@@ -208,6 +225,7 @@ impl PostgresLeaseTable {
         let finished: bool = row.try_get(5).map_err(map)?;
         let parents: Vec<String> = row.try_get(6).map_err(map)?;
         let next_owner: Option<String> = row.try_get(7).map_err(map)?;
+        let created_at: Option<i64> = row.try_get(8).map_err(map)?;
         let table = self.table.as_str();
         let checkpoint = match (finished, sequence) {
             (true, _) => Some(Checkpoint::ShardEnd),
@@ -222,7 +240,11 @@ impl PostgresLeaseTable {
                 Some(Checkpoint::At { sequence, sub_sequence })
             }
         };
-        Ok(Lease::new(shard_id, owner, counter_of(counter)?, checkpoint, parents).with_next_owner(next_owner))
+        // A negative value (not written by this crate) reads as unknown.
+        let created_at = created_at.and_then(|ms| u64::try_from(ms).ok()).map(from_millis);
+        Ok(Lease::new(shard_id, owner, counter_of(counter)?, checkpoint, parents)
+            .with_next_owner(next_owner)
+            .with_created_at(created_at))
     }
 }
 
@@ -262,6 +284,7 @@ impl LeaseTable for PostgresLeaseTable {
         let done = self
             .key(&self.sql.create, scope, shard_id)
             .bind(parents)
+            .bind(i64::try_from(creation_millis()).unwrap_or(i64::MAX))
             .execute(&self.pool)
             .await
             .map_err(|e| self.map("creating a lease", e))?;

@@ -132,12 +132,18 @@
 //!     finished boolean NOT NULL DEFAULT false,
 //!     parents text[] NOT NULL DEFAULT '{}',
 //!     next_owner text NULL,
+//!     created_at_ms bigint NULL,
 //!     CONSTRAINT kinesis_leases_pk PRIMARY KEY (group_name, stream_name, shard_id)
 //! );
 //! ```
 //!
+//! It then adds `created_at_ms` to a lease table created by an earlier version (`ALTER TABLE .. ADD COLUMN IF NOT
+//! EXISTS`); a lease row without it reads with no creation time.
+//!
 //! The checkpoint columns mean what they mean in the checkpoint table (`sequence_number` NULL: no checkpoint yet;
-//! `finished`: [`Checkpoint::ShardEnd`](kc_checkpoint::Checkpoint::ShardEnd)). Group and stream are two columns,
+//! `finished`: [`Checkpoint::ShardEnd`](kc_checkpoint::Checkpoint::ShardEnd)). `created_at_ms` is when the lease
+//! was created (milliseconds since the Unix epoch, by the creating worker's clock; see
+//! [`Lease::created_at`](kc_checkpoint::lease::Lease::created_at)). Group and stream are two columns,
 //! so no pair of names can collide.
 //!
 //! Every write is one statement: `UPDATE .. SET counter = counter + 1, .. WHERE group_name = .. AND stream_name =
