@@ -2,10 +2,12 @@
 //! end, drop and are refused within 5 s, continuation without loss or repeat, KPL resume, resharding, backpressure,
 //! deregistration. The same behaviours are tested against kinesis-local in `kc-integration` (tests/fan_out.rs).
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod common;
+
+use common::{assert_exactly_once, assert_key_order, put_many, scan_until_paced, wait_for, Seen, STREAM};
 use kc_core::api::ApiErrorKind;
 use kc_core::fake::{FakeKinesis, Op};
 use kc_core::{
@@ -13,30 +15,7 @@ use kc_core::{
     SequenceNumber, ShardKey, StartingPosition,
 };
 
-const STREAM: &str = "s";
 const APP: &str = "efo-app";
-
-type SeenRecord = (String, String, String, Option<u64>);
-
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<SeenRecord>>>);
-
-impl Seen {
-    fn push(&self, r: &Record) {
-        let data = String::from_utf8_lossy(r.data()).into_owned();
-        let rec = (r.shard_id().to_owned(), r.partition_key().to_owned(), data, r.sub_sequence_number());
-        self.0.lock().expect("lock").push(rec);
-    }
-    fn len(&self) -> usize {
-        self.0.lock().expect("lock").len()
-    }
-    fn data(&self) -> Vec<String> {
-        self.0.lock().expect("lock").iter().map(|(_, _, d, _)| d.clone()).collect()
-    }
-    fn all(&self) -> Vec<SeenRecord> {
-        self.0.lock().expect("lock").clone()
-    }
-}
 
 fn builder(fake: &FakeKinesis, store: &MemoryStore) -> ConsumerBuilder {
     Consumer::builder(STREAM)
@@ -48,76 +27,8 @@ fn builder(fake: &FakeKinesis, store: &MemoryStore) -> ConsumerBuilder {
         .fan_out("efo")
 }
 
-async fn wait_for(mut done: impl FnMut() -> bool) {
-    for _ in 0..6000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("condition not reached in 10 minutes of (paused) time");
-}
-
-/// Scans with a collecting handler (that sleeps `pace` per record) until `want` records were seen, then cancels.
-async fn scan_until_paced(consumer: Consumer, want: usize, pace: Duration) -> (Seen, Result<(), kc_core::Error>) {
-    let seen = Seen::default();
-    let s = seen.clone();
-    let token = consumer.shutdown_token();
-    let task = tokio::spawn(async move {
-        consumer
-            .scan(move |r: Record| {
-                let s = s.clone();
-                async move {
-                    if !pace.is_zero() {
-                        tokio::time::sleep(pace).await;
-                    }
-                    s.push(&r);
-                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
-                }
-            })
-            .await
-    });
-    wait_for(|| seen.len() >= want).await;
-    tokio::time::sleep(Duration::from_secs(3)).await; // let a duplicate arrive, if any
-    token.cancel();
-    let result = task.await.expect("scan task");
-    (seen, result)
-}
-
 async fn scan_until(consumer: Consumer, want: usize) -> (Seen, Result<(), kc_core::Error>) {
-    scan_until_paced(consumer, want, Duration::ZERO).await
-}
-
-fn put_many(fake: &FakeKinesis, range: std::ops::Range<usize>, prefix: &str) -> Vec<String> {
-    range
-        .map(|i| {
-            let data = format!("{prefix}{i}");
-            fake.put(STREAM, &format!("key-{}", i % 10), data.clone());
-            data
-        })
-        .collect()
-}
-
-fn assert_exactly_once(seen: &Seen, produced: &[String]) {
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for d in seen.data() {
-        *counts.entry(d).or_default() += 1;
-    }
-    let missing: Vec<_> = produced.iter().filter(|p| !counts.contains_key(*p)).collect();
-    let dupes: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(missing.is_empty(), "lost {} records, e.g. {:?}", missing.len(), missing.first());
-    assert!(dupes.is_empty(), "duplicates: {dupes:?}");
-    assert_eq!(seen.len(), produced.len());
-}
-
-fn assert_key_order(seen: &Seen) {
-    let mut last: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, key, data, _) in seen.all() {
-        let i: usize = data.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().expect("numbered data");
-        if let Some(prev) = last.insert(key.clone(), i) {
-            assert!(prev < i, "key {key}: record {i} after {prev}");
-        }
-    }
+    scan_until_paced(consumer, want, Duration::ZERO, Duration::from_secs(3)).await
 }
 
 #[tokio::test(start_paused = true)]
@@ -218,7 +129,7 @@ async fn ended_and_dropped_subscriptions_continue_without_loss_or_repeat() {
         }
         produced
     });
-    let task = tokio::spawn(scan_until_paced(consumer, 200, Duration::from_millis(20)));
+    let task = tokio::spawn(scan_until_paced(consumer, 200, Duration::from_millis(20), Duration::from_secs(3)));
     let produced = producer.await.expect("producer");
     let (seen, result) = task.await.expect("scan");
     result.expect("scan");
@@ -327,7 +238,7 @@ async fn split_during_fan_out_parents_before_children() {
             produced.extend(put_many(&f, 50..100, "r"));
             produced
         });
-        let task = tokio::spawn(scan_until_paced(consumer, 100, Duration::from_millis(30)));
+        let task = tokio::spawn(scan_until_paced(consumer, 100, Duration::from_millis(30), Duration::from_secs(3)));
         let produced = producer.await.expect("producer");
         let (seen, result) = task.await.expect("scan");
         result.expect("scan");

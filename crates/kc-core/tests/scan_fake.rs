@@ -1,46 +1,19 @@
 //! The scan loop against the in-process fake: fast, deterministic (tokio's paused clock), fault-injecting.
 //! The same behaviours are tested against kinesalite in the `kc-integration` package.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod common;
+
+use common::{assert_exactly_once, assert_key_order, put_many, scan_until_paced, wait_for, Seen, STREAM};
 use kc_core::api::ApiErrorKind;
 use kc_core::fake::{FakeKinesis, Op};
 use kc_core::{
     Batch, Checkpoint, CheckpointStore, Consumer, ConsumerBuilder, ErrorKind, InitialPosition, Lifecycle, MemoryStore,
     Outcome, Record, ShardKey, StartingPosition,
 };
-
-const STREAM: &str = "s";
-
-/// What a handler saw: (shard, partition key, data, sub-sequence number) in handling order.
-type SeenRecord = (String, String, String, Option<u64>);
-
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<SeenRecord>>>);
-
-impl Seen {
-    fn push(&self, r: &Record) {
-        let data = String::from_utf8_lossy(r.data()).into_owned();
-        self.0.lock().expect("lock").push((
-            r.shard_id().to_owned(),
-            r.partition_key().to_owned(),
-            data,
-            r.sub_sequence_number(),
-        ));
-    }
-    fn len(&self) -> usize {
-        self.0.lock().expect("lock").len()
-    }
-    fn data(&self) -> Vec<String> {
-        self.0.lock().expect("lock").iter().map(|(_, _, d, _)| d.clone()).collect()
-    }
-    fn all(&self) -> Vec<SeenRecord> {
-        self.0.lock().expect("lock").clone()
-    }
-}
 
 fn builder(fake: &FakeKinesis, store: &MemoryStore) -> ConsumerBuilder {
     Consumer::builder(STREAM)
@@ -55,76 +28,14 @@ fn builder(fake: &FakeKinesis, store: &MemoryStore) -> ConsumerBuilder {
 /// Runs `consumer.scan` with a collecting handler until `want` records were seen (or 10 minutes of paused time),
 /// then cancels and returns what was seen and the scan's result.
 async fn scan_until(consumer: Consumer, want: usize) -> (Seen, Result<(), kc_core::Error>) {
-    let seen = Seen::default();
-    let s = seen.clone();
-    let token = consumer.shutdown_token();
-    let task = tokio::spawn(async move {
-        consumer
-            .scan(move |r: Record| {
-                let s = s.clone();
-                async move {
-                    s.push(&r);
-                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
-                }
-            })
-            .await
-    });
-    wait_for(|| seen.len() >= want).await;
-    // Let anything extra (a duplicate) arrive before stopping.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    token.cancel();
-    let result = task.await.expect("scan task");
-    (seen, result)
-}
-
-async fn wait_for(mut done: impl FnMut() -> bool) {
-    for _ in 0..6000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("condition not reached in 10 minutes of (paused) time");
-}
-
-fn put_many(fake: &FakeKinesis, n: usize, prefix: &str) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let data = format!("{prefix}{i}");
-            fake.put(STREAM, &format!("key-{}", i % 10), data.clone());
-            data
-        })
-        .collect()
-}
-
-fn assert_exactly_once(seen: &Seen, produced: &[String]) {
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for d in seen.data() {
-        *counts.entry(d).or_default() += 1;
-    }
-    let missing: Vec<_> = produced.iter().filter(|p| !counts.contains_key(*p)).collect();
-    let dupes: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(missing.is_empty(), "lost {} records, e.g. {:?}", missing.len(), missing.first());
-    assert!(dupes.is_empty(), "duplicates: {dupes:?}");
-    assert_eq!(seen.len(), produced.len());
-}
-
-/// For each partition key, the records arrive in the order they were produced (`prefix{i}` with increasing i).
-fn assert_key_order(seen: &Seen) {
-    let mut last: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, key, data, _) in seen.all() {
-        let i: usize = data.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().expect("numbered data");
-        if let Some(prev) = last.insert(key.clone(), i) {
-            assert!(prev < i, "key {key}: record {i} after {prev}");
-        }
-    }
+    scan_until_paced(consumer, want, Duration::ZERO, Duration::from_secs(2)).await
 }
 
 #[tokio::test(start_paused = true)]
 async fn multi_shard_every_record_once_in_order() {
     let fake = FakeKinesis::new();
     fake.create_stream(STREAM, 4);
-    let produced = put_many(&fake, 500, "r");
+    let produced = put_many(&fake, 0..500, "r");
     let store = MemoryStore::new();
     let consumer = builder(&fake, &store).build().await.expect("build");
     let (seen, result) = scan_until(consumer, produced.len()).await;
@@ -143,12 +54,12 @@ async fn multi_shard_every_record_once_in_order() {
 async fn restart_resumes_after_checkpoint() {
     let fake = FakeKinesis::new();
     fake.create_stream(STREAM, 2);
-    let first = put_many(&fake, 100, "a");
+    let first = put_many(&fake, 0..100, "a");
     let store = MemoryStore::new();
     let (seen1, r1) = scan_until(builder(&fake, &store).build().await.expect("build"), first.len()).await;
     r1.expect("first run");
     assert_exactly_once(&seen1, &first);
-    let second = put_many(&fake, 50, "b");
+    let second = put_many(&fake, 0..50, "b");
     let (seen2, r2) = scan_until(builder(&fake, &store).build().await.expect("build"), second.len()).await;
     r2.expect("second run");
     assert_exactly_once(&seen2, &second);
@@ -158,7 +69,7 @@ async fn restart_resumes_after_checkpoint() {
 async fn latest_skips_old_records() {
     let fake = FakeKinesis::new();
     fake.create_stream(STREAM, 2);
-    put_many(&fake, 20, "old");
+    put_many(&fake, 0..20, "old");
     let store = MemoryStore::new();
     let started = Arc::new(AtomicUsize::new(0));
     struct Count(Arc<AtomicUsize>);
@@ -181,7 +92,7 @@ async fn latest_skips_old_records() {
         wait_for(|| s2.load(Ordering::SeqCst) == 2).await;
         // Give the first GetRecords (with the LATEST iterator) a chance to run.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        put_many(&f2, 30, "new")
+        put_many(&f2, 0..30, "new")
     });
     let consumer_task = tokio::spawn(scan_until(consumer, 30));
     let produced = producer.await.expect("producer");
@@ -236,7 +147,7 @@ async fn handler_error_stops_every_shard_and_is_returned() {
     }
     let fake = FakeKinesis::new();
     fake.create_stream(STREAM, 3);
-    put_many(&fake, 90, "r");
+    put_many(&fake, 0..90, "r");
     let stopped = Arc::new(AtomicUsize::new(0));
     let store = MemoryStore::new();
     let consumer = builder(&fake, &store).lifecycle(Stops(stopped.clone())).build().await.expect("build");
@@ -397,7 +308,7 @@ async fn split_and_merge_parents_before_children_from_listing_only() {
 async fn expired_iterators_lose_and_repeat_nothing() {
     let fake = FakeKinesis::new();
     fake.create_stream(STREAM, 2);
-    let mut produced = put_many(&fake, 60, "a");
+    let mut produced = put_many(&fake, 0..60, "a");
     let store = MemoryStore::new();
     let consumer = builder(&fake, &store).build().await.expect("build");
     let f = fake.clone();
@@ -406,7 +317,7 @@ async fn expired_iterators_lose_and_repeat_nothing() {
         for round in 0..5 {
             tokio::time::sleep(Duration::from_millis(450)).await;
             f.expire_iterators();
-            more.extend(put_many(&f, 10, &format!("x{round}-")));
+            more.extend(put_many(&f, 0..10, &format!("x{round}-")));
         }
         more
     });
@@ -422,7 +333,7 @@ async fn expired_iterators_lose_and_repeat_nothing() {
 async fn throttling_and_transient_errors_are_retried() {
     let fake = FakeKinesis::new();
     fake.create_stream(STREAM, 2);
-    let produced = put_many(&fake, 80, "r");
+    let produced = put_many(&fake, 0..80, "r");
     fake.inject(Op::ListShards, ApiErrorKind::Throttled, 2);
     fake.inject(Op::GetShardIterator, ApiErrorKind::Transient, 2);
     fake.inject(Op::GetRecords, ApiErrorKind::Throttled, 6);
@@ -481,7 +392,7 @@ async fn list_shards_follows_next_token() {
     let fake = FakeKinesis::new();
     fake.list_page_size(2);
     fake.create_stream(STREAM, 5);
-    let produced = put_many(&fake, 100, "r");
+    let produced = put_many(&fake, 0..100, "r");
     let (seen, result) = scan_until(builder(&fake, &MemoryStore::new()).build().await.expect("build"), 100).await;
     result.expect("scan");
     assert_exactly_once(&seen, &produced);
@@ -493,7 +404,7 @@ async fn list_shards_follows_next_token() {
 async fn batch_handler_checkpoints_batches_and_never_rewinds() {
     let fake = FakeKinesis::new();
     fake.create_stream(STREAM, 1);
-    let produced = put_many(&fake, 30, "r");
+    let produced = put_many(&fake, 0..30, "r");
     let store = MemoryStore::new();
     let consumer = builder(&fake, &store).build().await.expect("build");
     let token = consumer.shutdown_token();
@@ -678,7 +589,7 @@ mod kpl {
 async fn polls_at_once_when_behind_but_within_the_rate_limit() {
     let fake = FakeKinesis::new();
     fake.create_stream(STREAM, 1);
-    let produced = put_many(&fake, 70, "r");
+    let produced = put_many(&fake, 0..70, "r");
     let consumer = Consumer::builder(STREAM)
         .api(fake.clone())
         .initial_position(InitialPosition::TrimHorizon)
@@ -746,7 +657,7 @@ async fn a_failing_checkpoint_store_stops_the_scan() {
     }
     let fake = FakeKinesis::new();
     fake.create_stream(STREAM, 1);
-    put_many(&fake, 5, "r");
+    put_many(&fake, 0..5, "r");
     let consumer = builder(&fake, &MemoryStore::new()).store(Broken).build().await.expect("build");
     let err = consumer
         .scan(|_r: Record| async { Ok::<_, std::io::Error>(Outcome::Checkpoint) })
