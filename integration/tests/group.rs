@@ -1,5 +1,5 @@
 //! Consumer groups across processes: `consumer-group` example workers against kinesalite, with their leases in
-//! PostgreSQL or dynalite. Each test prints its measured figures (rebalance and failover times, duplicates).
+//! PostgreSQL, MariaDB or dynalite. Each test prints its measured figures (rebalance and failover times, duplicates).
 //! `cargo xtask integration -- --test group -- --nocapture` shows them. The fault scenarios (kill -9, graceful stop,
 //! lease table cut) also write rows `G1`–`G3` of the reliability table (`cargo xtask reliability`).
 
@@ -50,6 +50,22 @@ impl Backend {
             Self::Ddb => "ddb",
         }
     }
+
+    /// Where the lease table is: the database URL, or the DynamoDB endpoint.
+    fn address(self) -> String {
+        match self {
+            Self::Postgres => postgres_url(),
+            Self::Mysql => mysql_url(),
+            Self::Ddb => dynamodb_endpoint(),
+        }
+    }
+}
+
+/// The `host:port` of a URL (`scheme://[user@]host:port[/path]`).
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    host_port.rsplit('@').next().unwrap_or(host_port)
 }
 
 /// One line a worker printed: `worker shard data`, and when the test read it.
@@ -112,8 +128,9 @@ impl Run {
         }
     }
 
-    /// Starts worker `id`; with `database_url`, its PostgreSQL connection goes there (a proxy).
-    fn start(&mut self, id: &str, database_url: Option<&str>) {
+    /// Starts worker `id`; with `lease_address`, its lease table is reached there (a proxy) instead of at
+    /// [`Backend::address`].
+    fn start(&mut self, id: &str, lease_address: Option<&str>) {
         let mut cmd = Command::new(example_bin("consumer-group"));
         cmd.args(["--stream", &self.stream, "--endpoint", &kinesis_endpoint(), "--iterator-type", "TRIM_HORIZON"])
             .args(["--group", GROUP, "--worker-id", id, "--lease-backend", self.backend.name()])
@@ -124,12 +141,11 @@ impl Run {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        let address = lease_address.map_or_else(|| self.backend.address(), str::to_owned);
         match self.backend {
-            Backend::Postgres => {
-                cmd.args(["--database-url", database_url.map_or_else(postgres_url, str::to_owned).as_str()])
-            }
-            Backend::Mysql => cmd.args(["--mysql-url", &mysql_url()]),
-            Backend::Ddb => cmd.args(["--dynamodb-endpoint", &dynamodb_endpoint()]),
+            Backend::Postgres => cmd.args(["--database-url", &address]),
+            Backend::Mysql => cmd.args(["--mysql-url", &address]),
+            Backend::Ddb => cmd.args(["--dynamodb-endpoint", &address]),
         };
         let mut child = cmd.spawn().expect("spawn consumer-group");
         let stdout = child.stdout.take().expect("stdout");
@@ -488,15 +504,14 @@ async fn ddb_reshard_while_running() {
     reshard_while_running(Backend::Ddb).await;
 }
 
-/// A worker whose PostgreSQL connection goes through a proxy that is cut: it stops handling records within one
-/// lease duration, the others take its shards, and its stale writes are refused by the fence.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_worker_cut_off_from_the_lease_table() {
-    let url = postgres_url();
-    let authority = url.split('@').nth(1).and_then(|rest| rest.split('/').next()).expect("host:port in the URL");
+/// A worker whose connection to the lease table goes through a proxy that is cut: it stops handling records within
+/// one lease duration, the others take its shards, and its stale writes are refused by the fence.
+async fn worker_cut_off_from_the_lease_table(backend: Backend) {
+    let address = backend.address();
+    let authority = authority(&address);
     let proxy = CutProxy::start(authority).await.expect("proxy");
-    let proxied = url.replacen(authority, &proxy.addr().to_string(), 1);
-    let mut run = Run::new(Backend::Postgres, "grp-cut", 8).await;
+    let proxied = address.replacen(authority, &proxy.addr().to_string(), 1);
+    let mut run = Run::new(backend, "grp-cut", 8).await;
     let producer = produce(&run.stream, 0..2000);
     run.start("w1", Some(&proxied));
     run.start("w2", None);
@@ -512,8 +527,9 @@ async fn postgres_worker_cut_off_from_the_lease_table() {
     let last = run.lines().iter().filter(|l| l.worker == "w1").map(|l| l.at).max().expect("w1 handled records");
     let stopped_after = last.saturating_duration_since(cut);
     eprintln!(
-        "[postgres] cut-off worker: last record handled {stopped_after:?} after the cut (lease {LEASE:?}); \
-         its shards taken over after {taken_over:?}"
+        "[{}] cut-off worker: last record handled {stopped_after:?} after the cut (lease {LEASE:?}); \
+         its shards taken over after {taken_over:?}",
+        backend.name()
     );
     let stopped_in_time = stopped_after < LEASE + Duration::from_millis(500);
     let lost_logged = run.logs("w1").iter().filter(|l| l.contains("lease lost")).count();
@@ -533,7 +549,11 @@ async fn postgres_worker_cut_off_from_the_lease_table() {
         if kinds == (Err(ErrorKind::Fenced), Err(ErrorKind::Fenced)) && unchanged {
             fenced += 1;
         } else {
-            eprintln!("[postgres] {}: stale writes {kinds:?}, lease before {before:?}, after {after:?}", l.shard_id);
+            eprintln!(
+                "[{}] {}: stale writes {kinds:?}, before {before:?}, after {after:?}",
+                backend.name(),
+                l.shard_id
+            );
         }
     }
     let produced = producer.await.expect("producer");
@@ -544,8 +564,9 @@ async fn postgres_worker_cut_off_from_the_lease_table() {
         held.len()
     );
     let ok = stopped_in_time && fenced == held.len() && lost_logged >= held.len();
-    let row = run.report("G3 group cut from lease table (postgres)".into(), faults, &produced, true, ok).await;
-    eprintln!("[postgres] cut-off worker: duplicates: {}", row.duplicates);
+    let scenario = format!("G3 group cut from lease table ({})", backend.name());
+    let row = run.report(scenario, faults, &produced, true, ok).await;
+    eprintln!("[{}] cut-off worker: duplicates: {}", backend.name(), row.duplicates);
     assert!(stopped_in_time, "w1 stopped within one lease duration of the cut");
     assert!(
         lost_logged >= held.len(),
@@ -556,6 +577,21 @@ async fn postgres_worker_cut_off_from_the_lease_table() {
     assert_eq!(row.lost, 0, "every record handled");
     run.assert_key_order(true);
     run.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_worker_cut_off_from_the_lease_table() {
+    worker_cut_off_from_the_lease_table(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_worker_cut_off_from_the_lease_table() {
+    worker_cut_off_from_the_lease_table(Backend::Mysql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddb_worker_cut_off_from_the_lease_table() {
+    worker_cut_off_from_the_lease_table(Backend::Ddb).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
