@@ -273,11 +273,8 @@ impl Run {
     }
 
     fn duplicates(&self) -> usize {
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        for l in self.lines() {
-            *counts.entry(l.data).or_default() += 1;
-        }
-        counts.values().map(|n| n - 1).sum()
+        let handled: Vec<String> = self.lines().into_iter().map(|l| l.data).collect();
+        tally::<String, String>(&[], &handled).1
     }
 
     /// For each partition key (`key-{i % 20}` of record `r{i}`), records in production order; a record seen before
