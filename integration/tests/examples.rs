@@ -130,12 +130,20 @@ async fn transactional_postgres_checkpoints_give_exactly_once_effects_across_a_c
         let sql = format!("SELECT count(*) FROM {table}");
         sqlx::query_scalar::<_, i64>(&sql).fetch_one(&pool).await.expect("count")
     };
-    assert_eq!(count(pool.clone(), tables.1.clone()).await, 56, "56 committed rows, the 57th rolled back");
+    // Shards are read concurrently: besides the 57th row, another shard's row written but not yet committed when
+    // the process aborted is rolled back too (a CI run saw 55), so up to 56 rows are committed.
+    let committed = count(pool.clone(), tables.1.clone()).await;
+    assert!((1..=56).contains(&committed), "{committed} committed rows: the 57th (at least) was rolled back");
+    let committed = usize::try_from(committed).expect("a small count");
 
     // Second run: resumes after the committed checkpoints.
     let child = tx_consumer(&stream, &tables, None);
-    let printed = read_then_stop(child, lines.len() - 56, "-INT").await;
-    assert_eq!(printed.len(), lines.len() - 56, "only the records not committed before the crash are handled again");
+    let printed = read_then_stop(child, lines.len() - committed, "-INT").await;
+    assert_eq!(
+        printed.len(),
+        lines.len() - committed,
+        "only the records not committed before the crash are handled again"
+    );
     let dupes_sql = format!("SELECT count(*) FROM (SELECT data FROM {} GROUP BY data HAVING count(*) > 1) d", tables.1);
     let dupes: i64 = sqlx::query_scalar(&dupes_sql).fetch_one(&pool).await.expect("dupes");
     assert_eq!(dupes, 0, "no record's effect twice");
