@@ -53,14 +53,18 @@ async fn a_dropped_connection_resumes_from_the_continuation() -> anyhow::Result<
         .retry_backoff(Duration::from_millis(100), Duration::from_millis(500))
         .build()
         .await?;
-    let mut produced = put_numbered(&client, &stream, "r", 0..60, 5).await?;
-    let task = tokio::spawn(collect_until(consumer, 300));
-    for round in 1..6 {
+    // One batch before the start and one after each of the cuts; the collector waits for all of them (it stops a
+    // moment after seeing that many, so a smaller figure would cut the last batch off).
+    const BATCH: usize = 60;
+    const CUTS: usize = 5;
+    let mut produced = put_numbered(&client, &stream, "r", 0..BATCH, 5).await?;
+    let task = tokio::spawn(collect_until(consumer, BATCH * (CUTS + 1)));
+    for round in 1..=CUTS {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         proxy.cut();
         tokio::time::sleep(Duration::from_millis(300)).await;
         proxy.restore();
-        produced.extend(put_numbered(&client, &stream, "r", round * 60..round * 60 + 60, 5).await?);
+        produced.extend(put_numbered(&client, &stream, "r", round * BATCH..(round + 1) * BATCH, 5).await?);
     }
     let (seen, result) = task.await?;
     result?;
