@@ -50,7 +50,7 @@ impl DynamoDbLeaseTable {
     }
 
     /// Creates the table (partition key `scope`, sort key `shard_id`, on-demand capacity) unless it exists, and waits
-    /// until it is `ACTIVE` (at most two minutes).
+    /// until it is `ACTIVE` (at most two minutes). A table still being deleted is waited for, then created again.
     pub async fn create_table_if_missing(&self) -> Result<(), Error> {
         crate::create_table_if_missing(&self.client, &self.table, SCOPE, SHARD_ID).await
     }

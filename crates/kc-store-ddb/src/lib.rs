@@ -284,7 +284,8 @@ impl DynamoDbStore {
     }
 
     /// Creates the table (partition key `namespace`, sort key `shard_id`, on-demand capacity) unless it exists, and
-    /// waits until it is `ACTIVE` (at most two minutes).
+    /// waits until it is `ACTIVE` (at most two minutes). A table still being deleted is waited for, then created
+    /// again.
     pub async fn create_table_if_missing(&self) -> Result<(), Error> {
         create_table_if_missing(&self.inner.client, &self.inner.table, NAMESPACE, SHARD_ID).await
     }
@@ -311,46 +312,27 @@ impl DynamoDbStore {
 }
 
 /// Creates `table` (partition key `hash`, sort key `range`, both strings, on-demand capacity) unless it exists, and
-/// waits until it is `ACTIVE` (at most two minutes).
+/// waits until it is `ACTIVE` (at most two minutes). A table still being deleted (`DELETING`, as right after a
+/// `DeleteTable`) is waited for and then created again.
 pub(crate) async fn create_table_if_missing(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
     hash: &str,
     range: &str,
 ) -> Result<(), Error> {
-    let described = client.describe_table().table_name(table).send().await;
-    match described {
-        Ok(_) => {}
-        Err(err) if err.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => {
-            let created = client
-                .create_table()
-                .table_name(table)
-                .billing_mode(BillingMode::PayPerRequest)
-                .attribute_definitions(attribute(hash)?)
-                .attribute_definitions(attribute(range)?)
-                .key_schema(key_element(hash, KeyType::Hash)?)
-                .key_schema(key_element(range, KeyType::Range)?)
-                .send()
-                .await;
-            match created {
-                Ok(_) => {}
-                // Created concurrently by another process.
-                Err(err) if err.as_service_error().is_some_and(|e| e.is_resource_in_use_exception()) => {}
-                Err(err) => return Err(error::from_sdk(&format!("creating table {table}"), err)),
-            }
-        }
-        Err(err) => return Err(error::from_sdk(&format!("describing table {table}"), err)),
-    }
     let deadline = tokio::time::Instant::now() + TABLE_ACTIVE_TIMEOUT;
     loop {
-        let out = client
-            .describe_table()
-            .table_name(table)
-            .send()
-            .await
-            .map_err(|err| error::from_sdk(&format!("describing table {table}"), err))?;
-        if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
-            return Ok(());
+        match client.describe_table().table_name(table).send().await {
+            Ok(out) => {
+                if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+                    return Ok(());
+                }
+                // CREATING, UPDATING or DELETING: look again after a pause.
+            }
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => {
+                create_table(client, table, hash, range).await?;
+            }
+            Err(err) => return Err(error::from_sdk(&format!("describing table {table}"), err)),
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(Error::new(
@@ -359,6 +341,25 @@ pub(crate) async fn create_table_if_missing(
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str, hash: &str, range: &str) -> Result<(), Error> {
+    let created = client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute(hash)?)
+        .attribute_definitions(attribute(range)?)
+        .key_schema(key_element(hash, KeyType::Hash)?)
+        .key_schema(key_element(range, KeyType::Range)?)
+        .send()
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        // Created concurrently by another process (or still being deleted): the caller describes it again.
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_resource_in_use_exception()) => Ok(()),
+        Err(err) => Err(error::from_sdk(&format!("creating table {table}"), err)),
     }
 }
 
