@@ -2,7 +2,7 @@
 //! endpoints in the environment; a test whose server is missing fails loudly.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,8 +30,7 @@ pub async fn kinesis() -> aws_sdk_kinesis::Client {
 /// A stream name no other test (or earlier run against the same server) uses.
 pub fn unique_stream(prefix: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{prefix}-{}-{}-{}", std::process::id(), nanos % 1_000_000_000, N.fetch_add(1, Ordering::SeqCst))
+    format!("{prefix}-{}-{}-{}", std::process::id(), subsec_nanos(), N.fetch_add(1, Ordering::SeqCst))
 }
 
 /// Creates `stream` with `shards` shards and waits until it is ACTIVE.
@@ -267,17 +266,24 @@ pub fn mysql_url() -> String {
     }
 }
 
-/// A table name no other test (or concurrent run) uses: `{prefix}_{pid}_{n}`.
+/// A table name no other test, concurrent run or earlier run uses: `{prefix}_{pid}_{nanos}_{n}`. The databases
+/// outlive a run, and a failed test leaves its table behind; the time keeps a later process with the same id from
+/// finding it.
 pub fn unique_table(prefix: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
-    format!("{prefix}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+    format!("{prefix}_{}_{}_{}", std::process::id(), subsec_nanos(), N.fetch_add(1, Ordering::SeqCst))
 }
 
-/// A TCP proxy on 127.0.0.1 to a database server, which a test can cut (every connection closed, new ones closed
-/// at once) and restore, to play a server that goes away.
+fn subsec_nanos() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
+}
+
+/// A TCP proxy on 127.0.0.1 to a server, which a test can cut (every connection closed, new ones closed at once)
+/// and restore, to play a server that goes away.
 pub struct CutProxy {
     addr: std::net::SocketAddr,
-    cut: tokio::sync::watch::Sender<bool>,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -286,25 +292,28 @@ impl CutProxy {
     pub async fn start(target: &str) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("bind proxy")?;
         let addr = listener.local_addr()?;
-        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (u, c) = (Arc::clone(&up), Arc::clone(&conns));
         let target = target.to_owned();
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
-                let mut cut_rx = cut_rx.clone();
-                if *cut_rx.borrow() {
+                // Checked and registered under the lock `cut` takes, so no connection slips past a cut.
+                let mut conns = c.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !u.load(Ordering::SeqCst) {
                     continue; // dropped: the client sees its connection closed
                 }
                 let target = target.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut_rx.wait_for(|cut| *cut) => {}
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                     }
                 });
+                conns.retain(|c| !c.is_finished());
+                conns.push(conn.abort_handle());
             }
         });
-        Ok(Self { addr, cut, task })
+        Ok(Self { addr, up, conns, task })
     }
 
     /// The proxy's address.
@@ -312,20 +321,26 @@ impl CutProxy {
         self.addr
     }
 
-    /// Closes every connection and refuses new ones until [`restore`](Self::restore).
+    /// Closes every connection and refuses new ones until [`restore`](Self::restore). Each connection's task is
+    /// aborted, so nothing a client writes after this returns is forwarded.
     pub fn cut(&self) {
-        self.cut.send_replace(true);
+        let mut conns = self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.up.store(false, Ordering::SeqCst);
+        for conn in conns.drain(..) {
+            conn.abort();
+        }
     }
 
     /// Lets connections through again.
     pub fn restore(&self) {
-        self.cut.send_replace(false);
+        self.up.store(true, Ordering::SeqCst);
     }
 }
 
 impl Drop for CutProxy {
     fn drop(&mut self) {
         self.task.abort();
+        self.cut();
     }
 }
 
