@@ -342,6 +342,8 @@ async fn permanent_background_flush_failure_is_reported_by_the_next_set() {
         .expect("valid options");
     store.create_table_if_missing().await.expect("create table");
     store.set(&key("s"), at("1")).await.expect("set");
+    // Written now, so no background flush can be waiting on the DROP's lock and fail before the next line.
+    store.flush().await.expect("flush");
     drop_table(&pool, &table).await;
     store.set(&key("s"), at("2")).await.expect("nothing failed yet");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
