@@ -3,6 +3,8 @@
 //! under load: these tests use hundreds of records, not thousands. A subscription that ends after its 5 minutes
 //! is covered with the fake (crates/kc-core/tests/fan_out_fake.rs): kinesis-local cannot be told to end one early.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kc_integration::{
@@ -140,21 +142,28 @@ async fn shutdown_mid_stream_is_graceful() -> anyhow::Result<()> {
     let token = consumer.shutdown_token();
     let seen = Seen::default();
     let s = seen.clone();
+    let stopped = Arc::new(Mutex::new(None));
+    let (at, handled) = (Arc::clone(&stopped), Arc::new(AtomicUsize::new(0)));
     let task = tokio::spawn(async move {
         consumer
             .scan(move |r: Record| {
-                let s = s.clone();
+                let (s, token, at, handled) = (s.clone(), token.clone(), Arc::clone(&at), Arc::clone(&handled));
                 async move {
                     tokio::time::sleep(Duration::from_millis(5)).await; // slower than the stream
                     s.push(&r);
+                    // Cancelled from the handler, so the stop comes mid-stream however slow the machine is.
+                    if handled.fetch_add(1, Ordering::SeqCst) + 1 == 100 {
+                        *at.lock().expect("lock") = Some(std::time::Instant::now());
+                        token.cancel();
+                    }
                     Ok::<_, std::io::Error>(Outcome::Checkpoint)
                 }
             })
             .await
     });
-    kc_integration::wait_for("100 records", Duration::from_secs(60), || seen.len() >= 100).await;
-    token.cancel();
-    let stopped = std::time::Instant::now();
+    let cancelled = || *stopped.lock().expect("lock");
+    kc_integration::wait_for("100 records", Duration::from_secs(60), || cancelled().is_some()).await;
+    let stopped = cancelled().expect("cancelled at the 100th record");
     tokio::time::timeout(Duration::from_secs(10), task).await??.map_err(anyhow::Error::new)?;
     eprintln!("scan returned {:?} after the cancel, {} records handled", stopped.elapsed(), seen.len());
     assert!(seen.len() < produced.len(), "stopped mid-stream");

@@ -8,6 +8,7 @@ use kc_integration::{
     collect_until, consumer_builder, create_stream, kinesis, merge_first_adjacent, put_numbered, split, unique_stream,
     wait_for, Seen,
 };
+use kinesis_consumer::api::{ApiError, KinesisApi, RecordBatch, ShardPage, StartingPosition};
 use kinesis_consumer::{
     Checkpoint, CheckpointStore, ConsumerBuilder, ErrorKind, InitialPosition, MemoryStore, Outcome, Record, ShardKey,
 };
@@ -236,24 +237,39 @@ async fn latest_reads_only_new_records() {
     create_stream(&client, &stream, 2).await.expect("create stream");
     put_numbered(&client, &stream, "old", 0..20, 5).await.expect("put");
     let store = MemoryStore::new();
-    let started = Arc::new(AtomicUsize::new(0));
-    struct Started(Arc<AtomicUsize>);
-    impl kinesis_consumer::Lifecycle for Started {
-        fn shard_started(&self, _shard: &str, _position: &kinesis_consumer::StartingPosition) {
-            self.0.fetch_add(1, Ordering::SeqCst);
+    /// Counts the shard iterators the consumer was given: LATEST is fixed when kinesalite answers.
+    #[derive(Clone)]
+    struct IteratorsTaken(aws_sdk_kinesis::Client, Arc<AtomicUsize>);
+    #[async_trait::async_trait]
+    impl KinesisApi for IteratorsTaken {
+        async fn list_shards(&self, stream: &str, next_token: Option<&str>) -> Result<ShardPage, ApiError> {
+            KinesisApi::list_shards(&self.0, stream, next_token).await
+        }
+        async fn get_shard_iterator(
+            &self,
+            stream: &str,
+            shard_id: &str,
+            position: &StartingPosition,
+        ) -> Result<String, ApiError> {
+            let iterator = KinesisApi::get_shard_iterator(&self.0, stream, shard_id, position).await?;
+            self.1.fetch_add(1, Ordering::SeqCst);
+            Ok(iterator)
+        }
+        async fn get_records(&self, shard_iterator: &str, limit: i32) -> Result<RecordBatch, ApiError> {
+            KinesisApi::get_records(&self.0, shard_iterator, limit).await
         }
     }
+    let iterators = Arc::new(AtomicUsize::new(0));
     let consumer = builder(&stream, &store)
         .await
+        .api(IteratorsTaken(client.clone(), Arc::clone(&iterators)))
         .initial_position(InitialPosition::Latest)
-        .lifecycle(Started(started.clone()))
         .build()
         .await
         .expect("build");
     let task = tokio::spawn(collect_until(consumer, 30));
-    wait_for("both shards started", WAIT, || started.load(Ordering::SeqCst) == 2).await;
-    // Let each shard take its LATEST iterator before producing.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Produce only once both shards hold their LATEST iterator (a record put before would rightly be skipped).
+    wait_for("both shards' iterators", WAIT, || iterators.load(Ordering::SeqCst) >= 2).await;
     let produced = put_numbered(&client, &stream, "new", 20..50, 5).await.expect("put");
     let (seen, result) = task.await.expect("task");
     result.expect("scan");
