@@ -295,7 +295,9 @@ pub(crate) async fn scan<D: Deliver>(consumer: &Consumer, group: &GroupConfig, d
             expiry: Expiry::default(),
             ended_here: HashSet::new(),
             listing: Vec::new(),
-            started: SystemTime::now(),
+            // On the grid of the leases' creation stamps (whole milliseconds), so that a lease this worker creates
+            // in the millisecond it started is not taken for one created before it.
+            started: kc_checkpoint::lease::from_millis(kc_checkpoint::lease::creation_millis()),
             metrics: GroupMetrics::new(&group.name, &consumer.cfg.stream, &group.worker_id),
         };
         let result = worker.run().await;

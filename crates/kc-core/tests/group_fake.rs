@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kc_checkpoint::lease::{Lease, LeaseScope, LeaseTable, MemoryLeaseTable};
 use kc_checkpoint::{Checkpoint, Error as StoreError, ErrorKind as StoreErrorKind};
+use kc_core::api::StartingPosition;
 use kc_core::fake::FakeKinesis;
 use kc_core::{Consumer, ErrorKind, Group, InitialPosition, Lifecycle, Outcome, Record};
 use tokio::task::JoinHandle;
@@ -581,8 +582,9 @@ async fn under_latest_a_lease_taken_over_without_a_checkpoint_starts_where_the_l
     let table = MemoryLeaseTable::new();
     let scope = LeaseScope::new(GROUP, STREAM);
     fake.put(STREAM, "k", "ancient");
-    std::thread::sleep(Duration::from_millis(5)); // arrival and creation times are wall-clock times
-                                                  // A worker created and took the lease and renewed it, then crashed before its first checkpoint.
+    // Arrival and creation times are wall-clock times.
+    std::thread::sleep(Duration::from_millis(5));
+    // A worker created and took the lease and renewed it, then crashed before its first checkpoint.
     table.create(&scope, &shard, &[]).await.expect("create");
     let lease = table.take(&scope, &shard, 0, "crashed").await.expect("take");
     table.renew(&scope, &shard, "crashed", lease.counter).await.expect("renew");
@@ -629,7 +631,15 @@ async fn under_latest_a_lease_created_by_another_worker_is_read_from_its_creatio
     fake.put_to_shard(STREAM, &shards[1], "k", "before-w1");
     std::thread::sleep(Duration::from_millis(5));
     let seen = Seen::default();
-    let w = start_with(&fake, table.clone(), "w1", &seen, |b| b.initial_position(InitialPosition::Latest));
+    struct Positions(Arc<Mutex<HashMap<String, StartingPosition>>>);
+    impl Lifecycle for Positions {
+        fn shard_started(&self, shard_id: &str, position: &StartingPosition) {
+            self.0.lock().expect("lock").insert(shard_id.to_owned(), position.clone());
+        }
+    }
+    let positions = Arc::new(Mutex::new(HashMap::new()));
+    let p = Positions(Arc::clone(&positions));
+    let w = start_with(&fake, table.clone(), "w1", &seen, |b| b.initial_position(InitialPosition::Latest).lifecycle(p));
     wait_until("both leases taken", || async {
         let l = leases(&table).await;
         l.len() == 2 && l.iter().all(|l| l.owner.as_deref() == Some("w1"))
@@ -655,4 +665,8 @@ async fn under_latest_a_lease_created_by_another_worker_is_read_from_its_creatio
     assert!(!data.contains(&"before-w1".to_owned()), "w1's own lease starts at LATEST: {data:?}");
     assert!(!data.contains(&"ancient".to_owned()), "nothing from before the leases existed: {data:?}");
     assert_eq!(duplicates(&seen), 0);
+    let positions = positions.lock().expect("lock").clone();
+    let created = table.get(&scope, &shards[0]).await.expect("get").expect("lease").created_at.expect("stamped");
+    assert_eq!(positions.get(&shards[0]), Some(&StartingPosition::AtTimestamp(created)), "{positions:?}");
+    assert_eq!(positions.get(&shards[1]), Some(&StartingPosition::Latest), "w1's own lease: {positions:?}");
 }
