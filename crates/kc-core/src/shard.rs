@@ -2,9 +2,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kc_checkpoint::{Checkpoint, CheckpointStore, SequenceNumber, ShardKey};
+// Tokio's clock, which the pacing sleeps on: the same instant in production, paused time in the tests.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 

@@ -598,16 +598,34 @@ async fn polls_at_once_when_behind_but_within_the_rate_limit() {
         .build()
         .await
         .expect("build");
-    let start = tokio::time::Instant::now();
-    let (seen, result) = scan_until(consumer, produced.len()).await;
-    result.expect("scan");
+    // When each record was handled (paused time): the batches' spacing, without the scan's start and stop.
+    let (seen, times) = (Seen::default(), Arc::new(Mutex::new(Vec::new())));
+    let (s, t) = (seen.clone(), Arc::clone(&times));
+    let token = consumer.shutdown_token();
+    let task = tokio::spawn(async move {
+        consumer
+            .scan(move |r: Record| {
+                let (s, t) = (s.clone(), Arc::clone(&t));
+                async move {
+                    s.push(&r);
+                    t.lock().expect("lock").push(tokio::time::Instant::now());
+                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
+                }
+            })
+            .await
+    });
+    wait_for(|| seen.len() >= produced.len()).await;
+    token.cancel();
+    task.await.expect("scan task").expect("scan");
     assert_exactly_once(&seen, &produced);
-    let elapsed = start.elapsed();
-    // 7 full batches: behind, so no 30 s scan interval between them, but at least 200 ms apart (5 calls/s).
+    let times = times.lock().expect("lock").clone();
+    let spread = times[times.len() - 1] - times[0];
+    // 7 full batches: behind, so no 30 s scan interval between them, but each call at least 200 ms after the
+    // previous one (5 calls/s): the 7th batch is handled at least 6 × 200 ms after the first.
     let calls = fake.calls(Op::GetRecords);
-    assert!(calls >= 8, "{calls} GetRecords calls");
-    assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}: waited the scan interval while behind");
-    assert!(elapsed >= Duration::from_millis(200 * 7), "took {elapsed:?}: faster than 5 calls/s");
+    assert!(calls >= 7, "{calls} GetRecords calls");
+    assert!(spread < Duration::from_secs(30), "took {spread:?}: waited the scan interval while behind");
+    assert!(spread >= Duration::from_millis(200 * 6), "took {spread:?}: faster than 5 calls/s");
 }
 
 #[tokio::test(start_paused = true)]
