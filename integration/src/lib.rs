@@ -322,7 +322,8 @@ impl CutProxy {
     }
 
     /// Closes every connection and refuses new ones until [`restore`](Self::restore). Each connection's task is
-    /// aborted, so nothing a client writes after this returns is forwarded.
+    /// aborted: one that is not running stops at once, and one running on another thread stops at its next pause,
+    /// so a request written after this returns is not forwarded unless that task was copying at that very moment.
     pub fn cut(&self) {
         let mut conns = self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.up.store(false, Ordering::SeqCst);
