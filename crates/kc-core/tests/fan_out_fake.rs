@@ -7,7 +7,10 @@ use std::time::Duration;
 
 mod common;
 
-use common::{assert_exactly_once, assert_key_order, put_many, scan_until_paced, wait_for, Seen, STREAM};
+use common::{
+    assert_exactly_once, assert_key_order, checkpoint, put_many, scan_until_paced, spawn_collecting, wait_for,
+    Collecting, Seen, STREAM,
+};
 use kc_core::api::ApiErrorKind;
 use kc_core::fake::{FakeKinesis, Op};
 use kc_core::{
@@ -266,21 +269,7 @@ async fn the_handler_paces_the_subscription() {
     let produced = put_many(&fake, 0..300, "r");
     let store = MemoryStore::new();
     let consumer = builder(&fake, &store).build().await.expect("build");
-    let seen = Seen::default();
-    let s = seen.clone();
-    let token = consumer.shutdown_token();
-    let task = tokio::spawn(async move {
-        consumer
-            .scan(move |r: Record| {
-                let s = s.clone();
-                async move {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    s.push(&r);
-                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
-                }
-            })
-            .await
-    });
+    let Collecting { seen, token, task } = spawn_collecting(consumer, Duration::from_millis(100), checkpoint);
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(1234)).await;
         let handled = seen.len();

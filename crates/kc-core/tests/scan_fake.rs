@@ -7,7 +7,10 @@ use std::time::Duration;
 
 mod common;
 
-use common::{assert_exactly_once, assert_key_order, put_many, scan_until_paced, wait_for, Seen, STREAM};
+use common::{
+    assert_exactly_once, assert_key_order, checkpoint, put_many, scan_until_paced, spawn_collecting, wait_for,
+    Collecting, Seen, STREAM,
+};
 use kc_core::api::ApiErrorKind;
 use kc_core::fake::{FakeKinesis, Op};
 use kc_core::{
@@ -110,21 +113,8 @@ async fn skip_checkpoint_records_are_delivered_again() {
     }
     let store = MemoryStore::new();
     let consumer = builder(&fake, &store).build().await.expect("build");
-    let seen = Seen::default();
-    let s = seen.clone();
-    let token = consumer.shutdown_token();
-    let task = tokio::spawn(async move {
-        consumer
-            .scan(move |r: Record| {
-                let s = s.clone();
-                async move {
-                    s.push(&r);
-                    let skip = r.data().starts_with(b"skip");
-                    Ok::<_, std::io::Error>(if skip { Outcome::SkipCheckpoint } else { Outcome::Checkpoint })
-                }
-            })
-            .await
-    });
+    let skip = |r: &Record| if r.data().starts_with(b"skip") { Outcome::SkipCheckpoint } else { Outcome::Checkpoint };
+    let Collecting { seen, token, task } = spawn_collecting(consumer, Duration::ZERO, skip);
     wait_for(|| seen.len() == 3).await;
     token.cancel();
     task.await.expect("task").expect("scan");
@@ -598,27 +588,13 @@ async fn polls_at_once_when_behind_but_within_the_rate_limit() {
         .build()
         .await
         .expect("build");
-    // When each record was handled (paused time): the batches' spacing, without the scan's start and stop.
-    let (seen, times) = (Seen::default(), Arc::new(Mutex::new(Vec::new())));
-    let (s, t) = (seen.clone(), Arc::clone(&times));
-    let token = consumer.shutdown_token();
-    let task = tokio::spawn(async move {
-        consumer
-            .scan(move |r: Record| {
-                let (s, t) = (s.clone(), Arc::clone(&t));
-                async move {
-                    s.push(&r);
-                    t.lock().expect("lock").push(tokio::time::Instant::now());
-                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
-                }
-            })
-            .await
-    });
+    let Collecting { seen, token, task } = spawn_collecting(consumer, Duration::ZERO, checkpoint);
     wait_for(|| seen.len() >= produced.len()).await;
     token.cancel();
     task.await.expect("scan task").expect("scan");
     assert_exactly_once(&seen, &produced);
-    let times = times.lock().expect("lock").clone();
+    // When the records were handled (paused time): the batches' spacing, without the scan's start and stop.
+    let times = seen.times();
     let spread = times[times.len() - 1] - times[0];
     // 7 full batches: behind, so no 30 s scan interval between them, but each call at least 200 ms after the
     // previous one (5 calls/s): the 7th batch is handled at least 6 × 200 ms after the first.

@@ -10,29 +10,37 @@ use std::time::Duration;
 
 use kc_core::fake::FakeKinesis;
 use kc_core::{Consumer, Outcome, Record};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 pub(crate) const STREAM: &str = "s";
 
 /// What a handler saw: (shard, partition key, data, sub-sequence number) in handling order.
 pub(crate) type SeenRecord = (String, String, String, Option<u64>);
 
+/// The records a handler saw, each with the (paused) time it was handled.
 #[derive(Clone, Default)]
-pub(crate) struct Seen(Arc<Mutex<Vec<SeenRecord>>>);
+pub(crate) struct Seen(Arc<Mutex<Vec<(SeenRecord, Instant)>>>);
 
 impl Seen {
     pub(crate) fn push(&self, r: &Record) {
         let data = String::from_utf8_lossy(r.data()).into_owned();
         let rec = (r.shard_id().to_owned(), r.partition_key().to_owned(), data, r.sub_sequence_number());
-        self.0.lock().expect("lock").push(rec);
+        self.0.lock().expect("lock").push((rec, Instant::now()));
     }
     pub(crate) fn len(&self) -> usize {
         self.0.lock().expect("lock").len()
     }
     pub(crate) fn data(&self) -> Vec<String> {
-        self.0.lock().expect("lock").iter().map(|(_, _, d, _)| d.clone()).collect()
+        self.0.lock().expect("lock").iter().map(|((_, _, d, _), _)| d.clone()).collect()
     }
     pub(crate) fn all(&self) -> Vec<SeenRecord> {
-        self.0.lock().expect("lock").clone()
+        self.0.lock().expect("lock").iter().map(|(r, _)| r.clone()).collect()
+    }
+    /// When each record was handled, in handling order.
+    pub(crate) fn times(&self) -> Vec<Instant> {
+        self.0.lock().expect("lock").iter().map(|(_, at)| *at).collect()
     }
 }
 
@@ -47,14 +55,16 @@ pub(crate) async fn wait_for(mut done: impl FnMut() -> bool) {
     panic!("condition not reached in 10 minutes of (paused) time");
 }
 
-/// Runs `consumer.scan` with a collecting handler (that sleeps `pace` per record) until `want` records were seen,
-/// lets anything extra (a duplicate) arrive for `settle`, then cancels; returns what was seen and the scan's result.
-pub(crate) async fn scan_until_paced(
-    consumer: Consumer,
-    want: usize,
-    pace: Duration,
-    settle: Duration,
-) -> (Seen, Result<(), kc_core::Error>) {
+/// A running scan with a collecting handler: what it saw, its shutdown token and its task.
+pub(crate) struct Collecting {
+    pub(crate) seen: Seen,
+    pub(crate) token: CancellationToken,
+    pub(crate) task: JoinHandle<Result<(), kc_core::Error>>,
+}
+
+/// Spawns `consumer.scan` with a handler that sleeps `pace` (if not zero), records the record in [`Seen`] and
+/// answers `outcome(record)`.
+pub(crate) fn spawn_collecting(consumer: Consumer, pace: Duration, outcome: fn(&Record) -> Outcome) -> Collecting {
     let seen = Seen::default();
     let s = seen.clone();
     let token = consumer.shutdown_token();
@@ -67,11 +77,28 @@ pub(crate) async fn scan_until_paced(
                         tokio::time::sleep(pace).await;
                     }
                     s.push(&r);
-                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
+                    Ok::<_, std::io::Error>(outcome(&r))
                 }
             })
             .await
     });
+    Collecting { seen, token, task }
+}
+
+/// Every record checkpointed.
+pub(crate) fn checkpoint(_: &Record) -> Outcome {
+    Outcome::Checkpoint
+}
+
+/// Runs a [`spawn_collecting`] scan (checkpointing every record) until `want` records were seen, lets anything
+/// extra (a duplicate) arrive for `settle`, then cancels; returns what was seen and the scan's result.
+pub(crate) async fn scan_until_paced(
+    consumer: Consumer,
+    want: usize,
+    pace: Duration,
+    settle: Duration,
+) -> (Seen, Result<(), kc_core::Error>) {
+    let Collecting { seen, token, task } = spawn_collecting(consumer, pace, checkpoint);
     wait_for(|| seen.len() >= want).await;
     tokio::time::sleep(settle).await;
     token.cancel();
