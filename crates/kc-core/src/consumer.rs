@@ -1,143 +1,20 @@
-//! [`Consumer`] and its builder.
+//! [`Consumer`] and its builder (every setting with its default, validated by `build()`), and the scans a consumer
+//! runs: alone (`scan`), or as a group's worker (`group`).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use kc_checkpoint::{CheckpointStore, MemoryStore};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{KinesisApi, StartingPosition};
+use crate::api::KinesisApi;
+use crate::config::{Config, FanOutConfig, Group, GroupConfig, InitialPosition};
+use crate::deliver::{Deliver, PerBatch, PerRecord};
 use crate::error::Error;
-use crate::group::{Group, GroupConfig};
+use crate::handler::{BatchHandler, RecordHandler};
 use crate::lifecycle::{Lifecycle, NoLifecycle, OnShardClosed};
-
-/// Where a shard with no checkpoint starts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum InitialPosition {
-    /// Only records put after the consumer started (the default, as in the Go library).
-    #[default]
-    Latest,
-    /// The oldest record still in the stream.
-    TrimHorizon,
-    /// The first record at or after this time.
-    AtTimestamp(SystemTime),
-}
-
-impl InitialPosition {
-    pub(crate) fn starting_position(self) -> StartingPosition {
-        match self {
-            Self::Latest => StartingPosition::Latest,
-            Self::TrimHorizon => StartingPosition::TrimHorizon,
-            Self::AtTimestamp(t) => StartingPosition::AtTimestamp(t),
-        }
-    }
-}
-
-/// The consumer's settings; every default is stated on the builder method that changes it.
-#[derive(Clone, Debug)]
-pub(crate) struct Config {
-    pub(crate) stream: String,
-    pub(crate) app: String,
-    pub(crate) initial_position: InitialPosition,
-    pub(crate) scan_interval: Duration,
-    pub(crate) max_records: i32,
-    pub(crate) discovery_interval: Duration,
-    pub(crate) aggregation: bool,
-    pub(crate) strict_deaggregation: bool,
-    pub(crate) min_poll_interval: Duration,
-    pub(crate) call_timeout: Duration,
-    pub(crate) backoff_base: Duration,
-    pub(crate) backoff_max: Duration,
-    /// Enhanced fan-out instead of polling (`None`: polling).
-    pub(crate) fan_out: Option<crate::fan_out::FanOutConfig>,
-    /// Deregister the fan-out consumer when the scan returns.
-    pub(crate) deregister_on_shutdown: bool,
-    /// The polling-only settings the builder was given (refused with fan-out rather than ignored).
-    pub(crate) polling_options: Vec<&'static str>,
-}
-
-impl Config {
-    const DEFAULT_APP: &'static str = "kinesis-consumer";
-
-    fn new(stream: String) -> Self {
-        Self {
-            stream,
-            app: Self::DEFAULT_APP.to_owned(),
-            initial_position: InitialPosition::Latest,
-            scan_interval: Duration::from_millis(250),
-            max_records: 10_000,
-            discovery_interval: Duration::from_secs(30),
-            aggregation: false,
-            strict_deaggregation: false,
-            min_poll_interval: Duration::from_millis(200),
-            call_timeout: Duration::from_secs(10),
-            backoff_base: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(10),
-            fan_out: None,
-            deregister_on_shutdown: false,
-            polling_options: Vec::new(),
-        }
-    }
-
-    fn validate(&self) -> Result<(), Error> {
-        validate_stream_name(&self.stream)?;
-        if self.app.is_empty() {
-            return Err(Error::config("the app name (checkpoint namespace) must not be empty"));
-        }
-        if !(1..=10_000).contains(&self.max_records) {
-            return Err(Error::config(format!(
-                "max_records must be between 1 and 10000 (the GetRecords limit), got {}",
-                self.max_records
-            )));
-        }
-        let positive = [
-            ("scan_interval", self.scan_interval),
-            ("discovery_interval", self.discovery_interval),
-            ("call_timeout", self.call_timeout),
-            ("retry backoff base", self.backoff_base),
-        ];
-        for (name, value) in positive {
-            if value.is_zero() {
-                return Err(Error::config(format!("{name} must be greater than zero")));
-            }
-        }
-        if self.backoff_max < self.backoff_base {
-            return Err(Error::config("retry backoff max must be at least the backoff base"));
-        }
-        match &self.fan_out {
-            Some(_) if !self.polling_options.is_empty() => {
-                return Err(Error::config(format!(
-                    "{} only apply to polling (GetRecords), not to enhanced fan-out",
-                    self.polling_options.join(", ")
-                )))
-            }
-            Some(fan_out) => fan_out.validate()?,
-            None if self.deregister_on_shutdown => {
-                return Err(Error::config(
-                    "deregister_on_shutdown needs enhanced fan-out (ConsumerBuilder::fan_out or fan_out_consumer_arn)",
-                ))
-            }
-            None => {}
-        }
-        Ok(())
-    }
-}
-
-/// Checks a stream name against the Kinesis rules: 1 to 128 of `a-z A-Z 0-9 _ . -`.
-fn validate_stream_name(name: &str) -> Result<(), Error> {
-    if name.is_empty() {
-        return Err(Error::config("the stream name must not be empty"));
-    }
-    if name.len() > 128 {
-        return Err(Error::config(format!("the stream name is {} characters long, at most 128 allowed", name.len())));
-    }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
-        return Err(Error::config(format!(
-            "invalid stream name {name:?}: character {c:?} is not allowed (letters, digits, '_', '.', '-')"
-        )));
-    }
-    Ok(())
-}
+use crate::reader::{ShardReader, Shared};
+use crate::shard::StartHint;
 
 /// Reads every shard of one Kinesis stream and hands each record to a handler. Build one with
 /// [`Consumer::builder`].
@@ -162,14 +39,7 @@ impl std::fmt::Debug for Consumer {
 impl Consumer {
     /// A builder for a consumer of `stream`.
     pub fn builder(stream: impl Into<String>) -> ConsumerBuilder {
-        ConsumerBuilder {
-            cfg: Config::new(stream.into()),
-            api: None,
-            store: None,
-            lifecycle: None,
-            shutdown: None,
-            group: None,
-        }
+        ConsumerBuilder::new(stream.into())
     }
 
     /// The stream this consumer reads.
@@ -197,6 +67,64 @@ impl Consumer {
     pub fn worker_id(&self) -> Option<&str> {
         self.group.as_deref().map(|g| g.worker_id.as_str())
     }
+
+    /// Reads every shard of the stream concurrently, calling `handler` for each record, until the shutdown token is
+    /// cancelled (then `Ok(())`) or the handler returns an error (then every shard stops, the checkpoints already
+    /// made are flushed, and that error is returned as an [`ErrorKind::Handler`](crate::ErrorKind::Handler) error).
+    ///
+    /// Shards that appear while scanning (resharding) are read too, each only after its parents were read to their
+    /// end.
+    pub async fn scan<H: RecordHandler>(&self, handler: H) -> Result<(), Error> {
+        self.scan_with(Arc::new(PerRecord(handler))).await
+    }
+
+    /// Like [`scan`](Self::scan), with one handler call per GetRecords batch of a shard.
+    pub async fn scan_batches<H: BatchHandler>(&self, handler: H) -> Result<(), Error> {
+        self.scan_with(Arc::new(PerBatch(handler))).await
+    }
+
+    /// Reads the one shard `shard_id` (and not its children) until its end, cancellation or a handler error.
+    ///
+    /// Not available in a consumer group (a [`Config`](crate::ErrorKind::Config) error): it reads without a lease.
+    pub async fn scan_shard<H: RecordHandler>(&self, shard_id: &str, handler: H) -> Result<(), Error> {
+        if self.group.is_some() {
+            return Err(Error::config("scan_shard reads a shard without a lease: not available in a consumer group")
+                .at(&self.cfg.stream, Some(shard_id)));
+        }
+        let deliver = PerRecord(handler);
+        let cancel = self.shutdown.child_token();
+        let Some(shared) = self.shared().prepare(&cancel).await? else {
+            return Ok(()); // cancelled while waiting for the fan-out consumer
+        };
+        let hint = StartHint { trim_horizon: false, parents: Vec::new(), closed: false, latest_since: None };
+        let result = ShardReader::new(&shared, &deliver, &cancel, shard_id).run(hint).await;
+        let flushed = shared.flush().await;
+        let deregistered = shared.deregister().await;
+        result?;
+        flushed?;
+        deregistered
+    }
+
+    /// The whole stream, alone or as a group's worker.
+    async fn scan_with<D: Deliver>(&self, deliver: Arc<D>) -> Result<(), Error> {
+        // Cancelled by the user's token, or by the scan itself on the first error.
+        let stop = self.shutdown.child_token();
+        match &self.group {
+            Some(group) => crate::group::run(self.shared(), group, deliver, stop).await,
+            None => crate::scan::run(self.shared(), deliver, stop).await,
+        }
+    }
+
+    /// What the shard tasks share (the fan-out consumer not resolved yet).
+    fn shared(&self) -> Shared {
+        Shared {
+            cfg: Arc::clone(&self.cfg),
+            api: Arc::clone(&self.api),
+            store: Arc::clone(&self.store),
+            lifecycle: Arc::clone(&self.lifecycle),
+            consumer_arn: None,
+        }
+    }
 }
 
 /// Configures a [`Consumer`]. Required: the stream name (given to [`Consumer::builder`]); everything else has a
@@ -218,6 +146,10 @@ impl std::fmt::Debug for ConsumerBuilder {
 }
 
 impl ConsumerBuilder {
+    pub(crate) fn new(stream: String) -> Self {
+        Self { cfg: Config::new(stream), api: None, store: None, lifecycle: None, shutdown: None, group: None }
+    }
+
     /// The Kinesis client. Default: one built from `aws_config`'s defaults (environment, profile, IMDS, ...).
     pub fn client(self, client: aws_sdk_kinesis::Client) -> Self {
         self.api(client)
@@ -344,7 +276,7 @@ impl ConsumerBuilder {
     /// and [`max_records`](Self::max_records) apply to polling only: giving one of them with fan-out is a
     /// configuration error.
     pub fn fan_out(mut self, name: impl Into<String>) -> Self {
-        self.cfg.fan_out = Some(crate::fan_out::FanOutConfig::Name(name.into()));
+        self.cfg.fan_out = Some(FanOutConfig::Name(name.into()));
         self
     }
 
@@ -352,7 +284,7 @@ impl ConsumerBuilder {
     /// (`arn:aws:kinesis:REGION:ACCOUNT:stream/STREAM/consumer/NAME:TIMESTAMP`). It is not registered by the consumer;
     /// the scan waits until it is ACTIVE.
     pub fn fan_out_consumer_arn(mut self, arn: impl Into<String>) -> Self {
-        self.cfg.fan_out = Some(crate::fan_out::FanOutConfig::Arn(arn.into()));
+        self.cfg.fan_out = Some(FanOutConfig::Arn(arn.into()));
         self
     }
 
@@ -446,25 +378,5 @@ mod tests {
         check(|b| b.fan_out_consumer_arn("arn:aws:kinesis:us-east-1:123456789012:stream/s/consumer/c:1"), None);
         check(|b| b.fan_out_consumer_arn("c"), Some("not a stream consumer ARN"));
         check(|b| b.fan_out_consumer_arn("arn:aws:kinesis:us-east-1:1:stream/s"), Some("not a stream consumer ARN"));
-    }
-
-    #[test]
-    fn stream_names() {
-        let cases = [
-            ("my-stream_1.x", None),
-            ("", Some("must not be empty")),
-            ("a b", Some("character ' '")),
-            ("x;drop", Some("character ';'")),
-            ("é", Some("not allowed")),
-        ];
-        for (name, want) in cases {
-            match (validate_stream_name(name), want) {
-                (Ok(()), None) => {}
-                (Err(e), Some(w)) => assert!(e.to_string().contains(w), "{name:?}: {e}"),
-                (r, w) => panic!("{name:?}: got {r:?}, want {w:?}"),
-            }
-        }
-        assert!(validate_stream_name(&"a".repeat(128)).is_ok());
-        assert!(validate_stream_name(&"a".repeat(129)).is_err());
     }
 }

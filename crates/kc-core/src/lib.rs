@@ -90,25 +90,33 @@
 //!
 //! [`CheckpointStore::flush`]: kc_checkpoint::CheckpointStore::flush
 
+// Modules point one way (see ARCHITECTURE.md): data and seams at the bottom (`config`, `api`, `error`, `record`,
+// `handler`, `lifecycle`, `metrics`, `backoff`, `retry`, `shard`), mechanisms above them (`source`, `discovery`,
+// `deliver`, `reader`, `group::{plan, handle}`), orchestration on top (`scan`, `group`, `consumer`).
 pub mod api;
 mod backoff;
+mod config;
 mod consumer;
+mod deliver;
+mod discovery;
 mod error;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
-mod fan_out;
 mod group;
 mod handler;
 mod lifecycle;
 pub mod metrics;
+mod reader;
 mod record;
+mod retry;
 mod scan;
 mod shard;
+mod source;
 
 pub use api::{KinesisApi, StartingPosition};
-pub use consumer::{Consumer, ConsumerBuilder, InitialPosition};
+pub use config::{Group, InitialPosition};
+pub use consumer::{Consumer, ConsumerBuilder};
 pub use error::{BoxError, Error, ErrorKind};
-pub use group::Group;
 pub use handler::{Batch, BatchHandler, Outcome, RecordHandler};
 pub use kc_checkpoint::{Checkpoint, CheckpointStore, MemoryStore, SequenceNumber, ShardKey};
 pub use lifecycle::{Lifecycle, NoLifecycle};

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
+use crate::retry::{retry, Policy, Retried};
 
 /// A lease this worker holds.
 pub(crate) struct LeaseHandle {
@@ -228,21 +229,24 @@ impl CheckpointStore for LeaseStore {
                 format!("the lease of {} cannot hold a checkpoint of {}", self.handle.shard_id, key.shard()),
             ));
         }
+        let handle = &self.handle;
         let mut backoff = Backoff::new(self.backoff.0, self.backoff.1);
-        loop {
-            match self.handle.checkpoint(&checkpoint).await {
-                Err(e) if e.is_retryable() && !self.handle.is_lost() => {
-                    let delay = backoff.next_delay();
-                    warn!(shard = %self.handle.shard_id, error = %e, ?delay, "checkpoint write failed; retrying");
-                    // Not past the moment the lease is lost: then the shard stops at once.
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.handle.retired().cancelled() => {}
-                    }
+        // No timeout of its own: a write is bounded by the lease's deadline. Retried until the lease is retired
+        // (lost or released): then the shard stops at once, and the write is refused as fenced.
+        let policy = Policy { cancel: handle.retired(), timeout: None, backoff: &mut backoff };
+        let written = retry(
+            policy,
+            || handle.checkpoint(&checkpoint),
+            |e: &StoreError, delay, _| {
+                if handle.is_lost() {
+                    return Retried::GiveUp;
                 }
-                other => return other,
-            }
-        }
+                warn!(shard = %handle.shard_id, error = %e, ?delay, "checkpoint write failed; retrying");
+                Retried::Again
+            },
+        )
+        .await;
+        written.unwrap_or_else(|| Err(fenced(&handle.scope, &handle.shard_id, "checkpoint")))
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

@@ -12,72 +12,26 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kc_checkpoint::SequenceNumber;
+use kc_checkpoint::{Checkpoint, SequenceNumber};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::{resume_position, Context, Fetched};
 use crate::api::{
     ApiError, ApiErrorKind, ConsumerLookup, ConsumerStatus, KinesisApi, ShardInfo, ShardSubscription, StartingPosition,
     StreamConsumer, SubscribeEvent,
 };
 use crate::backoff::Backoff;
-use crate::consumer::Config;
+use crate::config::{Config, FanOutConfig};
 use crate::error::{Error, ErrorKind};
-use crate::shard::{Deliver, Fetched, ShardReader};
+use crate::retry::{retry, sleep, Policy, Retried, RetryError};
 
 /// Kinesis accepts one SubscribeToShard per consumer and shard every 5 seconds.
 const RESUBSCRIBE_WINDOW: Duration = Duration::from_secs(5);
 /// A subscription that delivered no event for this long is taken as dead (Kinesis sends an event at least every 5 s,
 /// even when no record was put) and replaced by a new one from the continuation.
 pub(crate) const EVENT_IDLE_LIMIT: Duration = Duration::from_secs(30);
-
-/// The fan-out consumer the builder was given.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum FanOutConfig {
-    /// Registered under this name if missing.
-    Name(String),
-    /// Registered beforehand.
-    Arn(String),
-}
-
-impl FanOutConfig {
-    pub(crate) fn validate(&self) -> Result<(), Error> {
-        match self {
-            Self::Name(name) => {
-                if name.is_empty() {
-                    return Err(Error::config("the fan-out consumer name must not be empty"));
-                }
-                if name.len() > 128 {
-                    return Err(Error::config(format!(
-                        "the fan-out consumer name is {} characters long, at most 128 allowed",
-                        name.len()
-                    )));
-                }
-                if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
-                    return Err(Error::config(format!(
-                        "invalid fan-out consumer name {name:?}: character {c:?} is not allowed (letters, digits, \
-                         '_', '.', '-')"
-                    )));
-                }
-                Ok(())
-            }
-            Self::Arn(arn) => {
-                let ok = arn.len() <= 2048 && arn.starts_with("arn:") && arn.contains(":stream/") && {
-                    arn.split_once("/consumer/").is_some_and(|(_, rest)| !rest.is_empty())
-                };
-                if ok {
-                    Ok(())
-                } else {
-                    Err(Error::config(format!(
-                        "{arn:?} is not a stream consumer ARN (arn:aws:kinesis:REGION:ACCOUNT:stream/STREAM/consumer/\
-                         NAME:TIMESTAMP)"
-                    )))
-                }
-            }
-        }
-    }
-}
 
 /// Makes one Kinesis call of the consumer set-up with the call timeout, retrying throttling and transient failures
 /// with `backoff`; `None` when cancelled.
@@ -86,37 +40,17 @@ async fn call<T, Fut>(
     backoff: &mut Backoff,
     cancel: &CancellationToken,
     what: &str,
-    mut f: impl FnMut() -> Fut,
+    f: impl FnMut() -> Fut,
 ) -> Option<Result<T, ApiError>>
 where
     Fut: std::future::Future<Output = Result<T, ApiError>>,
 {
-    loop {
-        let result = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return None,
-            r = tokio::time::timeout(cfg.call_timeout, f()) => r,
-        };
-        let err = match result {
-            Ok(Ok(v)) => return Some(Ok(v)),
-            Ok(Err(e)) if e.is_retryable() => e,
-            Ok(Err(e)) => return Some(Err(e)),
-            Err(_) => ApiError::new(ApiErrorKind::Transient, Some("client-side timeout".to_owned())),
-        };
-        let delay = backoff.next_delay();
+    let policy = Policy { cancel, timeout: Some(cfg.call_timeout), backoff };
+    retry(policy, f, |err: &ApiError, delay, _| {
         warn!(error = %err, ?delay, "{what} failed; retrying");
-        if !sleep(cancel, delay).await {
-            return None;
-        }
-    }
-}
-
-async fn sleep(cancel: &CancellationToken, d: Duration) -> bool {
-    tokio::select! {
-        biased;
-        _ = cancel.cancelled() => false,
-        _ = tokio::time::sleep(d) => true,
-    }
+        Retried::Again
+    })
+    .await
 }
 
 fn setup_error(cfg: &Config, what: &str, e: ApiError) -> Error {
@@ -209,11 +143,7 @@ pub(crate) async fn deregister(cfg: &Config, api: &Arc<dyn KinesisApi>, arn: &st
             Ok(())
         }
         Ok(Some(Err(e))) => Err(setup_error(cfg, "DeregisterStreamConsumer", e)),
-        Ok(None) | Err(_) => Err(setup_error(
-            cfg,
-            "DeregisterStreamConsumer",
-            ApiError::new(ApiErrorKind::Transient, Some("client-side timeout".to_owned())),
-        )),
+        Ok(None) | Err(_) => Err(setup_error(cfg, "DeregisterStreamConsumer", ApiError::timed_out())),
     }
 }
 
@@ -222,7 +152,7 @@ pub(crate) struct Subscriber {
     consumer_arn: Arc<str>,
     /// Where the next subscription starts: the start position, then after the last continuation.
     position: StartingPosition,
-    /// Whether `position` came from an event (else: the reader's progress decides, see [`ShardReader::resume_position`]).
+    /// Whether `position` came from an event (else: the reader's progress decides, see [`resume_position`]).
     continued: bool,
     subscription: Option<Box<dyn ShardSubscription>>,
     /// When the last subscription was made.
@@ -244,11 +174,15 @@ impl Subscriber {
     }
 
     /// The next event's records; `None` when cancelled.
-    pub(crate) async fn next<D: Deliver>(&mut self, r: &mut ShardReader<'_, D>) -> Result<Option<Fetched>, Error> {
+    pub(crate) async fn next(
+        &mut self,
+        r: &mut Context,
+        last_handled: Option<&Checkpoint>,
+    ) -> Result<Option<Fetched>, Error> {
         loop {
             let subscription = match self.subscription.as_mut() {
                 Some(s) => s,
-                None => match self.subscribe(r).await? {
+                None => match self.subscribe(r, last_handled).await? {
                     Some(s) => self.subscription.insert(s),
                     None => return Ok(None),
                 },
@@ -291,7 +225,7 @@ impl Subscriber {
         }
     }
 
-    fn event<D: Deliver>(&mut self, r: &ShardReader<'_, D>, event: SubscribeEvent) -> Result<Fetched, Error> {
+    fn event(&mut self, r: &Context, event: SubscribeEvent) -> Result<Fetched, Error> {
         let SubscribeEvent { records, continuation_sequence_number, millis_behind_latest, child_shards } = event;
         let end = match continuation_sequence_number {
             Some(_) if !child_shards.is_empty() => Some(child_shards),
@@ -315,8 +249,8 @@ impl Subscriber {
     /// An idle subscription of a closed shard whose end no event reported (kinesis-mock never sends ChildShards; AWS
     /// does): at most once per discovery interval of idleness, list the shards, and if this one is closed, read
     /// after the continuation with GetRecords: no record and no next iterator means the shard was read to its end.
-    async fn probe_end<D: Deliver>(&mut self, r: &mut ShardReader<'_, D>) -> Result<Option<Vec<ShardInfo>>, Error> {
-        let every = r.shared.cfg.discovery_interval;
+    async fn probe_end(&mut self, r: &mut Context) -> Result<Option<Vec<ShardInfo>>, Error> {
+        let every = r.cfg.discovery_interval;
         let since = *self.probed_at.get_or_insert_with(Instant::now);
         if since.elapsed() < every {
             return Ok(None);
@@ -325,7 +259,7 @@ impl Subscriber {
         let StartingPosition::AfterSequenceNumber(_) = &self.position else {
             return Ok(None);
         };
-        let stream = r.shared.cfg.stream.clone();
+        let stream = r.cfg.stream.clone();
         let mut token: Option<String> = None;
         let closed = loop {
             let (s, t) = (stream.clone(), token.clone());
@@ -373,12 +307,14 @@ impl Subscriber {
     }
 
     /// A new subscription from the current position, retrying what can be retried; `None` when cancelled.
-    async fn subscribe<D: Deliver>(
+    async fn subscribe(
         &mut self,
-        r: &mut ShardReader<'_, D>,
+        r: &mut Context,
+        last_handled: Option<&Checkpoint>,
     ) -> Result<Option<Box<dyn ShardSubscription>>, Error> {
         loop {
-            let position = if self.continued { self.position.clone() } else { r.resume_position(&self.position) };
+            let position =
+                if self.continued { self.position.clone() } else { resume_position(&self.position, last_handled) };
             let (arn, shard) = (Arc::clone(&self.consumer_arn), Arc::clone(&r.shard_id));
             let result = r
                 .call(|api| {
@@ -398,9 +334,7 @@ impl Subscriber {
                     // Kinesis accepts a new one, then try again.
                     let since = self.subscribed_at.map(|t| t.elapsed());
                     let delay = match since {
-                        Some(since) if since < RESUBSCRIBE_WINDOW => {
-                            RESUBSCRIBE_WINDOW - since + r.shared.cfg.backoff_base
-                        }
+                        Some(since) if since < RESUBSCRIBE_WINDOW => RESUBSCRIBE_WINDOW - since + r.cfg.backoff_base,
                         _ => r.backoff.next_delay(),
                     };
                     r.metrics.retry("resource_in_use");
@@ -412,32 +346,5 @@ impl Subscriber {
                 Some(Err(e)) => return Err(r.api_error("SubscribeToShard", e)),
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn consumer_arns() {
-        let ok =
-            ["arn:aws:kinesis:us-east-1:123456789012:stream/s/consumer/c:1", "arn:aws:kinesis:r:0:stream/s/consumer/c"];
-        for arn in ok {
-            assert!(FanOutConfig::Arn(arn.to_owned()).validate().is_ok(), "{arn}");
-        }
-        let bad = [
-            "",
-            "c",
-            "arn:aws:kinesis:r:0:stream/s",
-            "arn:aws:kinesis:r:0:stream/s/consumer/",
-            "x:stream/s/consumer/c",
-        ];
-        for arn in bad {
-            assert!(FanOutConfig::Arn(arn.to_owned()).validate().is_err(), "{arn}");
-        }
-        assert!(FanOutConfig::Arn(format!("arn:aws:kinesis:r:0:stream/s/consumer/{}", "c".repeat(2048)))
-            .validate()
-            .is_err());
     }
 }

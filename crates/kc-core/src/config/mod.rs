@@ -1,0 +1,224 @@
+//! The consumer's settings as plain data: what the builders collect and validate, and what the runtime modules read.
+//! Nothing here does IO or knows the runtime (sources, discovery, readers, groups): every other module may depend
+//! on this one, and it depends on none of them.
+
+mod group;
+
+use std::time::{Duration, SystemTime};
+
+use crate::error::Error;
+
+pub use group::Group;
+pub(crate) use group::GroupConfig;
+
+/// Where a shard with no checkpoint starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InitialPosition {
+    /// Only records put after the consumer started (the default, as in the Go library).
+    #[default]
+    Latest,
+    /// The oldest record still in the stream.
+    TrimHorizon,
+    /// The first record at or after this time.
+    AtTimestamp(SystemTime),
+}
+
+/// The consumer's settings; every default is stated on the builder method that changes it.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) stream: String,
+    pub(crate) app: String,
+    pub(crate) initial_position: InitialPosition,
+    pub(crate) scan_interval: Duration,
+    pub(crate) max_records: i32,
+    pub(crate) discovery_interval: Duration,
+    pub(crate) aggregation: bool,
+    pub(crate) strict_deaggregation: bool,
+    pub(crate) min_poll_interval: Duration,
+    pub(crate) call_timeout: Duration,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_max: Duration,
+    /// Enhanced fan-out instead of polling (`None`: polling).
+    pub(crate) fan_out: Option<FanOutConfig>,
+    /// Deregister the fan-out consumer when the scan returns.
+    pub(crate) deregister_on_shutdown: bool,
+    /// The polling-only settings the builder was given (refused with fan-out rather than ignored).
+    pub(crate) polling_options: Vec<&'static str>,
+}
+
+impl Config {
+    const DEFAULT_APP: &'static str = "kinesis-consumer";
+
+    pub(crate) fn new(stream: String) -> Self {
+        Self {
+            stream,
+            app: Self::DEFAULT_APP.to_owned(),
+            initial_position: InitialPosition::Latest,
+            scan_interval: Duration::from_millis(250),
+            max_records: 10_000,
+            discovery_interval: Duration::from_secs(30),
+            aggregation: false,
+            strict_deaggregation: false,
+            min_poll_interval: Duration::from_millis(200),
+            call_timeout: Duration::from_secs(10),
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            fan_out: None,
+            deregister_on_shutdown: false,
+            polling_options: Vec::new(),
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        validate_stream_name(&self.stream)?;
+        if self.app.is_empty() {
+            return Err(Error::config("the app name (checkpoint namespace) must not be empty"));
+        }
+        if !(1..=10_000).contains(&self.max_records) {
+            return Err(Error::config(format!(
+                "max_records must be between 1 and 10000 (the GetRecords limit), got {}",
+                self.max_records
+            )));
+        }
+        let positive = [
+            ("scan_interval", self.scan_interval),
+            ("discovery_interval", self.discovery_interval),
+            ("call_timeout", self.call_timeout),
+            ("retry backoff base", self.backoff_base),
+        ];
+        for (name, value) in positive {
+            if value.is_zero() {
+                return Err(Error::config(format!("{name} must be greater than zero")));
+            }
+        }
+        if self.backoff_max < self.backoff_base {
+            return Err(Error::config("retry backoff max must be at least the backoff base"));
+        }
+        match &self.fan_out {
+            Some(_) if !self.polling_options.is_empty() => {
+                return Err(Error::config(format!(
+                    "{} only apply to polling (GetRecords), not to enhanced fan-out",
+                    self.polling_options.join(", ")
+                )))
+            }
+            Some(fan_out) => fan_out.validate()?,
+            None if self.deregister_on_shutdown => {
+                return Err(Error::config(
+                    "deregister_on_shutdown needs enhanced fan-out (ConsumerBuilder::fan_out or fan_out_consumer_arn)",
+                ))
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+/// Checks a stream name against the Kinesis rules: 1 to 128 of `a-z A-Z 0-9 _ . -`.
+fn validate_stream_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() {
+        return Err(Error::config("the stream name must not be empty"));
+    }
+    if name.len() > 128 {
+        return Err(Error::config(format!("the stream name is {} characters long, at most 128 allowed", name.len())));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
+        return Err(Error::config(format!(
+            "invalid stream name {name:?}: character {c:?} is not allowed (letters, digits, '_', '.', '-')"
+        )));
+    }
+    Ok(())
+}
+
+/// The fan-out consumer the builder was given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum FanOutConfig {
+    /// Registered under this name if missing.
+    Name(String),
+    /// Registered beforehand.
+    Arn(String),
+}
+
+impl FanOutConfig {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        match self {
+            Self::Name(name) => {
+                if name.is_empty() {
+                    return Err(Error::config("the fan-out consumer name must not be empty"));
+                }
+                if name.len() > 128 {
+                    return Err(Error::config(format!(
+                        "the fan-out consumer name is {} characters long, at most 128 allowed",
+                        name.len()
+                    )));
+                }
+                if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
+                    return Err(Error::config(format!(
+                        "invalid fan-out consumer name {name:?}: character {c:?} is not allowed (letters, digits, \
+                         '_', '.', '-')"
+                    )));
+                }
+                Ok(())
+            }
+            Self::Arn(arn) => {
+                let ok = arn.len() <= 2048 && arn.starts_with("arn:") && arn.contains(":stream/") && {
+                    arn.split_once("/consumer/").is_some_and(|(_, rest)| !rest.is_empty())
+                };
+                if ok {
+                    Ok(())
+                } else {
+                    Err(Error::config(format!(
+                        "{arn:?} is not a stream consumer ARN (arn:aws:kinesis:REGION:ACCOUNT:stream/STREAM/consumer/\
+                         NAME:TIMESTAMP)"
+                    )))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names() {
+        let cases = [
+            ("my-stream_1.x", None),
+            ("", Some("must not be empty")),
+            ("a b", Some("character ' '")),
+            ("x;drop", Some("character ';'")),
+            ("é", Some("not allowed")),
+        ];
+        for (name, want) in cases {
+            match (validate_stream_name(name), want) {
+                (Ok(()), None) => {}
+                (Err(e), Some(w)) => assert!(e.to_string().contains(w), "{name:?}: {e}"),
+                (r, w) => panic!("{name:?}: got {r:?}, want {w:?}"),
+            }
+        }
+        assert!(validate_stream_name(&"a".repeat(128)).is_ok());
+        assert!(validate_stream_name(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn consumer_arns() {
+        let ok =
+            ["arn:aws:kinesis:us-east-1:123456789012:stream/s/consumer/c:1", "arn:aws:kinesis:r:0:stream/s/consumer/c"];
+        for arn in ok {
+            assert!(FanOutConfig::Arn(arn.to_owned()).validate().is_ok(), "{arn}");
+        }
+        let bad = [
+            "",
+            "c",
+            "arn:aws:kinesis:r:0:stream/s",
+            "arn:aws:kinesis:r:0:stream/s/consumer/",
+            "x:stream/s/consumer/c",
+        ];
+        for arn in bad {
+            assert!(FanOutConfig::Arn(arn.to_owned()).validate().is_err(), "{arn}");
+        }
+        assert!(FanOutConfig::Arn(format!("arn:aws:kinesis:r:0:stream/s/consumer/{}", "c".repeat(2048)))
+            .validate()
+            .is_err());
+    }
+}

@@ -1,0 +1,171 @@
+//! Delivery: how a shard's records reach the user's handler (one at a time or one batch at a time), and the
+//! [`Progress`] the handler's outcomes make (what to checkpoint, where to resume).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use kc_checkpoint::Checkpoint;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, ErrorKind};
+use crate::handler::{Batch, BatchHandler, Outcome, RecordHandler};
+use crate::record::Record;
+
+/// What happened to a batch.
+pub(crate) enum Delivered {
+    All,
+    Cancelled,
+}
+
+/// Progress of a shard in this run.
+#[derive(Default)]
+pub(crate) struct Progress {
+    /// The newest checkpoint not yet given to the store, unless it is `last_handled` itself (`pending_is_last`): that
+    /// saves cloning a position per record.
+    pending: Option<Checkpoint>,
+    pending_is_last: bool,
+    /// The position of the last handled record: where a refreshed iterator continues.
+    last_handled: Option<Checkpoint>,
+    /// A record was handled with [`Outcome::SkipCheckpoint`] after the last checkpointed one.
+    skipped_since_checkpoint: bool,
+}
+
+impl Progress {
+    fn handled(&mut self, position: Checkpoint, outcome: Outcome) {
+        match outcome {
+            Outcome::Checkpoint => {
+                self.pending = None;
+                self.pending_is_last = true;
+                self.skipped_since_checkpoint = false;
+                self.last_handled = Some(position);
+            }
+            Outcome::SkipCheckpoint => {
+                let previous = self.last_handled.replace(position);
+                if std::mem::take(&mut self.pending_is_last) {
+                    self.pending = previous;
+                }
+                self.skipped_since_checkpoint = true;
+            }
+        }
+    }
+
+    /// The position of the last handled record: where a source that must start over continues.
+    pub(crate) fn last_handled(&self) -> Option<&Checkpoint> {
+        self.last_handled.as_ref()
+    }
+
+    /// Whether a record was handled with [`Outcome::SkipCheckpoint`] after the last checkpointed one.
+    pub(crate) fn skipped_since_checkpoint(&self) -> bool {
+        self.skipped_since_checkpoint
+    }
+
+    /// The newest checkpoint not yet given to the store.
+    #[cfg(test)]
+    fn pending(&self) -> Option<&Checkpoint> {
+        if self.pending_is_last {
+            self.last_handled.as_ref()
+        } else {
+            self.pending.as_ref()
+        }
+    }
+
+    pub(crate) fn take_pending(&mut self) -> Option<Checkpoint> {
+        if std::mem::take(&mut self.pending_is_last) {
+            self.last_handled.clone()
+        } else {
+            self.pending.take()
+        }
+    }
+}
+
+/// How a shard's records reach the user: one at a time or one batch at a time.
+pub(crate) trait Deliver: Send + Sync + 'static {
+    fn deliver(
+        &self,
+        shard_id: &Arc<str>,
+        records: Vec<Record>,
+        millis_behind_latest: Option<i64>,
+        progress: &mut Progress,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<Delivered, Error>> + Send;
+}
+
+fn handler_error(e: impl Into<crate::error::BoxError>) -> Error {
+    Error::new(ErrorKind::Handler, "the handler returned an error").with_source(e)
+}
+
+pub(crate) struct PerRecord<H>(pub(crate) H);
+
+impl<H: RecordHandler> Deliver for PerRecord<H> {
+    async fn deliver(
+        &self,
+        _shard_id: &Arc<str>,
+        records: Vec<Record>,
+        _millis_behind_latest: Option<i64>,
+        progress: &mut Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Delivered, Error> {
+        for record in records {
+            // Between records only: the record in hand is always finished.
+            if cancel.is_cancelled() {
+                return Ok(Delivered::Cancelled);
+            }
+            let position = record.checkpoint();
+            let outcome = self.0.handle(record).await.map_err(handler_error)?;
+            progress.handled(position, outcome);
+        }
+        Ok(Delivered::All)
+    }
+}
+
+pub(crate) struct PerBatch<H>(pub(crate) H);
+
+impl<H: BatchHandler> Deliver for PerBatch<H> {
+    async fn deliver(
+        &self,
+        shard_id: &Arc<str>,
+        records: Vec<Record>,
+        millis_behind_latest: Option<i64>,
+        progress: &mut Progress,
+        _cancel: &CancellationToken,
+    ) -> Result<Delivered, Error> {
+        let Some(position) = records.last().map(Record::checkpoint) else {
+            return Ok(Delivered::All);
+        };
+        let batch = Batch { shard_id: Arc::clone(shard_id), records, millis_behind_latest };
+        let outcome = self.0.handle_batch(batch).await.map_err(handler_error)?;
+        progress.handled(position, outcome);
+        Ok(Delivered::All)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kc_checkpoint::SequenceNumber;
+
+    fn seq(s: &str) -> SequenceNumber {
+        SequenceNumber::parse(s).expect("valid")
+    }
+
+    #[test]
+    fn progress_tracks_checkpoints_and_skips() {
+        let mut p = Progress::default();
+        p.handled(Checkpoint::at(seq("1")), Outcome::Checkpoint);
+        assert_eq!(p.pending(), Some(&Checkpoint::at(seq("1"))));
+        p.handled(Checkpoint::at(seq("2")), Outcome::SkipCheckpoint);
+        assert_eq!(p.pending(), Some(&Checkpoint::at(seq("1"))), "a skipped record does not move the checkpoint");
+        assert!(p.skipped_since_checkpoint);
+        assert_eq!(p.last_handled, Some(Checkpoint::at(seq("2"))), "but it was handled");
+        p.handled(Checkpoint::at(seq("3")), Outcome::Checkpoint);
+        assert!(!p.skipped_since_checkpoint);
+        assert_eq!(p.pending(), Some(&Checkpoint::at(seq("3"))));
+        assert_eq!(p.take_pending(), Some(Checkpoint::at(seq("3"))));
+        assert_eq!(p.take_pending(), None, "given to the store once");
+        p.handled(Checkpoint::at(seq("4")), Outcome::SkipCheckpoint);
+        assert_eq!(p.take_pending(), None, "a skip after a saved checkpoint leaves nothing pending");
+        p.handled(Checkpoint::at(seq("5")), Outcome::Checkpoint);
+        p.handled(Checkpoint::at(seq("6")), Outcome::SkipCheckpoint);
+        assert_eq!(p.take_pending(), Some(Checkpoint::at(seq("5"))));
+    }
+}

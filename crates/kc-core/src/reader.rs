@@ -1,0 +1,304 @@
+//! Reading one shard: start position, fetching (through a [`Source`]), deaggregation, delivery, checkpoints, shard
+//! end; and [`Shared`], what every shard task of a scan shares.
+
+use std::sync::Arc;
+
+use kc_checkpoint::{Checkpoint, CheckpointStore, SequenceNumber, ShardKey};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::api::{KinesisApi, RawRecord, ShardInfo, StartingPosition};
+use crate::config::{Config, InitialPosition};
+use crate::deliver::{Deliver, Delivered, Progress};
+use crate::error::{Error, ErrorKind};
+use crate::lifecycle::Lifecycle;
+use crate::record::Record;
+use crate::shard::{ShardExit, StartHint};
+use crate::source::{fan_out, resume_from, Context, Fetched, Source};
+
+/// What the consumer shares with every shard task.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) api: Arc<dyn KinesisApi>,
+    pub(crate) store: Arc<dyn CheckpointStore>,
+    pub(crate) lifecycle: Arc<dyn Lifecycle>,
+    /// The fan-out consumer's ARN when records come by SubscribeToShard; `None` for polling.
+    pub(crate) consumer_arn: Option<Arc<str>>,
+}
+
+impl Shared {
+    /// Resolves the fan-out consumer when fan-out is on (registered if needed, then waited for until ACTIVE); `None`
+    /// if `cancel` fired meanwhile.
+    pub(crate) async fn prepare(mut self, cancel: &CancellationToken) -> Result<Option<Self>, Error> {
+        self.consumer_arn = fan_out::resolve(&self.cfg, &self.api, cancel).await?;
+        if self.cfg.fan_out.is_some() && self.consumer_arn.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(self))
+    }
+
+    /// Flushes the checkpoint store.
+    pub(crate) async fn flush(&self) -> Result<(), Error> {
+        self.store.flush().await.map_err(|e| {
+            Error::new(ErrorKind::Checkpoint, "checkpoint store: flush failed")
+                .with_source(e)
+                .at(&self.cfg.stream, None)
+        })
+    }
+
+    /// Deregisters the fan-out consumer if the builder asked for it.
+    pub(crate) async fn deregister(&self) -> Result<(), Error> {
+        match &self.consumer_arn {
+            Some(arn) => fan_out::deregister(&self.cfg, &self.api, arn).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Where a shard with no checkpoint and no reason to start elsewhere starts.
+fn starting_position(initial: InitialPosition) -> StartingPosition {
+    match initial {
+        InitialPosition::Latest => StartingPosition::Latest,
+        InitialPosition::TrimHorizon => StartingPosition::TrimHorizon,
+        InitialPosition::AtTimestamp(t) => StartingPosition::AtTimestamp(t),
+    }
+}
+
+/// Where a shard starts.
+enum Start {
+    At(StartingPosition),
+    /// Its checkpoint says it was read to its end.
+    AlreadyEnded,
+    /// Nothing to read (closed, no checkpoint, LATEST).
+    Skip,
+}
+
+/// Reads one shard until its end, cancellation, or an error: start position, fetching through its [`Source`],
+/// deaggregation, delivery, checkpoints, shard end.
+pub(crate) struct ShardReader<'a, D> {
+    shared: &'a Shared,
+    deliver: &'a D,
+    /// What the shard's source uses too (API, settings, cancellation, backoff, metrics).
+    cx: Context,
+    key: ShardKey,
+    progress: Progress,
+    /// User records of this aggregate up to this sub-sequence number were handled before the restart.
+    drop_until: Option<(SequenceNumber, u64)>,
+}
+
+impl<'a, D: Deliver> ShardReader<'a, D> {
+    pub(crate) fn new(shared: &'a Shared, deliver: &'a D, cancel: &CancellationToken, shard_id: &str) -> Self {
+        let cfg = &shared.cfg;
+        Self {
+            shared,
+            deliver,
+            cx: Context::new(Arc::clone(cfg), Arc::clone(&shared.api), shard_id, cancel.clone()),
+            key: ShardKey::new(cfg.app.as_str(), cfg.stream.as_str(), shard_id),
+            progress: Progress::default(),
+            drop_until: None,
+        }
+    }
+
+    fn err(&self, e: Error) -> Error {
+        self.cx.err(e)
+    }
+
+    fn store_err(&self, what: &str, e: kc_checkpoint::Error) -> Error {
+        self.err(Error::new(ErrorKind::Checkpoint, format!("checkpoint store: {what} failed")).with_source(e))
+    }
+
+    pub(crate) async fn run(mut self, hint: StartHint) -> Result<ShardExit, Error> {
+        let span = tracing::info_span!("shard", stream = %self.shared.cfg.stream, shard = %self.cx.shard_id);
+        async move {
+            let result = self.read(hint).await;
+            // Whatever happened, what was handled is checkpointed.
+            let saved = self.save_pending().await;
+            match (&result, saved) {
+                (Ok(ShardExit::Stopped), Ok(())) => {
+                    self.shared.lifecycle.shard_stopped(&self.cx.shard_id);
+                    info!("shard stopped");
+                }
+                (Err(_), _) => self.shared.lifecycle.shard_stopped(&self.cx.shard_id),
+                (Ok(_), Err(e)) => return Err(e),
+                _ => {}
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn start_position(&mut self, hint: &StartHint) -> Result<Start, Error> {
+        let store = &self.shared.store;
+        let checkpoint = store.get(&self.key).await.map_err(|e| self.store_err("reading the checkpoint", e))?;
+        if let Some(checkpoint) = checkpoint {
+            let Some((position, drop_until)) = resume_from(&checkpoint) else {
+                return Ok(Start::AlreadyEnded);
+            };
+            self.drop_until = if self.shared.cfg.aggregation { drop_until } else { None };
+            return Ok(Start::At(position));
+        }
+        let mut trim_horizon = hint.trim_horizon;
+        for parent in &hint.parents {
+            if trim_horizon {
+                break;
+            }
+            let key = ShardKey::new(self.key.app(), self.key.stream(), parent.as_str());
+            let parent_checkpoint =
+                store.get(&key).await.map_err(|e| self.store_err("reading a parent's checkpoint", e))?;
+            trim_horizon = parent_checkpoint.is_some();
+        }
+        if trim_horizon {
+            return Ok(Start::At(StartingPosition::TrimHorizon));
+        }
+        let latest = self.shared.cfg.initial_position == InitialPosition::Latest;
+        if let Some(since) = hint.latest_since.filter(|_| latest) {
+            return Ok(Start::At(StartingPosition::AtTimestamp(since)));
+        }
+        if hint.closed && latest {
+            return Ok(Start::Skip);
+        }
+        Ok(Start::At(starting_position(self.shared.cfg.initial_position)))
+    }
+
+    async fn read(&mut self, hint: StartHint) -> Result<ShardExit, Error> {
+        let start = match self.start_position(&hint).await? {
+            Start::At(position) => position,
+            Start::AlreadyEnded => {
+                debug!("shard was read to its end before");
+                return Ok(ShardExit::Ended { children: Vec::new() });
+            }
+            Start::Skip => {
+                debug!("closed shard with no checkpoint, initial position LATEST: nothing to read");
+                return Ok(ShardExit::Skipped);
+            }
+        };
+        info!(position = ?start, "shard started");
+        self.shared.lifecycle.shard_started(&self.cx.shard_id, &start);
+        let mut source = Source::new(self.shared.consumer_arn.as_ref(), start);
+        loop {
+            let fetched = source.next(&mut self.cx, self.progress.last_handled()).await?;
+            let Some(Fetched { records, millis_behind_latest, end }) = fetched else {
+                return Ok(ShardExit::Stopped);
+            };
+            if let Some(ms) = millis_behind_latest {
+                self.cx.metrics.millis_behind_latest(ms);
+            }
+            let records = self.expand(records, millis_behind_latest)?;
+            let handled = records.len();
+            let delivered = self
+                .deliver
+                .deliver(&self.cx.shard_id, records, millis_behind_latest, &mut self.progress, &self.cx.cancel)
+                .await;
+            self.cx.metrics.records(handled as u64);
+            let delivered = delivered.map_err(|e| self.err(e))?;
+            self.save_pending().await?;
+            if let Delivered::Cancelled = delivered {
+                return Ok(ShardExit::Stopped);
+            }
+            if let Some(children) = end {
+                return self.finish(children).await;
+            }
+        }
+    }
+
+    /// The shard's last record was handled: record its end (unless records after the last checkpoint were handled
+    /// with SkipCheckpoint: they must be delivered again after a restart), then tell the lifecycle hook.
+    async fn finish(&mut self, children: Vec<ShardInfo>) -> Result<ShardExit, Error> {
+        self.save_pending().await?;
+        if self.progress.skipped_since_checkpoint() {
+            info!("shard ended; not marked finished because its last records were not checkpointed");
+        } else {
+            self.shared
+                .store
+                .set(&self.key, Checkpoint::ShardEnd)
+                .await
+                .map_err(|e| self.store_err("recording the shard's end", e))?;
+            self.cx.metrics.checkpoint();
+            info!("shard ended");
+        }
+        self.shared.lifecycle.shard_closed(&self.cx.shard_id);
+        Ok(ShardExit::Ended { children })
+    }
+
+    async fn save_pending(&mut self) -> Result<(), Error> {
+        if let Some(checkpoint) = self.progress.take_pending() {
+            self.shared
+                .store
+                .set(&self.key, checkpoint)
+                .await
+                .map_err(|e| self.store_err("writing a checkpoint", e))?;
+            self.cx.metrics.checkpoint();
+        }
+        Ok(())
+    }
+
+    /// Turns a GetRecords batch into the records to deliver: sequence numbers checked, aggregates split, user records
+    /// handled before a restart dropped.
+    fn expand(&mut self, raw: Vec<RawRecord>, millis_behind_latest: Option<i64>) -> Result<Vec<Record>, Error> {
+        let mut out = Vec::with_capacity(raw.len());
+        // One buffer for the batch's sequence numbers: each record's is a slice of it (no allocation per record).
+        let mut digits = bytes::BytesMut::with_capacity(raw.iter().map(|r| r.sequence_number.len()).sum());
+        for r in &raw {
+            digits.extend_from_slice(r.sequence_number.as_bytes());
+        }
+        let digits = digits.freeze();
+        let mut offset = 0;
+        for r in raw {
+            let end = offset + r.sequence_number.len();
+            let sequence = SequenceNumber::from_bytes(digits.slice(offset..end));
+            offset = end;
+            let sequence = sequence.map_err(|e| {
+                self.err(Error::new(ErrorKind::InvalidResponse, "GetRecords returned an invalid sequence number"))
+                    .with_source(e)
+            })?;
+            let drop_until = match self.drop_until.take() {
+                Some((seq, sub)) if seq == sequence => Some(sub),
+                // Past the partly handled aggregate: nothing more to drop.
+                _ => None,
+            };
+            let record = Record::from_raw(
+                &self.cx.shard_id,
+                sequence,
+                r.partition_key,
+                r.data,
+                r.approximate_arrival_timestamp,
+                millis_behind_latest,
+            );
+            if !self.shared.cfg.aggregation {
+                out.push(record);
+                continue;
+            }
+            match kc_deagg::decode(record.data()) {
+                Ok(None) => out.push(record),
+                Ok(Some(aggregate)) => {
+                    let last = aggregate.len().saturating_sub(1) as u64;
+                    for user in aggregate {
+                        let parts = user.into_parts();
+                        if drop_until.is_some_and(|d| parts.sub_sequence_number <= d) {
+                            continue;
+                        }
+                        let is_last = parts.sub_sequence_number == last;
+                        out.push(record.user_record(parts, is_last));
+                    }
+                }
+                Err(e) if self.shared.cfg.strict_deaggregation => {
+                    return Err(self.err(
+                        Error::new(
+                            ErrorKind::Deaggregation,
+                            format!("record {} is a corrupt KPL aggregate", record.sequence_number()),
+                        )
+                        .with_source(e),
+                    ));
+                }
+                Err(e) => {
+                    warn!(sequence = %record.sequence_number(), error = %e, "corrupt KPL aggregate delivered as one record");
+                    self.cx.metrics.deaggregation_error();
+                    out.push(record);
+                }
+            }
+        }
+        Ok(out)
+    }
+}

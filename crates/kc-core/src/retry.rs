@@ -1,0 +1,265 @@
+//! The one way the consumer retries a call: each attempt bounded by a timeout, failures that can be retried retried
+//! after a capped, jittered backoff ([`Backoff`]), everything stopped when a cancellation token fires.
+//!
+//! Every retry loop of the crate goes through [`retry`]: shard polling and iterators, fan-out subscriptions and the
+//! stream-consumer set-up, ListShards, and the checkpoint writes to a group's leases. Callers differ only in what they
+//! log and count on a retry, and in whether they give up on a retryable failure ([`Retried::GiveUp`]).
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApiError, ApiErrorKind};
+use crate::backoff::Backoff;
+
+/// An error of a call that [`retry`] makes.
+pub(crate) trait RetryError: Sized {
+    /// Whether another attempt may succeed (throttling, a transient failure, a timeout).
+    fn is_retryable(&self) -> bool;
+    /// The error of an attempt that took longer than the timeout.
+    fn timed_out() -> Self;
+}
+
+impl RetryError for ApiError {
+    fn is_retryable(&self) -> bool {
+        ApiError::is_retryable(self)
+    }
+    fn timed_out() -> Self {
+        ApiError::new(ApiErrorKind::Transient, Some("client-side timeout".to_owned()))
+    }
+}
+
+impl RetryError for kc_checkpoint::Error {
+    fn is_retryable(&self) -> bool {
+        kc_checkpoint::Error::is_retryable(self)
+    }
+    fn timed_out() -> Self {
+        kc_checkpoint::Error::new(kc_checkpoint::ErrorKind::Transient, "client-side timeout")
+    }
+}
+
+/// What the caller of [`retry`] decides about a retryable failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Retried {
+    /// Sleep the backoff's delay and try again.
+    Again,
+    /// Return the error now.
+    GiveUp,
+}
+
+/// How [`retry`] bounds and paces its attempts.
+pub(crate) struct Policy<'a> {
+    /// Stops the retries: [`retry`] returns `None` as soon as it fires, also in the middle of an attempt or a sleep.
+    pub(crate) cancel: &'a CancellationToken,
+    /// The longest one attempt may take (`None`: the call bounds itself); a timed-out attempt is a retryable failure.
+    pub(crate) timeout: Option<Duration>,
+    /// The delays between attempts; reset after a success (so a backoff shared by several calls starts over).
+    pub(crate) backoff: &'a mut Backoff,
+}
+
+/// Makes the call `f` until it succeeds, fails with an error that cannot be retried, the caller gives up on a
+/// retryable one (`on_retry` answers [`Retried::GiveUp`]; it is told the error, the delay before the next attempt
+/// and the backoff's retry count), or the policy's token is cancelled (`None`).
+pub(crate) async fn retry<T, E, F, Fut>(
+    policy: Policy<'_>,
+    mut f: F,
+    mut on_retry: impl FnMut(&E, Duration, u32) -> Retried,
+) -> Option<Result<T, E>>
+where
+    E: RetryError,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let Policy { cancel, timeout, backoff } = policy;
+    loop {
+        let attempt = async {
+            match timeout {
+                Some(limit) => tokio::time::timeout(limit, f()).await.unwrap_or_else(|_elapsed| Err(E::timed_out())),
+                None => f().await,
+            }
+        };
+        let result = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return None,
+            r = attempt => r,
+        };
+        let err = match result {
+            Ok(v) => {
+                backoff.reset();
+                return Some(Ok(v));
+            }
+            Err(e) if e.is_retryable() => e,
+            Err(e) => return Some(Err(e)),
+        };
+        let delay = backoff.next_delay();
+        if on_retry(&err, delay, backoff.attempts()) == Retried::GiveUp {
+            return Some(Err(err));
+        }
+        if !sleep(cancel, delay).await {
+            return None;
+        }
+    }
+}
+
+/// Sleeps for `d` unless `cancel` fires first; false when it did.
+pub(crate) async fn sleep(cancel: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::{Cell, RefCell};
+
+    use super::*;
+
+    const BASE: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn transient() -> ApiError {
+        ApiError::new(ApiErrorKind::Transient, None)
+    }
+
+    /// Runs `retry` over the scripted `results` (one per attempt); returns its answer, the attempts made and the
+    /// delays `on_retry` was told.
+    async fn run(
+        results: Vec<Result<u32, ApiError>>,
+        timeout: Option<Duration>,
+        give_up_after: usize,
+        cancel: &CancellationToken,
+    ) -> (Option<Result<u32, ApiError>>, usize, Vec<Duration>) {
+        let results = RefCell::new(results.into_iter());
+        let attempts = Cell::new(0);
+        let mut delays = Vec::new();
+        let mut backoff = Backoff::new(BASE, MAX);
+        let policy = Policy { cancel, timeout, backoff: &mut backoff };
+        let answer = retry(
+            policy,
+            || {
+                attempts.set(attempts.get() + 1);
+                let next = results.borrow_mut().next();
+                async move {
+                    match next {
+                        Some(r) => r,
+                        None => std::future::pending().await, // hangs: only a timeout or a cancel ends it
+                    }
+                }
+            },
+            |_: &ApiError, delay, _| {
+                delays.push(delay);
+                if delays.len() >= give_up_after {
+                    Retried::GiveUp
+                } else {
+                    Retried::Again
+                }
+            },
+        )
+        .await;
+        (answer, attempts.get(), delays)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_what_is_retryable_with_a_growing_capped_backoff() {
+        let cancel = CancellationToken::new();
+        let script =
+            vec![Err(transient()), Err(transient()), Err(transient()), Err(transient()), Err(transient()), Ok(7)];
+        let started = tokio::time::Instant::now();
+        let (answer, attempts, delays) = run(script, None, usize::MAX, &cancel).await;
+        assert_eq!(answer.map(|r| r.ok()), Some(Some(7)));
+        assert_eq!(attempts, 6);
+        let ceilings = [100u64, 200, 400, 800, 1000].map(Duration::from_millis);
+        for (delay, ceiling) in delays.iter().zip(ceilings) {
+            assert!(
+                *delay >= ceiling / 2 && *delay <= ceiling,
+                "{delay:?} not within [{:?}, {ceiling:?}]",
+                ceiling / 2
+            );
+        }
+        // Tokio's timer rounds each sleep up to the millisecond.
+        let (slept, asked) = (started.elapsed(), delays.iter().sum::<Duration>());
+        assert!(slept >= asked && slept <= asked + Duration::from_millis(5), "slept {slept:?} for delays of {asked:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_that_cannot_be_retried_is_returned_at_once() {
+        let cancel = CancellationToken::new();
+        let permanent = ApiError::new(ApiErrorKind::Permanent, Some("no".to_owned()));
+        let (answer, attempts, delays) = run(vec![Err(transient()), Err(permanent), Ok(1)], None, 9, &cancel).await;
+        let err = answer.expect("not cancelled").expect_err("permanent");
+        assert_eq!(err.kind(), ApiErrorKind::Permanent);
+        assert_eq!((attempts, delays.len()), (2, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_caller_may_give_up_on_a_retryable_error() {
+        let cancel = CancellationToken::new();
+        let (answer, attempts, _) = run(vec![Err(transient()), Err(transient()), Ok(1)], None, 2, &cancel).await;
+        assert_eq!(answer.expect("not cancelled").expect_err("gave up").kind(), ApiErrorKind::Transient);
+        assert_eq!(attempts, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timed_out_attempt_is_retried_and_the_backoff_resets_after_a_success() {
+        let cancel = CancellationToken::new();
+        // The first attempt hangs (the script has nothing for it until the second).
+        let results = RefCell::new(vec![None, Some(Ok(3))].into_iter());
+        let mut backoff = Backoff::new(BASE, MAX);
+        backoff.next_delay();
+        let policy = Policy { cancel: &cancel, timeout: Some(Duration::from_secs(2)), backoff: &mut backoff };
+        let mut told = Vec::new();
+        let answer = retry(
+            policy,
+            || {
+                let next = results.borrow_mut().next().flatten();
+                async move {
+                    match next {
+                        Some(r) => r,
+                        None => std::future::pending().await,
+                    }
+                }
+            },
+            |e: &ApiError, _, attempt| {
+                told.push((e.to_string(), attempt));
+                Retried::Again
+            },
+        )
+        .await;
+        assert_eq!(answer.map(|r| r.ok()), Some(Some(3)));
+        assert_eq!(told.len(), 1);
+        assert!(told[0].0.contains("client-side timeout"), "{told:?}");
+        assert_eq!(told[0].1, 2, "the backoff's own count goes on");
+        assert_eq!(backoff.attempts(), 0, "reset after the success");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancellation_stops_an_attempt_and_a_sleep() {
+        let cancel = CancellationToken::new();
+        let canceller = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            canceller.cancel();
+        });
+        // Hangs in its first attempt (no timeout): the cancel ends it.
+        let (answer, attempts, _) = run(Vec::new(), None, usize::MAX, &cancel).await;
+        assert!(answer.is_none());
+        assert_eq!(attempts, 1);
+        // Already cancelled: no attempt at all.
+        let (answer, attempts, _) = run(vec![Ok(1)], None, usize::MAX, &cancel).await;
+        assert!(answer.is_none());
+        assert_eq!(attempts, 0);
+        // Cancelled while sleeping between attempts.
+        let cancel = CancellationToken::new();
+        let canceller = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            canceller.cancel();
+        });
+        let (answer, attempts, delays) = run(vec![Err(transient()), Ok(1)], None, usize::MAX, &cancel).await;
+        assert!(answer.is_none());
+        assert_eq!((attempts, delays.len()), (1, 1));
+    }
+}
