@@ -22,6 +22,14 @@ pub(crate) enum Listing {
     Cancelled,
 }
 
+/// The discovery interval's timer: its first tick one interval from now, a late tick delayed rather than caught up.
+pub(crate) fn ticker(every: std::time::Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.reset();
+    ticker
+}
+
 /// Every shard of the stream, following NextToken. A missing stream or a permanent failure is an error. A retryable
 /// failure is retried with backoff at the `first` listing (nothing can start without it), each time from the first
 /// page; later it gives [`Listing::Unavailable`] at once, so that the caller keeps watching its shard tasks (a handler

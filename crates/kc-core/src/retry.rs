@@ -1,9 +1,11 @@
 //! The one way the consumer retries a call: each attempt bounded by a timeout, failures that can be retried retried
 //! after a capped, jittered backoff ([`Backoff`]), everything stopped when a cancellation token fires.
 //!
-//! Every retry loop of the crate goes through [`retry`]: shard polling and iterators, fan-out subscriptions and the
+//! Every retried call of the crate goes through [`retry`]: shard polling and iterators, SubscribeToShard and the
 //! stream-consumer set-up, ListShards, and the checkpoint writes to a group's leases. Callers differ only in what they
-//! log and count on a retry, and in whether they give up on a retryable failure ([`Retried::GiveUp`]).
+//! log and count on a retry, and in whether they give up on a retryable failure ([`Retried::GiveUp`]). Two waits are
+//! not retries of a call and pace themselves with the shard's [`Backoff`]: a fan-out subscription whose event stream
+//! failed is replaced by a new one, and a SubscribeToShard refused as in use waits out Kinesis' 5-second window.
 
 use std::future::Future;
 use std::time::Duration;

@@ -72,9 +72,7 @@ impl<D: Deliver> Supervisor<'_, D> {
         if !self.relist(true).await? {
             return Ok(());
         }
-        let mut discovery = tokio::time::interval(self.shared.cfg.discovery_interval);
-        discovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        discovery.reset();
+        let mut discovery = discovery::ticker(self.shared.cfg.discovery_interval);
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return Ok(()),

@@ -118,9 +118,7 @@ impl<D: Deliver> Worker<'_, D> {
         // to two lease durations.
         let mut next_take = Instant::now();
         let mut next_full = next_take;
-        let mut discovery = tokio::time::interval(self.shared.cfg.discovery_interval);
-        discovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        discovery.reset();
+        let mut discovery = discovery::ticker(self.shared.cfg.discovery_interval);
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return Ok(()),
