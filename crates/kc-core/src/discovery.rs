@@ -114,13 +114,17 @@ impl Shards {
     }
 
     /// The shards that can start now, with how they start: not running, not finished, and every parent finished or
-    /// gone from the listing (past the stream's retention). Marks them running.
+    /// gone from the listing (past the stream's retention) and not running (a parent that left the listing while its
+    /// task still hands out the records it fetched finishes first). Marks them running.
     pub(crate) fn take_ready(&mut self) -> Vec<(String, StartHint)> {
         let mut ready: Vec<(String, StartHint)> = self
             .known
             .values()
             .filter(|s| !self.running.contains(&s.shard_id) && !self.finished.contains(&s.shard_id))
-            .filter(|s| s.parents().all(|p| self.finished.contains(p) || !self.known.contains_key(p)))
+            .filter(|s| {
+                s.parents()
+                    .all(|p| self.finished.contains(p) || (!self.known.contains_key(p) && !self.running.contains(p)))
+            })
             .map(|s| {
                 let hint = StartHint {
                     trim_horizon: !self.initial.as_ref().is_some_and(|i| i.contains(&s.shard_id))
@@ -203,6 +207,18 @@ mod tests {
         assert!(s.take_ready().is_empty(), "a merge waits for both parents");
         s.exited("b", &ended());
         assert_eq!(ids(&s.take_ready()), ["m"]);
+    }
+
+    #[test]
+    fn a_running_parent_that_left_the_listing_still_holds_its_children_back() {
+        let mut s = Shards::default();
+        s.update(vec![shard("p", &[], true), shard("c", &["p"], false)]);
+        assert_eq!(ids(&s.take_ready()), ["p"]);
+        // The parent passes the retention while its task still hands out the records it fetched.
+        s.update(vec![shard("c", &["p"], false)]);
+        assert!(s.take_ready().is_empty(), "the child waits for its running parent");
+        s.exited("p", &ended());
+        assert_eq!(ids(&s.take_ready()), ["c"]);
     }
 
     #[test]

@@ -157,6 +157,15 @@ impl FakeKinesis {
         self.lock().streams.remove(stream);
     }
 
+    /// Removes `shard_id` from `stream`, as Kinesis does with a closed shard once its records are past the
+    /// retention period: ListShards no longer lists it (its children still name it as their parent), and its calls
+    /// (GetShardIterator, GetRecords, SubscribeToShard) answer ResourceNotFoundException.
+    pub fn trim_shard(&self, stream: &str, shard_id: &str) {
+        if let Some(s) = self.lock().streams.get_mut(stream) {
+            s.shards.retain(|s| s.info.shard_id != shard_id);
+        }
+    }
+
     /// Every shard id of `stream`, in creation order.
     pub fn shard_ids(&self, stream: &str) -> Vec<String> {
         self.lock()

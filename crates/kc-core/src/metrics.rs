@@ -7,6 +7,7 @@
 //! | `kinesis_consumer_millis_behind_latest` | gauge | app, stream, shard | MillisBehindLatest of the shard's last GetRecords |
 //! | `kinesis_consumer_retries_total` | counter | app, stream, shard, reason | Kinesis calls retried (`throttled`, `transient`, `expired_iterator`) |
 //! | `kinesis_consumer_deaggregation_errors_total` | counter | app, stream, shard | corrupt KPL aggregates delivered as one record |
+//! | `kinesis_consumer_shards_gone_total` | counter | app, stream, shard | shards finished because they left the stream (past its retention) before they were read to their end |
 //!
 //! | `kinesis_consumer_leases_held` | gauge | group, stream, worker | leases this worker holds (consumer groups) |
 //! | `kinesis_consumer_leases_taken_total` | counter | group, stream, worker | leases this worker took |
@@ -29,6 +30,8 @@ pub mod names {
     pub const RETRIES: &str = "kinesis_consumer_retries_total";
     /// Corrupt KPL aggregates delivered as one record.
     pub const DEAGGREGATION_ERRORS: &str = "kinesis_consumer_deaggregation_errors_total";
+    /// Shards finished because they left the stream (past its retention) before they were read to their end.
+    pub const SHARDS_GONE: &str = "kinesis_consumer_shards_gone_total";
     /// Leases a group worker holds.
     pub const LEASES_HELD: &str = "kinesis_consumer_leases_held";
     /// Leases a group worker took.
@@ -110,6 +113,11 @@ impl ShardMetrics {
 
     pub(crate) fn deaggregation_error(&self) {
         self.deaggregation_errors.increment(1);
+    }
+
+    /// The shard left the stream before it was read to its end (rare: the handle is looked up).
+    pub(crate) fn gone(&self) {
+        metrics::counter!(names::SHARDS_GONE, &self.labels).increment(1);
     }
 
     /// Retries are rare: the handle is looked up each time.

@@ -10,6 +10,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::api::{KinesisApi, RawRecord, ShardInfo, StartingPosition};
 use crate::config::{Config, InitialPosition};
 use crate::deliver::{Deliver, Delivered, Progress};
+use crate::discovery::{self, Listing};
 use crate::error::{Error, ErrorKind};
 use crate::lifecycle::Lifecycle;
 use crate::record::Record;
@@ -178,7 +179,11 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
         self.shared.lifecycle.shard_started(&self.cx.shard_id, &start);
         let mut source = Source::new(self.shared.consumer_arn.as_ref(), start);
         loop {
-            let fetched = source.next(&mut self.cx, self.progress.last_handled()).await?;
+            let fetched = match source.next(&mut self.cx, self.progress.last_handled()).await {
+                Ok(fetched) => fetched,
+                Err(e) if e.kind() == ErrorKind::StreamNotFound => return self.gone(e).await,
+                Err(e) => return Err(e),
+            };
             let Some(Fetched { records, millis_behind_latest, end }) = fetched else {
                 return Ok(ShardExit::Stopped);
             };
@@ -201,6 +206,28 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
                 return self.finish(children).await;
             }
         }
+    }
+
+    /// A call for this shard answered "not found" (`e`). If the stream still exists and no longer lists the shard, the
+    /// shard left the stream (past its retention, while nobody read it): there is nothing more to read, so it is
+    /// finished (its end recorded, as the KCL does), with a warning and the `shards_gone` metric, and its children
+    /// start. Otherwise (the stream itself is missing) `e` is the scan's error.
+    async fn gone(&mut self, e: Error) -> Result<ShardExit, Error> {
+        match discovery::list(&*self.cx.api, &self.cx.cfg, &self.cx.cancel, true).await? {
+            Listing::Shards(shards) if shards.iter().all(|s| *s.shard_id != *self.cx.shard_id) => {}
+            Listing::Cancelled => return Ok(ShardExit::Stopped),
+            Listing::Shards(_) | Listing::Unavailable => return Err(e),
+        }
+        warn!(error = %e, "the shard left the stream (past its retention) before it was read to its end; finished");
+        self.cx.metrics.gone();
+        self.save_pending().await?;
+        self.shared
+            .store
+            .set(&self.key, Checkpoint::ShardEnd)
+            .await
+            .map_err(|e| self.store_err("recording the end of a shard that left the stream", e))?;
+        self.cx.metrics.checkpoint();
+        Ok(ShardExit::Ended { children: Vec::new() })
     }
 
     /// The shard's last record was handled: record its end (unless records after the last checkpoint were handled

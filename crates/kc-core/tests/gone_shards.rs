@@ -1,0 +1,161 @@
+//! Shards that leave the stream (past its retention) before they were read to their end: they are finished, with a
+//! warning, and their children are read; only a missing stream is an error. Against the in-process fake, tokio's
+//! paused clock.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kc_checkpoint::lease::{LeaseScope, LeaseTable, MemoryLeaseTable};
+use kc_checkpoint::{Checkpoint, SequenceNumber};
+use kc_core::fake::FakeKinesis;
+use kc_core::{Consumer, Group, InitialPosition, MemoryStore, Outcome, Record, ShardKey};
+use tokio_util::sync::CancellationToken;
+
+const STREAM: &str = "s";
+
+/// A stream whose one shard was split: the parent holds `p0..p29`, the children `c0..c19`. Returns the parent's id
+/// and the sequence number of `p4`.
+fn split_stream(fake: &FakeKinesis) -> (String, String) {
+    fake.create_stream(STREAM, 1);
+    let parent = fake.shard_ids(STREAM)[0].clone();
+    let mut p4 = String::new();
+    for i in 0..30 {
+        let seq = fake.put_to_shard(STREAM, &parent, &format!("k{i}"), format!("p{i}"));
+        if i == 4 {
+            p4 = seq;
+        }
+    }
+    fake.split_shard(STREAM, &parent);
+    for i in 0..20 {
+        fake.put(STREAM, &format!("k{i}"), format!("c{i}"));
+    }
+    (parent, p4)
+}
+
+fn children() -> BTreeSet<String> {
+    (0..20).map(|i| format!("c{i}")).collect()
+}
+
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<String>>>);
+
+impl Seen {
+    fn all(&self) -> BTreeSet<String> {
+        self.0.lock().expect("lock").iter().cloned().collect()
+    }
+    fn len(&self) -> usize {
+        self.0.lock().expect("lock").len()
+    }
+}
+
+/// Scans with a handler that takes 1 s a record, until cancelled; returns the scan's result.
+fn spawn_scan(consumer: Consumer, seen: &Seen) -> tokio::task::JoinHandle<Result<(), kc_core::Error>> {
+    let seen = seen.clone();
+    tokio::spawn(async move {
+        consumer
+            .scan(move |r: Record| {
+                let seen = seen.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    seen.0.lock().expect("lock").push(String::from_utf8_lossy(r.data()).into_owned());
+                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
+                }
+            })
+            .await
+    })
+}
+
+async fn wait_for(mut done: impl FnMut() -> bool) {
+    for _ in 0..6000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("condition not reached in 10 minutes of (paused) time");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shard_trimmed_while_it_is_polled_is_finished_and_its_children_are_read() {
+    trimmed_while_read(|b| b.max_records(10), |_| {}).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shard_trimmed_while_it_is_subscribed_to_is_finished_and_its_children_are_read() {
+    // Events of 5 records: the subscription asks for more after the parent left the stream.
+    trimmed_while_read(|b| b.fan_out("app"), |fake| fake.event_limit(5)).await;
+}
+
+async fn trimmed_while_read(
+    source: impl FnOnce(kc_core::ConsumerBuilder) -> kc_core::ConsumerBuilder,
+    setup: impl FnOnce(&FakeKinesis),
+) {
+    let fake = FakeKinesis::new();
+    setup(&fake);
+    let (parent, _) = split_stream(&fake);
+    let store = MemoryStore::new();
+    let token = CancellationToken::new();
+    let builder = Consumer::builder(STREAM)
+        .api(fake.clone())
+        .store(store.clone())
+        .initial_position(InitialPosition::TrimHorizon)
+        .discovery_interval(Duration::from_secs(1))
+        .shutdown(token.clone());
+    let consumer = source(builder).build().await.expect("build");
+    let seen = Seen::default();
+    let scan = spawn_scan(consumer, &seen);
+    // The parent leaves the stream (its records past the retention) while its first batch is being handled.
+    wait_for(|| seen.len() >= 5).await;
+    fake.trim_shard(STREAM, &parent);
+    wait_for(|| children().is_subset(&seen.all()) || scan.is_finished()).await;
+    token.cancel();
+    scan.await.expect("scan task").expect("a shard that left the stream does not stop the scan");
+    let seen = seen.0.lock().expect("lock").clone();
+    assert!(children().iter().all(|c| seen.contains(c)), "every child's record: {seen:?}");
+    // The records the parent's task had fetched before the trim are handled, then the children's: parents first.
+    let first_child = seen.iter().position(|d| d.starts_with('c')).expect("a child's record");
+    assert!(seen[first_child..].iter().all(|d| d.starts_with('c')), "no parent record after a child's: {seen:?}");
+    let key = ShardKey::new("kinesis-consumer", STREAM, parent.as_str());
+    assert_eq!(store.snapshot().get(&key), Some(&Checkpoint::ShardEnd), "the parent is finished");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_takes_an_unfinished_lease_of_a_shard_that_left_the_stream_and_reads_its_children() {
+    let fake = FakeKinesis::new();
+    let (parent, p4) = split_stream(&fake);
+    // A group that read the parent up to p4, then was down longer than the retention: the parent left the stream.
+    let table = Arc::new(MemoryLeaseTable::new());
+    let scope = LeaseScope::new("g", STREAM);
+    table.create(&scope, &parent, &[]).await.expect("create");
+    for child in fake.shard_ids(STREAM).iter().filter(|id| **id != parent) {
+        table.create(&scope, child, std::slice::from_ref(&parent)).await.expect("create child");
+    }
+    let lease = table.take(&scope, &parent, 0, "old").await.expect("take");
+    let p4 = Checkpoint::at(SequenceNumber::parse(p4).expect("sequence"));
+    let counter = table.checkpoint(&scope, &parent, "old", lease.counter, &p4).await.expect("checkpoint");
+    table.release(&scope, &parent, "old", counter).await.expect("release");
+    fake.trim_shard(STREAM, &parent);
+
+    let token = CancellationToken::new();
+    let group = Group::new("g", Arc::clone(&table) as Arc<dyn LeaseTable>).worker_id("w1");
+    let consumer = Consumer::builder(STREAM)
+        .api(fake.clone())
+        .initial_position(InitialPosition::TrimHorizon)
+        .max_records(10)
+        .discovery_interval(Duration::from_secs(1))
+        .shutdown(token.clone())
+        .group(group)
+        .build()
+        .await
+        .expect("build");
+    let seen = Seen::default();
+    let scan = spawn_scan(consumer, &seen);
+    wait_for(|| children().is_subset(&seen.all()) || scan.is_finished()).await;
+    token.cancel();
+    scan.await.expect("scan task").expect("the worker does not stop on a shard that left the stream");
+    assert_eq!(seen.all(), children(), "every child's record, nothing of the trimmed parent");
+    let parent_lease = table.get(&scope, &parent).await.expect("get");
+    let finished = parent_lease.as_ref().is_none_or(|l| l.is_finished());
+    assert!(finished, "the parent's lease is finished (or deleted): {parent_lease:?}");
+}
