@@ -10,7 +10,6 @@ use anyhow::Context as _;
 use bytes::Bytes;
 
 pub mod fault_proxy;
-pub mod lease_suite;
 pub mod report;
 pub use fault_proxy::{Fault, FaultCounts, FaultPlan, FaultProxy, SplitMix64};
 

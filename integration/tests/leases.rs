@@ -1,12 +1,12 @@
-//! The lease tables of consumer groups against real servers: the conformance suite (`kc_integration::lease_suite`)
-//! on every backend, and each backend's failures (bad table name, missing table, server cut off).
+//! The lease tables of consumer groups against real servers: the conformance suite
+//! (`kc_checkpoint::test_util::lease_suite`; `MemoryLeaseTable` runs it in kc-checkpoint's tests) on every backend, and each backend's failures (bad table name, missing table, server cut off).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kc_integration::lease_suite;
+use kc_checkpoint::test_util::lease_suite;
 use kc_integration::{mysql_url, postgres_url, unique_table, CutProxy};
-use kinesis_consumer::checkpoint::lease::{LeaseScope, LeaseTable, MemoryLeaseTable};
+use kinesis_consumer::checkpoint::lease::{LeaseScope, LeaseTable};
 use kinesis_consumer::checkpoint::{Checkpoint, Error, ErrorKind};
 use kinesis_consumer::ddb::DynamoDbLeaseTable;
 use kinesis_consumer::mysql::MySqlLeaseTable;
@@ -62,11 +62,6 @@ async fn assert_cut_is_transient(leases: &dyn LeaseTable, direct: &dyn LeaseTabl
     proxy.restore();
     let c = leases.renew(&s, "shard", "w1", c).await.expect("renew after restore");
     assert_eq!(leases.get(&s, "shard").await.expect("get").map(|l| l.counter), Some(c));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn memory_table_conforms() {
-    lease_suite::run(Arc::new(MemoryLeaseTable::new()), "memory").await;
 }
 
 /// Creates lease `shard` in scope `g`/`s` and takes it for `w1`; returns its counter.

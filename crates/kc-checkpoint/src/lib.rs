@@ -8,6 +8,9 @@
 //! The [`lease`] module holds the lease table of consumer groups ([`lease::LeaseTable`], with an in-memory
 //! [`lease::MemoryLeaseTable`]): a lease carries a shard's checkpoint, and every write to it is fenced.
 //!
+//! With the feature `test-util`, [`test_util`] holds the conformance suites every [`CheckpointStore`] and
+//! [`lease::LeaseTable`] should pass.
+//!
 //! This crate is deliberately tiny (no AWS SDK, no database driver) so that store crates (DynamoDB, PostgreSQL,
 //! MySQL) can implement [`CheckpointStore`] without pulling in the Kinesis SDK.
 //!
@@ -34,6 +37,8 @@
 //! # }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt;
@@ -43,6 +48,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub mod lease;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod test_util;
 
 /// The error type of checkpoint stores.
 ///

@@ -1,8 +1,41 @@
-//! A conformance suite for any [`LeaseTable`]: every method, every condition, and races, checked against the
-//! contract of `kc_checkpoint::lease` (which `MemoryLeaseTable` implements).
+//! The conformance suite of [`LeaseTable`]s: every method, every condition, and races, checked against the
+//! contract of [`crate::lease`] (which [`MemoryLeaseTable`](crate::lease::MemoryLeaseTable) implements).
 //!
-//! [`run`] runs every check, each in a scope of its own (a fresh group name), so one table serves every check and
-//! every run; it fails with the list of checks that failed and why.
+//! [`run`] runs every check, each in a scope of its own (a group name made of the prefix, the check, the process id
+//! and a counter), so one table serves every check and every run, and checks never see each other's leases. It
+//! prints one line per check to stderr and panics with the list of the checks that failed and why.
+//!
+//! What is checked:
+//! - `create` is idempotent, keeps parents and stamps the creation time once (whole milliseconds of the caller's
+//!   clock); `get` of a missing lease is `None`; `list` reads what `get` reads.
+//! - `take` and `request` need the current counter; `renew`, `checkpoint` and `release` need the owner (compared
+//!   exactly) and the counter; a refused write is [`ErrorKind::Fenced`] and changes nothing; every write bumps the
+//!   counter by one and returns it.
+//! - Handoff: `request` sets `next_owner`, which renewals, checkpoints and releases keep and `take` clears.
+//! - Checkpoints never move backwards (numeric order of up to 129 digits, sub-sequence numbers, `ShardEnd` last),
+//!   the first one may be anything.
+//! - `delete` is idempotent and a deleted lease can be created again; writes to a missing lease are `Fenced`.
+//! - Scopes are separate, also for group and stream names that a naive `{group}-{stream}` key would merge.
+//! - Races: of 8 concurrent takes exactly one wins; concurrent owner writes never return a counter twice.
+//!
+//! # Wiring a backend
+//!
+//! Create the table, hand it to [`run`] with a name for the messages, and drop the table afterwards if the test
+//! created it. The checks spawn Tokio tasks, so call it inside a Tokio runtime (a multi-thread one makes the races
+//! real):
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use kc_checkpoint::lease::MemoryLeaseTable;
+//! use kc_checkpoint::test_util::lease_suite;
+//!
+//! #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! async fn main() {
+//!     // A database backend would create its table here (and drop it after the run).
+//!     lease_suite::run(Arc::new(MemoryLeaseTable::new()), "memory").await;
+//! }
+//! ```
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -10,18 +43,18 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use anyhow::{anyhow, ensure, Context as _};
-use kinesis_consumer::checkpoint::lease::{creation_millis, from_millis, Lease, LeaseScope, LeaseTable};
-use kinesis_consumer::checkpoint::{Checkpoint, Error, ErrorKind, SequenceNumber};
+use crate::lease::{creation_millis, from_millis, Lease, LeaseScope, LeaseTable};
+use crate::test_util::check::{ensure, fail, Context as _, Failure, Outcome};
+use crate::{Checkpoint, Error, ErrorKind, SequenceNumber};
 
 /// A lease table as the checks use it (spawned tasks share it).
-pub type Table = Arc<dyn LeaseTable>;
+type Table = Arc<dyn LeaseTable>;
 
 /// One check: a table and a scope of its own.
-pub type Check = fn(Table, LeaseScope) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+type Check = fn(Table, LeaseScope) -> Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
 /// Every check, by name.
-pub fn checks() -> Vec<(&'static str, Check)> {
+fn checks() -> Vec<(&'static str, Check)> {
     vec![
         ("create_is_idempotent_and_keeps_parents", |t, s| Box::pin(create_is_idempotent_and_keeps_parents(t, s))),
         ("get_of_a_missing_lease_is_none", |t, s| Box::pin(get_of_a_missing_lease_is_none(t, s))),
@@ -42,8 +75,12 @@ pub fn checks() -> Vec<(&'static str, Check)> {
 }
 
 /// Runs every check on `table` (scopes named after `prefix`, the process and a counter) and panics with the list of
-/// failures, if any. Prints one line per check.
-pub async fn run(table: Table, prefix: &str) {
+/// failures, if any. Prints one line per check to stderr. See the [module docs](self) for what is checked.
+///
+/// # Panics
+///
+/// When a check fails: the message lists every failed check, its group name and why.
+pub async fn run(table: Arc<dyn LeaseTable>, prefix: &str) {
     let mut failures = Vec::new();
     for (name, check) in checks() {
         let scope = unique_scope(prefix, name);
@@ -60,7 +97,7 @@ pub async fn run(table: Table, prefix: &str) {
 }
 
 /// A scope no other check or run uses.
-pub fn unique_scope(prefix: &str, name: &str) -> LeaseScope {
+fn unique_scope(prefix: &str, name: &str) -> LeaseScope {
     static N: AtomicUsize = AtomicUsize::new(0);
     let group = format!("{prefix}-{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
     LeaseScope::new(group, "stream-1")
@@ -89,27 +126,27 @@ fn at_sub(s: &str, sub: u64) -> Checkpoint {
 }
 
 /// Checks that `result` is a `Fenced` error.
-fn fenced<T: std::fmt::Debug>(result: Result<T, Error>, what: &str) -> anyhow::Result<()> {
+fn fenced<T: std::fmt::Debug>(result: Result<T, Error>, what: &str) -> Outcome {
     match result {
         Err(e) if e.kind() == ErrorKind::Fenced => Ok(()),
-        Err(e) => Err(anyhow!("{what}: want Fenced, got {:?}: {e}", e.kind())),
-        Ok(v) => Err(anyhow!("{what}: want Fenced, got Ok({v:?})")),
+        Err(e) => Err(fail!("{what}: want Fenced, got {:?}: {e}", e.kind())),
+        Ok(v) => Err(fail!("{what}: want Fenced, got Ok({v:?})")),
     }
 }
 
-async fn must_get(t: &Table, s: &LeaseScope, shard: &str) -> anyhow::Result<Lease> {
-    t.get(s, shard).await.context("get")?.ok_or_else(|| anyhow!("lease {shard} is missing"))
+async fn must_get(t: &Table, s: &LeaseScope, shard: &str) -> Result<Lease, Failure> {
+    t.get(s, shard).await.context("get")?.ok_or_else(|| fail!("lease {shard} is missing"))
 }
 
 /// A lease `shard` taken by `owner`; returns its counter.
-async fn taken(t: &Table, s: &LeaseScope, shard: &str, owner: &str) -> anyhow::Result<u64> {
+async fn taken(t: &Table, s: &LeaseScope, shard: &str, owner: &str) -> Result<u64, Failure> {
     ensure!(t.create(s, shard, &[]).await.context("create")?, "create {shard}: want created");
     let lease = t.take(s, shard, 0, owner).await.context("take")?;
     ensure!(lease.owner.as_deref() == Some(owner) && lease.counter == 1, "take of a new lease: {lease:?}");
     Ok(lease.counter)
 }
 
-async fn create_is_idempotent_and_keeps_parents(t: Table, s: LeaseScope) -> anyhow::Result<()> {
+async fn create_is_idempotent_and_keeps_parents(t: Table, s: LeaseScope) -> Outcome {
     let parents = vec!["shardId-p1".to_owned(), "shardId-p2".to_owned()];
     ensure!(t.create(&s, "shardId-b", &parents).await?, "first create: want true");
     ensure!(!t.create(&s, "shardId-b", &[]).await?, "second create: want false");
@@ -129,11 +166,11 @@ async fn create_is_idempotent_and_keeps_parents(t: Table, s: LeaseScope) -> anyh
 }
 
 /// `create` stamps the caller's clock (whole milliseconds) on a new lease; a second `create` and every write keep it.
-async fn creation_time_is_stamped_once_and_kept(t: Table, s: LeaseScope) -> anyhow::Result<()> {
+async fn creation_time_is_stamped_once_and_kept(t: Table, s: LeaseScope) -> Outcome {
     let before = from_millis(creation_millis());
     ensure!(t.create(&s, "shard", &[]).await?, "create");
     let after = from_millis(creation_millis());
-    let created = must_get(&t, &s, "shard").await?.created_at.ok_or_else(|| anyhow!("no creation time"))?;
+    let created = must_get(&t, &s, "shard").await?.created_at.ok_or_else(|| fail!("no creation time"))?;
     ensure!(before <= created && created <= after, "created at {created:?}, not within {before:?}..={after:?}");
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     ensure!(!t.create(&s, "shard", &[]).await?, "second create");
@@ -151,13 +188,13 @@ async fn creation_time_is_stamped_once_and_kept(t: Table, s: LeaseScope) -> anyh
     Ok(())
 }
 
-async fn get_of_a_missing_lease_is_none(t: Table, s: LeaseScope) -> anyhow::Result<()> {
+async fn get_of_a_missing_lease_is_none(t: Table, s: LeaseScope) -> Outcome {
     ensure!(t.get(&s, "shardId-none").await?.is_none(), "get of a missing lease: want None");
     ensure!(t.list(&s).await?.is_empty(), "list of an empty scope");
     Ok(())
 }
 
-async fn take_needs_the_current_counter(t: Table, s: LeaseScope) -> anyhow::Result<()> {
+async fn take_needs_the_current_counter(t: Table, s: LeaseScope) -> Outcome {
     t.create(&s, "shard", &[]).await?;
     fenced(t.take(&s, "shard", 1, "w1").await, "take with a counter from the future")?;
     fenced(t.take(&s, "shard", u64::MAX, "w1").await, "take with u64::MAX")?;
@@ -188,7 +225,7 @@ async fn owner_write(t: &Table, s: &LeaseScope, op: OwnerWrite, owner: &str, cou
     }
 }
 
-async fn owner_writes_need_owner_and_counter(t: Table, s: LeaseScope) -> anyhow::Result<()> {
+async fn owner_writes_need_owner_and_counter(t: Table, s: LeaseScope) -> Outcome {
     for op in [OwnerWrite::Renew, OwnerWrite::Checkpoint, OwnerWrite::Release] {
         let s = LeaseScope::new(format!("{}-{op:?}", s.group()), s.stream());
         let c = taken(&t, &s, "shard", "w1").await?;
@@ -215,7 +252,7 @@ async fn owner_writes_need_owner_and_counter(t: Table, s: LeaseScope) -> anyhow:
     Ok(())
 }
 
-async fn request_then_handoff(t: Table, s: LeaseScope) -> anyhow::Result<()> {
+async fn request_then_handoff(t: Table, s: LeaseScope) -> Outcome {
     let c = taken(&t, &s, "shard", "w1").await?;
     fenced(t.request(&s, "shard", c + 1, "w2").await, "request with a wrong counter")?;
     let l = t.request(&s, "shard", c, "w2").await?;
@@ -250,7 +287,7 @@ async fn request_then_handoff(t: Table, s: LeaseScope) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn checkpoints_never_move_backwards(t: Table, s: LeaseScope) -> anyhow::Result<()> {
+async fn checkpoints_never_move_backwards(t: Table, s: LeaseScope) -> Outcome {
     let (n56, o57) = (nines56(), one57());
     let o57b = format!("1{}1", "0".repeat(55));
     // (written, stored afterwards)
@@ -288,7 +325,7 @@ async fn checkpoints_never_move_backwards(t: Table, s: LeaseScope) -> anyhow::Re
     Ok(())
 }
 
-async fn first_checkpoint_may_be_anything(t: Table, s: LeaseScope) -> anyhow::Result<()> {
+async fn first_checkpoint_may_be_anything(t: Table, s: LeaseScope) -> Outcome {
     for (shard, cp) in [("sub", at_sub(&nines56(), 0)), ("end", Checkpoint::ShardEnd), ("zero", at("0"))] {
         let c = taken(&t, &s, shard, "w1").await?;
         t.checkpoint(&s, shard, "w1", c, &cp).await.with_context(|| shard.to_owned())?;
@@ -298,7 +335,7 @@ async fn first_checkpoint_may_be_anything(t: Table, s: LeaseScope) -> anyhow::Re
     Ok(())
 }
 
-async fn delete_is_idempotent(t: Table, s: LeaseScope) -> anyhow::Result<()> {
+async fn delete_is_idempotent(t: Table, s: LeaseScope) -> Outcome {
     taken(&t, &s, "gone", "w1").await?;
     t.create(&s, "kept", &[]).await?;
     t.delete(&s, "gone").await?;
@@ -312,7 +349,7 @@ async fn delete_is_idempotent(t: Table, s: LeaseScope) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn scopes_are_separate(t: Table, s: LeaseScope) -> anyhow::Result<()> {
+async fn scopes_are_separate(t: Table, s: LeaseScope) -> Outcome {
     let g = s.group();
     // Pairs that a naive `{group}-{stream}` or `{group}/{stream}` key would merge, and plain neighbours.
     let scopes = [
@@ -342,7 +379,7 @@ async fn scopes_are_separate(t: Table, s: LeaseScope) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn writes_to_a_missing_lease_are_fenced(t: Table, s: LeaseScope) -> anyhow::Result<()> {
+async fn writes_to_a_missing_lease_are_fenced(t: Table, s: LeaseScope) -> Outcome {
     let shard = "missing";
     for c in [0, 1] {
         fenced(t.take(&s, shard, c, "w1").await, "take")?;
@@ -360,7 +397,7 @@ async fn writes_to_a_missing_lease_are_fenced(t: Table, s: LeaseScope) -> anyhow
     Ok(())
 }
 
-async fn concurrent_takes_one_winner(t: Table, s: LeaseScope) -> anyhow::Result<()> {
+async fn concurrent_takes_one_winner(t: Table, s: LeaseScope) -> Outcome {
     const WORKERS: usize = 8;
     for round in 0..3 {
         let shard = format!("shard-{round}");
@@ -382,9 +419,7 @@ async fn concurrent_takes_one_winner(t: Table, s: LeaseScope) -> anyhow::Result<
             match result {
                 Ok(lease) => winners.push((i, lease)),
                 Err(e) if e.kind() == ErrorKind::Fenced => {}
-                Err(e) => {
-                    return Err(anyhow!("round {round}: take by w{i}: want Ok or Fenced, got {:?}: {e}", e.kind()))
-                }
+                Err(e) => return Err(fail!("round {round}: take by w{i}: want Ok or Fenced, got {:?}: {e}", e.kind())),
             }
         }
         ensure!(winners.len() == 1, "round {round}: {} takes won: {winners:?}", winners.len());
@@ -395,7 +430,7 @@ async fn concurrent_takes_one_winner(t: Table, s: LeaseScope) -> anyhow::Result<
     Ok(())
 }
 
-async fn concurrent_owner_writes_never_reuse_a_counter(t: Table, s: LeaseScope) -> anyhow::Result<()> {
+async fn concurrent_owner_writes_never_reuse_a_counter(t: Table, s: LeaseScope) -> Outcome {
     const TASKS: u64 = 4;
     const ROUNDS: u64 = 20;
     let start = taken(&t, &s, "shard", "w1").await?;
@@ -419,10 +454,10 @@ async fn concurrent_owner_writes_never_reuse_a_counter(t: Table, s: LeaseScope) 
                     match result {
                         Ok(success) => successes.push(success),
                         Err(e) if e.kind() == ErrorKind::Fenced => refused += 1,
-                        Err(e) => return Err(anyhow!("task {task} round {round}: {:?}: {e}", e.kind())),
+                        Err(e) => return Err(fail!("task {task} round {round}: {:?}: {e}", e.kind())),
                     }
                 }
-                anyhow::Ok((successes, refused))
+                Ok::<_, Failure>((successes, refused))
             })
         })
         .collect();
