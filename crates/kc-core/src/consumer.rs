@@ -128,7 +128,8 @@ impl Consumer {
 }
 
 /// Configures a [`Consumer`]. Required: the stream name (given to [`Consumer::builder`]); everything else has a
-/// default, stated on its method. [`build`](Self::build) validates.
+/// default, stated on its method. [`build`](Self::build) validates: among other things, every duration (here and in
+/// [`Group`]) is at most [`MAX_DURATION`](crate::MAX_DURATION), a year.
 #[must_use]
 pub struct ConsumerBuilder {
     cfg: Config,
@@ -290,7 +291,7 @@ impl ConsumerBuilder {
 
     /// With fan-out: deregister the stream consumer (DeregisterStreamConsumer) when the scan returns. Default: off (a
     /// registered consumer is usually long-lived, and other instances of the app may still use it). Setting it
-    /// without fan-out is a configuration error.
+    /// without fan-out, or in a consumer group (whose workers share the stream consumer), is a configuration error.
     pub fn deregister_on_shutdown(mut self, on: bool) -> Self {
         self.cfg.deregister_on_shutdown = on;
         self
@@ -312,6 +313,13 @@ impl ConsumerBuilder {
         if self.group.is_some() && self.store.is_some() {
             return Err(Error::config(
                 "a consumer group keeps its checkpoints in the lease table: give either a group or a store, not both",
+            ));
+        }
+        if self.group.is_some() && self.cfg.deregister_on_shutdown {
+            return Err(Error::config(
+                "deregister_on_shutdown cannot be used in a consumer group: every worker shares the stream consumer, \
+                 and one worker's stop would deregister it under the others (deregister it when the whole group is \
+                 retired)",
             ));
         }
         let group = self.group.map(Group::resolve).transpose()?.map(Arc::new);
@@ -370,6 +378,12 @@ mod tests {
         check(|b| b.fan_out("a".repeat(129)), Some("at most 128"));
         check(|b| b.fan_out("a b"), Some("character ' '"));
         check(|b| b.deregister_on_shutdown(true), Some("deregister_on_shutdown needs enhanced fan-out"));
+        let group = || Group::new("g", kc_checkpoint::lease::MemoryLeaseTable::new());
+        check(|b| b.fan_out("c").group(group()), None);
+        check(
+            |b| b.fan_out("c").deregister_on_shutdown(true).group(group()),
+            Some("deregister_on_shutdown cannot be used in a consumer group"),
+        );
         check(|b| b.max_records(5).fan_out("c"), Some("max_records only apply to polling"));
         check(
             |b| b.fan_out("c").scan_interval(Duration::from_secs(1)).min_poll_interval(Duration::from_secs(1)),

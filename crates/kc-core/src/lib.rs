@@ -117,7 +117,7 @@ mod shard;
 mod source;
 
 pub use api::{KinesisApi, StartingPosition};
-pub use config::{Group, InitialPosition};
+pub use config::{Group, InitialPosition, MAX_DURATION};
 pub use consumer::{Consumer, ConsumerBuilder};
 pub use error::{BoxError, Error, ErrorKind};
 pub use handler::{Batch, BatchHandler, Outcome, RecordHandler};

@@ -183,6 +183,7 @@ impl Group {
             if value.is_zero() {
                 return Err(Error::config(format!("group {name} must be greater than zero")));
             }
+            super::at_most_max(&format!("group {name}"), value)?;
         }
         if renew_interval >= lease_duration {
             return Err(Error::config(format!(

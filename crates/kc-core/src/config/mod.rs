@@ -11,6 +11,10 @@ use crate::error::Error;
 pub use group::Group;
 pub(crate) use group::GroupConfig;
 
+/// The longest duration any setting accepts (a year): longer ones are refused by `build()`, so that no deadline the
+/// consumer computes from a setting (and a few multiples of it) overflows the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Where a shard with no checkpoint starts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum InitialPosition {
@@ -91,6 +95,16 @@ impl Config {
                 return Err(Error::config(format!("{name} must be greater than zero")));
             }
         }
+        let bounded = [
+            ("scan_interval", self.scan_interval),
+            ("discovery_interval", self.discovery_interval),
+            ("min_poll_interval", self.min_poll_interval),
+            ("call_timeout", self.call_timeout),
+            ("retry backoff max", self.backoff_max),
+        ];
+        for (name, value) in bounded {
+            at_most_max(name, value)?;
+        }
         if self.backoff_max < self.backoff_base {
             return Err(Error::config("retry backoff max must be at least the backoff base"));
         }
@@ -111,6 +125,17 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Refuses a duration longer than [`MAX_DURATION`].
+pub(crate) fn at_most_max(name: &str, value: Duration) -> Result<(), Error> {
+    if value > MAX_DURATION {
+        return Err(Error::config(format!(
+            "{name} must be at most {} days (kc_core::MAX_DURATION), got {value:?}",
+            MAX_DURATION.as_secs() / 86_400
+        )));
+    }
+    Ok(())
 }
 
 /// Checks a stream name against the Kinesis rules: 1 to 128 of `a-z A-Z 0-9 _ . -`.
