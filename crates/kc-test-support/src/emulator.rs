@@ -229,6 +229,11 @@ impl Emulator {
         &self.log
     }
 
+    /// The node process's id.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
     /// The node process.
     pub fn process(&mut self) -> &mut ChildGuard {
         &mut self.process
