@@ -64,7 +64,7 @@ fn report(what: &str, latencies: &Latencies, records: usize) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let quick = !std::env::args().any(|a| a == "--bench");
+    let quick = kc_test_support::check::quick_bench();
     let Ok(endpoint) = std::env::var("KINESIS_LOCAL_ENDPOINT") else {
         if quick {
             println!("latency: KINESIS_LOCAL_ENDPOINT not set, skipped (run `cargo xtask bench`)");

@@ -6,26 +6,18 @@
 
 #![allow(clippy::print_stdout, missing_docs)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
+use kc_test_support::check::{median, quick_bench};
+use kc_test_support::env::required as env;
+use kc_test_support::names::unique_stream;
+use kc_test_support::time_scan;
 use kinesis_consumer::ddb::DynamoDbStore;
 use kinesis_consumer::mysql::MySqlStore;
 use kinesis_consumer::postgres::PostgresStore;
-use kinesis_consumer::{
-    Checkpoint, CheckpointStore, Consumer, InitialPosition, MemoryStore, Outcome, Record, SequenceNumber, ShardKey,
-};
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run this bench with `cargo xtask bench`"))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+use kinesis_consumer::{Checkpoint, CheckpointStore, Consumer, InitialPosition, MemoryStore, SequenceNumber, ShardKey};
 
 /// Seconds per flush of `shards` pending checkpoints (each round moves every shard forward).
 async fn flush_time(store: &dyn CheckpointStore, shards: usize, rounds: u64) -> Vec<f64> {
@@ -47,39 +39,17 @@ async fn consume(client: &aws_sdk_kinesis::Client, stream: &str, store: Arc<dyn 
     let consumer = Consumer::builder(stream)
         .client(client.clone())
         .shared_store(store)
-        .app_name(format!("bench-{}", fastrand_suffix()))
+        .app_name(unique_stream("bench"))
         .initial_position(InitialPosition::TrimHorizon)
         .build()
         .await
         .expect("build");
-    let token = consumer.shutdown_token();
-    let seen = Arc::new(AtomicUsize::new(0));
-    let s = seen.clone();
-    let start = Instant::now();
-    let end = Arc::new(std::sync::Mutex::new(Duration::ZERO));
-    let e = end.clone();
-    consumer
-        .scan(move |r: Record| {
-            std::hint::black_box(r.data());
-            if s.fetch_add(1, Ordering::Relaxed) + 1 == n {
-                *e.lock().expect("lock") = start.elapsed();
-                token.cancel();
-            }
-            std::future::ready(Ok::<_, std::convert::Infallible>(Outcome::Checkpoint))
-        })
-        .await
-        .expect("scan");
-    let secs = end.lock().expect("lock").as_secs_f64();
-    n as f64 / secs
-}
-
-fn fastrand_suffix() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    n as f64 / time_scan(consumer, n).await.to_nth.as_secs_f64()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let quick = !std::env::args().any(|a| a == "--bench");
+    let quick = quick_bench();
     if quick && std::env::var("KINESIS_ENDPOINT").is_err() {
         println!("stores: servers not configured, skipped (run `cargo xtask bench`)");
         return;

@@ -6,13 +6,13 @@
 
 #![allow(clippy::print_stdout, missing_docs)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
-use kinesis_consumer::{Consumer, InitialPosition, MemoryStore, Outcome, Record};
+use kc_test_support::check::{median, quick_bench};
+use kc_test_support::time_scan;
+use kinesis_consumer::{Consumer, InitialPosition, MemoryStore};
 
 async fn bare_sdk(client: &aws_sdk_kinesis::Client, stream: &str, shard: &str, records: usize) -> f64 {
     let start = Instant::now();
@@ -46,35 +46,12 @@ async fn consumer(client: &aws_sdk_kinesis::Client, stream: &str, records: usize
         .build()
         .await
         .expect("build");
-    let token = consumer.shutdown_token();
-    let seen = Arc::new(AtomicUsize::new(0));
-    let s = seen.clone();
-    let start = Instant::now();
-    let elapsed = Arc::new(std::sync::Mutex::new(Duration::ZERO));
-    let e = elapsed.clone();
-    consumer
-        .scan(move |r: Record| {
-            std::hint::black_box(r.data());
-            if s.fetch_add(1, Ordering::Relaxed) + 1 == records {
-                *e.lock().expect("lock") = start.elapsed();
-                token.cancel();
-            }
-            std::future::ready(Ok::<_, std::convert::Infallible>(Outcome::Checkpoint))
-        })
-        .await
-        .expect("scan");
-    let secs = elapsed.lock().expect("lock").as_secs_f64();
-    records as f64 / secs
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    records as f64 / time_scan(consumer, records).await.to_nth.as_secs_f64()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let quick = !std::env::args().any(|a| a == "--bench");
+    let quick = quick_bench();
     let Ok(endpoint) = std::env::var("KINESIS_ENDPOINT") else {
         if quick {
             println!("vs_sdk: KINESIS_ENDPOINT not set, skipped (run `cargo xtask bench`)");

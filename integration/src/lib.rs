@@ -1,8 +1,7 @@
 //! Shared helpers of the integration tests. The servers are started by `cargo xtask integration`, which passes their
 //! endpoints in the environment; a test whose server is missing fails loudly.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,24 +11,19 @@ use bytes::Bytes;
 pub mod fault_proxy;
 pub mod report;
 pub use fault_proxy::{Fault, FaultCounts, FaultPlan, FaultProxy, SplitMix64};
+// The helpers these tests share with kc-core's tests and xtask live once, in kc-test-support; re-exported under the
+// names the tests have always used.
+pub use kc_test_support::names::{unique_stream, unique_table};
+pub use kc_test_support::{collect_until, spawn_collecting, wait_for, Collect, Collecting, Seen, SeenRecord, Wait};
 
 /// The kinesalite endpoint from `KINESIS_ENDPOINT`; panics with a clear message when it is not set.
 pub fn kinesis_endpoint() -> String {
-    match std::env::var("KINESIS_ENDPOINT") {
-        Ok(e) if !e.is_empty() => e,
-        _ => panic!("KINESIS_ENDPOINT is not set: run the integration tests with `cargo xtask integration`"),
-    }
+    kc_test_support::env::required("KINESIS_ENDPOINT")
 }
 
 /// A client for kinesalite.
 pub async fn kinesis() -> aws_sdk_kinesis::Client {
     kc_examples::kinesis_client(&kinesis_endpoint()).await
-}
-
-/// A stream name no other test (or earlier run against the same server) uses.
-pub fn unique_stream(prefix: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!("{prefix}-{}-{}-{}", std::process::id(), subsec_nanos(), N.fetch_add(1, Ordering::SeqCst))
 }
 
 /// Creates `stream` with `shards` shards and waits until it is ACTIVE.
@@ -103,95 +97,6 @@ pub async fn merge_first_adjacent(client: &aws_sdk_kinesis::Client, stream: &str
     Ok((a, b))
 }
 
-/// What a handler saw, in handling order.
-#[derive(Clone, Debug, Default)]
-pub struct Seen(Arc<Mutex<Vec<SeenRecord>>>);
-
-/// One handled record.
-#[derive(Clone, Debug)]
-pub struct SeenRecord {
-    /// The shard it came from.
-    pub shard: String,
-    /// Its partition key.
-    pub key: String,
-    /// Its data, as text.
-    pub data: String,
-    /// Its sub-sequence number (KPL user records).
-    pub sub: Option<u64>,
-}
-
-impl Seen {
-    /// Records `r`.
-    pub fn push(&self, r: &kinesis_consumer::Record) {
-        let rec = SeenRecord {
-            shard: r.shard_id().to_owned(),
-            key: r.partition_key().to_owned(),
-            data: String::from_utf8_lossy(r.data()).into_owned(),
-            sub: r.sub_sequence_number(),
-        };
-        self.lock().push(rec);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SeenRecord>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// How many were seen.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether none was seen.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Every record seen.
-    pub fn all(&self) -> Vec<SeenRecord> {
-        self.lock().clone()
-    }
-
-    /// The data of every record seen.
-    pub fn data(&self) -> Vec<String> {
-        self.lock().iter().map(|r| r.data.clone()).collect()
-    }
-
-    /// Asserts every produced record was seen exactly once.
-    pub fn assert_exactly_once(&self, produced: &[String]) {
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        for d in self.data() {
-            *counts.entry(d).or_default() += 1;
-        }
-        let missing: Vec<&String> = produced.iter().filter(|p| !counts.contains_key(*p)).collect();
-        let dupes: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
-        assert!(missing.is_empty(), "lost {} of {} records, e.g. {:?}", missing.len(), produced.len(), missing.first());
-        assert!(dupes.is_empty(), "{} records handled twice, e.g. {:?}", dupes.len(), dupes.first());
-        assert_eq!(self.len(), produced.len(), "unexpected extra records");
-    }
-
-    /// Asserts that for each partition key, records (data `{prefix}{i}`) arrived in increasing `i`.
-    pub fn assert_key_order(&self) {
-        self.assert_order_within("key", |r| &r.key);
-    }
-
-    /// Asserts that within each shard, records arrived in the order they were produced.
-    pub fn assert_shard_order(&self) {
-        self.assert_order_within("shard", |r| &r.shard);
-    }
-
-    /// Asserts that records with the same `group` arrived in increasing `i` (data `{prefix}{i}`).
-    fn assert_order_within(&self, what: &str, group: impl Fn(&SeenRecord) -> &String) {
-        let mut last: BTreeMap<String, usize> = BTreeMap::new();
-        for r in self.all() {
-            let digits = r.data.trim_start_matches(|c: char| !c.is_ascii_digit());
-            let i: usize = digits.parse().unwrap_or_else(|_| panic!("not numbered: {}", r.data));
-            if let Some(prev) = last.insert(group(&r).clone(), i) {
-                assert!(prev < i, "{what} {}: record {i} arrived after {prev}", group(&r));
-            }
-        }
-    }
-}
-
 /// A consumer builder for `stream` as the tests use it: kinesalite's client, app `it`, TRIM_HORIZON, fast polling
 /// and discovery.
 pub async fn consumer_builder(stream: &str) -> kinesis_consumer::ConsumerBuilder {
@@ -201,33 +106,6 @@ pub async fn consumer_builder(stream: &str) -> kinesis_consumer::ConsumerBuilder
         .initial_position(kinesis_consumer::InitialPosition::TrimHorizon)
         .scan_interval(Duration::from_millis(50))
         .discovery_interval(Duration::from_secs(1))
-}
-
-/// Scans with `consumer` and a handler that records what it sees, until `want` records were seen (or the scan
-/// ended), waits half a second for duplicates, cancels; returns what was seen and the scan's result.
-pub async fn collect_until(
-    consumer: kinesis_consumer::Consumer,
-    want: usize,
-) -> (Seen, Result<(), kinesis_consumer::Error>) {
-    let seen = Seen::default();
-    let s = seen.clone();
-    let token = consumer.shutdown_token();
-    let task = tokio::spawn(async move {
-        consumer
-            .scan(move |r: kinesis_consumer::Record| {
-                let s = s.clone();
-                async move {
-                    s.push(&r);
-                    Ok::<_, std::io::Error>(kinesis_consumer::Outcome::Checkpoint)
-                }
-            })
-            .await
-    });
-    wait_for(&format!("{want} records"), Duration::from_secs(60), || seen.len() >= want || task.is_finished()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    token.cancel();
-    let result = tokio::time::timeout(Duration::from_secs(10), task).await.expect("scan stops promptly").expect("task");
-    (seen, result)
 }
 
 /// [`collect_until`] with a consumer of `stream` checkpointing in `store`.
@@ -240,41 +118,24 @@ pub async fn scan_with_store(
     collect_until(consumer, want).await
 }
 
-/// Polls `done` every 50 ms for up to `timeout`; panics with `what` when it never holds.
-pub async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The PostgreSQL URL from `DATABASE_URL_POSTGRES`; panics with a clear message when it is not set.
 pub fn postgres_url() -> String {
-    match std::env::var("DATABASE_URL_POSTGRES") {
-        Ok(u) if !u.is_empty() => u,
-        _ => panic!("DATABASE_URL_POSTGRES is not set: run the integration tests with `cargo xtask integration`"),
-    }
+    kc_test_support::env::required("DATABASE_URL_POSTGRES")
 }
 
 /// The MySQL/MariaDB URL from `DATABASE_URL_MYSQL`; panics with a clear message when it is not set.
 pub fn mysql_url() -> String {
-    match std::env::var("DATABASE_URL_MYSQL") {
-        Ok(u) if !u.is_empty() => u,
-        _ => panic!("DATABASE_URL_MYSQL is not set: run the integration tests with `cargo xtask integration`"),
-    }
+    kc_test_support::env::required("DATABASE_URL_MYSQL")
 }
 
-/// A table name no other test, concurrent run or earlier run uses: `{prefix}_{pid}_{nanos}_{n}`. The databases
-/// outlive a run, and a failed test leaves its table behind; the time keeps a later process with the same id from
-/// finding it.
-pub fn unique_table(prefix: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!("{prefix}_{}_{}_{}", std::process::id(), subsec_nanos(), N.fetch_add(1, Ordering::SeqCst))
+/// The dynalite endpoint from `DYNAMODB_ENDPOINT`; panics with a clear message when it is not set.
+pub fn dynamodb_endpoint() -> String {
+    kc_test_support::env::required("DYNAMODB_ENDPOINT")
 }
 
-fn subsec_nanos() -> u32 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
+/// A DynamoDB client for dynalite (static credentials, never the default credential chain).
+pub async fn dynamodb() -> aws_sdk_dynamodb::Client {
+    kc_examples::dynamodb_client(&dynamodb_endpoint()).await
 }
 
 /// A TCP proxy on 127.0.0.1 to a server, which a test can cut (every connection closed, new ones closed at once)
@@ -298,7 +159,7 @@ impl CutProxy {
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 // Checked and registered under the lock `cut` takes, so no connection slips past a cut.
-                let mut conns = c.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut conns = kc_test_support::check::lock(&c);
                 if !u.load(Ordering::SeqCst) {
                     continue; // dropped: the client sees its connection closed
                 }
@@ -324,7 +185,7 @@ impl CutProxy {
     /// aborted: one that is not running stops at once, and one running on another thread stops at its next pause,
     /// so a request written after this returns is not forwarded unless that task was copying at that very moment.
     pub fn cut(&self) {
-        let mut conns = self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut conns = kc_test_support::check::lock(&self.conns);
         self.up.store(false, Ordering::SeqCst);
         for conn in conns.drain(..) {
             conn.abort();
@@ -348,10 +209,7 @@ impl Drop for CutProxy {
 
 /// The kinesis-local endpoint from `KINESIS_LOCAL_ENDPOINT`; panics with a clear message when it is not set.
 pub fn kinesis_local_endpoint() -> String {
-    match std::env::var("KINESIS_LOCAL_ENDPOINT") {
-        Ok(e) if !e.is_empty() => e,
-        _ => panic!("KINESIS_LOCAL_ENDPOINT is not set: run the integration tests with `cargo xtask integration`"),
-    }
+    kc_test_support::env::required("KINESIS_LOCAL_ENDPOINT")
 }
 
 /// A client for kinesis-local (or for `endpoint`, e.g. a [`CutProxy`] in front of it).
@@ -378,9 +236,7 @@ pub fn fan_out_builder(client: aws_sdk_kinesis::Client, stream: &str, name: &str
 /// The path of the example binary `name`, from `KC_EXAMPLES_BIN_DIR` (set by `cargo xtask integration`, which builds
 /// the examples); panics with a clear message when it is not set or the binary is missing.
 pub fn example_bin(name: &str) -> std::path::PathBuf {
-    let dir = std::env::var("KC_EXAMPLES_BIN_DIR").unwrap_or_else(|_| {
-        panic!("KC_EXAMPLES_BIN_DIR is not set: run the integration tests with `cargo xtask integration`")
-    });
+    let dir = kc_test_support::env::required("KC_EXAMPLES_BIN_DIR");
     let path = std::path::PathBuf::from(dir).join(name);
     assert!(
         path.exists(),

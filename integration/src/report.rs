@@ -2,8 +2,9 @@
 //! `tests/group.rs`) prints one row of figures and appends it to the file named by `KC_RELIABILITY_REPORT`, which
 //! `cargo xtask reliability` prints as a table.
 
-use std::collections::HashMap;
 use std::io::Write as _;
+
+pub use kc_test_support::check::tally;
 
 /// One line of the reliability table.
 #[derive(Debug)]
@@ -50,16 +51,4 @@ impl Row {
             assert!(written.is_ok(), "cannot append to KC_RELIABILITY_REPORT={path}: {written:?}");
         }
     }
-}
-
-/// Records produced but never handled, and handlings beyond the first of a record.
-#[must_use]
-pub fn tally<P: AsRef<str>, H: AsRef<str>>(produced: &[P], handled: &[H]) -> (usize, usize) {
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for h in handled {
-        *counts.entry(h.as_ref()).or_default() += 1;
-    }
-    let lost = produced.iter().filter(|p| !counts.contains_key(p.as_ref())).count();
-    let duplicates = counts.values().map(|n| n - 1).sum();
-    (lost, duplicates)
 }

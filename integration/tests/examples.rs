@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use kc_integration::{example_bin, kinesis_endpoint, unique_stream};
+use kc_integration::{example_bin, kinesis_endpoint, postgres_url, unique_stream};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};
 
@@ -92,12 +92,6 @@ async fn aggregated_producer_and_deaggregating_consumer_with_sigterm() {
     assert_eq!(multiset(&printed), multiset(&lines));
 }
 
-fn postgres_url() -> String {
-    std::env::var("DATABASE_URL_POSTGRES").unwrap_or_else(|_| {
-        panic!("DATABASE_URL_POSTGRES is not set: run the integration tests with `cargo xtask integration`")
-    })
-}
-
 fn tx_consumer(stream: &str, tables: &(String, String), crash_after: Option<u64>) -> Child {
     let mut cmd = Command::new(example_bin("consumer-postgres-tx"));
     cmd.args(["--stream", stream, "--endpoint", &kinesis_endpoint(), "--iterator-type", "TRIM_HORIZON"])
@@ -165,9 +159,7 @@ async fn store_consumers_resume_across_processes() {
         ("consumer-ddb", "--dynamodb-endpoint", "DYNAMODB_ENDPOINT"),
     ];
     for (bin_name, url_flag, url_var) in stores {
-        let url = std::env::var(url_var).unwrap_or_else(|_| {
-            panic!("{url_var} is not set: run the integration tests with `cargo xtask integration`")
-        });
+        let url = kc_test_support::env::required(url_var);
         let stream = unique_stream("ex-store");
         let table = format!("kc_ex_{}", stream.replace('-', "_"));
         let first: Vec<String> = (0..40).map(|i| format!("first-{i}")).collect();

@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kc_integration::{
-    collect_until, create_stream, fan_out_builder, kinesis_local, kinesis_local_at, kinesis_local_endpoint,
-    put_numbered, split, unique_stream, CutProxy, Seen,
+    collect_until, create_stream, example_bin, fan_out_builder, kinesis_local, kinesis_local_at,
+    kinesis_local_endpoint, put_numbered, split, unique_stream, CutProxy, Seen,
 };
+use kc_test_support::check::tally;
 use kinesis_consumer::{Checkpoint, CheckpointStore, MemoryStore, Outcome, Record, ShardKey};
 
 /// Records put before the consumer starts and while it reads are all handled once, in order per shard and key.
@@ -189,11 +190,7 @@ async fn shutdown_mid_stream_is_graceful() -> anyhow::Result<()> {
     result?;
     let mut all = seen.data();
     all.extend(rest.data());
-    let mut counts = std::collections::HashMap::new();
-    for d in &all {
-        *counts.entry(d.clone()).or_insert(0usize) += 1;
-    }
-    assert!(produced.iter().all(|p| counts.get(p) == Some(&1)), "each record once over the stop and restart");
+    assert_eq!(tally(&produced, &all), (0, 0), "lost, duplicates: each record once over the stop and restart");
     assert_eq!(all.len(), produced.len());
     Ok(())
 }
@@ -203,14 +200,11 @@ async fn shutdown_mid_stream_is_graceful() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_consumer_example_with_fan_out() -> anyhow::Result<()> {
     use tokio::io::AsyncBufReadExt as _;
-    let dir = std::env::var("KC_EXAMPLES_BIN_DIR").unwrap_or_else(|_| {
-        panic!("KC_EXAMPLES_BIN_DIR is not set: run the integration tests with `cargo xtask integration`")
-    });
     let client = kinesis_local().await;
     let stream = unique_stream("efo-example");
     create_stream(&client, &stream, 2).await?;
     let produced = put_numbered(&client, &stream, "line-", 0..60, 7).await?;
-    let mut child = tokio::process::Command::new(std::path::Path::new(&dir).join("consumer"))
+    let mut child = tokio::process::Command::new(example_bin("consumer"))
         .args(["--stream", &stream, "--endpoint", &kinesis_local_endpoint(), "--iterator-type", "TRIM_HORIZON"])
         .args(["--fan-out", "efo-example"])
         .stdout(std::process::Stdio::piped())

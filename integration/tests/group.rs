@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use kc_integration::report::{tally, Row};
 use kc_integration::{
-    create_stream, example_bin, kinesis, kinesis_endpoint, mysql_url, postgres_url, put_numbered, unique_stream,
-    CutProxy,
+    create_stream, dynamodb, dynamodb_endpoint, example_bin, kinesis, kinesis_endpoint, mysql_url, postgres_url,
+    put_numbered, unique_stream, CutProxy,
 };
+use kc_test_support::check::number;
 use kinesis_consumer::checkpoint::lease::{Lease, LeaseScope, LeaseTable};
 use kinesis_consumer::checkpoint::ErrorKind;
 use kinesis_consumer::ddb::DynamoDbLeaseTable;
@@ -27,13 +28,6 @@ const GROUP: &str = "it-group";
 
 /// The tests of this file run one at a time: each runs three worker processes, and their timings are measured.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn dynamodb_endpoint() -> String {
-    match std::env::var("DYNAMODB_ENDPOINT") {
-        Ok(e) if !e.is_empty() => e,
-        _ => panic!("DYNAMODB_ENDPOINT is not set: run the integration tests with `cargo xtask integration`"),
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
@@ -110,7 +104,7 @@ impl Run {
             }
             Backend::Ddb => {
                 let name = kc_integration::unique_table("kc-group-leases");
-                let client = kc_examples::dynamodb_client(&dynamodb_endpoint()).await;
+                let client = dynamodb().await;
                 let t = DynamoDbLeaseTable::new(client, &name).expect("lease table");
                 t.create_table_if_missing().await.expect("create lease table");
                 (name, Arc::new(t))
@@ -305,7 +299,7 @@ impl Run {
         let mut last: HashMap<usize, usize> = HashMap::new();
         let mut seen = HashSet::new();
         for l in self.lines() {
-            let i: usize = l.data.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().expect("numbered");
+            let i = number(&l.data);
             let first = seen.insert(i);
             if !first {
                 assert!(repeats, "record {} handled twice", l.data);
@@ -343,7 +337,7 @@ impl Run {
                 sqlx::query(&format!("DROP TABLE IF EXISTS {}", self.table_name)).execute(&pool).await.expect("drop");
             }
             Backend::Ddb => {
-                let client = kc_examples::dynamodb_client(&dynamodb_endpoint()).await;
+                let client = dynamodb().await;
                 client.delete_table().table_name(&self.table_name).send().await.expect("delete table");
             }
         }

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use kc_integration::{
     collect_until, consumer_builder, create_stream, kinesis, merge_first_adjacent, put_numbered, split, unique_stream,
-    wait_for, Seen,
+    wait_for,
 };
+use kc_test_support::{checkpoint, scan_failing_at, spawn_collecting, Collecting};
 use kinesis_consumer::api::{ApiError, KinesisApi, RecordBatch, ShardPage, StartingPosition};
 use kinesis_consumer::{
     Checkpoint, CheckpointStore, ConsumerBuilder, ErrorKind, InitialPosition, MemoryStore, Outcome, Record, ShardKey,
@@ -66,21 +67,8 @@ async fn skip_checkpoint_records_are_delivered_again_after_restart() {
     let skipped = put_numbered(&client, &stream, "skip", 5..8, 1).await.expect("put");
     let store = MemoryStore::new();
     let consumer = builder(&stream, &store).await.build().await.expect("build");
-    let token = consumer.shutdown_token();
-    let seen = Seen::default();
-    let s = seen.clone();
-    let task = tokio::spawn(async move {
-        consumer
-            .scan(move |r: Record| {
-                let s = s.clone();
-                async move {
-                    s.push(&r);
-                    let skip = r.data().starts_with(b"skip");
-                    Ok::<_, std::io::Error>(if skip { Outcome::SkipCheckpoint } else { Outcome::Checkpoint })
-                }
-            })
-            .await
-    });
+    let skip = |r: &Record| if r.data().starts_with(b"skip") { Outcome::SkipCheckpoint } else { Outcome::Checkpoint };
+    let Collecting { seen, token, task } = spawn_collecting(consumer, Duration::ZERO, skip);
     wait_for("8 records", WAIT, || seen.len() >= 8).await;
     token.cancel();
     task.await.expect("task").expect("scan");
@@ -176,20 +164,7 @@ async fn split_and_merge_while_producing_keeps_every_record_and_key_order() {
         .build()
         .await
         .expect("build");
-    let seen = Seen::default();
-    let s = seen.clone();
-    let token = consumer.shutdown_token();
-    let task = tokio::spawn(async move {
-        consumer
-            .scan(move |r: Record| {
-                let s = s.clone();
-                async move {
-                    s.push(&r);
-                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
-                }
-            })
-            .await
-    });
+    let Collecting { seen, token, task } = spawn_collecting(consumer, Duration::ZERO, checkpoint);
     let mut produced = Vec::new();
     let mut next = 0;
     let mut produce = async |n: usize| {
@@ -308,21 +283,7 @@ async fn kpl_aggregates_are_split_and_a_restart_mid_aggregate_neither_skips_nor_
     let store = MemoryStore::new();
     // First run stops (as a crash would) in the middle of the second aggregate, after u37 was checkpointed.
     let consumer = builder(&stream, &store).await.aggregation(true).build().await.expect("build");
-    let first = Seen::default();
-    let s = first.clone();
-    let err = consumer
-        .scan(move |r: Record| {
-            let s = s.clone();
-            async move {
-                if r.data() == "u38" {
-                    return Err(std::io::Error::other("crash"));
-                }
-                s.push(&r);
-                Ok(Outcome::Checkpoint)
-            }
-        })
-        .await
-        .expect_err("stopped mid-aggregate");
+    let (first, err) = scan_failing_at(&consumer, "u38").await;
     assert_eq!(err.kind(), ErrorKind::Handler);
     assert_eq!(first.data(), produced[..38]);
     assert_eq!(first.all()[37].sub, Some(12), "u37 is user record 12 of the second aggregate");

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -21,6 +21,9 @@ use kc_integration::{
     create_stream, example_bin, kinesis, kinesis_endpoint, postgres_url, put_numbered, unique_stream, unique_table,
     CutProxy, Fault, FaultPlan, FaultProxy, SplitMix64,
 };
+use kc_test_support::check::lock;
+use kc_test_support::emulator::{Emulator, Launch, KINESALITE};
+use kc_test_support::{checkpoint, spawn_collecting, Collecting, Seen, Wait};
 use kinesis_consumer::api::{ApiError, KinesisApi, RecordBatch, ShardPage, StartingPosition};
 use kinesis_consumer::{
     Checkpoint, CheckpointStore, Consumer, ErrorKind, InitialPosition, MemoryStore, Outcome, Record, SequenceNumber,
@@ -35,64 +38,18 @@ use tokio::process::{Child, Command};
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// What a handler saw: data in handling order, and the checkpoint of the last record per shard.
-#[derive(Clone, Default)]
-struct Log {
-    data: Arc<Mutex<Vec<String>>>,
-    last: Arc<Mutex<BTreeMap<String, Checkpoint>>>,
-}
-
-impl Log {
-    fn push(&self, r: &Record) {
-        lock(&self.data).push(String::from_utf8_lossy(r.data()).into_owned());
-        lock(&self.last).insert(r.shard_id().to_owned(), r.checkpoint());
-    }
-    fn len(&self) -> usize {
-        lock(&self.data).len()
-    }
-    fn data(&self) -> Vec<String> {
-        lock(&self.data).clone()
-    }
-    fn last(&self) -> BTreeMap<String, Checkpoint> {
-        lock(&self.last).clone()
-    }
-}
-
 type ScanTask = tokio::task::JoinHandle<Result<(), kinesis_consumer::Error>>;
 
-/// Starts `consumer.scan` with a handler that logs every record (sleeping `delay` per record) and checkpoints it.
-fn scan_logging(consumer: &Consumer, log: &Log, delay: Duration) -> ScanTask {
-    let (consumer, log) = (consumer.clone(), log.clone());
-    tokio::spawn(async move {
-        consumer
-            .scan(move |r: Record| {
-                let log = log.clone();
-                async move {
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
-                    }
-                    log.push(&r);
-                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
-                }
-            })
-            .await
-    })
+/// Starts `consumer.scan` with a handler that logs every record (sleeping `delay` per record) and checkpoints it;
+/// returns the log (with the position of the last record per shard) and the scan's task.
+fn scan_logging(consumer: &Consumer, delay: Duration) -> (Seen, ScanTask) {
+    let Collecting { seen, task, .. } = spawn_collecting(consumer.clone(), delay, checkpoint);
+    (seen, task)
 }
 
 /// Polls `done` every 50 ms for up to `timeout`; whether it held.
-async fn until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while !done() {
-        if start.elapsed() > timeout {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    true
+async fn until(timeout: Duration, done: impl FnMut() -> bool) -> bool {
+    Wait::real(timeout).until(done).await
 }
 
 /// Cancels the scan and waits (bounded) for its result.
@@ -202,9 +159,8 @@ async fn consume_through_faults(run: ProxyRun) {
         .build()
         .await
         .expect("build consumer");
-    let log = Log::default();
     let consume_started = Instant::now();
-    let task = scan_logging(&consumer, &log, Duration::ZERO);
+    let (log, task) = scan_logging(&consumer, Duration::ZERO);
     let all = until(Duration::from_secs(300), || log.len() >= run.records || task.is_finished()).await;
     let consume_time = consume_started.elapsed();
     // Duplicates would come now.
@@ -215,7 +171,7 @@ async fn consume_through_faults(run: ProxyRun) {
     let counts = proxy.counts();
     let (lost, duplicates) = tally(&produced, &log.data());
     let mut checkpoints_ok = true;
-    for (shard, last) in log.last() {
+    for (shard, last) in log.last_checkpoints() {
         let stored = store.get(&ShardKey::new("rel", stream.as_str(), shard.as_str())).await.expect("memory store");
         if stored.as_ref() != Some(&last) {
             checkpoints_ok = false;
@@ -303,67 +259,37 @@ async fn s2_expired_iterators_lose_nothing() {
 // 3: kinesalite restarted
 
 /// A kinesalite process of this test's own, on 127.0.0.1, keeping its state in a folder (LevelDB).
-struct OwnKinesalite {
-    child: Child,
-    port: u16,
-}
-
-fn emulators_dir() -> PathBuf {
-    match std::env::var("KC_EMULATORS_DIR") {
-        Ok(d) if !d.is_empty() => PathBuf::from(d),
-        _ => panic!("KC_EMULATORS_DIR is not set: run the integration tests with `cargo xtask integration`"),
-    }
-}
+struct OwnKinesalite(Emulator);
 
 fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
+    kc_test_support::net::free_port().expect("a free port on 127.0.0.1")
 }
 
 fn temp_dir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique_stream(&format!("kc-rel-{what}")));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
+    kc_test_support::names::temp_dir(&format!("rel-{what}"))
 }
 
 impl OwnKinesalite {
     /// Starts kinesalite on `port` with its LevelDB in `path`, and waits (30 s at most) until it accepts connections.
+    /// Its log is `$KC_EMULATORS_DIR/run/kinesalite-<port>.log`.
     async fn start(port: u16, path: &Path) -> Self {
-        const SCRIPT: &str = "const s = require('kinesalite')({ path: process.env.KC_PATH, createStreamMs: 50, \
-            deleteStreamMs: 50, updateStreamMs: 50, shardLimit: 1000 });\n\
-            s.on('error', (e) => { console.error(e); process.exit(1); });\n\
-            s.listen(Number(process.env.KC_PORT), '127.0.0.1');";
-        let mut child = Command::new("node")
-            .args(["-e", SCRIPT])
-            .env("KC_PATH", path)
-            .env("KC_PORT", port.to_string())
-            .current_dir(emulators_dir())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn node (kinesalite)");
-        let started = Instant::now();
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("kinesalite exited at start on port {port}: {status}");
-            }
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Self { child, port };
-            }
-            assert!(started.elapsed() < Duration::from_secs(30), "kinesalite did not listen on {port} within 30 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let path = path.to_owned();
+        let started = tokio::task::spawn_blocking(move || {
+            // Where `require('kinesalite')` works.
+            let modules = PathBuf::from(kc_test_support::env::required("KC_EMULATORS_DIR"));
+            Launch::new(&KINESALITE, &modules, &modules.join("run")).port(port).state_dir(&path).start()
+        });
+        let emulator = started.await.expect("start kinesalite");
+        Self(emulator.unwrap_or_else(|e| panic!("kinesalite on port {port}: {e}")))
     }
 
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.0.endpoint()
     }
 
     /// SIGKILL, and reaped.
-    async fn kill(mut self) {
-        self.child.start_kill().expect("kill kinesalite");
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.expect("kinesalite exits");
+    async fn kill(self) {
+        tokio::task::spawn_blocking(move || drop(self)).await.expect("kill kinesalite");
     }
 }
 
@@ -394,8 +320,7 @@ async fn s3a_kinesalite_restarted_with_its_state_kept() {
     // Batches of 100 records, 1 ms per record: the consumer calls GetRecords about every 0.1 s per shard, so the kill
     // lands mid-stream and the outage is felt.
     let consumer = consumer_at(client.clone(), &stream).api(api.clone()).max_records(100).build().await.expect("build");
-    let log = Log::default();
-    let task = scan_logging(&consumer, &log, Duration::from_millis(1));
+    let (log, task) = scan_logging(&consumer, Duration::from_millis(1));
     assert!(until(Duration::from_secs(60), || log.len() >= 600).await, "600 records before the kill");
     let at_kill = log.len();
     server.kill().await;
@@ -448,8 +373,7 @@ async fn s3b_kinesalite_restarted_without_the_stream_is_a_clear_error() {
     create_stream(&client, &stream, 2).await.expect("create stream");
     let produced = put_numbered(&client, &stream, "g", 0..500, 101).await.expect("produce");
     let consumer = consumer_at(client.clone(), &stream).build().await.expect("build");
-    let log = Log::default();
-    let task = scan_logging(&consumer, &log, Duration::ZERO);
+    let (log, task) = scan_logging(&consumer, Duration::ZERO);
     assert!(until(Duration::from_secs(60), || log.len() >= produced.len()).await, "records before the restart");
     server.kill().await;
     let server = OwnKinesalite::start(port, &empty).await;
@@ -484,7 +408,7 @@ async fn s3b_kinesalite_restarted_without_the_stream_is_a_clear_error() {
 async fn after_recreation(
     consumer: &Consumer,
     task: ScanTask,
-    log: &Log,
+    log: &Seen,
     new: &[String],
     api: &Observed,
 ) -> Option<ErrorKind> {
@@ -526,13 +450,12 @@ async fn s3c_stream_recreated_under_the_same_name() {
         async move { consumer_at(kinesis().await, &stream).api(api).shared_store(store).build().await.expect("build") }
     };
     let consumer = build(store).await;
-    let log = Log::default();
-    let task = scan_logging(&consumer, &log, Duration::ZERO);
+    let (log, task) = scan_logging(&consumer, Duration::ZERO);
     assert!(until(Duration::from_secs(60), || log.len() >= old.len()).await, "the old records");
 
     // The old stream's checkpoints, for a consumer started after the recreation.
     let old_checkpoints = Arc::new(MemoryStore::new());
-    for (shard, cp) in log.last() {
+    for (shard, cp) in log.last_checkpoints() {
         let key = ShardKey::new("rel", stream.as_str(), shard.as_str());
         old_checkpoints.set(&key, cp).await.expect("memory store");
     }
@@ -557,8 +480,7 @@ async fn s3c_stream_recreated_under_the_same_name() {
 
     // A new consumer, starting from the checkpoints of the old stream.
     let restarted = build(old_checkpoints).await;
-    let log2 = Log::default();
-    let task = scan_logging(&restarted, &log2, Duration::ZERO);
+    let (log2, task) = scan_logging(&restarted, Duration::ZERO);
     let from_checkpoints = after_recreation(&restarted, task, &log2, &new, &api).await;
 
     let mut produced = old.clone();
@@ -691,8 +613,7 @@ async fn s4_checkpoint_database_outage_keeps_consuming_and_catches_up() {
             (samples, regressions)
         })
     };
-    let log = Log::default();
-    let task = scan_logging(&consumer, &log, Duration::ZERO);
+    let (log, task) = scan_logging(&consumer, Duration::ZERO);
     assert!(until(Duration::from_secs(30), || log.len() >= 200).await, "consuming before the outage");
     tokio::time::sleep(Duration::from_secs(1)).await;
     proxy.cut();
@@ -700,7 +621,8 @@ async fn s4_checkpoint_database_outage_keeps_consuming_and_catches_up() {
     tokio::time::sleep(Duration::from_secs(20)).await;
     let during = log.len() - at_cut;
     let before_restore = stored_checkpoints(&direct, &table, &namespace).await;
-    let behind_at_restore = log.last().iter().filter(|(s, last)| before_restore.get(*s) < Some(*last)).count();
+    let behind_at_restore =
+        log.last_checkpoints().iter().filter(|(s, last)| before_restore.get(*s) < Some(*last)).count();
     proxy.restore();
     let restored = Instant::now();
     let produced = tokio::time::timeout(Duration::from_secs(60), producer).await.expect("producer").expect("task");
@@ -710,7 +632,7 @@ async fn s4_checkpoint_database_outage_keeps_consuming_and_catches_up() {
     let catch_up_start = Instant::now();
     while catch_up_start.elapsed() < Duration::from_secs(30) && !task.is_finished() {
         let stored = stored_checkpoints(&direct, &table, &namespace).await;
-        if log.last().iter().all(|(s, last)| stored.get(s) == Some(last)) {
+        if log.last_checkpoints().iter().all(|(s, last)| stored.get(s) == Some(last)) {
             caught_up = true;
             break;
         }
@@ -1186,7 +1108,7 @@ async fn s7a_corrupt_aggregates_and_empty_records() {
 
     // Strict: the first corrupt aggregate stops the scan with a Deaggregation error.
     let consumer = build(true).await;
-    let task = scan_logging(&consumer, &Log::default(), Duration::ZERO);
+    let task = scan_logging(&consumer, Duration::ZERO).1;
     let ended = until(Duration::from_secs(30), || task.is_finished()).await;
     let strict = stop(&consumer, task).await;
     let strict_kind = strict.as_ref().err().map(kinesis_consumer::Error::kind);
@@ -1232,7 +1154,7 @@ async fn s7b_missing_and_deleted_streams_bad_tables() {
 
     // A stream that does not exist.
     let consumer = consumer_at(kinesis().await, &unique_stream("rel-missing")).build().await.expect("build");
-    let task = scan_logging(&consumer, &Log::default(), Duration::ZERO);
+    let task = scan_logging(&consumer, Duration::ZERO).1;
     let ended = until(bounded, || task.is_finished()).await;
     let missing = stop(&consumer, task).await.err().map(|e| e.kind());
     checks.push((format!("missing stream -> {missing:?}"), ended && missing == Some(ErrorKind::StreamNotFound)));
@@ -1242,8 +1164,7 @@ async fn s7b_missing_and_deleted_streams_bad_tables() {
     create_stream(&client, &stream, 2).await.expect("create");
     let produced = put_numbered(&client, &stream, "d", 0..200, 11).await.expect("produce");
     let consumer = consumer_at(kinesis().await, &stream).build().await.expect("build");
-    let log = Log::default();
-    let task = scan_logging(&consumer, &log, Duration::ZERO);
+    let (log, task) = scan_logging(&consumer, Duration::ZERO);
     assert!(until(bounded, || log.len() >= produced.len()).await, "records before the delete");
     client.delete_stream().stream_name(&stream).send().await.expect("delete stream");
     let deleted_at = Instant::now();
@@ -1279,7 +1200,7 @@ async fn s7b_missing_and_deleted_streams_bad_tables() {
     put_numbered(&client, &stream, "w", 0..10, 3).await.expect("produce");
     let store = kinesis_consumer::postgres::PostgresStore::new(pool.clone(), &table).expect("valid name");
     let consumer = consumer_at(kinesis().await, &stream).store(store).build().await.expect("build");
-    let task = scan_logging(&consumer, &Log::default(), Duration::ZERO);
+    let task = scan_logging(&consumer, Duration::ZERO).1;
     let ended = until(bounded, || task.is_finished()).await;
     let schema = stop(&consumer, task).await.err();
     let schema_kind = schema.as_ref().map(kinesis_consumer::Error::kind);

@@ -52,12 +52,12 @@ pub(crate) fn run(sh: &Shell, extra: &[String]) -> Result<()> {
                 Some(emulator) => emulator,
                 None => {
                     emulators::ensure_installed(sh)?;
-                    kinesalite.insert(Emulator::start(&KINESALITE)?)
+                    kinesalite.insert(emulators::start(&KINESALITE)?)
                 }
             };
             let ddb = match &mut dynalite {
                 Some(emulator) => emulator,
-                None => dynalite.insert(Emulator::start(&DYNALITE)?),
+                None => dynalite.insert(emulators::start(&DYNALITE)?),
             };
             command = command
                 .env("DYNAMODB_ENDPOINT", ddb.endpoint())
@@ -71,7 +71,7 @@ pub(crate) fn run(sh: &Shell, extra: &[String]) -> Result<()> {
                 Some(emulator) => emulator,
                 None => {
                     emulators::ensure_installed(sh)?;
-                    kinesis_local.insert(Emulator::start(&KINESIS_LOCAL)?)
+                    kinesis_local.insert(emulators::start(&KINESIS_LOCAL)?)
                 }
             };
             command = command.env("KINESIS_LOCAL_ENDPOINT", emulator.endpoint()).envs(emulator_aws_env());

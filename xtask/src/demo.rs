@@ -14,12 +14,12 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use kc_test_support::process::ChildGuard;
 use xshell::{cmd, Shell};
 
 use crate::{
     cargo, emulator_aws_env,
-    emulators::{self, Emulator, KINESALITE},
-    process::ChildGuard,
+    emulators::{self, KINESALITE},
     project_root, target_dir,
 };
 
@@ -37,7 +37,7 @@ pub(crate) fn run(sh: &Shell) -> Result<()> {
     }
 
     emulators::ensure_installed(sh)?;
-    let kinesalite = Emulator::start(&KINESALITE)?;
+    let kinesalite = emulators::start(&KINESALITE)?;
     let endpoint = kinesalite.endpoint();
 
     println!("building the example binaries");

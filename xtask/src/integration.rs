@@ -5,7 +5,7 @@ use xshell::{cmd, Shell};
 
 use crate::{
     cargo, databases, emulator_aws_env,
-    emulators::{self, Emulator, DYNALITE, KINESALITE, KINESIS_LOCAL},
+    emulators::{self, DYNALITE, KINESALITE, KINESIS_LOCAL},
     target_dir,
 };
 
@@ -23,10 +23,10 @@ pub(crate) fn run_with(sh: &Shell, extra: &[String], more_env: &[(&str, String)]
     // The example binaries, which tests/examples.rs runs as a user would.
     cmd!(sh, "{cargo} build -p kc-examples --bins").run()?;
     let bin_dir = target_dir(sh)?.join("debug");
-    let kinesalite = Emulator::start(&KINESALITE)?;
-    let dynalite = Emulator::start(&DYNALITE)?;
+    let kinesalite = emulators::start(&KINESALITE)?;
+    let dynalite = emulators::start(&DYNALITE)?;
     // Enhanced fan-out (tests/fan_out.rs): kinesalite has no SubscribeToShard.
-    let kinesis_local = Emulator::start(&KINESIS_LOCAL)?;
+    let kinesis_local = emulators::start(&KINESIS_LOCAL)?;
 
     let env = [
         ("KINESIS_ENDPOINT", kinesalite.endpoint()),

@@ -13,7 +13,6 @@ mod demo;
 mod emulators;
 mod fuzz;
 mod integration;
-mod process;
 mod reliability;
 
 use std::{

@@ -6,14 +6,16 @@
 #![allow(clippy::print_stdout, missing_docs)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use kc_core::api::{ApiError, KinesisApi, RawRecord, RecordBatch, ShardInfo, ShardPage, StartingPosition};
-use kc_core::{Consumer, InitialPosition, MemoryStore, Outcome, Record};
+use kc_core::{Consumer, InitialPosition, MemoryStore};
+use kc_test_support::check::{median, quick_bench};
+use kc_test_support::time_scan;
 
 struct Counting;
 
@@ -97,32 +99,17 @@ fn run(records: usize) -> (f64, f64) {
             .build()
             .await
             .expect("build");
-        let token = consumer.shutdown_token();
-        let seen = Arc::new(AtomicUsize::new(0));
-        let s = seen.clone();
         let allocs_before = ALLOCATIONS.load(Ordering::Relaxed);
-        let start = Instant::now();
-        consumer
-            .scan(move |r: Record| {
-                let n = s.fetch_add(1, Ordering::Relaxed) + 1;
-                if n == records {
-                    token.cancel();
-                }
-                std::hint::black_box(r);
-                std::future::ready(Ok::<_, std::convert::Infallible>(Outcome::Checkpoint))
-            })
-            .await
-            .expect("scan");
-        let secs = start.elapsed().as_secs_f64();
+        // The whole scan, its stop included (the handler cancels it at the last record).
+        let secs = time_scan(consumer, records).await.whole.as_secs_f64();
         let allocs = ALLOCATIONS.load(Ordering::Relaxed) - allocs_before;
-        assert_eq!(seen.load(Ordering::Relaxed), records);
         (records as f64 / secs, allocs as f64 / records as f64)
     })
 }
 
 fn main() {
     // `cargo test --benches` runs this with `--bench` absent: keep it short then.
-    let quick = !std::env::args().any(|a| a == "--bench");
+    let quick = quick_bench();
     let records = if quick { 20_000 } else { 2_000_000 };
     run(records.min(100_000)); // warm-up
     let mut rates = Vec::new();
@@ -132,8 +119,7 @@ fn main() {
         rates.push(rate);
         allocs = a;
     }
-    rates.sort_by(f64::total_cmp);
-    let median = rates[rates.len() / 2];
+    let median = median(rates.clone());
     println!("scan loop, in-process pre-built batches of 10,000 x 100-byte records, no-op handler, 1 core:");
     println!(
         "  records/s: median {:.2} M (runs: {})",

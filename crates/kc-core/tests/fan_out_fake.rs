@@ -5,18 +5,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-mod common;
-
-use common::{
-    assert_exactly_once, assert_key_order, checkpoint, put_many, scan_until_paced, spawn_collecting, wait_for,
-    Collecting, Seen, STREAM,
-};
 use kc_core::api::ApiErrorKind;
 use kc_core::fake::{FakeKinesis, Op};
 use kc_core::{
     Checkpoint, CheckpointStore, Consumer, ConsumerBuilder, ErrorKind, InitialPosition, MemoryStore, Outcome, Record,
     SequenceNumber, ShardKey, StartingPosition,
 };
+use kc_test_support::fake::{put_many, STREAM};
+use kc_test_support::{checkpoint, spawn_collecting, Collect, Collecting, Seen, Wait};
 
 const APP: &str = "efo-app";
 
@@ -30,8 +26,11 @@ fn builder(fake: &FakeKinesis, store: &MemoryStore) -> ConsumerBuilder {
         .fan_out("efo")
 }
 
+/// A collecting scan until `want` records were seen; a duplicate has 3 s to arrive.
+const COLLECT: Collect = Collect::PAUSED.settle(Duration::from_secs(3));
+
 async fn scan_until(consumer: Consumer, want: usize) -> (Seen, Result<(), kc_core::Error>) {
-    scan_until_paced(consumer, want, Duration::ZERO, Duration::from_secs(3)).await
+    COLLECT.run(consumer, want).await
 }
 
 #[tokio::test(start_paused = true)]
@@ -52,8 +51,8 @@ async fn registers_the_consumer_waits_until_active_and_reads_every_record_once_i
     produced.extend(producer.await.expect("producer"));
     let (seen, result) = task.await.expect("scan");
     result.expect("scan");
-    assert_exactly_once(&seen, &produced);
-    assert_key_order(&seen);
+    seen.assert_exactly_once(&produced);
+    seen.assert_key_order();
     assert_eq!(fake.consumers(STREAM), ["efo"], "registered, and kept by default");
     assert_eq!(fake.calls(Op::RegisterStreamConsumer), 1);
     assert!(fake.calls(Op::DescribeStreamConsumer) >= 2, "polled until ACTIVE");
@@ -87,7 +86,7 @@ async fn an_existing_consumer_is_used_and_deregistered_on_shutdown_when_asked() 
         .expect("build");
     let (seen, result) = scan_until(consumer, 10).await;
     result.expect("scan");
-    assert_exactly_once(&seen, &produced);
+    seen.assert_exactly_once(&produced);
     assert_eq!(fake.calls(Op::RegisterStreamConsumer), 0);
     assert!(fake.consumers(STREAM).is_empty(), "deregistered on shutdown");
     assert_eq!(fake.calls(Op::DeregisterStreamConsumer), 1);
@@ -132,12 +131,12 @@ async fn ended_and_dropped_subscriptions_continue_without_loss_or_repeat() {
         }
         produced
     });
-    let task = tokio::spawn(scan_until_paced(consumer, 200, Duration::from_millis(20), Duration::from_secs(3)));
+    let task = tokio::spawn(COLLECT.pace(Duration::from_millis(20)).run(consumer, 200));
     let produced = producer.await.expect("producer");
     let (seen, result) = task.await.expect("scan");
     result.expect("scan");
-    assert_exactly_once(&seen, &produced);
-    assert_key_order(&seen);
+    seen.assert_exactly_once(&produced);
+    seen.assert_key_order();
     let subscriptions = fake.subscriptions();
     // 30 s of reading with 7 s subscriptions, two drops and a broken stream: many subscriptions per shard.
     assert!(subscriptions.len() >= 2 * 4, "subscribed again: {subscriptions:?}");
@@ -154,7 +153,7 @@ async fn resource_in_use_within_five_seconds_waits_and_subscribes_again() {
     let f = fake.clone();
     let producer = tokio::spawn(async move {
         let mut produced = put_many(&f, 0..5, "r");
-        wait_for(|| f.subscriptions().len() == 1).await;
+        Wait::PAUSED.expect("a subscription", || f.subscriptions().len() == 1).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         // Dropped right after subscribing: the immediate re-subscription is refused (ResourceInUse).
         f.drop_subscriptions();
@@ -165,7 +164,7 @@ async fn resource_in_use_within_five_seconds_waits_and_subscribes_again() {
     let produced = producer.await.expect("producer");
     let (seen, result) = task.await.expect("scan");
     result.expect("ResourceInUse is retried, not an error");
-    assert_exactly_once(&seen, &produced);
+    seen.assert_exactly_once(&produced);
     let calls = fake.calls(Op::SubscribeToShard);
     let ok = fake.subscriptions().len();
     assert_eq!(ok, 2, "subscribed again once accepted");
@@ -181,11 +180,11 @@ async fn restart_resumes_after_the_checkpoint() {
     let first = put_many(&fake, 0..40, "r");
     let (seen, result) = scan_until(builder(&fake, &store).build().await.expect("build"), 40).await;
     result.expect("scan");
-    assert_exactly_once(&seen, &first);
+    seen.assert_exactly_once(&first);
     let second = put_many(&fake, 40..70, "r");
     let (seen, result) = scan_until(builder(&fake, &store).build().await.expect("build"), 30).await;
     result.expect("scan");
-    assert_exactly_once(&seen, &second);
+    seen.assert_exactly_once(&second);
     let resumed = fake.subscriptions().into_iter().skip(2);
     assert!(resumed.into_iter().all(|(_, p)| matches!(p, StartingPosition::AfterSequenceNumber(_))));
 }
@@ -241,14 +240,14 @@ async fn split_during_fan_out_parents_before_children() {
             produced.extend(put_many(&f, 50..100, "r"));
             produced
         });
-        let task = tokio::spawn(scan_until_paced(consumer, 100, Duration::from_millis(30), Duration::from_secs(3)));
+        let task = tokio::spawn(COLLECT.pace(Duration::from_millis(30)).run(consumer, 100));
         let produced = producer.await.expect("producer");
         let (seen, result) = task.await.expect("scan");
         result.expect("scan");
-        assert_exactly_once(&seen, &produced);
-        assert_key_order(&seen);
+        seen.assert_exactly_once(&produced);
+        seen.assert_key_order();
         let ids = fake.shard_ids(STREAM);
-        let order: Vec<String> = seen.all().into_iter().map(|(s, ..)| s).collect();
+        let order: Vec<String> = seen.all().into_iter().map(|r| r.shard).collect();
         let last_parent = order.iter().rposition(|s| *s == ids[0]).expect("parent read");
         let first_child = order.iter().position(|s| *s != ids[0]).expect("children read");
         assert!(last_parent < first_child, "a child started before its parent ended");
@@ -311,7 +310,11 @@ async fn millis_behind_latest_and_batches_as_with_polling() {
             })
             .await
     });
-    wait_for(|| batches.lock().expect("lock").iter().map(|(n, _)| n).sum::<usize>() >= produced.len()).await;
+    Wait::PAUSED
+        .expect("every record", || {
+            batches.lock().expect("lock").iter().map(|(n, _)| n).sum::<usize>() >= produced.len()
+        })
+        .await;
     token.cancel();
     task.await.expect("task").expect("scan");
     let batches = batches.lock().expect("lock").clone();
@@ -328,7 +331,7 @@ async fn a_stalled_subscription_is_replaced_after_the_idle_limit() {
     let f = fake.clone();
     let producer = tokio::spawn(async move {
         let mut produced = put_many(&f, 0..10, "r");
-        wait_for(|| f.subscriptions().len() == 1).await;
+        Wait::PAUSED.expect("a subscription", || f.subscriptions().len() == 1).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         f.stall_subscriptions(); // hangs without closing: only the idle limit notices
         produced.extend(put_many(&f, 10..20, "r"));
@@ -339,7 +342,7 @@ async fn a_stalled_subscription_is_replaced_after_the_idle_limit() {
     let produced = producer.await.expect("producer");
     let (seen, result) = task.await.expect("scan");
     result.expect("scan");
-    assert_exactly_once(&seen, &produced);
+    seen.assert_exactly_once(&produced);
     assert_eq!(fake.subscriptions().len(), 2, "subscribed again after the stall");
     assert!(started.elapsed() >= Duration::from_secs(30), "after the idle limit, not before");
 }

@@ -7,27 +7,20 @@ use std::time::Duration;
 use kc_core::fake::{FakeKinesis, Op};
 use kc_core::metrics::names;
 use kc_core::{Consumer, InitialPosition, MemoryStore, Outcome, Record};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use kc_test_support::cancel_after;
+use kc_test_support::fake::{labels, put_to_shard, record_metrics};
+use metrics_util::debugging::DebugValue;
 use metrics_util::MetricKind;
 
 #[test]
 fn records_checkpoints_lag_and_resubscriptions_are_counted_per_shard() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::set_global_recorder(recorder).expect("first recorder");
-
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
-    rt.block_on(async {
+    let metrics = record_metrics(|| async {
         let fake = FakeKinesis::new();
         fake.create_stream("m", 2);
         fake.event_limit(10);
         let ids = fake.shard_ids("m");
-        for i in 0..30 {
-            fake.put_to_shard("m", &ids[0], "k", format!("a{i}"));
-        }
-        for i in 0..12 {
-            fake.put_to_shard("m", &ids[1], "k", format!("b{i}"));
-        }
+        put_to_shard(&fake, "m", &ids[0], "a", 30);
+        put_to_shard(&fake, "m", &ids[1], "b", 12);
         fake.inject(Op::SubscribeEvent, kc_core::api::ApiErrorKind::Transient, 1);
         let consumer = Consumer::builder("m")
             .api(fake.clone())
@@ -38,11 +31,7 @@ fn records_checkpoints_lag_and_resubscriptions_are_counted_per_shard() {
             .build()
             .await
             .expect("build");
-        let token = consumer.shutdown_token();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(20)).await;
-            token.cancel();
-        });
+        cancel_after(consumer.shutdown_token(), Duration::from_secs(20));
         consumer.scan(|_r: Record| async { Ok::<_, std::io::Error>(Outcome::Checkpoint) }).await.expect("scan");
     });
 
@@ -50,9 +39,8 @@ fn records_checkpoints_lag_and_resubscriptions_are_counted_per_shard() {
     let mut lag_gauges = 0;
     let mut retries: HashMap<String, u64> = HashMap::new();
     let mut checkpoints = 0;
-    for (key, _unit, _desc, value) in snapshotter.snapshot().into_vec() {
-        let labels: HashMap<String, String> =
-            key.key().labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect();
+    for (key, value) in metrics {
+        let labels = labels(&key);
         assert_eq!(labels.get("app").map(String::as_str), Some("metrics-app"));
         let shard = labels.get("shard").cloned().expect("shard label");
         match (key.kind(), key.key().name(), value) {

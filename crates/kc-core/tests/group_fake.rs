@@ -2,7 +2,7 @@
 //! tokio's paused clock. The same behaviours are tested across processes against kinesalite, dynalite and
 //! PostgreSQL in the `kc-integration` package (tests/group.rs).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +13,7 @@ use kc_checkpoint::{Checkpoint, Error as StoreError, ErrorKind as StoreErrorKind
 use kc_core::api::StartingPosition;
 use kc_core::fake::FakeKinesis;
 use kc_core::{Consumer, ErrorKind, Group, InitialPosition, Lifecycle, Outcome, Record};
+use kc_test_support::{Seen, Wait};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,30 +21,6 @@ use tokio_util::sync::CancellationToken;
 const STREAM: &str = "s";
 const GROUP: &str = "g";
 const LEASE: Duration = Duration::from_secs(10);
-
-/// A handled record: worker, shard, partition key, data, when.
-#[derive(Clone, Debug)]
-struct Handled {
-    worker: String,
-    shard: String,
-    key: String,
-    data: String,
-    at: Instant,
-}
-
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<Handled>>>);
-
-impl Seen {
-    fn all(&self) -> Vec<Handled> {
-        self.0.lock().expect("lock").clone()
-    }
-    fn distinct(&self) -> usize {
-        let all = self.all();
-        let set: std::collections::HashSet<&str> = all.iter().map(|h| h.data.as_str()).collect();
-        set.len()
-    }
-}
 
 #[derive(Default)]
 struct Events {
@@ -96,20 +73,14 @@ fn start_with(
         .shutdown(token.clone())
         .group(Group::new(GROUP, table).worker_id(id).lease_duration(LEASE));
     let builder = tweak(builder);
-    let (seen, worker) = (seen.clone(), id.to_owned());
+    let seen = seen.for_worker(id);
     let task = tokio::spawn(async move {
         let consumer = builder.build().await?;
         consumer
             .scan(move |r: Record| {
-                let (seen, worker) = (seen.clone(), worker.clone());
+                let seen = seen.clone();
                 async move {
-                    seen.0.lock().expect("lock").push(Handled {
-                        worker,
-                        shard: r.shard_id().to_owned(),
-                        key: r.partition_key().to_owned(),
-                        data: String::from_utf8_lossy(r.data()).into_owned(),
-                        at: Instant::now(),
-                    });
+                    seen.push(&r);
                     Ok::<_, std::io::Error>(Outcome::Checkpoint)
                 }
             })
@@ -135,14 +106,9 @@ fn produce(fake: &FakeKinesis, n: usize, prefix: &str, every: Duration) -> JoinH
     })
 }
 
-async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
-    for _ in 0..6000 {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not reached in 10 minutes of (paused) time");
+/// Waits (paused time) until `done` holds.
+async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, done: impl FnMut() -> F) {
+    Wait::PAUSED.expect_async(what, done).await;
 }
 
 async fn leases(table: &MemoryLeaseTable) -> Vec<Lease> {
@@ -160,35 +126,6 @@ async fn spread(table: &MemoryLeaseTable) -> Vec<usize> {
     counts
 }
 
-fn counts(seen: &Seen) -> HashMap<String, usize> {
-    let mut c: HashMap<String, usize> = HashMap::new();
-    for h in seen.all() {
-        *c.entry(h.data).or_default() += 1;
-    }
-    c
-}
-
-fn assert_all_handled(seen: &Seen, produced: &[String]) {
-    let c = counts(seen);
-    let missing: Vec<_> = produced.iter().filter(|p| !c.contains_key(*p)).collect();
-    assert!(missing.is_empty(), "lost {} records, e.g. {:?}", missing.len(), missing.first());
-}
-
-fn duplicates(seen: &Seen) -> usize {
-    counts(seen).values().map(|n| n - 1).sum()
-}
-
-/// For each key, records in production order (`{prefix}{i}` with increasing i; one prefix per test).
-fn assert_key_order(seen: &Seen) {
-    let mut last: BTreeMap<String, usize> = BTreeMap::new();
-    for h in seen.all() {
-        let i: usize = h.data.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().expect("numbered");
-        if let Some(prev) = last.insert(h.key.clone(), i) {
-            assert!(prev < i, "key {}: record {i} after {prev} (shard {}, worker {})", h.key, h.shard, h.worker);
-        }
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn three_workers_read_every_record_once_and_spread_3_3_2() {
     let fake = FakeKinesis::new();
@@ -202,8 +139,8 @@ async fn three_workers_read_every_record_once_and_spread_3_3_2() {
     wait_until("every record", || async { seen.distinct() == produced.len() }).await;
     tokio::time::sleep(LEASE * 3).await;
     assert_eq!(spread(&table).await, [2, 3, 3], "stable");
-    assert_all_handled(&seen, &produced);
-    assert_eq!(duplicates(&seen), 0, "nothing read twice: no lease was lost, moves are handoffs");
+    seen.assert_all_handled(&produced);
+    assert_eq!(seen.duplicates(), 0, "nothing read twice: no lease was lost, moves are handoffs");
     let per_worker: HashMap<String, usize> = seen.all().into_iter().fold(HashMap::new(), |mut m, h| {
         *m.entry(h.worker).or_default() += 1;
         m
@@ -234,9 +171,9 @@ async fn a_joining_worker_gets_its_share_by_handoff_without_duplicates() {
     eprintln!("rebalance after a join: {:?} (paused clock; lease duration {LEASE:?})", joined_at.elapsed());
     let produced = producer.await.expect("producer");
     wait_until("every record", || async { seen.distinct() == produced.len() }).await;
-    assert_all_handled(&seen, &produced);
-    assert_eq!(duplicates(&seen), 0, "handoffs repeat nothing");
-    assert_key_order(&seen);
+    seen.assert_all_handled(&produced);
+    assert_eq!(seen.duplicates(), 0, "handoffs repeat nothing");
+    seen.assert_key_order();
     assert!(seen.all().iter().any(|h| h.worker == "w3"), "the new worker reads");
     assert_eq!(
         w1.events.lost.load(Ordering::SeqCst) + w2.events.lost.load(Ordering::SeqCst),
@@ -267,9 +204,9 @@ async fn graceful_stop_moves_the_shards_with_nothing_handled_twice() {
     eprintln!("shards of a stopped worker moved in {:?}", stopped_at.elapsed());
     let produced = producer.await.expect("producer");
     wait_until("every record", || async { seen.distinct() == produced.len() }).await;
-    assert_all_handled(&seen, &produced);
-    assert_eq!(duplicates(&seen), 0, "the next owners start from the handoff checkpoints");
-    assert_key_order(&seen);
+    seen.assert_all_handled(&produced);
+    assert_eq!(seen.duplicates(), 0, "the next owners start from the handoff checkpoints");
+    seen.assert_key_order();
     w1.stop().await;
     w3.stop().await;
 }
@@ -380,8 +317,8 @@ async fn a_worker_cut_off_from_the_table_stops_within_a_lease_duration_and_other
 
     let produced = producer.await.expect("producer");
     wait_until("every record", || async { seen.distinct() == produced.len() }).await;
-    assert_all_handled(&seen, &produced);
-    eprintln!("cut-off worker: {} duplicates", duplicates(&seen));
+    seen.assert_all_handled(&produced);
+    eprintln!("cut-off worker: {} duplicates", seen.duplicates());
     for w in [w1, w2, w3] {
         w.stop().await;
     }
@@ -416,9 +353,9 @@ async fn split_and_merge_while_the_group_runs_keep_per_key_order() {
     });
     produced.extend(more.await.expect("producer"));
     wait_until("every record", || async { seen.distinct() == produced.len() }).await;
-    assert_all_handled(&seen, &produced);
-    assert_key_order(&seen);
-    assert_eq!(duplicates(&seen), 0);
+    seen.assert_all_handled(&produced);
+    seen.assert_key_order();
+    assert_eq!(seen.duplicates(), 0);
     let read: std::collections::HashSet<String> = seen.all().into_iter().map(|h| h.shard).collect();
     assert!(read.contains(&a) && read.contains(&b) && read.contains(&merged), "children read: {read:?}");
     wait_until("finished parents deleted", || async {
@@ -563,9 +500,9 @@ async fn a_group_reads_with_enhanced_fan_out_when_asked() {
     for w in workers {
         w.stop().await;
     }
-    assert_all_handled(&seen, &produced);
-    assert_eq!(duplicates(&seen), 0);
-    assert_key_order(&seen);
+    seen.assert_all_handled(&produced);
+    assert_eq!(seen.duplicates(), 0);
+    seen.assert_key_order();
     assert_eq!(fake.consumers(STREAM).len(), 1, "the stream consumer was registered once");
     assert!(fake.subscriptions().len() >= 4, "every shard was subscribed: {:?}", fake.subscriptions());
     assert_eq!(fake.calls(kc_core::fake::Op::GetRecords), 0, "fan-out, not polling");
@@ -605,9 +542,9 @@ async fn under_latest_a_lease_taken_over_without_a_checkpoint_starts_where_the_l
     wait_until("taken over", || async { leases(&table).await[0].owner.as_deref() == Some("w1") }).await;
     wait_until("every record put since the lease was created", || async { seen.distinct() >= produced.len() }).await;
     w.stop().await;
-    assert_all_handled(&seen, &produced);
+    seen.assert_all_handled(&produced);
     assert!(seen.all().iter().all(|h| h.data != "ancient"), "a record from before the lease existed is not read");
-    assert_eq!(duplicates(&seen), 0);
+    assert_eq!(seen.duplicates(), 0);
 }
 
 /// Under `Latest`, a lease another worker created before this one started, and never took (it died, or
@@ -664,7 +601,7 @@ async fn under_latest_a_lease_created_by_another_worker_is_read_from_its_creatio
     assert!(data.contains(&"meanwhile".to_owned()), "put after the other worker created the lease: {data:?}");
     assert!(!data.contains(&"before-w1".to_owned()), "w1's own lease starts at LATEST: {data:?}");
     assert!(!data.contains(&"ancient".to_owned()), "nothing from before the leases existed: {data:?}");
-    assert_eq!(duplicates(&seen), 0);
+    assert_eq!(seen.duplicates(), 0);
     let positions = positions.lock().expect("lock").clone();
     let created = table.get(&scope, &shards[0]).await.expect("get").expect("lease").created_at.expect("stamped");
     assert_eq!(positions.get(&shards[0]), Some(&StartingPosition::AtTimestamp(created)), "{positions:?}");

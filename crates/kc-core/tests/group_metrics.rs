@@ -8,16 +8,12 @@ use kc_checkpoint::lease::{LeaseScope, LeaseTable, MemoryLeaseTable};
 use kc_core::fake::FakeKinesis;
 use kc_core::metrics::names;
 use kc_core::{Consumer, Group, InitialPosition, Outcome, Record};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use kc_test_support::fake::{labels, record_metrics};
+use metrics_util::debugging::DebugValue;
 
 #[test]
 fn leases_held_taken_lost_and_workers_seen() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::set_global_recorder(recorder).expect("first recorder");
-
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
-    rt.block_on(async {
+    let metrics = record_metrics(|| async {
         let fake = FakeKinesis::new();
         fake.create_stream("m", 4);
         let table = MemoryLeaseTable::new();
@@ -44,10 +40,9 @@ fn leases_held_taken_lost_and_workers_seen() {
     });
 
     let mut values: HashMap<String, f64> = HashMap::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let labels: Vec<(String, String)> =
-            key.key().labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect();
-        assert!(labels.contains(&("worker".to_owned(), "w1".to_owned())) || !key.key().name().contains("lease"));
+    for (key, value) in metrics {
+        let labels = labels(&key);
+        assert!(labels.get("worker").is_some_and(|w| w == "w1") || !key.key().name().contains("lease"));
         let v = match value {
             DebugValue::Counter(c) => c as f64,
             DebugValue::Gauge(g) => g.into_inner(),

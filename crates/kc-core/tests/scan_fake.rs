@@ -5,18 +5,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-mod common;
-
-use common::{
-    assert_exactly_once, assert_key_order, checkpoint, put_many, scan_until_paced, spawn_collecting, wait_for,
-    Collecting, Seen, STREAM,
-};
 use kc_core::api::ApiErrorKind;
 use kc_core::fake::{FakeKinesis, Op};
 use kc_core::{
     Batch, Checkpoint, CheckpointStore, Consumer, ConsumerBuilder, ErrorKind, InitialPosition, Lifecycle, MemoryStore,
     Outcome, Record, ShardKey, StartingPosition,
 };
+use kc_test_support::fake::{put_many, STREAM};
+use kc_test_support::{checkpoint, scan_failing_at, spawn_collecting, Collect, Collecting, Seen, Wait};
 
 fn builder(fake: &FakeKinesis, store: &MemoryStore) -> ConsumerBuilder {
     Consumer::builder(STREAM)
@@ -29,9 +25,9 @@ fn builder(fake: &FakeKinesis, store: &MemoryStore) -> ConsumerBuilder {
 }
 
 /// Runs `consumer.scan` with a collecting handler until `want` records were seen (or 10 minutes of paused time),
-/// then cancels and returns what was seen and the scan's result.
+/// lets a duplicate arrive for 2 s, then cancels and returns what was seen and the scan's result.
 async fn scan_until(consumer: Consumer, want: usize) -> (Seen, Result<(), kc_core::Error>) {
-    scan_until_paced(consumer, want, Duration::ZERO, Duration::from_secs(2)).await
+    Collect::PAUSED.run(consumer, want).await
 }
 
 #[tokio::test(start_paused = true)]
@@ -43,8 +39,8 @@ async fn multi_shard_every_record_once_in_order() {
     let consumer = builder(&fake, &store).build().await.expect("build");
     let (seen, result) = scan_until(consumer, produced.len()).await;
     result.expect("scan ok after cancel");
-    assert_exactly_once(&seen, &produced);
-    assert_key_order(&seen);
+    seen.assert_exactly_once(&produced);
+    seen.assert_key_order();
     // Every shard's checkpoint is its last record.
     for shard in fake.shard_ids(STREAM) {
         let key = ShardKey::new("test-app", STREAM, shard.as_str());
@@ -61,11 +57,11 @@ async fn restart_resumes_after_checkpoint() {
     let store = MemoryStore::new();
     let (seen1, r1) = scan_until(builder(&fake, &store).build().await.expect("build"), first.len()).await;
     r1.expect("first run");
-    assert_exactly_once(&seen1, &first);
+    seen1.assert_exactly_once(&first);
     let second = put_many(&fake, 0..50, "b");
     let (seen2, r2) = scan_until(builder(&fake, &store).build().await.expect("build"), second.len()).await;
     r2.expect("second run");
-    assert_exactly_once(&seen2, &second);
+    seen2.assert_exactly_once(&second);
 }
 
 #[tokio::test(start_paused = true)]
@@ -92,7 +88,7 @@ async fn latest_skips_old_records() {
     let f2 = fake.clone();
     let s2 = started.clone();
     let producer = tokio::spawn(async move {
-        wait_for(|| s2.load(Ordering::SeqCst) == 2).await;
+        Wait::PAUSED.expect("both shards started", || s2.load(Ordering::SeqCst) == 2).await;
         // Give the first GetRecords (with the LATEST iterator) a chance to run.
         tokio::time::sleep(Duration::from_secs(1)).await;
         put_many(&f2, 0..30, "new")
@@ -101,7 +97,7 @@ async fn latest_skips_old_records() {
     let produced = producer.await.expect("producer");
     let (seen, result) = consumer_task.await.expect("consumer");
     result.expect("scan");
-    assert_exactly_once(&seen, &produced);
+    seen.assert_exactly_once(&produced);
 }
 
 #[tokio::test(start_paused = true)]
@@ -115,7 +111,7 @@ async fn skip_checkpoint_records_are_delivered_again() {
     let consumer = builder(&fake, &store).build().await.expect("build");
     let skip = |r: &Record| if r.data().starts_with(b"skip") { Outcome::SkipCheckpoint } else { Outcome::Checkpoint };
     let Collecting { seen, token, task } = spawn_collecting(consumer, Duration::ZERO, skip);
-    wait_for(|| seen.len() == 3).await;
+    Wait::PAUSED.expect("3 records", || seen.len() == 3).await;
     token.cancel();
     task.await.expect("task").expect("scan");
     let (again, result) = scan_until(builder(&fake, &store).build().await.expect("build"), 2).await;
@@ -203,7 +199,7 @@ async fn cancellation_finishes_the_record_in_hand_and_checkpoints_it() {
             })
             .await
     });
-    wait_for(|| started.load(Ordering::SeqCst) == 3).await;
+    Wait::PAUSED.expect("3 records started", || started.load(Ordering::SeqCst) == 3).await;
     token.cancel();
     let result = tokio::time::timeout(Duration::from_secs(5), task).await.expect("prompt").expect("task");
     result.expect("Ok on cancel");
@@ -263,10 +259,10 @@ async fn reshard_test(hide_child_shards: bool) {
     let produced = producer.await.expect("producer");
     let (seen, result) = consumer_task.await.expect("consumer");
     result.expect("scan");
-    assert_exactly_once(&seen, &produced);
-    assert_key_order(&seen);
+    seen.assert_exactly_once(&produced);
+    seen.assert_key_order();
     // Parents before children: no record of a child before the last record of its parent.
-    let order: Vec<String> = seen.all().into_iter().map(|(s, ..)| s).collect();
+    let order: Vec<String> = seen.all().into_iter().map(|r| r.shard).collect();
     let ids = fake.shard_ids(STREAM);
     let last_of = |s: &str| order.iter().rposition(|x| x == s);
     let first_of = |s: &str| order.iter().position(|x| x == s);
@@ -315,7 +311,7 @@ async fn expired_iterators_lose_and_repeat_nothing() {
     produced.extend(chaos.await.expect("chaos"));
     let (seen, result) = task.await.expect("task");
     result.expect("scan");
-    assert_exactly_once(&seen, &produced);
+    seen.assert_exactly_once(&produced);
     assert!(fake.calls(Op::GetShardIterator) > 2, "iterators were refreshed");
 }
 
@@ -331,7 +327,7 @@ async fn throttling_and_transient_errors_are_retried() {
     let store = MemoryStore::new();
     let (seen, result) = scan_until(builder(&fake, &store).build().await.expect("build"), produced.len()).await;
     result.expect("transient faults never end the scan");
-    assert_exactly_once(&seen, &produced);
+    seen.assert_exactly_once(&produced);
     assert!(fake.calls(Op::GetRecords) >= 10);
 }
 
@@ -385,8 +381,8 @@ async fn list_shards_follows_next_token() {
     let produced = put_many(&fake, 0..100, "r");
     let (seen, result) = scan_until(builder(&fake, &MemoryStore::new()).build().await.expect("build"), 100).await;
     result.expect("scan");
-    assert_exactly_once(&seen, &produced);
-    let shards: std::collections::HashSet<_> = seen.all().into_iter().map(|(s, ..)| s).collect();
+    seen.assert_exactly_once(&produced);
+    let shards: std::collections::HashSet<_> = seen.all().into_iter().map(|r| r.shard).collect();
     assert_eq!(shards.len(), 5);
 }
 
@@ -420,7 +416,7 @@ async fn batch_handler_checkpoints_batches_and_never_rewinds() {
             })
             .await
     });
-    wait_for(|| batches.lock().expect("lock").iter().map(Vec::len).sum::<usize>() >= 30).await;
+    Wait::PAUSED.expect("30 records", || batches.lock().expect("lock").iter().map(Vec::len).sum::<usize>() >= 30).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     token.cancel();
     task.await.expect("task").expect("scan");
@@ -504,24 +500,10 @@ mod kpl {
         let store = MemoryStore::new();
         let consumer = builder(&fake, &store).aggregation(true).build().await.expect("build");
         // First run: stop with an error at user record a3 (after a0..a2 were handled and checkpointed).
-        let seen = Seen::default();
-        let s = seen.clone();
-        let err = consumer
-            .scan(move |r: Record| {
-                let s = s.clone();
-                async move {
-                    if r.data() == "a3" {
-                        return Err(std::io::Error::other("stop at a3"));
-                    }
-                    s.push(&r);
-                    Ok(Outcome::Checkpoint)
-                }
-            })
-            .await
-            .expect_err("stopped");
+        let (seen, err) = scan_failing_at(&consumer, "a3").await;
         assert_eq!(err.kind(), ErrorKind::Handler);
         assert_eq!(seen.data(), ["a0", "a1", "a2"]);
-        let subs: Vec<_> = seen.all().into_iter().map(|(_, k, _, sub)| (k, sub)).collect();
+        let subs: Vec<_> = seen.all().into_iter().map(|r| (r.key, r.sub)).collect();
         assert_eq!(subs[2], ("user-key-2".to_owned(), Some(2)));
         let key = ShardKey::new("test-app", STREAM, fake.shard_ids(STREAM)[0].as_str());
         let cp = store.get(&key).await.expect("get").expect("checkpoint");
@@ -549,8 +531,8 @@ mod kpl {
         r.expect("lenient by default");
         let all = seen.all();
         assert_eq!(all.len(), 3);
-        assert_eq!(all[0].3, None, "the corrupt aggregate comes as one ordinary record");
-        assert_eq!(all[0].1, "outer");
+        assert_eq!(all[0].sub, None, "the corrupt aggregate comes as one ordinary record");
+        assert_eq!(all[0].key, "outer");
         assert_eq!(seen.data()[1..], ["b0", "b1"]);
 
         let strict = builder(&fake, &MemoryStore::new()).aggregation(true).strict_deaggregation(true).build().await;
@@ -571,7 +553,7 @@ mod kpl {
         let (seen, r) = scan_until(builder(&fake, &MemoryStore::new()).build().await.expect("build"), 1).await;
         r.expect("scan");
         assert_eq!(seen.len(), 1);
-        assert_eq!(seen.all()[0].2.as_bytes(), String::from_utf8_lossy(&agg).as_bytes());
+        assert_eq!(seen.all()[0].data.as_bytes(), String::from_utf8_lossy(&agg).as_bytes());
     }
 }
 
@@ -589,10 +571,10 @@ async fn polls_at_once_when_behind_but_within_the_rate_limit() {
         .await
         .expect("build");
     let Collecting { seen, token, task } = spawn_collecting(consumer, Duration::ZERO, checkpoint);
-    wait_for(|| seen.len() >= produced.len()).await;
+    Wait::PAUSED.expect("every record", || seen.len() >= produced.len()).await;
     token.cancel();
     task.await.expect("scan task").expect("scan");
-    assert_exactly_once(&seen, &produced);
+    seen.assert_exactly_once(&produced);
     // When the records were handled (paused time): the batches' spacing, without the scan's start and stop.
     let times = seen.times();
     let spread = times[times.len() - 1] - times[0];
@@ -611,7 +593,7 @@ async fn handler_error_stops_the_scan_even_while_list_shards_fails() {
     let consumer = builder(&fake, &MemoryStore::new()).build().await.expect("build");
     let f = fake.clone();
     tokio::spawn(async move {
-        wait_for(|| f.calls(Op::ListShards) >= 1).await;
+        Wait::PAUSED.expect("a listing", || f.calls(Op::ListShards) >= 1).await;
         // From now on every ListShards fails (a long Kinesis control-plane outage)...
         f.inject(Op::ListShards, ApiErrorKind::Transient, 1_000_000);
         tokio::time::sleep(Duration::from_secs(5)).await;

@@ -1,0 +1,16 @@
+//! Where the servers are: `cargo xtask integration` (and `cargo xtask bench`) start them and pass their addresses in
+//! the environment. A test whose server is missing fails loudly, it never passes.
+
+/// The value of the environment variable `name`.
+///
+/// # Panics
+/// When it is not set or empty, saying how to run the tests so that it is.
+pub fn required(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => value,
+        _ => panic!(
+            "{name} is not set: run the integration tests with `cargo xtask integration` (benchmarks: `cargo xtask \
+             bench`), which start the servers and set it"
+        ),
+    }
+}
