@@ -3,14 +3,14 @@
 //! paused clock.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kc_checkpoint::lease::{LeaseScope, LeaseTable, MemoryLeaseTable};
 use kc_checkpoint::{Checkpoint, SequenceNumber};
 use kc_core::fake::FakeKinesis;
-use kc_core::{Consumer, Group, InitialPosition, MemoryStore, Outcome, Record, ShardKey};
-use tokio_util::sync::CancellationToken;
+use kc_core::{Consumer, Group, InitialPosition, MemoryStore, ShardKey};
+use kc_test_support::{checkpoint, spawn_collecting, Seen, Wait};
 
 const STREAM: &str = "s";
 
@@ -37,43 +37,8 @@ fn children() -> BTreeSet<String> {
     (0..20).map(|i| format!("c{i}")).collect()
 }
 
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<String>>>);
-
-impl Seen {
-    fn all(&self) -> BTreeSet<String> {
-        self.0.lock().expect("lock").iter().cloned().collect()
-    }
-    fn len(&self) -> usize {
-        self.0.lock().expect("lock").len()
-    }
-}
-
-/// Scans with a handler that takes 1 s a record, until cancelled; returns the scan's result.
-fn spawn_scan(consumer: Consumer, seen: &Seen) -> tokio::task::JoinHandle<Result<(), kc_core::Error>> {
-    let seen = seen.clone();
-    tokio::spawn(async move {
-        consumer
-            .scan(move |r: Record| {
-                let seen = seen.clone();
-                async move {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    seen.0.lock().expect("lock").push(String::from_utf8_lossy(r.data()).into_owned());
-                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
-                }
-            })
-            .await
-    })
-}
-
-async fn wait_for(mut done: impl FnMut() -> bool) {
-    for _ in 0..6000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("condition not reached in 10 minutes of (paused) time");
+fn handled(seen: &Seen) -> BTreeSet<String> {
+    seen.data().into_iter().collect()
 }
 
 #[tokio::test(start_paused = true)]
@@ -95,23 +60,21 @@ async fn trimmed_while_read(
     setup(&fake);
     let (parent, _) = split_stream(&fake);
     let store = MemoryStore::new();
-    let token = CancellationToken::new();
     let builder = Consumer::builder(STREAM)
         .api(fake.clone())
         .store(store.clone())
         .initial_position(InitialPosition::TrimHorizon)
-        .discovery_interval(Duration::from_secs(1))
-        .shutdown(token.clone());
+        .discovery_interval(Duration::from_secs(1));
     let consumer = source(builder).build().await.expect("build");
-    let seen = Seen::default();
-    let scan = spawn_scan(consumer, &seen);
+    // A handler that takes 1 s a record.
+    let scan = spawn_collecting(consumer, Duration::from_secs(1), checkpoint);
     // The parent leaves the stream (its records past the retention) while its first batch is being handled.
-    wait_for(|| seen.len() >= 5).await;
+    Wait::PAUSED.expect("5 records", || scan.seen.len() >= 5).await;
     fake.trim_shard(STREAM, &parent);
-    wait_for(|| children().is_subset(&seen.all()) || scan.is_finished()).await;
-    token.cancel();
-    scan.await.expect("scan task").expect("a shard that left the stream does not stop the scan");
-    let seen = seen.0.lock().expect("lock").clone();
+    Wait::PAUSED.until(|| handled(&scan.seen).is_superset(&children()) || scan.task.is_finished()).await;
+    let (seen, result) = scan.stop(Duration::from_secs(60)).await;
+    result.expect("a shard that left the stream does not stop the scan");
+    let seen = seen.data();
     assert!(children().iter().all(|c| seen.contains(c)), "every child's record: {seen:?}");
     // The records the parent's task had fetched before the trim are handled, then the children's: parents first.
     let first_child = seen.iter().position(|d| d.starts_with('c')).expect("a child's record");
@@ -137,24 +100,21 @@ async fn a_group_takes_an_unfinished_lease_of_a_shard_that_left_the_stream_and_r
     table.release(&scope, &parent, "old", counter).await.expect("release");
     fake.trim_shard(STREAM, &parent);
 
-    let token = CancellationToken::new();
     let group = Group::new("g", Arc::clone(&table) as Arc<dyn LeaseTable>).worker_id("w1");
     let consumer = Consumer::builder(STREAM)
         .api(fake.clone())
         .initial_position(InitialPosition::TrimHorizon)
         .max_records(10)
         .discovery_interval(Duration::from_secs(1))
-        .shutdown(token.clone())
         .group(group)
         .build()
         .await
         .expect("build");
-    let seen = Seen::default();
-    let scan = spawn_scan(consumer, &seen);
-    wait_for(|| children().is_subset(&seen.all()) || scan.is_finished()).await;
-    token.cancel();
-    scan.await.expect("scan task").expect("the worker does not stop on a shard that left the stream");
-    assert_eq!(seen.all(), children(), "every child's record, nothing of the trimmed parent");
+    let scan = spawn_collecting(consumer, Duration::from_secs(1), checkpoint);
+    Wait::PAUSED.until(|| handled(&scan.seen).is_superset(&children()) || scan.task.is_finished()).await;
+    let (seen, result) = scan.stop(Duration::from_secs(60)).await;
+    result.expect("the worker does not stop on a shard that left the stream");
+    assert_eq!(handled(&seen), children(), "every child's record, nothing of the trimmed parent");
     let parent_lease = table.get(&scope, &parent).await.expect("get");
     let finished = parent_lease.as_ref().is_none_or(|l| l.is_finished());
     assert!(finished, "the parent's lease is finished (or deleted): {parent_lease:?}");
