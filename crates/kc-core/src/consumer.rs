@@ -8,6 +8,7 @@ use kc_checkpoint::{CheckpointStore, MemoryStore};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::KinesisApi;
+use crate::bounded::BoundedStore;
 use crate::config::{Config, FanOutConfig, Group, GroupConfig, InitialPosition};
 use crate::deliver::{Deliver, PerBatch, PerRecord};
 use crate::error::Error;
@@ -120,7 +121,7 @@ impl Consumer {
         Shared {
             cfg: Arc::clone(&self.cfg),
             api: Arc::clone(&self.api),
-            store: Arc::clone(&self.store),
+            store: Arc::new(BoundedStore::new(Arc::clone(&self.store), self.cfg.store_timeout)),
             lifecycle: Arc::clone(&self.lifecycle),
             consumer_arn: None,
         }
@@ -236,6 +237,21 @@ impl ConsumerBuilder {
     /// The longest one Kinesis call may take before it is abandoned and retried. Default: 10 s.
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.cfg.call_timeout = timeout;
+        self
+    }
+
+    /// The longest one call to the checkpoint store or a group's lease table may take (get, set, flush; list, take,
+    /// renew, checkpoint, release, ...) before it fails as a transient error. Default: 30 s. sqlx and the AWS SDK set
+    /// no bound per statement: without this, a database that accepts connections and then holds every packet would
+    /// hold a call, and a graceful stop waiting for it, until the operating system gives up on the connection.
+    ///
+    /// A graceful stop therefore returns within this timeout (plus, in a group, the lease duration) whatever the
+    /// database does. With the database unreachable, [`scan`](Consumer::scan) then returns an
+    /// [`ErrorKind::Checkpoint`](crate::ErrorKind::Checkpoint) error ("flush failed": the last checkpoints were not
+    /// saved, so their records are delivered again after a restart); a group worker's leases are left to expire and
+    /// its stop returns `Ok(())` (their checkpoints stay at the last write that succeeded).
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.store_timeout = timeout;
         self
     }
 
@@ -371,6 +387,8 @@ mod tests {
         check(|b| b.scan_interval(Duration::ZERO), Some("scan_interval must be greater than zero"));
         check(|b| b.discovery_interval(Duration::ZERO), Some("discovery_interval"));
         check(|b| b.call_timeout(Duration::ZERO), Some("call_timeout"));
+        check(|b| b.store_timeout(Duration::ZERO), Some("store_timeout must be greater than zero"));
+        check(|b| b.store_timeout(Duration::MAX), Some("store_timeout must be at most"));
         check(|b| b.retry_backoff(Duration::from_secs(2), Duration::from_secs(1)), Some("backoff max"));
         check(|b| b.fan_out("my-app_1.x"), None);
         check(|b| b.fan_out("my-app").deregister_on_shutdown(true), None);

@@ -94,10 +94,11 @@
 //! [`CheckpointStore::flush`]: kc_checkpoint::CheckpointStore::flush
 
 // Modules point one way (see ARCHITECTURE.md): data and seams at the bottom (`config`, `api`, `error`, `record`,
-// `handler`, `lifecycle`, `metrics`, `backoff`, `retry`, `shard`), mechanisms above them (`source`, `discovery`,
+// `handler`, `lifecycle`, `metrics`, `backoff`, `retry`, `bounded`, `shard`), mechanisms above them (`source`, `discovery`,
 // `deliver`, `reader`, `group::{plan, handle}`), orchestration on top (`scan`, `group`, `consumer`).
 pub mod api;
 mod backoff;
+mod bounded;
 mod config;
 mod consumer;
 mod deliver;

@@ -40,6 +40,7 @@ pub(crate) struct Config {
     pub(crate) strict_deaggregation: bool,
     pub(crate) min_poll_interval: Duration,
     pub(crate) call_timeout: Duration,
+    pub(crate) store_timeout: Duration,
     pub(crate) backoff_base: Duration,
     pub(crate) backoff_max: Duration,
     /// Enhanced fan-out instead of polling (`None`: polling).
@@ -65,6 +66,7 @@ impl Config {
             strict_deaggregation: false,
             min_poll_interval: Duration::from_millis(200),
             call_timeout: Duration::from_secs(10),
+            store_timeout: Duration::from_secs(30),
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             fan_out: None,
@@ -88,6 +90,7 @@ impl Config {
             ("scan_interval", self.scan_interval),
             ("discovery_interval", self.discovery_interval),
             ("call_timeout", self.call_timeout),
+            ("store_timeout", self.store_timeout),
             ("retry backoff base", self.backoff_base),
         ];
         for (name, value) in positive {
@@ -100,6 +103,7 @@ impl Config {
             ("discovery_interval", self.discovery_interval),
             ("min_poll_interval", self.min_poll_interval),
             ("call_timeout", self.call_timeout),
+            ("store_timeout", self.store_timeout),
             ("retry backoff max", self.backoff_max),
         ];
         for (name, value) in bounded {

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::api::ShardInfo;
+use crate::bounded::BoundedLeaseTable;
 use crate::config::GroupConfig;
 use crate::deliver::Deliver;
 use crate::discovery::{self, Listing};
@@ -55,6 +56,7 @@ pub(crate) async fn run<D: Deliver>(
             return Ok(()); // cancelled while waiting for the fan-out consumer
         };
         let mut worker = Worker {
+            table: Arc::new(BoundedLeaseTable::new(Arc::clone(&group.table), shared.cfg.store_timeout)),
             cfg: group,
             scope: LeaseScope::new(group.name.as_str(), stream.as_str()),
             stop,
@@ -89,6 +91,8 @@ pub(crate) async fn run<D: Deliver>(
 }
 
 struct Worker<'a, D> {
+    /// The group's lease table, every call bounded by the store timeout.
+    table: Arc<dyn LeaseTable>,
     cfg: &'a GroupConfig,
     scope: LeaseScope,
     /// Cancelled by the user's token, or by us when stopping on an error.
@@ -124,7 +128,14 @@ impl<D: Deliver> Worker<'_, D> {
                 _ = self.stop.cancelled() => return Ok(()),
                 _ = tokio::time::sleep_until(next_take) => {
                     let full = Instant::now() >= next_full;
-                    let pending = self.take_cycle(full).await?;
+                    // A stop does not wait for a take cycle: a take whose answer is lost may have been applied,
+                    // and that lease then expires (or is taken back at once by this worker id).
+                    let stop = self.stop.clone();
+                    let pending = tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => return Ok(()),
+                        pending = self.take_cycle(full) => pending?,
+                    };
                     let now = Instant::now();
                     if full {
                         next_full = now + if pending { self.cfg.renew_interval } else { self.cfg.take_interval };
@@ -170,7 +181,7 @@ impl<D: Deliver> Worker<'_, D> {
     async fn create_leases(&self, leases: &[Lease]) -> Result<bool, Error> {
         for shard in plan::to_create(&self.listing, leases) {
             let parents: Vec<String> = shard.parents().map(str::to_owned).collect();
-            match self.cfg.table.create(&self.scope, &shard.shard_id, &parents).await {
+            match self.table.create(&self.scope, &shard.shard_id, &parents).await {
                 Ok(created) => {
                     if created {
                         debug!(shard = %shard.shard_id, ?parents, "lease created");
@@ -190,7 +201,7 @@ impl<D: Deliver> Worker<'_, D> {
     /// One take cycle (with balancing when `full`). Returns whether the next full cycle should come soon (after a
     /// renew interval): a handoff this worker asked for is pending, or the lease table could not be read.
     async fn take_cycle(&mut self, full: bool) -> Result<bool, Error> {
-        let mut leases = match self.cfg.table.list(&self.scope).await {
+        let mut leases = match self.table.list(&self.scope).await {
             Ok(leases) => leases,
             Err(e) if e.is_retryable() => {
                 warn!(error = %e, "listing the leases failed; trying again");
@@ -202,7 +213,7 @@ impl<D: Deliver> Worker<'_, D> {
             if !self.create_leases(&leases).await? {
                 return Ok(true);
             }
-            leases = match self.cfg.table.list(&self.scope).await {
+            leases = match self.table.list(&self.scope).await {
                 Ok(leases) => leases,
                 Err(e) if e.is_retryable() => return Ok(true),
                 Err(e) => return Err(lease_error("listing the leases", e)),
@@ -217,7 +228,7 @@ impl<D: Deliver> Worker<'_, D> {
         self.metrics.workers(plan.workers);
         debug!(workers = plan.workers, target = plan.target, held = held.len(), "take cycle");
         for parent in &plan.delete {
-            match self.cfg.table.delete(&self.scope, parent).await {
+            match self.table.delete(&self.scope, parent).await {
                 Ok(()) => debug!(shard = %parent, "finished parent's lease deleted"),
                 Err(e) => warn!(shard = %parent, error = %e, "deleting a finished parent's lease failed"),
             }
@@ -230,7 +241,7 @@ impl<D: Deliver> Worker<'_, D> {
         }
         let mut requested = false;
         if let Some((shard_id, counter)) = plan.request.filter(|_| full && !self.stop.is_cancelled()) {
-            match self.cfg.table.request(&self.scope, &shard_id, counter, &self.cfg.worker_id).await {
+            match self.table.request(&self.scope, &shard_id, counter, &self.cfg.worker_id).await {
                 Ok(lease) => {
                     info!(shard = %shard_id, from = ?lease.owner, "asked for a lease (balancing)");
                     requested = true;
@@ -244,7 +255,7 @@ impl<D: Deliver> Worker<'_, D> {
 
     async fn take(&mut self, shard_id: &str, counter: u64, leases: &[Lease]) -> Result<(), Error> {
         let started = Instant::now();
-        match self.cfg.table.take(&self.scope, shard_id, counter, &self.cfg.worker_id).await {
+        match self.table.take(&self.scope, shard_id, counter, &self.cfg.worker_id).await {
             Ok(lease) => {
                 let previous = leases.iter().find(|l| l.shard_id == shard_id).and_then(|l| l.owner.clone());
                 info!(shard = %shard_id, from = ?previous, "lease taken");
@@ -268,7 +279,7 @@ impl<D: Deliver> Worker<'_, D> {
         let shard_id = lease.shard_id.clone();
         let task = self.stop.child_token();
         let handle = Arc::new(LeaseHandle::new(
-            Arc::clone(&self.cfg.table),
+            Arc::clone(&self.table),
             self.scope.clone(),
             &shard_id,
             &self.cfg.worker_id,

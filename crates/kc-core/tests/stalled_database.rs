@@ -1,0 +1,178 @@
+//! A checkpoint database that accepts calls and never answers them (a network that holds every packet): a graceful
+//! stop still returns within the store timeout (plus, in a group, the lease duration), with what the docs say.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kc_checkpoint::lease::{Lease, LeaseScope, LeaseTable, MemoryLeaseTable};
+use kc_checkpoint::{Checkpoint, CheckpointStore, Error, MemoryStore, ShardKey};
+use kc_core::fake::FakeKinesis;
+use kc_core::{Consumer, ConsumerBuilder, ErrorKind, Group, InitialPosition};
+use kc_test_support::{checkpoint, spawn_collecting, Wait};
+use tokio::time::Instant;
+
+const STREAM: &str = "s";
+const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+const LEASE: Duration = Duration::from_secs(10);
+
+/// Once `stalled`, every call is counted and never answered.
+#[derive(Clone, Default)]
+struct Stall {
+    stalled: Arc<AtomicBool>,
+    calls_held: Arc<AtomicUsize>,
+}
+
+impl Stall {
+    async fn gate(&self) {
+        if self.stalled.load(Ordering::SeqCst) {
+            self.calls_held.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+struct StalledStore(MemoryStore, Stall);
+
+#[async_trait]
+impl CheckpointStore for StalledStore {
+    async fn get(&self, key: &ShardKey) -> Result<Option<Checkpoint>, Error> {
+        self.1.gate().await;
+        self.0.get(key).await
+    }
+    async fn set(&self, key: &ShardKey, checkpoint: Checkpoint) -> Result<(), Error> {
+        self.1.gate().await;
+        self.0.set(key, checkpoint).await
+    }
+    async fn flush(&self) -> Result<(), Error> {
+        self.1.gate().await;
+        self.0.flush().await
+    }
+}
+
+struct StalledTable(MemoryLeaseTable, Stall);
+
+#[async_trait]
+impl LeaseTable for StalledTable {
+    async fn list(&self, scope: &LeaseScope) -> Result<Vec<Lease>, Error> {
+        self.1.gate().await;
+        self.0.list(scope).await
+    }
+    async fn get(&self, scope: &LeaseScope, shard_id: &str) -> Result<Option<Lease>, Error> {
+        self.1.gate().await;
+        self.0.get(scope, shard_id).await
+    }
+    async fn create(&self, scope: &LeaseScope, shard_id: &str, parents: &[String]) -> Result<bool, Error> {
+        self.1.gate().await;
+        self.0.create(scope, shard_id, parents).await
+    }
+    async fn take(&self, scope: &LeaseScope, shard_id: &str, counter: u64, owner: &str) -> Result<Lease, Error> {
+        self.1.gate().await;
+        self.0.take(scope, shard_id, counter, owner).await
+    }
+    async fn request(&self, scope: &LeaseScope, shard_id: &str, counter: u64, requester: &str) -> Result<Lease, Error> {
+        self.1.gate().await;
+        self.0.request(scope, shard_id, counter, requester).await
+    }
+    async fn renew(&self, scope: &LeaseScope, shard_id: &str, owner: &str, counter: u64) -> Result<u64, Error> {
+        self.1.gate().await;
+        self.0.renew(scope, shard_id, owner, counter).await
+    }
+    async fn checkpoint(
+        &self,
+        scope: &LeaseScope,
+        shard_id: &str,
+        owner: &str,
+        counter: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<u64, Error> {
+        self.1.gate().await;
+        self.0.checkpoint(scope, shard_id, owner, counter, checkpoint).await
+    }
+    async fn release(&self, scope: &LeaseScope, shard_id: &str, owner: &str, counter: u64) -> Result<u64, Error> {
+        self.1.gate().await;
+        self.0.release(scope, shard_id, owner, counter).await
+    }
+    async fn delete(&self, scope: &LeaseScope, shard_id: &str) -> Result<(), Error> {
+        self.1.gate().await;
+        self.0.delete(scope, shard_id).await
+    }
+}
+
+fn stream_with_records() -> FakeKinesis {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 4);
+    for i in 0..40 {
+        fake.put(STREAM, &format!("k{i}"), format!("r{i}"));
+    }
+    fake
+}
+
+fn builder(fake: &FakeKinesis) -> ConsumerBuilder {
+    Consumer::builder(STREAM)
+        .api(fake.clone())
+        .initial_position(InitialPosition::TrimHorizon)
+        .max_records(10)
+        .store_timeout(STORE_TIMEOUT)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_during_the_final_flush_returns_a_checkpoint_error_within_the_store_timeout() {
+    let fake = stream_with_records();
+    let stall = Stall::default();
+    let consumer = builder(&fake).store(StalledStore(MemoryStore::new(), stall.clone())).build().await.expect("build");
+    let scan = spawn_collecting(consumer, Duration::ZERO, checkpoint);
+    Wait::PAUSED.expect("every record", || scan.seen.len() >= 40).await;
+    stall.stalled.store(true, Ordering::SeqCst);
+    let stopped = Instant::now();
+    // Generous: a hung flush never returns, so any bound tells the two apart.
+    let (_, result) = scan.stop(STORE_TIMEOUT * 4).await;
+    let elapsed = stopped.elapsed();
+    let err = result.expect_err("the final flush timed out");
+    assert_eq!(err.kind(), ErrorKind::Checkpoint, "{err}");
+    assert!(err.to_string().contains("flush failed"), "{err}");
+    assert!(elapsed <= STORE_TIMEOUT + Duration::from_secs(1), "stopped after {elapsed:?}");
+    assert!(stall.calls_held.load(Ordering::SeqCst) >= 1, "the flush was held");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_worker_stopped_during_a_take_cycle_returns_within_lease_and_store_timeout() {
+    let fake = stream_with_records();
+    let stall = Stall::default();
+    let table = StalledTable(MemoryLeaseTable::new(), stall.clone());
+    let group = Group::new("g", table).worker_id("w1").lease_duration(LEASE);
+    let consumer = builder(&fake).group(group).build().await.expect("build");
+    let scan = spawn_collecting(consumer, Duration::ZERO, checkpoint);
+    Wait::PAUSED.expect("every record", || scan.seen.len() >= 40).await;
+    // The database holds every call from now on; wait for a take cycle (every half lease) to be in flight.
+    stall.stalled.store(true, Ordering::SeqCst);
+    let held = stall.calls_held.load(Ordering::SeqCst);
+    tokio::time::sleep(LEASE).await;
+    assert!(stall.calls_held.load(Ordering::SeqCst) > held, "a take cycle's call is held");
+    let stopped = Instant::now();
+    let (_, result) = scan.stop((LEASE + STORE_TIMEOUT) * 4).await;
+    let elapsed = stopped.elapsed();
+    result.expect("a worker cut off from its lease table stops without error (its leases expire)");
+    assert!(elapsed <= LEASE + STORE_TIMEOUT + Duration::from_secs(1), "stopped after {elapsed:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_worker_stopped_while_its_final_checkpoints_are_held_returns_within_the_lease_duration() {
+    let fake = stream_with_records();
+    let stall = Stall::default();
+    let table = StalledTable(MemoryLeaseTable::new(), stall.clone());
+    let group = Group::new("g", table).worker_id("w1").lease_duration(LEASE);
+    let consumer = builder(&fake).group(group).build().await.expect("build");
+    // A slow handler: records are still in hand when the database stalls.
+    let scan = spawn_collecting(consumer, Duration::from_millis(500), checkpoint);
+    Wait::PAUSED.expect("some records", || scan.seen.len() >= 4).await;
+    stall.stalled.store(true, Ordering::SeqCst);
+    let stopped = Instant::now();
+    let (seen, result) = scan.stop((LEASE + STORE_TIMEOUT) * 4).await;
+    let elapsed = stopped.elapsed();
+    result.expect("the leases are left to expire; the stop is graceful");
+    assert!(seen.len() < 40, "stopped mid-stream");
+    assert!(stall.calls_held.load(Ordering::SeqCst) >= 1, "the final checkpoint or release was held");
+    assert!(elapsed <= LEASE + Duration::from_secs(1), "stopped after {elapsed:?}");
+}
