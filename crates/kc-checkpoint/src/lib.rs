@@ -8,8 +8,12 @@
 //! The [`lease`] module holds the lease table of consumer groups ([`lease::LeaseTable`], with an in-memory
 //! [`lease::MemoryLeaseTable`]): a lease carries a shard's checkpoint, and every write to it is fenced.
 //!
-//! This crate is deliberately tiny (no AWS SDK, no database driver) so that store crates (DynamoDB, PostgreSQL,
-//! MySQL) can implement [`CheckpointStore`] without pulling in the Kinesis SDK.
+//! The [`buffered`] module holds the engine of the persistent stores ([`buffered::BufferedStore`]: a pending map of
+//! the newest checkpoint per shard, a background flush task, bounded retries, [`FlushFailure`], shutdown) over a
+//! small [`buffered::Backend`] trait: a store crate is only its reads, writes and error mapping.
+//!
+//! This crate is deliberately tiny (no AWS SDK, no database driver; Tokio and `tracing` for the engine) so that
+//! store crates (DynamoDB, PostgreSQL, MySQL) can implement [`CheckpointStore`] without pulling in the Kinesis SDK.
 //!
 //! # Contract of a store
 //! - A checkpoint never moves backwards: [`CheckpointStore::set`] with a position older than (or equal to) the stored
@@ -42,6 +46,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub mod buffered;
 pub mod lease;
 
 /// The error type of checkpoint stores.
