@@ -88,7 +88,8 @@ pub const DEFAULT_RETRY: Retry = Retry::doubling(5, Duration::from_millis(100));
 /// The storage side of a [`BufferedStore`]: writes and reads checkpoints, and says which failures are transient.
 ///
 /// Errors must carry the right [`ErrorKind`]: [`ErrorKind::Transient`] errors are retried (up to the store's
-/// [`Retry`]) and leave the checkpoints pending; any other kind ends the flush, and the next `set` reports it.
+/// [`Retry`]) and leave the checkpoints pending; any other kind is not retried: the checkpoints stay pending too, the
+/// flush returns the error and, until a flush succeeds, every `set` does.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// Where the checkpoints go, for messages and logs (`table kinesis_consumer`).
