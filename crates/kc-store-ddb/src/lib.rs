@@ -158,7 +158,7 @@ const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A [`CheckpointStore`] on a DynamoDB table. See the [crate docs](crate) for the table layout and the semantics.
 ///
-/// The engine is [`BufferedStore`](kc_checkpoint::buffered::BufferedStore); this crate is its backend (one
+/// The engine is [`BufferedStore`]; this crate is its backend (one
 /// conditional `PutItem` per checkpoint, a consistent `GetItem`).
 #[derive(Debug)]
 pub struct DynamoDbStore {
