@@ -8,11 +8,15 @@
 //! The [`lease`] module holds the lease table of consumer groups ([`lease::LeaseTable`], with an in-memory
 //! [`lease::MemoryLeaseTable`]): a lease carries a shard's checkpoint, and every write to it is fenced.
 //!
+//! The [`buffered`] module holds the engine of the persistent stores ([`buffered::BufferedStore`]: a pending map of
+//! the newest checkpoint per shard, a background flush task, bounded retries, [`FlushFailure`], shutdown) over a
+//! small [`buffered::Backend`] trait: a store crate is only its reads, writes and error mapping.
+//!
 //! With the feature `test-util`, [`test_util`] holds the conformance suites every [`CheckpointStore`] and
 //! [`lease::LeaseTable`] should pass.
 //!
-//! This crate is deliberately tiny (no AWS SDK, no database driver) so that store crates (DynamoDB, PostgreSQL,
-//! MySQL) can implement [`CheckpointStore`] without pulling in the Kinesis SDK.
+//! This crate is deliberately tiny (no AWS SDK, no database driver; Tokio and `tracing` for the engine) so that
+//! store crates (DynamoDB, PostgreSQL, MySQL) can implement [`CheckpointStore`] without pulling in the Kinesis SDK.
 //!
 //! # Contract of a store
 //! - A checkpoint never moves backwards: [`CheckpointStore::set`] with a position older than (or equal to) the stored
@@ -47,6 +51,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub mod buffered;
 pub mod lease;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]

@@ -127,17 +127,14 @@ mod key;
 mod lease;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
 };
-use futures_util::StreamExt as _;
+use kc_checkpoint::buffered::{AfterShutdown, Backend, BufferedStore, FlushStart, Retry};
 use kc_checkpoint::{Checkpoint, CheckpointStore, Error, ErrorKind, SequenceNumber, ShardKey};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 pub use key::sequence_key;
 pub use lease::DynamoDbLeaseTable;
@@ -160,23 +157,21 @@ const BACKOFF_CAP: Duration = Duration::from_secs(2);
 const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A [`CheckpointStore`] on a DynamoDB table. See the [crate docs](crate) for the table layout and the semantics.
+///
+/// The engine is [`BufferedStore`]; this crate is its backend (one
+/// conditional `PutItem` per checkpoint, a consistent `GetItem`).
 #[derive(Debug)]
 pub struct DynamoDbStore {
-    inner: Arc<Inner>,
-    stop: watch::Sender<bool>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    engine: BufferedStore<Table>,
 }
 
+/// The backend: the table's requests.
 #[derive(Debug)]
-struct Inner {
+struct Table {
     client: aws_sdk_dynamodb::Client,
     table: String,
-    max_attempts: u32,
-    pending: Mutex<HashMap<ShardKey, Checkpoint>>,
-    /// Serializes flushes (background and explicit), so that one does not remove what the other is writing.
-    flushing: tokio::sync::Mutex<()>,
-    /// A background flush failure that retrying cannot fix, reported by the next `set`.
-    failure: kc_checkpoint::FlushFailure,
+    /// `table {table}`, for the engine's messages and logs.
+    name: String,
 }
 
 /// Options of a [`DynamoDbStore`]; [`build`](Self::build) validates them.
@@ -209,40 +204,17 @@ impl DynamoDbStoreBuilder {
     /// `A-Z a-z 0-9 _ . -`), a zero interval or zero attempts, and when called outside a Tokio runtime.
     pub fn build(self) -> Result<DynamoDbStore, Error> {
         validate_table_name(&self.table)?;
-        if self.flush_interval.is_zero() {
-            return Err(Error::new(ErrorKind::InvalidInput, "flush interval must not be zero"));
-        }
-        if self.max_attempts == 0 {
-            return Err(Error::new(ErrorKind::InvalidInput, "max attempts must be at least 1"));
-        }
-        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
-            Error::with_source(ErrorKind::InvalidInput, "DynamoDbStore must be built inside a Tokio runtime", e)
-        })?;
-        let inner = Arc::new(Inner {
-            client: self.client,
-            table: self.table,
-            max_attempts: self.max_attempts,
-            pending: Mutex::new(HashMap::new()),
-            flushing: tokio::sync::Mutex::new(()),
-            failure: kc_checkpoint::FlushFailure::default(),
-        });
-        let (stop, stopped) = watch::channel(false);
-        let task = runtime.spawn(background(Arc::clone(&inner), self.flush_interval, stopped));
-        Ok(DynamoDbStore { inner, stop, task: Mutex::new(Some(task)) })
-    }
-}
-
-async fn background(inner: Arc<Inner>, interval: Duration, mut stopped: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {
-                if let Err(err) = inner.flush_and_note().await {
-                    tracing::warn!(table = %inner.table, error = %err, "background checkpoint flush failed");
-                }
-            }
-            // A stop signal, or the store was dropped (the sender is gone).
-            _ = stopped.changed() => return,
-        }
+        let backend = Table { client: self.client, name: format!("table {}", self.table), table: self.table };
+        let engine = BufferedStore::builder(backend)
+            .flush_interval(self.flush_interval)
+            .retry(Retry::with_backoff(self.max_attempts, backoff))
+            // One conditional PutItem per checkpoint, so that each one's success is known.
+            .max_items_per_write(1)
+            .max_writes_in_flight(MAX_CONCURRENT_WRITES)
+            .start(FlushStart::Build)
+            .after_shutdown(AfterShutdown::Buffer)
+            .build()?;
+        Ok(DynamoDbStore { engine })
     }
 }
 
@@ -280,34 +252,22 @@ impl DynamoDbStore {
 
     /// The table's name.
     pub fn table(&self) -> &str {
-        &self.inner.table
+        &self.engine.backend().table
     }
 
     /// Creates the table (partition key `namespace`, sort key `shard_id`, on-demand capacity) unless it exists, and
     /// waits until it is `ACTIVE` (at most two minutes). A table still being deleted is waited for, then created
     /// again.
     pub async fn create_table_if_missing(&self) -> Result<(), Error> {
-        create_table_if_missing(&self.inner.client, &self.inner.table, NAMESPACE, SHARD_ID).await
+        let backend = self.engine.backend();
+        create_table_if_missing(&backend.client, &backend.table, NAMESPACE, SHARD_ID).await
     }
 
     /// Stops the background task and flushes the pending checkpoints. Calling it again only flushes again (which
     /// writes nothing if nothing was set since). [`set`](CheckpointStore::set) still buffers after a shutdown, and
     /// [`flush`](CheckpointStore::flush) still writes.
     pub async fn shutdown(&self) -> Result<(), Error> {
-        let task = self.inner_task().take();
-        if let Some(task) = task {
-            // Ignore send errors: the receiver is gone only if the task already ended.
-            let _ = self.stop.send(true);
-            if let Err(err) = task.await {
-                tracing::warn!(table = %self.inner.table, error = %err, "checkpoint flush task failed");
-            }
-        }
-        self.inner.flush_and_note().await
-    }
-
-    fn inner_task(&self) -> std::sync::MutexGuard<'_, Option<JoinHandle<()>>> {
-        // Only `take()` happens under this lock: a poisoned lock is still consistent.
-        self.task.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.engine.shutdown().await
     }
 }
 
@@ -385,85 +345,26 @@ fn namespace(key: &ShardKey) -> String {
     format!("{}-{}", key.app(), key.stream())
 }
 
-impl Inner {
-    /// [`Inner::flush`], remembering a failure that retrying cannot fix (for `set` to report) or forgetting it.
-    async fn flush_and_note(&self) -> Result<(), Error> {
-        let result = self.flush().await;
-        match &result {
-            Ok(()) => self.failure.clear(),
-            Err(e) => self.failure.record(e),
-        }
-        result
+#[async_trait]
+impl Backend for Table {
+    fn name(&self) -> &str {
+        &self.name
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<ShardKey, Checkpoint>> {
-        // Each operation under this lock is one insert or remove: a poisoned lock is still consistent.
-        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    async fn read(&self, key: &ShardKey) -> Result<Option<Checkpoint>, Error> {
+        self.get_item(key).await
     }
 
-    async fn flush(&self) -> Result<(), Error> {
-        let _flushing = self.flushing.lock().await;
-        let batch: Vec<(ShardKey, Checkpoint)> = self.pending().iter().map(|(k, c)| (k.clone(), c.clone())).collect();
-        let results: Vec<_> = futures_util::stream::iter(batch)
-            .map(|(key, cp)| async move {
-                let result = self.write(&key, &cp).await;
-                (key, cp, result)
-            })
-            .buffer_unordered(MAX_CONCURRENT_WRITES)
-            .collect()
-            .await;
-        let mut first_error: Option<Error> = None;
-        let mut failed = 0usize;
-        for (key, written, result) in results {
-            match result {
-                Ok(()) => {
-                    let mut pending = self.pending();
-                    // Keep a newer checkpoint set while this one was being written.
-                    if pending.get(&key).is_some_and(|p| *p <= written) {
-                        pending.remove(&key);
-                    }
-                }
-                Err(err) => {
-                    failed += 1;
-                    tracing::warn!(table = %self.table, shard = key.shard(), error = %err, "checkpoint write failed");
-                    // A permanent error is more useful to the caller than a transient one.
-                    let replace = first_error
-                        .as_ref()
-                        .is_none_or(|e| e.kind() == ErrorKind::Transient && err.kind() != ErrorKind::Transient);
-                    if replace {
-                        first_error = Some(err);
-                    }
-                }
-            }
+    /// One conditional `PutItem` per checkpoint (the engine gives batches of one, and retries them).
+    async fn write(&self, batch: &[(ShardKey, Checkpoint)]) -> Result<(), Error> {
+        for (key, checkpoint) in batch {
+            self.put(key, checkpoint).await?;
         }
-        match first_error {
-            None => Ok(()),
-            Some(err) if failed == 1 => Err(err),
-            Some(err) => Err(Error::with_source(
-                err.kind(),
-                format!("{failed} checkpoint writes to table {} failed; they stay pending", self.table),
-                err,
-            )),
-        }
+        Ok(())
     }
+}
 
-    /// Writes `cp` unless the stored checkpoint is at or after it, retrying transient failures.
-    async fn write(&self, key: &ShardKey, cp: &Checkpoint) -> Result<(), Error> {
-        let mut attempt = 1;
-        loop {
-            match self.put(key, cp).await {
-                Ok(()) => return Ok(()),
-                Err(err) if err.kind() == ErrorKind::Transient && attempt < self.max_attempts => {
-                    let delay = backoff(attempt);
-                    tracing::debug!(shard = key.shard(), attempt, ?delay, error = %err, "retrying checkpoint write");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                Err(err) => return Err(err),
-            }
-        }
-    }
-
+impl Table {
     async fn put(&self, key: &ShardKey, cp: &Checkpoint) -> Result<(), Error> {
         let mut request = self
             .client
@@ -493,7 +394,7 @@ impl Inner {
         }
     }
 
-    async fn read(&self, key: &ShardKey) -> Result<Option<Checkpoint>, Error> {
+    async fn get_item(&self, key: &ShardKey) -> Result<Option<Checkpoint>, Error> {
         let out = self
             .client
             .get_item()
@@ -548,28 +449,15 @@ fn backoff(attempt: u32) -> Duration {
 #[async_trait]
 impl CheckpointStore for DynamoDbStore {
     async fn get(&self, key: &ShardKey) -> Result<Option<Checkpoint>, Error> {
-        // Pending first: a flush removes a pending checkpoint only after writing it, so one that finishes between
-        // these two reads leaves it in the table. Reading the table first could miss both.
-        let pending = self.inner.pending().get(key).cloned();
-        let stored = self.inner.read(key).await?;
-        Ok(stored.into_iter().chain(pending).max())
+        self.engine.get(key).await
     }
 
     async fn set(&self, key: &ShardKey, checkpoint: Checkpoint) -> Result<(), Error> {
-        self.inner.failure.check()?;
-        let mut pending = self.inner.pending();
-        match pending.get_mut(key) {
-            Some(current) if *current >= checkpoint => {}
-            Some(current) => *current = checkpoint,
-            None => {
-                pending.insert(key.clone(), checkpoint);
-            }
-        }
-        Ok(())
+        self.engine.set(key, checkpoint).await
     }
 
     async fn flush(&self) -> Result<(), Error> {
-        self.inner.flush_and_note().await
+        self.engine.flush().await
     }
 }
 
@@ -669,7 +557,7 @@ mod tests {
         for _ in 0..2 {
             let err = store.flush().await.expect_err("unreachable");
             assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
-            assert_eq!(store.inner.pending().get(&key), Some(&cp), "kept for the next flush");
+            assert_eq!(store.engine.pending(&key), Some(cp.clone()), "kept for the next flush");
         }
         let err = store.get(&key).await.expect_err("a failed read is not Ok(None)");
         assert_eq!(err.kind(), ErrorKind::Transient, "{err}");

@@ -52,11 +52,6 @@ pub(crate) fn is_duplicate_column(err: &sqlx::Error) -> bool {
     number(err) == Some(1060)
 }
 
-/// Whether retrying the statement may help.
-pub(crate) fn is_transient(err: &sqlx::Error) -> bool {
-    kind_of(err) == ErrorKind::Transient
-}
-
 fn number(err: &sqlx::Error) -> Option<u16> {
     match err {
         sqlx::Error::Database(db) => db.try_downcast_ref::<MySqlDatabaseError>().map(MySqlDatabaseError::number),

@@ -45,11 +45,6 @@ pub(crate) fn map_lease(what: &str, table: &str, err: sqlx::Error) -> Error {
     Error::with_source(kind_of(&err), what.to_owned(), err)
 }
 
-/// Whether retrying the statement may help.
-pub(crate) fn is_transient(err: &sqlx::Error) -> bool {
-    kind_of(err) == ErrorKind::Transient
-}
-
 fn kind_of(err: &sqlx::Error) -> ErrorKind {
     match err {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_) => {

@@ -1,15 +1,14 @@
-//! [`PostgresStore`]: buffered, monotonic checkpoints in a PostgreSQL table.
+//! [`PostgresStore`]: buffered, monotonic checkpoints in a PostgreSQL table: the engine
+//! [`BufferedStore`](kc_checkpoint::buffered::BufferedStore) over [`Postgres`], the backend of this file (one
+//! upsert of every pending checkpoint, one select).
 
-use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use kc_checkpoint::buffered::{Backend, BufferedStore, Retry};
 use kc_checkpoint::{Checkpoint, CheckpointStore, Error, ErrorKind, SequenceNumber, ShardKey};
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::error;
 use crate::table::TableName;
@@ -17,10 +16,9 @@ use crate::table::TableName;
 /// Default of [`PostgresStoreBuilder::flush_interval`]: 5 seconds.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
-/// How many times a flush (or a read) tries a statement that fails with a transient error.
-const MAX_ATTEMPTS: u32 = 5;
-/// Backoff before the second attempt; doubled before each later one (100, 200, 400, 800 ms).
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Transient failures of a flush (or a read): 5 attempts, 100 ms before the second, doubled before each later one
+/// (100, 200, 400, 800 ms).
+const RETRY: Retry = Retry::doubling(5, Duration::from_millis(100));
 
 /// A [`CheckpointStore`] in a PostgreSQL table. See the [crate docs](crate) for the table, and the semantics.
 ///
@@ -28,7 +26,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// checkpoints set since the last flush: their records are delivered again after a restart.
 #[derive(Debug)]
 pub struct PostgresStore {
-    inner: Arc<Inner>,
+    engine: BufferedStore<Postgres>,
 }
 
 /// Configures a [`PostgresStore`]: see [`PostgresStore::builder`].
@@ -39,27 +37,15 @@ pub struct PostgresStoreBuilder {
     flush_interval: Duration,
 }
 
+/// The backend: the table's statements.
 #[derive(Debug)]
-struct Inner {
+struct Postgres {
     pool: PgPool,
     table: TableName,
+    /// `table {name}`, for the engine's messages and logs.
+    name: String,
     select_sql: String,
     upsert_sql: String,
-    flush_interval: Duration,
-    /// Checkpoints set but not yet written, the latest one per shard.
-    pending: Mutex<HashMap<ShardKey, Checkpoint>>,
-    /// One flush at a time per store (the background one and explicit ones).
-    flush_lock: tokio::sync::Mutex<()>,
-    task: Mutex<Task>,
-    /// A background flush failure that retrying cannot fix, reported by the next `set`.
-    failure: kc_checkpoint::FlushFailure,
-}
-
-#[derive(Debug)]
-enum Task {
-    NotStarted,
-    Running { stop: oneshot::Sender<()>, handle: JoinHandle<()> },
-    ShutDown,
 }
 
 impl PostgresStoreBuilder {
@@ -75,22 +61,17 @@ impl PostgresStoreBuilder {
     /// Validates the table name and the options. Does not touch the database.
     pub fn build(self) -> Result<PostgresStore, Error> {
         let table = TableName::parse(&self.table)?;
-        if self.flush_interval.is_zero() {
-            return Err(Error::new(ErrorKind::InvalidInput, "flush interval must be greater than zero"));
-        }
-        Ok(PostgresStore {
-            inner: Arc::new(Inner {
-                pool: self.pool,
-                select_sql: table.select_sql(),
-                upsert_sql: table.upsert_sql(),
-                table,
-                flush_interval: self.flush_interval,
-                pending: Mutex::new(HashMap::new()),
-                flush_lock: tokio::sync::Mutex::new(()),
-                task: Mutex::new(Task::NotStarted),
-                failure: kc_checkpoint::FlushFailure::default(),
-            }),
-        })
+        let backend = Postgres {
+            pool: self.pool,
+            name: format!("table {}", table.as_str()),
+            select_sql: table.select_sql(),
+            upsert_sql: table.upsert_sql(),
+            table,
+        };
+        // The engine's defaults are this store's: one upsert of everything, the task started by the first `set`,
+        // `set` refused after `shutdown`.
+        let engine = BufferedStore::builder(backend).flush_interval(self.flush_interval).retry(RETRY).build()?;
+        Ok(PostgresStore { engine })
     }
 }
 
@@ -123,18 +104,19 @@ impl PostgresStore {
 
     /// The pool the store uses (for example to begin the transactions of [`checkpoint_in_tx`](Self::checkpoint_in_tx)).
     pub fn pool(&self) -> &PgPool {
-        &self.inner.pool
+        &self.engine.backend().pool
     }
 
     /// Creates the checkpoint table (see the [crate docs](crate#the-table) for the DDL) unless a table of that name
     /// exists. An existing table is left as it is, even if it lacks the columns this store needs.
     pub async fn create_table_if_missing(&self) -> Result<(), Error> {
-        let sql = self.inner.table.create_table_sql();
+        let backend = self.engine.backend();
+        let sql = backend.table.create_table_sql();
         sqlx::query(&sql)
-            .execute(&self.inner.pool)
+            .execute(&backend.pool)
             .await
             .map(drop)
-            .map_err(|e| error::map("creating the checkpoint table", self.inner.table.as_str(), e))
+            .map_err(|e| error::map("creating the checkpoint table", backend.table.as_str(), e))
     }
 
     /// Writes `checkpoint` for `key` inside the caller's transaction, unless the stored checkpoint is at or after it.
@@ -148,12 +130,13 @@ impl PostgresStore {
         checkpoint: &Checkpoint,
     ) -> Result<(), Error> {
         check(checkpoint)?;
+        let backend = self.engine.backend();
         let rows = Rows::new([(namespace(key), key.shard().to_owned(), checkpoint.clone())]);
-        rows.query(&self.inner.upsert_sql)
+        rows.query(&backend.upsert_sql)
             .execute(&mut **tx)
             .await
             .map(drop)
-            .map_err(|e| error::map("writing a checkpoint in a transaction", self.inner.table.as_str(), e))
+            .map_err(|e| error::map("writing a checkpoint in a transaction", backend.table.as_str(), e))
     }
 
     /// Flushes the pending checkpoints and stops the background task.
@@ -162,15 +145,7 @@ impl PostgresStore {
     /// fails, the checkpoints stay pending and a later `shutdown` or `flush` tries again. `set` fails after
     /// `shutdown`.
     pub async fn shutdown(&self) -> Result<(), Error> {
-        let task = std::mem::replace(&mut *self.inner.task(), Task::ShutDown);
-        if let Task::Running { stop, handle } = task {
-            let _ = stop.send(());
-            // The task only ends by itself; an Err would mean it panicked, which a flush does not do.
-            if let Err(e) = handle.await {
-                tracing::warn!(error = %e, "checkpoint flush task ended abnormally");
-            }
-        }
-        self.inner.flush_and_note().await
+        self.engine.shutdown().await
     }
 }
 
@@ -178,75 +153,43 @@ impl PostgresStore {
 impl CheckpointStore for PostgresStore {
     /// The checkpoint of `key`: the stored one, or the pending one if that is newer.
     async fn get(&self, key: &ShardKey) -> Result<Option<Checkpoint>, Error> {
-        // Pending first: a flush that commits during the read removes it from the map only after writing it.
-        let pending = self.inner.pending().get(key).cloned();
-        let stored = self.inner.read(key).await?;
-        Ok(stored.into_iter().chain(pending).max())
+        self.engine.get(key).await
     }
 
     /// Records `checkpoint` in memory (keeping the latest per shard) for the next flush.
     async fn set(&self, key: &ShardKey, checkpoint: Checkpoint) -> Result<(), Error> {
-        check(&checkpoint)?;
-        self.inner.failure.check()?;
-        self.inner.start_task()?;
-        let mut pending = self.inner.pending();
-        match pending.get_mut(key) {
-            Some(current) if *current >= checkpoint => {}
-            Some(current) => *current = checkpoint,
-            None => {
-                pending.insert(key.clone(), checkpoint);
-            }
-        }
-        Ok(())
+        self.engine.set(key, checkpoint).await
     }
 
     /// Writes every pending checkpoint in one statement (one row per shard), retrying transient failures.
     async fn flush(&self) -> Result<(), Error> {
-        self.inner.flush_and_note().await
+        self.engine.flush().await
     }
 }
 
-impl Inner {
-    /// [`Inner::flush`], remembering a failure that retrying cannot fix (for `set` to report) or forgetting it.
-    async fn flush_and_note(&self) -> Result<(), Error> {
-        let result = self.flush().await;
-        match &result {
-            Ok(()) => self.failure.clear(),
-            Err(e) => self.failure.record(e),
-        }
-        result
+#[async_trait]
+impl Backend for Postgres {
+    fn name(&self) -> &str {
+        &self.name
     }
 
-    fn pending(&self) -> MutexGuard<'_, HashMap<ShardKey, Checkpoint>> {
-        // Each operation under this lock is one insert or remove: a panic cannot leave it half-updated.
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn task(&self) -> MutexGuard<'_, Task> {
-        self.task.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn start_task(self: &Arc<Self>) -> Result<(), Error> {
-        let mut task = self.task();
-        match *task {
-            Task::Running { .. } => Ok(()),
-            Task::ShutDown => Err(Error::new(ErrorKind::Permanent, "checkpoint store was shut down")),
-            Task::NotStarted => {
-                let (stop, stopped) = oneshot::channel();
-                let handle = tokio::spawn(run(Arc::downgrade(self), self.flush_interval, stopped));
-                *task = Task::Running { stop, handle };
-                Ok(())
-            }
-        }
+    fn check(&self, checkpoint: &Checkpoint) -> Result<(), Error> {
+        check(checkpoint)
     }
 
     async fn read(&self, key: &ShardKey) -> Result<Option<Checkpoint>, Error> {
         let table = self.table.as_str();
         let ns = namespace(key);
-        let row: Option<(String, Option<i64>, bool)> =
-            retry(|| sqlx::query_as(&self.select_sql).bind(&ns).bind(key.shard()).fetch_optional(&self.pool))
-                .await
-                .map_err(|e| error::map("reading a checkpoint", table, e))?;
+        let row: Option<(String, Option<i64>, bool)> = RETRY
+            .run(|| async {
+                sqlx::query_as(&self.select_sql)
+                    .bind(&ns)
+                    .bind(key.shard())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| error::map("reading a checkpoint", table, e))
+            })
+            .await?;
         let Some((sequence, sub_sequence, finished)) = row else { return Ok(None) };
         if finished {
             return Ok(Some(Checkpoint::ShardEnd));
@@ -261,61 +204,14 @@ impl Inner {
         Ok(Some(Checkpoint::At { sequence, sub_sequence }))
     }
 
-    async fn flush(&self) -> Result<(), Error> {
-        let _one_at_a_time = self.flush_lock.lock().await;
-        let batch = self.pending().clone();
-        if batch.is_empty() {
-            return Ok(());
-        }
+    /// One statement for the whole batch (the engine retries it).
+    async fn write(&self, batch: &[(ShardKey, Checkpoint)]) -> Result<(), Error> {
         let rows = Rows::new(batch.iter().map(|(k, c)| (namespace(k), k.shard().to_owned(), c.clone())));
-        retry(|| rows.query(&self.upsert_sql).execute(&self.pool))
+        rows.query(&self.upsert_sql)
+            .execute(&self.pool)
             .await
-            .map_err(|e| error::map("flushing checkpoints", self.table.as_str(), e))?;
-        // Forget what was written, unless a newer checkpoint was set meanwhile.
-        let mut pending = self.pending();
-        for (key, written) in batch {
-            if pending.get(&key) == Some(&written) {
-                pending.remove(&key);
-            }
-        }
-        Ok(())
-    }
-}
-
-async fn run(inner: Weak<Inner>, interval: Duration, mut stop: oneshot::Receiver<()>) {
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            // Stopped, or the store was dropped (the sender with it).
-            _ = &mut stop => return,
-            _ = ticker.tick() => {}
-        }
-        let Some(inner) = inner.upgrade() else { return };
-        if let Err(e) = inner.flush_and_note().await {
-            tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "background checkpoint flush failed");
-        }
-    }
-}
-
-/// Runs `op` up to [`MAX_ATTEMPTS`] times while it fails with a transient error, with exponential backoff.
-async fn retry<T, F, Fut>(mut op: F) -> Result<T, sqlx::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, sqlx::Error>>,
-{
-    let mut backoff = FIRST_BACKOFF;
-    let mut attempt = 1;
-    loop {
-        match op().await {
-            Err(e) if attempt < MAX_ATTEMPTS && error::is_transient(&e) => {
-                tracing::debug!(error = %e, attempt, "transient database error, retrying");
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
-                attempt += 1;
-            }
-            result => return result,
-        }
+            .map(drop)
+            .map_err(|e| error::map("flushing checkpoints", self.table.as_str(), e))
     }
 }
 
