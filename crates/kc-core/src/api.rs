@@ -228,6 +228,9 @@ pub enum ApiErrorKind {
     /// The resource is busy: a fan-out consumer that is not ACTIVE yet, or a shard that this consumer subscribed to
     /// less than 5 seconds ago (ResourceInUseException).
     ResourceInUse,
+    /// The starting sequence number is no longer in the shard: its record is past the stream's retention
+    /// (InvalidArgumentException about the StartingSequenceNumber). The consumer reads from TRIM_HORIZON instead.
+    SequenceNotAvailable,
     /// Anything retrying will not fix (access denied, invalid argument, KMS key disabled, ...).
     Permanent,
 }
@@ -279,6 +282,11 @@ impl ApiError {
             SdkError::ServiceError(ctx) => {
                 let code = ctx.err().code().map(str::to_owned);
                 let mut kind = code.as_deref().map_or(ApiErrorKind::Permanent, classify_code);
+                if code.as_deref() == Some("InvalidArgumentException")
+                    && ctx.err().message().is_some_and(is_about_the_starting_sequence_number)
+                {
+                    kind = ApiErrorKind::SequenceNotAvailable;
+                }
                 if kind == ApiErrorKind::Permanent && ctx.raw().status().is_server_error() {
                     kind = ApiErrorKind::Transient;
                 }
@@ -290,6 +298,13 @@ impl ApiError {
             _ => Self::with_source(ApiErrorKind::Permanent, None, err),
         }
     }
+}
+
+/// Whether an InvalidArgumentException's message is about the StartingSequenceNumber: how Kinesis says that a
+/// sequence number is no longer in the shard (past the retention); the Go library reads it the same way.
+fn is_about_the_starting_sequence_number(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.contains("startingsequencenumber") || message.contains("starting sequence number")
 }
 
 /// The kind of a Kinesis error code. Unknown codes are permanent: retrying an error we do not understand could spin
@@ -325,6 +340,7 @@ impl fmt::Display for ApiError {
             ApiErrorKind::Transient => "transient Kinesis failure",
             ApiErrorKind::NotFound => "stream or shard not found",
             ApiErrorKind::ResourceInUse => "Kinesis resource in use",
+            ApiErrorKind::SequenceNotAvailable => "starting sequence number no longer in the shard",
             ApiErrorKind::Permanent => "Kinesis call failed",
         };
         match &self.code {
@@ -595,6 +611,33 @@ mod tests {
         ];
         for (code, kind) in cases {
             assert_eq!(classify_code(code), kind, "{code}");
+        }
+    }
+
+    /// A GetShardIterator service error with `code` and `message`, as the SDK gives it.
+    fn service_error(code: &str, message: &str) -> ApiError {
+        use aws_sdk_kinesis::operation::get_shard_iterator::GetShardIteratorError;
+        use aws_smithy_types::body::SdkBody;
+        use aws_smithy_types::error::ErrorMetadata;
+        let meta = ErrorMetadata::builder().code(code).message(message).build();
+        let err = GetShardIteratorError::generic(meta);
+        let status =
+            aws_sdk_kinesis::config::http::HttpResponse::new(400u16.try_into().expect("status"), SdkBody::empty());
+        ApiError::from_sdk(SdkError::service_error(err, status))
+    }
+
+    #[test]
+    fn a_starting_sequence_number_past_the_retention_is_told_apart() {
+        let cases = [
+            ("InvalidArgumentException", "StartingSequenceNumber 4959... is no longer available", true),
+            ("InvalidArgumentException", "The starting sequence number is past the trim horizon", true),
+            ("InvalidArgumentException", "Invalid ShardId: shardId-1", false),
+            ("ResourceNotFoundException", "StartingSequenceNumber of a shard that does not exist", false),
+        ];
+        for (code, message, past) in cases {
+            let kind = service_error(code, message).kind();
+            assert_eq!(kind == ApiErrorKind::SequenceNotAvailable, past, "{code}: {message}: {kind:?}");
+            assert!(!ApiError::new(kind, None).is_retryable());
         }
     }
 

@@ -71,6 +71,9 @@ struct Shard {
     /// The partition-key hashes this shard takes (inclusive), as Kinesis' hash key ranges.
     range: (u64, u64),
     records: Vec<RawRecord>,
+    /// How many of the first records are past the retention: no longer read, and their sequence numbers no longer
+    /// accepted as a starting position.
+    trimmed: usize,
     children: Vec<String>,
 }
 
@@ -146,7 +149,13 @@ impl FakeKinesis {
                 let id = format!("shardId-{:012}", st.next_shard);
                 st.next_shard += 1;
                 let end = if i == n - 1 { u64::MAX } else { (i + 1) * width - 1 };
-                Shard { info: ShardInfo::new(id), range: (i * width, end), records: Vec::new(), children: Vec::new() }
+                Shard {
+                    info: ShardInfo::new(id),
+                    range: (i * width, end),
+                    records: Vec::new(),
+                    trimmed: 0,
+                    children: Vec::new(),
+                }
             })
             .collect();
         st.streams.insert(stream.to_owned(), Stream { shards });
@@ -163,6 +172,16 @@ impl FakeKinesis {
     pub fn trim_shard(&self, stream: &str, shard_id: &str) {
         if let Some(s) = self.lock().streams.get_mut(stream) {
             s.shards.retain(|s| s.info.shard_id != shard_id);
+        }
+    }
+
+    /// Makes the first `n` records of `shard_id` pass the retention: they are no longer read (TRIM_HORIZON starts
+    /// after them, iterators skip them) and a starting position at their sequence numbers is refused as Kinesis does.
+    pub fn trim_records(&self, stream: &str, shard_id: &str, n: usize) {
+        let mut st = self.lock();
+        let shard = st.streams.get_mut(stream).and_then(|s| s.shards.iter_mut().find(|s| s.info.shard_id == shard_id));
+        if let Some(shard) = shard {
+            shard.trimmed = shard.trimmed.max(n.min(shard.records.len()));
         }
     }
 
@@ -250,7 +269,7 @@ impl FakeKinesis {
                 p.info.closed = true;
                 p.children.push(id.clone());
             }
-            s.shards.push(Shard { info, range, records: Vec::new(), children: Vec::new() });
+            s.shards.push(Shard { info, range, records: Vec::new(), trimmed: 0, children: Vec::new() });
         }
         id
     }
@@ -379,6 +398,23 @@ impl FakeKinesis {
     }
 }
 
+/// The index of the first record at `position` in `shard`, past its trimmed records; a sequence number of a trimmed
+/// record is refused as Kinesis does (InvalidArgumentException about the StartingSequenceNumber).
+fn start_of(shard: &Shard, position: &StartingPosition) -> Result<usize, ApiError> {
+    let (StartingPosition::AtSequenceNumber(s) | StartingPosition::AfterSequenceNumber(s)) = position else {
+        return Ok(start_index(&shard.records, position).max(shard.trimmed));
+    };
+    let at = start_index(&shard.records, &StartingPosition::AtSequenceNumber(s.clone()));
+    if at < shard.trimmed {
+        return Err(ApiError::with_source(
+            ApiErrorKind::SequenceNotAvailable,
+            Some("InvalidArgumentException".to_owned()),
+            format!("StartingSequenceNumber {s} used in GetShardIterator is no longer available (past the retention)"),
+        ));
+    }
+    Ok(start_index(&shard.records, position))
+}
+
 /// The index of the first record at `position`.
 fn start_index(records: &[RawRecord], position: &StartingPosition) -> usize {
     let seq_of = |r: &RawRecord| kc_checkpoint::SequenceNumber::parse(r.sequence_number.clone()).ok();
@@ -448,6 +484,7 @@ impl ShardSubscription for FakeSubscription {
                     .find(|s| s.info.shard_id == self.shard_id)
                     .ok_or_else(|| not_found(format!("shard {}", self.shard_id)))?;
                 let len = shard.records.len();
+                self.pos = self.pos.max(shard.trimmed);
                 let at_end = shard.info.closed && self.pos >= len && !st.hide_subscription_end;
                 if self.pos < len || at_end || waiting_since.elapsed() >= Duration::from_secs(1) {
                     let end = (self.pos + st.event_limit.unwrap_or(100)).min(len);
@@ -520,7 +557,7 @@ impl KinesisApi for FakeKinesis {
             .get(stream)
             .and_then(|s| s.shards.iter().find(|s| s.info.shard_id == shard_id))
             .ok_or_else(|| not_found(format!("shard {shard_id} of stream {stream}")))?;
-        let pos = start_index(&shard.records, position);
+        let pos = start_of(shard, position)?;
         Ok(format!("{stream}|{shard_id}|{pos}|{}", st.iterator_generation))
     }
 
@@ -538,6 +575,7 @@ impl KinesisApi for FakeKinesis {
             .find(|s| s.info.shard_id == shard_id)
             .ok_or_else(|| not_found(format!("shard {shard_id}")))?;
         let limit = usize::try_from(limit.clamp(1, 10_000)).unwrap_or(1);
+        let pos = pos.max(shard.trimmed);
         let end = (pos + limit).min(shard.records.len());
         let records = shard.records.get(pos..end).map(<[RawRecord]>::to_vec).unwrap_or_default();
         let remaining = shard.records.len() - end;
@@ -620,7 +658,7 @@ impl KinesisApi for FakeKinesis {
             .get(&stream)
             .and_then(|s| s.shards.iter().find(|s| s.info.shard_id == shard_id))
             .ok_or_else(|| not_found(format!("shard {shard_id} of stream {stream}")))?;
-        let pos = start_index(&shard.records, position);
+        let pos = start_of(shard, position)?;
         st.subscribed.insert(key, Instant::now());
         st.subscriptions.push((shard_id.to_owned(), position.clone()));
         let duration = st.subscription_duration.unwrap_or(Duration::from_secs(300));

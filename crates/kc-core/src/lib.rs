@@ -87,6 +87,8 @@
 //!   full batch: kinesalite always reports 0), never more often than every 200 ms (5 calls/s per shard); otherwise
 //!   after the scan interval.
 //! - Every Kinesis call has a client-side timeout ([`ConsumerBuilder::call_timeout`]).
+//! - A checkpoint older than the stream's retention (the consumer was stopped for longer) is read from TRIM_HORIZON,
+//!   the oldest record left, with a warning (and the `kinesis_consumer_checkpoints_past_retention_total` metric).
 //! - A shard that left the stream (past its retention) before it was read to its end is finished with a warning
 //!   (and the `kinesis_consumer_shards_gone_total` metric), and its children are read; only a missing stream stops
 //!   the scan ([`ErrorKind::StreamNotFound`]).

@@ -7,6 +7,7 @@
 //! | `kinesis_consumer_millis_behind_latest` | gauge | app, stream, shard | MillisBehindLatest of the shard's last GetRecords |
 //! | `kinesis_consumer_retries_total` | counter | app, stream, shard, reason | Kinesis calls retried (`throttled`, `transient`, `expired_iterator`) |
 //! | `kinesis_consumer_deaggregation_errors_total` | counter | app, stream, shard | corrupt KPL aggregates delivered as one record |
+//! | `kinesis_consumer_checkpoints_past_retention_total` | counter | app, stream, shard | checkpoints (or positions) no longer in the shard (past the retention): read from TRIM_HORIZON instead |
 //! | `kinesis_consumer_shards_gone_total` | counter | app, stream, shard | shards finished because they left the stream (past its retention) before they were read to their end |
 //!
 //! | `kinesis_consumer_leases_held` | gauge | group, stream, worker | leases this worker holds (consumer groups) |
@@ -30,6 +31,8 @@ pub mod names {
     pub const RETRIES: &str = "kinesis_consumer_retries_total";
     /// Corrupt KPL aggregates delivered as one record.
     pub const DEAGGREGATION_ERRORS: &str = "kinesis_consumer_deaggregation_errors_total";
+    /// Checkpoints no longer in the shard (past the retention), read from TRIM_HORIZON instead.
+    pub const CHECKPOINTS_PAST_RETENTION: &str = "kinesis_consumer_checkpoints_past_retention_total";
     /// Shards finished because they left the stream (past its retention) before they were read to their end.
     pub const SHARDS_GONE: &str = "kinesis_consumer_shards_gone_total";
     /// Leases a group worker holds.
@@ -113,6 +116,11 @@ impl ShardMetrics {
 
     pub(crate) fn deaggregation_error(&self) {
         self.deaggregation_errors.increment(1);
+    }
+
+    /// A checkpoint no longer in the shard (rare: the handle is looked up).
+    pub(crate) fn past_retention(&self) {
+        metrics::counter!(names::CHECKPOINTS_PAST_RETENTION, &self.labels).increment(1);
     }
 
     /// The shard left the stream before it was read to its end (rare: the handle is looked up).

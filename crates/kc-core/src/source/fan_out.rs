@@ -343,7 +343,13 @@ impl Subscriber {
                         return Ok(None);
                     }
                 }
-                Some(Err(e)) => return Err(r.api_error("SubscribeToShard", e)),
+                Some(Err(e)) => match r.past_retention(&position, &e) {
+                    Some(trim_horizon) => {
+                        self.position = trim_horizon;
+                        self.continued = true;
+                    }
+                    None => return Err(r.api_error("SubscribeToShard", e)),
+                },
             }
         }
     }

@@ -124,21 +124,44 @@ impl Context {
         .await
     }
 
-    /// A shard iterator at `position`, retrying what can be retried. `None` when cancelled.
+    /// A shard iterator at `position` (or at TRIM_HORIZON if `position` is past the retention, see
+    /// [`past_retention`](Self::past_retention)), retrying what can be retried. `None` when cancelled.
     pub(crate) async fn iterator(&mut self, position: &StartingPosition) -> Result<Option<String>, Error> {
         let stream = self.cfg.stream.clone();
         let shard = Arc::clone(&self.shard_id);
-        let result = self
-            .call(|api| {
-                let (stream, shard, position) = (stream.clone(), Arc::clone(&shard), position.clone());
-                async move { api.get_shard_iterator(&stream, &shard, &position).await }
-            })
-            .await;
-        match result {
-            Some(Ok(it)) => Ok(Some(it)),
-            Some(Err(e)) => Err(self.api_error("GetShardIterator", e)),
-            None => Ok(None),
+        let mut position = position.clone();
+        loop {
+            let at = position.clone();
+            let result = self
+                .call(|api| {
+                    let (stream, shard, position) = (stream.clone(), Arc::clone(&shard), at.clone());
+                    async move { api.get_shard_iterator(&stream, &shard, &position).await }
+                })
+                .await;
+            match result {
+                Some(Ok(it)) => return Ok(Some(it)),
+                Some(Err(e)) => match self.past_retention(&position, &e) {
+                    Some(trim_horizon) => position = trim_horizon,
+                    None => return Err(self.api_error("GetShardIterator", e)),
+                },
+                None => return Ok(None),
+            }
         }
+    }
+
+    /// When Kinesis answers that the sequence number of `position` is no longer in the shard (the consumer was
+    /// stopped longer than the stream's retention), the position to read from instead: TRIM_HORIZON, the oldest
+    /// record left (what the records in between were is lost to the retention, not to the consumer). Logged as a
+    /// warning and counted (`kinesis_consumer_checkpoints_past_retention_total`), as the KCL and the Go library do.
+    pub(crate) fn past_retention(&self, position: &StartingPosition, e: &ApiError) -> Option<StartingPosition> {
+        let by_sequence =
+            matches!(position, StartingPosition::AtSequenceNumber(_) | StartingPosition::AfterSequenceNumber(_));
+        if !by_sequence || e.kind() != ApiErrorKind::SequenceNotAvailable {
+            return None;
+        }
+        warn!(?position, error = %e, "the position is past the stream's retention; reading from TRIM_HORIZON");
+        self.metrics.past_retention();
+        Some(StartingPosition::TrimHorizon)
     }
 
     /// Sleeps unless the shard is cancelled first; false when cancelled.
