@@ -73,9 +73,10 @@ use crate::error::Error;
 ///   child with no checkpoint starts at TRIM_HORIZON. A finished parent's lease is deleted once every child has an
 ///   owner or a checkpoint, and is not created again.
 /// - **Shutdown.** Cancelling the shutdown token stops every shard after the record in hand; each checkpoints and
-///   releases its lease, so other workers take over at once from there. A take cycle in flight is abandoned, and
-///   every lease-table call is bounded by [`store_timeout`](crate::ConsumerBuilder::store_timeout): with the table
-///   unreachable the stop returns `Ok(())` within the lease duration (plus that timeout), its leases left to expire.
+///   releases its lease, so other workers take over at once from there. A take cycle in flight stops after its
+///   current call, and every lease-table call is bounded by [`store_timeout`](crate::ConsumerBuilder::store_timeout):
+///   with the table unreachable the stop returns `Ok(())` within the lease duration (plus that timeout), its leases
+///   left to expire.
 ///
 /// Lease events reach the [`Lifecycle`](crate::Lifecycle) hooks (`lease_gained`, `lease_lost`, and `shard_closed`
 /// when a shard is finished) and the metrics (see [`metrics`](crate::metrics)).

@@ -128,14 +128,10 @@ impl<D: Deliver> Worker<'_, D> {
                 _ = self.stop.cancelled() => return Ok(()),
                 _ = tokio::time::sleep_until(next_take) => {
                     let full = Instant::now() >= next_full;
-                    // A stop does not wait for a take cycle: a take whose answer is lost may have been applied,
-                    // and that lease then expires (or is taken back at once by this worker id).
-                    let stop = self.stop.clone();
-                    let pending = tokio::select! {
-                        biased;
-                        _ = stop.cancelled() => return Ok(()),
-                        pending = self.take_cycle(full) => pending?,
-                    };
+                    // Not abandoned on a stop (a take applied but not seen would leave a lease to expire instead of
+                    // being released): the cycle looks at the stop between its calls, each bounded by the store
+                    // timeout.
+                    let pending = self.take_cycle(full).await?;
                     let now = Instant::now();
                     if full {
                         next_full = now + if pending { self.cfg.renew_interval } else { self.cfg.take_interval };
@@ -180,6 +176,9 @@ impl<D: Deliver> Worker<'_, D> {
     /// Creates the leases of listed shards that have none. Returns whether every lease needed exists.
     async fn create_leases(&self, leases: &[Lease]) -> Result<bool, Error> {
         for shard in plan::to_create(&self.listing, leases) {
+            if self.stop.is_cancelled() {
+                return Ok(false);
+            }
             let parents: Vec<String> = shard.parents().map(str::to_owned).collect();
             match self.table.create(&self.scope, &shard.shard_id, &parents).await {
                 Ok(created) => {
@@ -227,7 +226,7 @@ impl<D: Deliver> Worker<'_, D> {
         let plan = plan::plan(&leases, &self.expiry, now, self.cfg.lease_duration, &me);
         self.metrics.workers(plan.workers);
         debug!(workers = plan.workers, target = plan.target, held = held.len(), "take cycle");
-        for parent in &plan.delete {
+        for parent in plan.delete.iter().take_while(|_| !self.stop.is_cancelled()) {
             match self.table.delete(&self.scope, parent).await {
                 Ok(()) => debug!(shard = %parent, "finished parent's lease deleted"),
                 Err(e) => warn!(shard = %parent, error = %e, "deleting a finished parent's lease failed"),
