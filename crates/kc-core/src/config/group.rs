@@ -70,8 +70,9 @@ use crate::error::Error;
 /// - **Checkpoints** are written to the lease at the end of each GetRecords batch and when a shard stops, as
 ///   without a group; transient failures are retried until the write succeeds or the lease is lost.
 /// - **Resharding.** A child's lease is taken only when all its parents are finished (or their leases gone); a
-///   child with no checkpoint starts at TRIM_HORIZON. A finished parent's lease is deleted once every child has an
-///   owner or a checkpoint, and is not created again.
+///   child with no checkpoint starts at TRIM_HORIZON (under `Latest`, see below). A finished parent's lease is
+///   deleted once every child has an owner or a checkpoint, and is not created again. A lease records only the
+///   parents still in the stream: a child of parents past the retention is a root.
 /// - **Shutdown.** Cancelling the shutdown token stops every shard after the record in hand; each checkpoints and
 ///   releases its lease, so other workers take over at once from there. A take cycle in flight stops after its
 ///   current call, and every lease-table call is bounded by [`store_timeout`](crate::ConsumerBuilder::store_timeout):
@@ -93,6 +94,14 @@ use crate::error::Error;
 /// AWS's by more than the time to its first take could still skip the records of that difference. (kinesalite
 /// answers AT_TIMESTAMP only once a record at or after the time exists; until then the call times out and is
 /// retried.)
+///
+/// A child lease without a checkpoint starts, under `Latest`, at AT_TIMESTAMP of the earliest creation of its
+/// parents' leases rather than at TRIM_HORIZON: every record of the child was put after its parents closed, so when
+/// the group read the parents that is the whole child, and when the parents closed before the group started (a new
+/// group on a stream resharded earlier, as every on-demand stream is) it is what was put since the group first
+/// listed them, not the child's whole retention. A child of parents past the retention has no parents in its lease
+/// and starts like any root. If a parent's lease is already gone (deleted once the children started) the child
+/// starts at TRIM_HORIZON.
 ///
 /// # Limits
 /// - A lease that is lost (taken after expiry) may have had records handled by both workers: the old owner's last

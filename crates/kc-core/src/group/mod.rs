@@ -20,7 +20,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::api::ShardInfo;
 use crate::bounded::BoundedLeaseTable;
-use crate::config::GroupConfig;
+use crate::config::{GroupConfig, InitialPosition};
 use crate::deliver::Deliver;
 use crate::discovery::{self, Listing};
 use crate::error::{Error, ErrorKind};
@@ -175,11 +175,15 @@ impl<D: Deliver> Worker<'_, D> {
 
     /// Creates the leases of listed shards that have none. Returns whether every lease needed exists.
     async fn create_leases(&self, leases: &[Lease]) -> Result<bool, Error> {
+        let listed: HashSet<&str> = self.listing.iter().map(|s| s.shard_id.as_str()).collect();
         for shard in plan::to_create(&self.listing, leases) {
             if self.stop.is_cancelled() {
                 return Ok(false);
             }
-            let parents: Vec<String> = shard.parents().map(str::to_owned).collect();
+            // Only parents still in the stream: one past the retention was never read by this group (its lease would
+            // exist, or be deleted only after its children started), so the child is a root, read as the initial
+            // position says (under `Latest`, not from TRIM_HORIZON: that would replay the retention).
+            let parents: Vec<String> = shard.parents().filter(|p| listed.contains(p)).map(str::to_owned).collect();
             match self.table.create(&self.scope, &shard.shard_id, &parents).await {
                 Ok(created) => {
                     if created {
@@ -258,7 +262,7 @@ impl<D: Deliver> Worker<'_, D> {
             Ok(lease) => {
                 let previous = leases.iter().find(|l| l.shard_id == shard_id).and_then(|l| l.owner.clone());
                 info!(shard = %shard_id, from = ?previous, "lease taken");
-                self.start(lease, started);
+                self.start(lease, started, leases);
                 Ok(())
             }
             Err(e) if e.kind() == StoreErrorKind::Fenced => {
@@ -273,8 +277,8 @@ impl<D: Deliver> Worker<'_, D> {
         }
     }
 
-    /// Starts the shard task and the renewer of a lease just taken.
-    fn start(&mut self, lease: Lease, taken_at: Instant) {
+    /// Starts the shard task and the renewer of a lease just taken (`leases`: the table as this cycle listed it).
+    fn start(&mut self, lease: Lease, taken_at: Instant, leases: &[Lease]) {
         let shard_id = lease.shard_id.clone();
         let task = self.stop.child_token();
         let handle = Arc::new(LeaseHandle::new(
@@ -294,12 +298,16 @@ impl<D: Deliver> Worker<'_, D> {
             backoff: (cfg.backoff_base, cfg.backoff_max),
         });
         let shared = Shared { store: Arc::clone(&store) as Arc<dyn CheckpointStore>, ..self.shared.clone() };
+        let latest = self.shared.cfg.initial_position == InitialPosition::Latest;
+        let since_parents = if latest { parents_created(&lease, leases) } else { None };
         let hint = StartHint {
-            // A child is read from its start: its parents were read to their end, by whichever worker.
-            trim_horizon: !lease.parents.is_empty(),
+            // A child is read from its start: its parents were read to their end, by whichever worker. Under
+            // `Latest`, from when the group first listed its parents instead (the same records when the group read
+            // the parents, none of those put before the group started when it skipped them).
+            trim_horizon: !lease.parents.is_empty() && since_parents.is_none(),
             parents: Vec::new(),
             closed: self.listing.iter().any(|s| s.shard_id == shard_id && s.closed),
-            latest_since: latest_since(&lease, self.started),
+            latest_since: since_parents.or_else(|| latest_since(&lease, self.started)),
         };
         let deliver = Arc::clone(&self.deliver);
         let id = shard_id.clone();
@@ -404,7 +412,21 @@ impl Drop for Held {
     }
 }
 
-/// Where a lease without a checkpoint starts under `Latest` (see [`Group`]'s docs): `None` (LATEST) for the first
+/// For a child lease under `Latest`: the earliest creation time of its parents' leases, where it starts (AT_TIMESTAMP)
+/// instead of TRIM_HORIZON. Every record of the child was put after its parents closed, so when the group read the
+/// parents this is all of the child, and when the group skipped them (closed before it started) it is what was put
+/// after the group first listed them: `Latest`, not the child's whole retention. `None` (TRIM_HORIZON) when a parent's
+/// lease is gone (deleted once the children started) or has no creation time.
+fn parents_created(lease: &Lease, leases: &[Lease]) -> Option<SystemTime> {
+    let mut earliest: Option<SystemTime> = None;
+    for parent in &lease.parents {
+        let created = leases.iter().find(|l| l.shard_id == *parent)?.created_at?;
+        earliest = Some(earliest.map_or(created, |e| e.min(created)));
+    }
+    earliest
+}
+
+/// Where a lease without a checkpoint starts under `Latest` (see [`Group`](crate::Group)'s docs): `None` (LATEST) for the first
 /// owner of a lease this worker created; otherwise the lease's creation time, or this worker's start if earlier
 /// (or if the lease has no creation time).
 fn latest_since(lease: &Lease, started: SystemTime) -> Option<SystemTime> {
