@@ -12,6 +12,8 @@
 //! the newest checkpoint per shard, a background flush task, bounded retries, [`FlushFailure`], shutdown) over a
 //! small [`buffered::Backend`] trait: a store crate is only its reads, writes and error mapping.
 //!
+//! The [`table_name`] module holds the one check of the table names SQL stores write into their statements.
+//!
 //! With the feature `test-util`, [`test_util`] holds the conformance suites every [`CheckpointStore`] and
 //! [`lease::LeaseTable`] should pass.
 //!
@@ -53,6 +55,7 @@ use bytes::Bytes;
 
 pub mod buffered;
 pub mod lease;
+pub mod table_name;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod test_util;
