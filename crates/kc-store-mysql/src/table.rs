@@ -1,6 +1,6 @@
 //! Table names and the SQL built from them.
 
-use kc_checkpoint::{table_name, Error};
+use kc_checkpoint::{sql, Error};
 
 /// The longest identifier part accepted (MySQL allows 64; 63 keeps one rule for both SQL stores).
 const MAX_IDENT_LEN: usize = 63;
@@ -12,7 +12,7 @@ pub(crate) struct TableName(String);
 
 impl TableName {
     pub(crate) fn parse(name: &str) -> Result<Self, Error> {
-        table_name::validate(name, "database", MAX_IDENT_LEN)?;
+        sql::validate_table_name(name, "database", MAX_IDENT_LEN)?;
         Ok(Self(name.to_owned()))
     }
 
@@ -82,7 +82,7 @@ mod tests {
     use super::*;
     use kc_checkpoint::ErrorKind;
 
-    /// The rule itself, with its table of cases, is `kc_checkpoint::table_name`'s; here only this crate's limit.
+    /// The rule itself, with its table of cases, is `kc_checkpoint::sql`'s; here only this crate's limit.
     #[test]
     fn table_names() {
         let long = "a".repeat(MAX_IDENT_LEN);

@@ -1,6 +1,6 @@
 //! Table names and the SQL built from them.
 
-use kc_checkpoint::{table_name, Error};
+use kc_checkpoint::{sql, Error};
 
 /// The longest identifier PostgreSQL keeps (NAMEDATALEN - 1): longer ones would be truncated silently.
 const MAX_IDENT_LEN: usize = 63;
@@ -14,7 +14,7 @@ pub(crate) struct TableName(String);
 
 impl TableName {
     pub(crate) fn parse(name: &str) -> Result<Self, Error> {
-        table_name::validate(name, "schema", MAX_IDENT_LEN)?;
+        sql::validate_table_name(name, "schema", MAX_IDENT_LEN)?;
         Ok(Self(name.to_owned()))
     }
 
@@ -83,7 +83,7 @@ mod tests {
     use super::*;
     use kc_checkpoint::ErrorKind;
 
-    /// The rule itself, with its table of cases, is `kc_checkpoint::table_name`'s; here only this crate's limit.
+    /// The rule itself, with its table of cases, is `kc_checkpoint::sql`'s; here only this crate's limit.
     #[test]
     fn table_names() {
         let long = "a".repeat(MAX_IDENT_LEN);
