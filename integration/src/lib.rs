@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 pub mod fault_proxy;
 pub mod report;
+pub mod sql;
 pub use fault_proxy::{Fault, FaultCounts, FaultPlan, FaultProxy, SplitMix64};
 // The helpers these tests share with kc-core's tests and xtask live once, in kc-test-support; re-exported under the
 // names the tests have always used.
