@@ -32,6 +32,15 @@ pub async fn create_stream(client: &aws_sdk_kinesis::Client, stream: &str, shard
     kc_examples::ensure_stream(client, stream, shards).await
 }
 
+/// A client for kinesalite and a new stream (named after `prefix`, unique) with `shards` shards, ACTIVE: how most
+/// tests begin.
+pub async fn new_stream(prefix: &str, shards: i32) -> (aws_sdk_kinesis::Client, String) {
+    let client = kinesis().await;
+    let stream = unique_stream(prefix);
+    create_stream(&client, &stream, shards).await.unwrap_or_else(|e| panic!("create stream {stream}: {e:#}"));
+    (client, stream)
+}
+
 /// Puts records `{prefix}{i}` for i in `range`, with partition key `key-{i % keys}`, in order; returns their data.
 pub async fn put_numbered(
     client: &aws_sdk_kinesis::Client,
