@@ -60,13 +60,17 @@ pub trait SqlStore: CheckpointStore + Sized + 'static {
     async fn create_table_if_missing(&self) -> Result<(), Error>;
     /// The store's `shutdown`.
     async fn shutdown(&self) -> Result<(), Error>;
+    /// The store's `pool`.
+    fn pool(&self) -> &Pool<Self::Db>;
     /// Runs one statement.
     async fn execute(pool: &Pool<Self::Db>, sql: &str) -> Result<(), sqlx::Error>;
+    /// The number of rows of `table`.
+    async fn count_rows(pool: &Pool<Self::Db>, table: &str) -> Result<i64, sqlx::Error>;
 }
 
 /// `SqlStore` for a store type whose inherent methods have the trait's names (both SQL stores do).
 macro_rules! sql_store {
-    ($store:ident, $db:ident, $database:literal, $var:literal, $url:ident) => {
+    ($store:ident, $db:ident, $database:literal, $var:literal, $url:ident, count: $count:literal) => {
         #[async_trait]
         impl SqlStore for $store {
             type Db = $db;
@@ -101,15 +105,24 @@ macro_rules! sql_store {
                 $store::shutdown(self).await
             }
 
+            fn pool(&self) -> &Pool<$db> {
+                $store::pool(self)
+            }
+
             async fn execute(pool: &Pool<$db>, sql: &str) -> Result<(), sqlx::Error> {
                 sqlx::query(sql).execute(pool).await.map(drop)
+            }
+
+            async fn count_rows(pool: &Pool<$db>, table: &str) -> Result<i64, sqlx::Error> {
+                sqlx::query_scalar(&format!($count, table = table)).fetch_one(pool).await
             }
         }
     };
 }
 
-sql_store!(PostgresStore, Postgres, "PostgreSQL", "DATABASE_URL_POSTGRES", postgres_url);
-sql_store!(MySqlStore, MySql, "MySQL", "DATABASE_URL_MYSQL", mysql_url);
+sql_store!(PostgresStore, Postgres, "PostgreSQL", "DATABASE_URL_POSTGRES", postgres_url, count: "SELECT count(*) FROM {table}");
+sql_store!(MySqlStore, MySql, "MySQL", "DATABASE_URL_MYSQL", mysql_url,
+    count: "SELECT CAST(count(*) AS SIGNED) FROM {table}");
 
 /// A pool with room for the suite's concurrent stores; a generous acquire timeout, so that a loaded machine makes
 /// tests slower, not failed.
