@@ -82,17 +82,12 @@ mod tests {
     use super::*;
     use kc_checkpoint::ErrorKind;
 
-    /// The rule itself, with its table of cases, is `kc_checkpoint::sql`'s; here only this crate's limit.
+    /// The rule and its cases are `kc_checkpoint::sql`'s; here only this crate's limit and word.
     #[test]
     fn table_names() {
-        let long = "a".repeat(MAX_IDENT_LEN);
-        assert_eq!(TableName::parse(&long).expect("valid").as_str(), long);
-        assert_eq!(TableName::parse("database_x.t").expect("valid").as_str(), "database_x.t");
-        for bad in ["a".repeat(MAX_IDENT_LEN + 1), "x; DROP TABLE y".to_owned()] {
-            let err = TableName::parse(&bad).expect_err("invalid");
-            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad:?}");
-            assert!(err.to_string().contains("`database.table`"), "{err}");
-        }
+        assert!(TableName::parse(&"a".repeat(MAX_IDENT_LEN)).is_ok());
+        let err = TableName::parse(&"a".repeat(MAX_IDENT_LEN + 1)).expect_err("too long");
+        assert!(err.kind() == ErrorKind::InvalidInput && err.to_string().contains("`database.table`"), "{err}");
     }
 
     #[test]

@@ -164,39 +164,25 @@ impl PostgresLeaseTable {
         sqlx::query(sql).bind(scope.group()).bind(scope.stream()).bind(shard_id)
     }
 
-    /// Runs a conditional write returning the new counter; no row means the condition did not hold.
-    async fn write_counter(
+    /// Runs a conditional write and reads what it returns with `read`; no row means the condition did not hold.
+    async fn write<T>(
         &self,
         query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
         scope: &LeaseScope,
         shard_id: &str,
         what: &str,
         expected: u64,
-    ) -> Result<u64, Error> {
-        let row = query.fetch_optional(&self.pool).await.map_err(|e| self.map(what, e))?;
-        match row {
-            Some(row) => {
-                let counter: i64 = row.try_get(0).map_err(|e| self.map(what, e))?;
-                counter_of(counter)
-            }
+        read: impl FnOnce(&PgRow) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        match query.fetch_optional(&self.pool).await.map_err(|e| self.map(what, e))? {
+            Some(row) => read(&row),
             None => Err(refused(self, scope, shard_id, what, expected).await),
         }
     }
 
-    /// Runs a conditional write returning the whole lease.
-    async fn write_lease(
-        &self,
-        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
-        scope: &LeaseScope,
-        shard_id: &str,
-        what: &str,
-        expected: u64,
-    ) -> Result<Lease, Error> {
-        let row = query.fetch_optional(&self.pool).await.map_err(|e| self.map(what, e))?;
-        match row {
-            Some(row) => self.decode(&row),
-            None => Err(refused(self, scope, shard_id, what, expected).await),
-        }
+    /// The new counter a write returned.
+    fn counter(&self, row: &PgRow, what: &str) -> Result<u64, Error> {
+        counter_of(row.try_get(0).map_err(|e| self.map(what, e))?)
     }
 
     fn decode(&self, row: &PgRow) -> Result<Lease, Error> {
@@ -271,7 +257,7 @@ impl LeaseTable for PostgresLeaseTable {
     ) -> Result<Lease, Error> {
         let Some(counter) = expected(expected_counter) else { return Err(fenced(scope, shard_id, "take")) };
         let query = self.key(&self.sql.take, scope, shard_id).bind(counter).bind(new_owner);
-        self.write_lease(query, scope, shard_id, "take", expected_counter).await
+        self.write(query, scope, shard_id, "take", expected_counter, |row| self.decode(row)).await
     }
 
     async fn request(
@@ -284,13 +270,13 @@ impl LeaseTable for PostgresLeaseTable {
         let what = "handoff request";
         let Some(counter) = expected(expected_counter) else { return Err(fenced(scope, shard_id, what)) };
         let query = self.key(&self.sql.request, scope, shard_id).bind(counter).bind(requester);
-        self.write_lease(query, scope, shard_id, what, expected_counter).await
+        self.write(query, scope, shard_id, what, expected_counter, |row| self.decode(row)).await
     }
 
     async fn renew(&self, scope: &LeaseScope, shard_id: &str, owner: &str, counter: u64) -> Result<u64, Error> {
         let Some(c) = expected(counter) else { return Err(fenced(scope, shard_id, "renewal")) };
         let query = self.key(&self.sql.renew, scope, shard_id).bind(c).bind(owner);
-        self.write_counter(query, scope, shard_id, "renewal", counter).await
+        self.write(query, scope, shard_id, "renewal", counter, |row| self.counter(row, "renewal")).await
     }
 
     async fn checkpoint(
@@ -325,13 +311,13 @@ impl LeaseTable for PostgresLeaseTable {
             .bind(sequence)
             .bind(sub_sequence)
             .bind(finished);
-        self.write_counter(query, scope, shard_id, "checkpoint", counter).await
+        self.write(query, scope, shard_id, "checkpoint", counter, |row| self.counter(row, "checkpoint")).await
     }
 
     async fn release(&self, scope: &LeaseScope, shard_id: &str, owner: &str, counter: u64) -> Result<u64, Error> {
         let Some(c) = expected(counter) else { return Err(fenced(scope, shard_id, "release")) };
         let query = self.key(&self.sql.release, scope, shard_id).bind(c).bind(owner);
-        self.write_counter(query, scope, shard_id, "release", counter).await
+        self.write(query, scope, shard_id, "release", counter, |row| self.counter(row, "release")).await
     }
 
     async fn delete(&self, scope: &LeaseScope, shard_id: &str) -> Result<(), Error> {
