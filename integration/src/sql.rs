@@ -12,7 +12,7 @@ use kinesis_consumer::postgres::PostgresStore;
 use sqlx::pool::PoolOptions;
 use sqlx::{Database, MySql, Pool, Postgres};
 
-use crate::{mysql_url, postgres_url, unique_table};
+use crate::{mysql_url, postgres_url, unique_table, CutProxy};
 
 /// A 56-digit sequence number, as real ones are.
 pub const BIG: &str = "49590338271490256608559692538361571095921575989136588898";
@@ -160,6 +160,40 @@ pub async fn drop_table<S: SqlStore>(pool: &Pool<S::Db>, table: &str) {
 pub async fn stored<S: SqlStore>(pool: &Pool<S::Db>, table: &str, key: &ShardKey) -> Option<Checkpoint> {
     let reader = S::new(pool.clone(), table).expect("valid table name");
     reader.get(key).await.expect("get")
+}
+
+/// The test `server_unavailable_during_flush_keeps_checkpoints_pending` of both stores (table named after
+/// `prefix`): a store whose server is cut off (a [`CutProxy`]) fails its flush and reads as `Transient`, keeps its
+/// checkpoint pending, and writes it once the server is back.
+pub async fn server_unavailable_during_flush_keeps_checkpoints_pending<S: SqlStore>(prefix: &str) {
+    let direct = pool::<S>().await;
+    let table = unique_table(prefix);
+    let url = S::url();
+    let authority = url.split('@').nth(1).and_then(|rest| rest.split('/').next()).expect("host:port in the URL");
+    let proxy = CutProxy::start(authority).await.expect("proxy");
+    let proxied_url = url.replacen(authority, &proxy.addr().to_string(), 1);
+    let proxied = PoolOptions::<S::Db>::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_millis(500))
+        .connect(&proxied_url)
+        .await
+        .expect("connect through the proxy");
+    let store = S::new(proxied, &table).expect("valid table name");
+    store.create_table_if_missing().await.expect("create table");
+    let k = key("shardId-0");
+
+    store.set(&k, at(BIG)).await.expect("set");
+    proxy.cut();
+    let err = store.flush().await.expect_err("server unreachable");
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}: {:?}", std::error::Error::source(&err));
+    assert_eq!(stored::<S>(&direct, &table, &k).await, None, "nothing written");
+    assert_eq!(store.get(&k).await.map_err(|e| e.kind()), Err(ErrorKind::Transient), "reads fail, not Ok(None)");
+
+    proxy.restore();
+    store.flush().await.expect("flush after the server is back");
+    assert_eq!(stored::<S>(&direct, &table, &k).await, Some(at(BIG)), "the pending checkpoint was kept and written");
+    store.shutdown().await.expect("shutdown");
+    drop_table::<S>(&direct, &table).await;
 }
 
 /// The conformance suite's backend: a table per case (named after `prefix`), stores flushing every 100 ms, a table

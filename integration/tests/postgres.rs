@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use kc_checkpoint::test_util::store_suite::{self, Capabilities};
-use kc_integration::sql::{at, at_sub, drop_table, key, new_table, pool, stored, SuiteBackend, BIG};
+use kc_integration::sql::{self, at, at_sub, drop_table, key, new_table, pool, stored, SuiteBackend, BIG};
 use kc_integration::{postgres_url, unique_table, CutProxy};
 use kinesis_consumer::checkpoint::{Checkpoint, CheckpointStore, ErrorKind, ShardKey};
 use kinesis_consumer::postgres::PostgresStore;
@@ -135,38 +135,7 @@ async fn go_library_table_needs_the_documented_alters() {
 
 #[tokio::test]
 async fn server_unavailable_during_flush_keeps_checkpoints_pending() {
-    let direct = pool::<Store>().await;
-    let table = unique_table("kc_pg_unavailable");
-    let url = postgres_url();
-    let authority = url.split('@').nth(1).and_then(|rest| rest.split('/').next()).expect("host:port in the URL");
-    let proxy = CutProxy::start(authority).await.expect("proxy");
-    let proxied_url = url.replacen(authority, &proxy.addr().to_string(), 1);
-    let proxied = PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_millis(500))
-        .connect(&proxied_url)
-        .await
-        .expect("connect through the proxy");
-    let store = PostgresStore::new(proxied, &table).expect("valid table name");
-    store.create_table_if_missing().await.expect("create table");
-    let k = key("shardId-0");
-
-    store.set(&k, at(BIG)).await.expect("set");
-    proxy.cut();
-    let err = store.flush().await.expect_err("server unreachable");
-    assert_eq!(err.kind(), ErrorKind::Transient, "{err}: {:?}", std::error::Error::source(&err));
-    assert_eq!(stored::<Store>(&direct, &table, &k).await, None, "nothing written");
-    assert_eq!(store.get(&k).await.map_err(|e| e.kind()), Err(ErrorKind::Transient), "reads fail, not Ok(None)");
-
-    proxy.restore();
-    store.flush().await.expect("flush after the server is back");
-    assert_eq!(
-        stored::<Store>(&direct, &table, &k).await,
-        Some(at(BIG)),
-        "the pending checkpoint was kept and written"
-    );
-    store.shutdown().await.expect("shutdown");
-    drop_table::<Store>(&direct, &table).await;
+    sql::server_unavailable_during_flush_keeps_checkpoints_pending::<Store>("kc_pg_unavailable").await;
 }
 
 /// A handler that writes its own row and the record's checkpoint in one transaction. `crash` plays a process that
