@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use kc_checkpoint::test_util::store_suite::{self, Capabilities};
 use kc_integration::sql::{self, at, at_sub, drop_table, key, new_table, pool, stored, SuiteBackend, BIG};
-use kc_integration::{postgres_url, unique_table, CutProxy};
+use kc_integration::{postgres_url, unique_table};
 use kinesis_consumer::checkpoint::{Checkpoint, CheckpointStore, ErrorKind, ShardKey};
 use kinesis_consumer::postgres::PostgresStore;
-use sqlx::postgres::PgPoolOptions;
 
 /// The store under test (see `kc_integration::sql` for what both SQL stores' tests share).
 type Store = PostgresStore;
