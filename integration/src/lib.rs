@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 pub mod fault_proxy;
 pub mod report;
+pub mod sql;
 pub use fault_proxy::{Fault, FaultCounts, FaultPlan, FaultProxy, SplitMix64};
 // The helpers these tests share with kc-core's tests and xtask live once, in kc-test-support; re-exported under the
 // names the tests have always used.
@@ -29,6 +30,15 @@ pub async fn kinesis() -> aws_sdk_kinesis::Client {
 /// Creates `stream` with `shards` shards and waits until it is ACTIVE.
 pub async fn create_stream(client: &aws_sdk_kinesis::Client, stream: &str, shards: i32) -> anyhow::Result<()> {
     kc_examples::ensure_stream(client, stream, shards).await
+}
+
+/// A client for kinesalite and a new stream (named after `prefix`, unique) with `shards` shards, ACTIVE: how most
+/// tests begin.
+pub async fn new_stream(prefix: &str, shards: i32) -> (aws_sdk_kinesis::Client, String) {
+    let client = kinesis().await;
+    let stream = unique_stream(prefix);
+    create_stream(&client, &stream, shards).await.unwrap_or_else(|e| panic!("create stream {stream}: {e:#}"));
+    (client, stream)
 }
 
 /// Puts records `{prefix}{i}` for i in `range`, with partition key `key-{i % keys}`, in order; returns their data.

@@ -4,14 +4,12 @@
 
 use std::sync::Arc;
 
-use kc_integration::{create_stream, dynamodb, kinesis, put_numbered, scan_with_store, unique_stream};
+use kc_integration::{dynamodb, new_stream, put_numbered, scan_with_store};
 use kinesis_consumer::ddb::DynamoDbStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddb_store_restart_resumes_after_the_flushed_checkpoints() {
-    let client = kinesis().await;
-    let stream = unique_stream("ddb-restart");
-    create_stream(&client, &stream, 2).await.expect("create stream");
+    let (client, stream) = new_stream("ddb-restart", 2).await;
     let table = format!("kc-it-e2e-{stream}");
 
     let first = put_numbered(&client, &stream, "a", 0..300, 10).await.expect("put");

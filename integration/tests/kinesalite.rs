@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kc_integration::{
-    collect_until, consumer_builder, create_stream, kinesis, merge_first_adjacent, put_numbered, split, unique_stream,
-    wait_for,
+    collect_until, consumer_builder, merge_first_adjacent, new_stream, put_numbered, split, unique_stream, wait_for,
 };
 use kc_test_support::{checkpoint, scan_failing_at, spawn_collecting, Collecting};
 use kinesis_consumer::api::{ApiError, KinesisApi, RecordBatch, ShardPage, StartingPosition};
@@ -22,9 +21,7 @@ async fn builder(stream: &str, store: &MemoryStore) -> ConsumerBuilder {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_shard_every_record_exactly_once_in_shard_order() {
-    let client = kinesis().await;
-    let stream = unique_stream("multi");
-    create_stream(&client, &stream, 4).await.expect("create stream");
+    let (client, stream) = new_stream("multi", 4).await;
     let produced = put_numbered(&client, &stream, "r", 0..2000, 50).await.expect("put");
     let store = MemoryStore::new();
     let consumer = builder(&stream, &store).await.max_records(300).build().await.expect("build");
@@ -43,9 +40,7 @@ async fn multi_shard_every_record_exactly_once_in_shard_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_resumes_after_the_last_checkpoint() {
-    let client = kinesis().await;
-    let stream = unique_stream("restart");
-    create_stream(&client, &stream, 2).await.expect("create stream");
+    let (client, stream) = new_stream("restart", 2).await;
     let first = put_numbered(&client, &stream, "a", 0..300, 10).await.expect("put");
     let store = MemoryStore::new();
     let (seen, result) = collect_until(builder(&stream, &store).await.build().await.expect("build"), first.len()).await;
@@ -60,9 +55,7 @@ async fn restart_resumes_after_the_last_checkpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skip_checkpoint_records_are_delivered_again_after_restart() {
-    let client = kinesis().await;
-    let stream = unique_stream("skip");
-    create_stream(&client, &stream, 1).await.expect("create stream");
+    let (client, stream) = new_stream("skip", 1).await;
     put_numbered(&client, &stream, "keep", 0..5, 1).await.expect("put");
     let skipped = put_numbered(&client, &stream, "skip", 5..8, 1).await.expect("put");
     let store = MemoryStore::new();
@@ -79,9 +72,7 @@ async fn skip_checkpoint_records_are_delivered_again_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_error_stops_every_shard_and_is_returned() {
-    let client = kinesis().await;
-    let stream = unique_stream("error");
-    create_stream(&client, &stream, 3).await.expect("create stream");
+    let (client, stream) = new_stream("error", 3).await;
     put_numbered(&client, &stream, "r", 0..600, 30).await.expect("put");
     let store = MemoryStore::new();
     let consumer = builder(&stream, &store).await.max_records(50).build().await.expect("build");
@@ -112,9 +103,7 @@ async fn handler_error_stops_every_shard_and_is_returned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_is_prompt_finishes_the_record_in_hand_and_flushes() {
-    let client = kinesis().await;
-    let stream = unique_stream("cancel");
-    create_stream(&client, &stream, 1).await.expect("create stream");
+    let (client, stream) = new_stream("cancel", 1).await;
     let produced = put_numbered(&client, &stream, "r", 0..50, 1).await.expect("put");
     let store = MemoryStore::new();
     let consumer = builder(&stream, &store).await.build().await.expect("build");
@@ -151,9 +140,7 @@ async fn cancellation_is_prompt_finishes_the_record_in_hand_and_flushes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_and_merge_while_producing_keeps_every_record_and_key_order() {
-    let client = kinesis().await;
-    let stream = unique_stream("reshard");
-    create_stream(&client, &stream, 2).await.expect("create stream");
+    let (client, stream) = new_stream("reshard", 2).await;
     let store = MemoryStore::new();
     let closed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let c = closed.clone();
@@ -207,9 +194,7 @@ async fn split_and_merge_while_producing_keeps_every_record_and_key_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latest_reads_only_new_records() {
-    let client = kinesis().await;
-    let stream = unique_stream("latest");
-    create_stream(&client, &stream, 2).await.expect("create stream");
+    let (client, stream) = new_stream("latest", 2).await;
     put_numbered(&client, &stream, "old", 0..20, 5).await.expect("put");
     let store = MemoryStore::new();
     /// Counts the shard iterators the consumer was given: LATEST is fixed when kinesalite answers.
@@ -265,9 +250,7 @@ async fn missing_stream_is_a_typed_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kpl_aggregates_are_split_and_a_restart_mid_aggregate_neither_skips_nor_repeats() {
     use kinesis_consumer::deagg::Aggregator;
-    let client = kinesis().await;
-    let stream = unique_stream("kpl");
-    create_stream(&client, &stream, 1).await.expect("create stream");
+    let (client, stream) = new_stream("kpl", 1).await;
     let mut produced = Vec::new();
     let mut entries = Vec::new();
     for a in 0..4 {

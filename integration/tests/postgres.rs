@@ -4,127 +4,32 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
-use kc_checkpoint::test_util::store_suite::{self, Capabilities, StoreBackend};
-use kc_integration::{postgres_url, unique_table, CutProxy};
-use kinesis_consumer::checkpoint::{Checkpoint, CheckpointStore, Error, ErrorKind, SequenceNumber, ShardKey};
+use kc_checkpoint::test_util::store_suite::{self, Capabilities};
+use kc_integration::sql::{self, at, at_sub, drop_table, key, new_table, pool, stored, SuiteBackend, BIG};
+use kc_integration::{postgres_url, unique_table};
+use kinesis_consumer::checkpoint::{Checkpoint, CheckpointStore, ErrorKind, ShardKey};
 use kinesis_consumer::postgres::PostgresStore;
-use sqlx::postgres::{PgPool, PgPoolOptions};
 
-/// A 56-digit sequence number, as real ones are.
-const BIG: &str = "49590338271490256608559692538361571095921575989136588898";
+/// The store under test (see `kc_integration::sql` for what both SQL stores' tests share).
+type Store = PostgresStore;
 
-fn seq(s: &str) -> SequenceNumber {
-    SequenceNumber::parse(s).expect("valid sequence number")
-}
-
-fn at(s: &str) -> Checkpoint {
-    Checkpoint::at(seq(s))
-}
-
-fn at_sub(s: &str, sub: u64) -> Checkpoint {
-    Checkpoint::at_sub(seq(s), sub)
-}
-
-fn key(shard: &str) -> ShardKey {
-    ShardKey::new("it-app", "it-stream", shard)
-}
-
-/// A pool with room for the suite's concurrent stores; a generous acquire timeout, so that a loaded machine makes
-/// tests slower, not failed.
-async fn pool() -> PgPool {
-    let url = postgres_url();
-    PgPoolOptions::new()
-        .max_connections(10)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {url} (DATABASE_URL_POSTGRES): {e}"))
-}
-
-/// A store on a new table of its own (created with `create_table_if_missing`).
-async fn new_table(prefix: &str) -> (PgPool, String, PostgresStore) {
-    let pool = pool().await;
-    let table = unique_table(prefix);
-    let store = PostgresStore::new(pool.clone(), &table).expect("valid table name");
-    store.create_table_if_missing().await.expect("create table");
-    (pool, table, store)
-}
-
-async fn execute(pool: &PgPool, sql: &str) -> Result<(), Error> {
-    sqlx::query(sql).execute(pool).await.map(drop).map_err(|e| Error::with_source(ErrorKind::Permanent, sql, e))
-}
-
-async fn drop_table(pool: &PgPool, table: &str) {
-    execute(pool, &format!("DROP TABLE IF EXISTS {table}")).await.expect("drop table");
-}
-
-/// What the database holds (read by a fresh store, so nothing pending in memory can answer).
-async fn stored(pool: &PgPool, table: &str, key: &ShardKey) -> Option<Checkpoint> {
-    let reader = PostgresStore::new(pool.clone(), table).expect("valid table name");
-    reader.get(key).await.expect("get")
-}
-
-/// The suite's backend: a table per case, stores flushing every 100 ms, a table broken by dropping it.
-struct Postgres {
-    pool: PgPool,
-}
-
-#[async_trait]
-impl StoreBackend for Postgres {
-    type Table = String;
-    type Store = PostgresStore;
-
-    fn capabilities(&self) -> Capabilities {
-        // sub_sequence_number is a bigint.
-        let max_sub = u64::try_from(i64::MAX).expect("i64::MAX fits u64");
-        Capabilities::new().breakable(true).background_flush(true).table_names(true).max_sub_sequence(max_sub)
-    }
-
-    async fn create_table(&self) -> Result<String, Error> {
-        let table = unique_table("kc_pg_suite");
-        let store = PostgresStore::new(self.pool.clone(), &table)?;
-        store.create_table_if_missing().await?;
-        store.create_table_if_missing().await?; // a second call is a no-op
-        Ok(table)
-    }
-
-    async fn open(&self, table: &String) -> Result<PostgresStore, Error> {
-        PostgresStore::builder(self.pool.clone(), table).flush_interval(Duration::from_millis(100)).build()
-    }
-
-    async fn close(&self, store: &PostgresStore) -> Result<(), Error> {
-        store.shutdown().await
-    }
-
-    async fn drop_table(&self, table: String) -> Result<(), Error> {
-        execute(&self.pool, &format!("DROP TABLE IF EXISTS {table}")).await
-    }
-
-    async fn break_table(&self, table: &String) -> Result<(), Error> {
-        execute(&self.pool, &format!("DROP TABLE {table}")).await
-    }
-
-    async fn repair_table(&self, table: &String) -> Result<(), Error> {
-        PostgresStore::new(self.pool.clone(), table)?.create_table_if_missing().await
-    }
-
-    fn invalid_table_names(&self) -> Vec<String> {
-        ["x; DROP TABLE y", "\"t\"", "a b", "", "tåble", "a.b.c", &"t".repeat(64)].map(String::from).to_vec()
-    }
-
-    async fn open_named(&self, name: &str) -> Vec<(String, Result<(), Error>)> {
-        vec![
-            ("PostgresStore::new".to_owned(), PostgresStore::new(self.pool.clone(), name).map(drop)),
-            ("PostgresStore::connect".to_owned(), PostgresStore::connect(&postgres_url(), name).await.map(drop)),
-            ("PostgresStore::builder".to_owned(), PostgresStore::builder(self.pool.clone(), name).build().map(drop)),
-        ]
-    }
+fn capabilities() -> Capabilities {
+    // sub_sequence_number is a bigint.
+    let max_sub = u64::try_from(i64::MAX).expect("i64::MAX fits u64");
+    Capabilities::new().breakable(true).background_flush(true).table_names(true).max_sub_sequence(max_sub)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_store_conforms() {
-    store_suite::run(Postgres { pool: pool().await }, "postgres").await;
+    let backend = SuiteBackend::<Store> {
+        pool: pool::<Store>().await,
+        prefix: "kc_pg_suite",
+        capabilities: capabilities(),
+        invalid_table_names: ["x; DROP TABLE y", "\"t\"", "a b", "", "tåble", "a.b.c", &"t".repeat(64)]
+            .map(String::from)
+            .to_vec(),
+    };
+    store_suite::run(backend, "postgres").await;
 }
 
 /// The table the Go library reads: one row per shard, namespace `{app}-{stream}`, the sequence number as a numeric;
@@ -132,7 +37,7 @@ async fn postgres_store_conforms() {
 /// idempotent and `set` fails after it; a store made by `connect` (a restarted process) reads what was flushed.
 #[tokio::test]
 async fn rows_follow_the_go_layout_and_shutdown_ends_the_store() {
-    let (pool, table, _) = new_table("kc_pg_layout").await;
+    let (pool, table, _) = new_table::<Store>("kc_pg_layout").await;
     // An hour: only the flushes below write.
     let store = PostgresStore::builder(pool.clone(), &table)
         .flush_interval(Duration::from_secs(3600))
@@ -144,7 +49,7 @@ async fn rows_follow_the_go_layout_and_shutdown_ends_the_store() {
     }
     store.set(&keys[0], at(BIG)).await.expect("set");
     store.set(&keys[1], at_sub(BIG, 3)).await.expect("set");
-    assert_eq!(stored(&pool, &table, &keys[0]).await, None, "nothing written before a flush");
+    assert_eq!(stored::<Store>(&pool, &table, &keys[0]).await, None, "nothing written before a flush");
     store.flush().await.expect("flush");
     let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&pool).await.expect("count");
     assert_eq!(rows, 3, "one row per shard");
@@ -176,13 +81,13 @@ async fn rows_follow_the_go_layout_and_shutdown_ends_the_store() {
     assert_eq!(restarted.get(&keys[2]).await.expect("get"), Some(Checkpoint::ShardEnd));
     let zero = PostgresStore::builder(pool.clone(), &table).flush_interval(Duration::ZERO).build();
     assert_eq!(zero.expect_err("zero interval").kind(), ErrorKind::InvalidInput);
-    drop_table(&pool, &table).await;
+    drop_table::<Store>(&pool, &table).await;
 }
 
 /// The error of a missing table names it and says how to fix it, with the sqlx error as its source.
 #[tokio::test]
 async fn missing_table_error_says_how_to_fix_it() {
-    let pool = pool().await;
+    let pool = pool::<Store>().await;
     let table = unique_table("kc_pg_missing");
     let store = PostgresStore::new(pool.clone(), &table).expect("valid table name");
     let err = store.get(&key("shardId-0")).await.expect_err("no table");
@@ -194,7 +99,7 @@ async fn missing_table_error_says_how_to_fix_it() {
 
 #[tokio::test]
 async fn go_library_table_needs_the_documented_alters() {
-    let pool = pool().await;
+    let pool = pool::<Store>().await;
     let table = unique_table("kc_pg_gotable");
     // The Go README's DDL, with a checkpoint the Go library wrote.
     sqlx::query(&format!(
@@ -223,40 +128,13 @@ async fn go_library_table_needs_the_documented_alters() {
     assert_eq!(store.get(&key("shardId-0")).await.expect("get"), Some(at(BIG)), "the Go checkpoint is kept");
     store.set(&key("shardId-0"), at("10")).await.expect("set");
     store.shutdown().await.expect("flush");
-    assert_eq!(stored(&pool, &table, &key("shardId-0")).await, Some(at(BIG)), "older than the Go checkpoint");
-    drop_table(&pool, &table).await;
+    assert_eq!(stored::<Store>(&pool, &table, &key("shardId-0")).await, Some(at(BIG)), "older than the Go checkpoint");
+    drop_table::<Store>(&pool, &table).await;
 }
 
 #[tokio::test]
 async fn server_unavailable_during_flush_keeps_checkpoints_pending() {
-    let direct = pool().await;
-    let table = unique_table("kc_pg_unavailable");
-    let url = postgres_url();
-    let authority = url.split('@').nth(1).and_then(|rest| rest.split('/').next()).expect("host:port in the URL");
-    let proxy = CutProxy::start(authority).await.expect("proxy");
-    let proxied_url = url.replacen(authority, &proxy.addr().to_string(), 1);
-    let proxied = PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_millis(500))
-        .connect(&proxied_url)
-        .await
-        .expect("connect through the proxy");
-    let store = PostgresStore::new(proxied, &table).expect("valid table name");
-    store.create_table_if_missing().await.expect("create table");
-    let k = key("shardId-0");
-
-    store.set(&k, at(BIG)).await.expect("set");
-    proxy.cut();
-    let err = store.flush().await.expect_err("server unreachable");
-    assert_eq!(err.kind(), ErrorKind::Transient, "{err}: {:?}", std::error::Error::source(&err));
-    assert_eq!(stored(&direct, &table, &k).await, None, "nothing written");
-    assert_eq!(store.get(&k).await.map_err(|e| e.kind()), Err(ErrorKind::Transient), "reads fail, not Ok(None)");
-
-    proxy.restore();
-    store.flush().await.expect("flush after the server is back");
-    assert_eq!(stored(&direct, &table, &k).await, Some(at(BIG)), "the pending checkpoint was kept and written");
-    store.shutdown().await.expect("shutdown");
-    drop_table(&direct, &table).await;
+    sql::server_unavailable_during_flush_keeps_checkpoints_pending::<Store>("kc_pg_unavailable").await;
 }
 
 /// A handler that writes its own row and the record's checkpoint in one transaction. `crash` plays a process that
@@ -278,7 +156,7 @@ async fn handle_in_tx(store: &PostgresStore, events: &str, k: &ShardKey, record:
 
 #[tokio::test]
 async fn transactional_checkpoint_commits_with_the_handler_rows() {
-    let (pool, table, store) = new_table("kc_pg_tx").await;
+    let (pool, table, store) = new_table::<Store>("kc_pg_tx").await;
     let events = format!("{table}_events");
     sqlx::query(&format!("CREATE TABLE {events} (id bigserial PRIMARY KEY, payload text NOT NULL)"))
         .execute(&pool)
@@ -293,11 +171,11 @@ async fn transactional_checkpoint_commits_with_the_handler_rows() {
     let record = at_sub(BIG, 2);
 
     handle_in_tx(&store, &events, &k, &record, true).await;
-    assert_eq!((count().await, stored(&pool, &table, &k).await), (0, None), "a crash leaves neither");
+    assert_eq!((count().await, stored::<Store>(&pool, &table, &k).await), (0, None), "a crash leaves neither");
 
     // Redelivered after the crash: the consumer would resume before the record, since nothing was checkpointed.
     handle_in_tx(&store, &events, &k, &record, false).await;
-    assert_eq!((count().await, stored(&pool, &table, &k).await), (1, Some(record.clone())), "both, once");
+    assert_eq!((count().await, stored::<Store>(&pool, &table, &k).await), (1, Some(record.clone())), "both, once");
 
     // The consumer also `set`s the same position (Outcome::Checkpoint), and an older one arrives late: harmless.
     store.set(&k, record.clone()).await.expect("set");
@@ -306,9 +184,9 @@ async fn transactional_checkpoint_commits_with_the_handler_rows() {
     let mut tx = store.pool().begin().await.expect("begin");
     store.checkpoint_in_tx(&mut tx, &k, &at("1")).await.expect("older checkpoint in tx is a no-op");
     tx.commit().await.expect("commit");
-    assert_eq!((count().await, stored(&pool, &table, &k).await), (1, Some(record)));
+    assert_eq!((count().await, stored::<Store>(&pool, &table, &k).await), (1, Some(record)));
 
     store.shutdown().await.expect("shutdown");
-    drop_table(&pool, &events).await;
-    drop_table(&pool, &table).await;
+    drop_table::<Store>(&pool, &events).await;
+    drop_table::<Store>(&pool, &table).await;
 }

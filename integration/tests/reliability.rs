@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use kc_integration::report::{tally, Row};
 use kc_integration::{
-    create_stream, example_bin, kinesis, kinesis_endpoint, postgres_url, put_numbered, unique_stream, unique_table,
-    CutProxy, Fault, FaultPlan, FaultProxy, SplitMix64,
+    create_stream, example_bin, kinesis, kinesis_endpoint, new_stream, postgres_url, put_numbered, unique_stream,
+    unique_table, CutProxy, Fault, FaultPlan, FaultProxy, SplitMix64,
 };
 use kc_test_support::check::lock;
 use kc_test_support::emulator::{Emulator, Launch, KINESALITE};
@@ -438,9 +438,7 @@ async fn after_recreation(
 /// iterators carry no stream identity, so with it the running consumer reads on into the new stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3c_stream_recreated_under_the_same_name() {
-    let client = kinesis().await;
-    let stream = unique_stream("rel-recreated");
-    create_stream(&client, &stream, 2).await.expect("create stream");
+    let (client, stream) = new_stream("rel-recreated", 2).await;
     let old = put_numbered(&client, &stream, "old-", 0..300, 13).await.expect("produce");
     let proxy = FaultProxy::start(&kinesis_endpoint(), FaultPlan::none()).await.expect("proxy");
     let store = Arc::new(MemoryStore::new());
@@ -546,9 +544,7 @@ async fn stored_checkpoints(pool: &sqlx::PgPool, table: &str, namespace: &str) -
 /// 200 ms sees no checkpoint move backwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s4_checkpoint_database_outage_keeps_consuming_and_catches_up() {
-    let client = kinesis().await;
-    let stream = unique_stream("rel-dbcut");
-    create_stream(&client, &stream, 2).await.expect("create stream");
+    let (client, stream) = new_stream("rel-dbcut", 2).await;
     let url = postgres_url();
     let direct = sqlx::PgPool::connect(&url).await.expect("connect");
     let table = unique_table("kc_rel_cut");
@@ -739,9 +735,7 @@ fn kill9(child: &Child) {
 /// was after the checkpoint stored when its first printer was killed (duplicates <= records since the last flush).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s5a_kill_9_twenty_times_at_least_once() {
-    let client = kinesis().await;
-    let stream = unique_stream("rel-kill");
-    create_stream(&client, &stream, 2).await.expect("create stream");
+    let (client, stream) = new_stream("rel-kill", 2).await;
     let produced = put_numbered(&client, &stream, "k", 0..6000, 101).await.expect("produce");
     let where_is = positions(&client, &stream).await;
     assert_eq!(where_is.len(), produced.len());
@@ -853,9 +847,7 @@ async fn s5a_kill_9_twenty_times_at_least_once() {
 /// 20 random points and restarted: the events table holds every record exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s5b_kill_9_twenty_times_exactly_once_with_transactional_checkpoints() {
-    let client = kinesis().await;
-    let stream = unique_stream("rel-killtx");
-    create_stream(&client, &stream, 2).await.expect("create stream");
+    let (client, stream) = new_stream("rel-killtx", 2).await;
     let produced = put_numbered(&client, &stream, "x", 0..2000, 101).await.expect("produce");
     let url = postgres_url();
     let direct = sqlx::PgPool::connect(&url).await.expect("connect");
@@ -941,9 +933,7 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 /// on SIGTERM (no deadlock), prints no panic; its peak RSS is reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s6_two_hundred_shards_on_one_consumer() {
-    let client = kinesis().await;
-    let stream = unique_stream("rel-200");
-    create_stream(&client, &stream, 200).await.expect("create a 200-shard stream");
+    let (client, stream) = new_stream("rel-200", 200).await;
     let produced = put_numbered(&client, &stream, "s", 0..20_000, 20_000).await.expect("produce");
     let started = Instant::now();
     let mut child = Command::new(example_bin("consumer"))
@@ -1022,9 +1012,7 @@ fn aggregate_of(protobuf: &[u8]) -> Bytes {
 /// Deaggregation error; the empty record is delivered as it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s7a_corrupt_aggregates_and_empty_records() {
-    let client = kinesis().await;
-    let stream = unique_stream("rel-bad");
-    create_stream(&client, &stream, 1).await.expect("create stream");
+    let (client, stream) = new_stream("rel-bad", 1).await;
     let mut rng = SplitMix64::new(7);
     let mut good = kinesis_consumer::deagg::Aggregator::new();
     for i in 0..3 {

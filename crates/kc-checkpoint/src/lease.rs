@@ -271,6 +271,24 @@ pub fn fenced(scope: &LeaseScope, shard_id: &str, what: &str) -> Error {
     )
 }
 
+/// The [`fenced`] error of a conditional write to `table` (`what`, expecting counter `expected`) whose condition did
+/// not hold, saying what the lease looks like now: its counter and owner, or that it does not exist. Best effort:
+/// the error is `Fenced` whether or not that read succeeds. For backends, after a refused write.
+pub async fn refused<T: LeaseTable + ?Sized>(
+    table: &T,
+    scope: &LeaseScope,
+    shard_id: &str,
+    what: &str,
+    expected: u64,
+) -> Error {
+    let now = match table.get(scope, shard_id).await {
+        Ok(Some(l)) => format!("counter {} (expected {expected}), owner {:?}", l.counter, l.owner),
+        Ok(None) => "the lease does not exist".to_owned(),
+        Err(_) => "could not read the lease".to_owned(),
+    };
+    fenced(scope, shard_id, &format!("{what} ({now})"))
+}
+
 /// A [`LeaseTable`] in memory (clones share the leases): for tests and for several workers in one process.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryLeaseTable {

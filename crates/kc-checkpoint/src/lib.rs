@@ -12,6 +12,9 @@
 //! the newest checkpoint per shard, a background flush task, bounded retries, [`FlushFailure`], shutdown) over a
 //! small [`buffered::Backend`] trait: a store crate is only its reads, writes and error mapping.
 //!
+//! The [`sql`] module holds what the SQL stores share that is not SQL (table-name check, the rows of a flush, a
+//! stored row read back, the missing-table message).
+//!
 //! With the feature `test-util`, [`test_util`] holds the conformance suites every [`CheckpointStore`] and
 //! [`lease::LeaseTable`] should pass.
 //!
@@ -53,6 +56,7 @@ use bytes::Bytes;
 
 pub mod buffered;
 pub mod lease;
+pub mod sql;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod test_util;

@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
-use kc_checkpoint::lease::{creation_millis, fenced, from_millis, Lease, LeaseScope, LeaseTable};
+use kc_checkpoint::lease::{creation_millis, from_millis, refused, Lease, LeaseScope, LeaseTable};
 use kc_checkpoint::{Checkpoint, Error, ErrorKind};
 
 use crate::{error, sequence_key, FINISHED, SEQUENCE_KEY, SEQUENCE_NUMBER, SHARD_ID, SUB_SEQUENCE_NUMBER};
@@ -64,17 +64,6 @@ impl DynamoDbLeaseTable {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         error::from_sdk(&format!("{what} of the lease of {shard_id} in table {}", self.table), err)
-    }
-
-    /// The `Fenced` error of a write whose condition did not hold, saying what the lease looks like now (best
-    /// effort: the error is `Fenced` whether or not that read succeeds).
-    async fn refused(&self, scope: &LeaseScope, shard_id: &str, what: &str, expected: u64) -> Error {
-        let now = match self.get(scope, shard_id).await {
-            Ok(Some(l)) => format!("counter {} (expected {expected}), owner {:?}", l.counter, l.owner),
-            Ok(None) => "the lease does not exist".to_owned(),
-            Err(_) => "could not read the lease".to_owned(),
-        };
-        fenced(scope, shard_id, &format!("{what} ({now})"))
     }
 
     /// An `UpdateItem` of the lease, conditional on its counter (and owner), that increments the counter, sent
@@ -154,7 +143,7 @@ impl DynamoDbLeaseTable {
             .await?;
         match written {
             Some(attributes) => self.counter(&attributes, shard_id),
-            None => Err(self.refused(scope, shard_id, what, counter).await),
+            None => Err(refused(self, scope, shard_id, what, counter).await),
         }
     }
 
@@ -314,7 +303,7 @@ impl LeaseTable for DynamoDbLeaseTable {
             .await?
         {
             Some(item) => self.decode(&item),
-            None => Err(self.refused(scope, shard_id, "take", expected_counter).await),
+            None => Err(refused(self, scope, shard_id, "take", expected_counter).await),
         }
     }
 
@@ -333,7 +322,7 @@ impl LeaseTable for DynamoDbLeaseTable {
             .await?
         {
             Some(item) => self.decode(&item),
-            None => Err(self.refused(scope, shard_id, what, expected_counter).await),
+            None => Err(refused(self, scope, shard_id, what, expected_counter).await),
         }
     }
 
@@ -393,7 +382,7 @@ impl LeaseTable for DynamoDbLeaseTable {
             .await?;
         match bumped {
             Some(attributes) => self.counter(&attributes, shard_id),
-            None => Err(self.refused(scope, shard_id, what, counter).await),
+            None => Err(refused(self, scope, shard_id, what, counter).await),
         }
     }
 

@@ -1,6 +1,6 @@
 //! How sqlx errors become [`kc_checkpoint::Error`]s.
 
-use kc_checkpoint::{Error, ErrorKind};
+use kc_checkpoint::{sql, Error, ErrorKind};
 use sqlx::mysql::MySqlDatabaseError;
 
 /// Server error numbers worth retrying: deadlock (1213), lock wait timeout (1205), too many connections (1040),
@@ -13,31 +13,18 @@ const MISSING_TABLE_NUMBERS: &[u16] = &[1146, 1054];
 
 /// Maps a sqlx error to a checkpoint-store error, keeping the sqlx error as the source.
 pub(crate) fn map(what: &str, table: &str, err: sqlx::Error) -> Error {
-    if number(&err).is_some_and(|n| MISSING_TABLE_NUMBERS.contains(&n)) {
-        return Error::with_source(
-            ErrorKind::Permanent,
-            format!(
-                "{what}: checkpoint table {table} is missing or lacks the columns sub_sequence_number and finished \
-                 (create it with MySqlStore::create_table_if_missing, or see the crate docs for the DDL and the \
-                 ALTER TABLE statements)"
-            ),
-            err,
-        );
-    }
-    Error::with_source(kind_of(&err), what.to_owned(), err)
+    map_or_missing(what, err, || sql::missing_checkpoint_table(what, table, "MySqlStore"))
 }
 
 /// Maps a sqlx error of the lease table `table` (see [`crate::MySqlLeaseTable`]), keeping it as the source.
 pub(crate) fn map_lease(what: &str, table: &str, err: sqlx::Error) -> Error {
+    map_or_missing(what, err, || sql::missing_lease_table(what, table, "MySqlLeaseTable"))
+}
+
+/// A missing table (or column) is `Permanent` with the message `missing`; the rest is classified by [`kind_of`].
+fn map_or_missing(what: &str, err: sqlx::Error, missing: impl FnOnce() -> String) -> Error {
     if number(&err).is_some_and(|n| MISSING_TABLE_NUMBERS.contains(&n)) {
-        return Error::with_source(
-            ErrorKind::Permanent,
-            format!(
-                "{what}: lease table {table} is missing or lacks columns (create it with \
-                 MySqlLeaseTable::create_table_if_missing, or see the crate docs for the DDL)"
-            ),
-            err,
-        );
+        return Error::with_source(ErrorKind::Permanent, missing(), err);
     }
     Error::with_source(kind_of(&err), what.to_owned(), err)
 }

@@ -1,15 +1,14 @@
 //! [`MySqlLeaseTable`]: the lease table of consumer groups in a MySQL/MariaDB table.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
-use kc_checkpoint::lease::{creation_millis, fenced, from_millis, Lease, LeaseScope, LeaseTable};
-use kc_checkpoint::{Checkpoint, Error, ErrorKind, SequenceNumber};
-use sqlx::mysql::{MySqlArguments, MySqlPool, MySqlPoolOptions};
+use kc_checkpoint::lease::{creation_millis, from_millis, refused, Lease, LeaseScope, LeaseTable};
+use kc_checkpoint::{sql, Checkpoint, Error, ErrorKind};
+use sqlx::mysql::{MySqlArguments, MySqlPool};
 use sqlx::query::Query;
 use sqlx::MySql;
 
 use crate::error;
+use crate::store::small_pool;
 use crate::store::MAX_SEQUENCE_DIGITS;
 use crate::table::TableName;
 
@@ -104,12 +103,7 @@ impl MySqlLeaseTable {
     /// returns the lease table in `table`. Build a `MySqlPool` yourself for other pool settings or TLS.
     pub async fn connect(url: &str, table: &str) -> Result<Self, Error> {
         let table = TableName::parse(table)?;
-        let pool = MySqlPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(|e| error::map_lease("connecting to MySQL", table.as_str(), e))?;
+        let pool = small_pool(url).await.map_err(|e| error::map_lease("connecting to MySQL", table.as_str(), e))?;
         Self::new(pool, table.as_str())
     }
 
@@ -153,17 +147,6 @@ impl MySqlLeaseTable {
         error::map_lease(what, self.table.as_str(), err)
     }
 
-    /// The `Fenced` error of a write whose condition did not hold, saying what the lease looks like now (best
-    /// effort: the error is `Fenced` whether or not that read succeeds).
-    async fn refused(&self, scope: &LeaseScope, shard_id: &str, what: &str, expected: u64) -> Error {
-        let now = match self.get(scope, shard_id).await {
-            Ok(Some(l)) => format!("counter {} (expected {expected}), owner {:?}", l.counter, l.owner),
-            Ok(None) => "the lease does not exist".to_owned(),
-            Err(_) => "could not read the lease".to_owned(),
-        };
-        fenced(scope, shard_id, &format!("{what} ({now})"))
-    }
-
     /// Runs a conditional write of the owner; the condition pins the counter, so the new one is `counter + 1`.
     async fn owner_write(
         &self,
@@ -177,7 +160,7 @@ impl MySqlLeaseTable {
         if done.rows_affected() == 1 {
             Ok(counter + 1)
         } else {
-            Err(self.refused(scope, shard_id, what, counter).await)
+            Err(refused(self, scope, shard_id, what, counter).await)
         }
     }
 
@@ -195,7 +178,7 @@ impl MySqlLeaseTable {
         let done = query.execute(&mut *tx).await.map_err(|e| self.map(what, e))?;
         if done.rows_affected() != 1 {
             tx.rollback().await.map_err(|e| self.map(what, e))?;
-            return Err(self.refused(scope, shard_id, what, expected).await);
+            return Err(refused(self, scope, shard_id, what, expected).await);
         }
         let row: Row = sqlx::query_as(&self.sql.get)
             .bind(scope.group())
@@ -210,20 +193,7 @@ impl MySqlLeaseTable {
 
     fn decode(&self, row: Row) -> Result<Lease, Error> {
         let (shard_id, owner, counter, sequence, sub_sequence, finished, parents, next_owner, created_at) = row;
-        let checkpoint = match (finished, sequence) {
-            (true, _) => Some(Checkpoint::ShardEnd),
-            (false, None) => None,
-            (false, Some(sequence)) => {
-                let sequence = SequenceNumber::parse(sequence).map_err(|e| {
-                    Error::with_source(
-                        ErrorKind::Permanent,
-                        format!("invalid sequence number stored in {}", self.table.as_str()),
-                        e,
-                    )
-                })?;
-                Some(Checkpoint::At { sequence, sub_sequence })
-            }
-        };
+        let checkpoint = sql::stored_checkpoint(self.table.as_str(), finished, sequence, sub_sequence)?;
         let parents = if parents.is_empty() { Vec::new() } else { parents.split(',').map(str::to_owned).collect() };
         Ok(Lease::new(shard_id, owner, counter, checkpoint, parents)
             .with_next_owner(next_owner)

@@ -2,12 +2,11 @@
 //! [`BufferedStore`](kc_checkpoint::buffered::BufferedStore) over [`MySql`], the backend of this file (one
 //! transaction of upserts of every pending checkpoint, one select).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use kc_checkpoint::buffered::{Backend, BufferedStore, Retry};
-use kc_checkpoint::{Checkpoint, CheckpointStore, Error, ErrorKind, SequenceNumber, ShardKey};
+use kc_checkpoint::{sql, Checkpoint, CheckpointStore, Error, ErrorKind, ShardKey};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 
 use crate::error;
@@ -92,12 +91,7 @@ impl MySqlStore {
     /// returns a store in `table` with default options. Build a `MySqlPool` yourself for other pool settings or TLS.
     pub async fn connect(url: &str, table: &str) -> Result<Self, Error> {
         let table = TableName::parse(table)?;
-        let pool = MySqlPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(|e| error::map("connecting to MySQL", table.as_str(), e))?;
+        let pool = small_pool(url).await.map_err(|e| error::map("connecting to MySQL", table.as_str(), e))?;
         Self::new(pool, table.as_str())
     }
 
@@ -126,6 +120,11 @@ impl MySqlStore {
     pub async fn shutdown(&self) -> Result<(), Error> {
         self.engine.shutdown().await
     }
+}
+
+/// The pool of `connect` (the store's and the lease table's): 4 connections, 5 s acquire timeout.
+pub(crate) async fn small_pool(url: &str) -> Result<MySqlPool, sqlx::Error> {
+    MySqlPoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(5)).connect(url).await
 }
 
 #[async_trait]
@@ -158,7 +157,7 @@ impl Backend for MySql {
 
     async fn read(&self, key: &ShardKey) -> Result<Option<Checkpoint>, Error> {
         let table = self.table.as_str();
-        let ns = namespace(key);
+        let ns = sql::namespace(key);
         let row: Option<(String, Option<u64>, bool)> = RETRY
             .run(|| async {
                 sqlx::query_as(&self.select_sql)
@@ -170,27 +169,15 @@ impl Backend for MySql {
             })
             .await?;
         let Some((sequence, sub_sequence, finished)) = row else { return Ok(None) };
-        if finished {
-            return Ok(Some(Checkpoint::ShardEnd));
-        }
-        let sequence = SequenceNumber::parse(sequence).map_err(|e| {
-            Error::with_source(ErrorKind::Permanent, format!("invalid sequence number stored in {table}"), e)
-        })?;
-        Ok(Some(Checkpoint::At { sequence, sub_sequence }))
+        sql::stored_checkpoint(table, finished, Some(sequence), sub_sequence)
     }
 
     /// One transaction for the whole batch (the engine retries it).
     async fn write(&self, batch: &[(ShardKey, Checkpoint)]) -> Result<(), Error> {
-        let rows = Rows::new(batch.iter().map(|(k, c)| (namespace(k), k.shard().to_owned(), c.clone())));
-        rows.write(&self.pool, &self.table)
+        write_rows(&self.pool, &self.table, &sql::rows(batch.iter().map(|(k, c)| (k, c))))
             .await
             .map_err(|e| error::map("flushing checkpoints", self.table.as_str(), e))
     }
-}
-
-/// The value of the `namespace` column: `{app}-{stream}`, as the Go library's stores write it.
-fn namespace(key: &ShardKey) -> String {
-    format!("{}-{}", key.app(), key.stream())
 }
 
 /// Sequence numbers are stored as `DECIMAL(65,0)`.
@@ -208,91 +195,33 @@ fn check(checkpoint: &Checkpoint) -> Result<(), Error> {
     }
 }
 
-/// The rows of a flush, sorted by primary key (so that concurrent flushes lock rows in the same order and cannot
-/// deadlock each other).
-struct Rows(Vec<Row>);
-
-struct Row {
-    namespace: String,
-    shard: String,
-    sequence: String,
-    sub_sequence: Option<u64>,
-    finished: bool,
-}
-
-impl Rows {
-    fn new(rows: impl IntoIterator<Item = (String, String, Checkpoint)>) -> Self {
-        // Two keys can share a row (`a-b`/`c` and `a`/`b-c` both give namespace `a-b-c`): keep the later checkpoint.
-        let mut by_pk: BTreeMap<(String, String), Checkpoint> = BTreeMap::new();
-        for (ns, shard, checkpoint) in rows {
-            let slot = by_pk.entry((ns, shard)).or_insert_with(|| checkpoint.clone());
-            if checkpoint > *slot {
-                *slot = checkpoint;
-            }
+/// Writes the rows of a flush ([`sql::rows`]: sorted by primary key) in one transaction, [`ROWS_PER_STATEMENT`] rows
+/// per statement.
+async fn write_rows(pool: &MySqlPool, table: &TableName, rows: &[sql::Row]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let sql = table.upsert_sql(chunk.len());
+        let mut query = sqlx::query(&sql);
+        for row in chunk {
+            query = query
+                .bind(&row.namespace)
+                .bind(&row.shard)
+                .bind(&row.sequence)
+                .bind(row.sub_sequence)
+                .bind(row.finished);
         }
-        Rows(
-            by_pk
-                .into_iter()
-                .map(|((namespace, shard), checkpoint)| match checkpoint {
-                    Checkpoint::At { sequence, sub_sequence } => {
-                        Row { namespace, shard, sequence: sequence.to_string(), sub_sequence, finished: false }
-                    }
-                    // The row needs a sequence number (NOT NULL in the Go schema); an existing row keeps its own.
-                    Checkpoint::ShardEnd => {
-                        Row { namespace, shard, sequence: "0".to_owned(), sub_sequence: None, finished: true }
-                    }
-                })
-                .collect(),
-        )
+        query.execute(&mut *tx).await?;
     }
-
-    /// Writes the rows in one transaction, [`ROWS_PER_STATEMENT`] rows per statement.
-    async fn write(&self, pool: &MySqlPool, table: &TableName) -> Result<(), sqlx::Error> {
-        let mut tx = pool.begin().await?;
-        for chunk in self.0.chunks(ROWS_PER_STATEMENT) {
-            let sql = table.upsert_sql(chunk.len());
-            let mut query = sqlx::query(&sql);
-            for row in chunk {
-                query = query
-                    .bind(&row.namespace)
-                    .bind(&row.shard)
-                    .bind(&row.sequence)
-                    .bind(row.sub_sequence)
-                    .bind(row.finished);
-            }
-            query.execute(&mut *tx).await?;
-        }
-        tx.commit().await
-    }
+    tx.commit().await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kc_checkpoint::SequenceNumber;
 
     fn at(s: &str, sub: Option<u64>) -> Checkpoint {
         Checkpoint::At { sequence: SequenceNumber::parse(s).expect("valid"), sub_sequence: sub }
-    }
-
-    #[test]
-    fn rows_are_sorted_deduplicated_and_typed() {
-        let rows = Rows::new([
-            ("b-s".to_owned(), "2".to_owned(), at("10", Some(u64::MAX))),
-            ("a-b-c".to_owned(), "1".to_owned(), at("9", None)),
-            // Same row as the one above (app `a`, stream `b-c` vs app `a-b`, stream `c`): the later checkpoint wins.
-            ("a-b-c".to_owned(), "1".to_owned(), at("10", None)),
-            ("a-b-c".to_owned(), "0".to_owned(), Checkpoint::ShardEnd),
-        ]);
-        let got: Vec<_> =
-            rows.0.iter().map(|r| (&*r.namespace, &*r.shard, &*r.sequence, r.sub_sequence, r.finished)).collect();
-        assert_eq!(
-            got,
-            [
-                ("a-b-c", "0", "0", None, true),
-                ("a-b-c", "1", "10", None, false),
-                ("b-s", "2", "10", Some(u64::MAX), false)
-            ]
-        );
     }
 
     #[test]
@@ -301,6 +230,5 @@ mod tests {
         let too_long = check(&at(&"9".repeat(MAX_SEQUENCE_DIGITS + 1), None));
         assert_eq!(too_long.map_err(|e| e.kind()), Err(ErrorKind::InvalidInput));
         assert!(check(&Checkpoint::ShardEnd).is_ok());
-        assert_eq!(namespace(&ShardKey::new("app", "stream", "shard")), "app-stream");
     }
 }

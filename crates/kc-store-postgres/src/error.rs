@@ -1,6 +1,6 @@
 //! How sqlx errors become [`kc_checkpoint::Error`]s.
 
-use kc_checkpoint::{Error, ErrorKind};
+use kc_checkpoint::{sql, Error, ErrorKind};
 
 /// SQLSTATE codes worth retrying: serialization failure, deadlock, lock not available, too many connections, and the
 /// server shutting down or starting up. Class `08` (connection exceptions) is retried as a whole.
@@ -11,36 +11,19 @@ const MISSING_TABLE_CODES: &[&str] = &["42P01", "42703"];
 
 /// Maps a sqlx error to a checkpoint-store error, keeping the sqlx error as the source.
 pub(crate) fn map(what: &str, table: &str, err: sqlx::Error) -> Error {
-    let kind = kind_of(&err);
-    if let sqlx::Error::Database(db) = &err {
-        if db.code().is_some_and(|c| MISSING_TABLE_CODES.contains(&c.as_ref())) {
-            return Error::with_source(
-                ErrorKind::Permanent,
-                format!(
-                    "{what}: checkpoint table {table} is missing or lacks the columns sub_sequence_number and finished \
-                     (create it with PostgresStore::create_table_if_missing, or see the crate docs for the DDL and \
-                     the ALTER TABLE statements)"
-                ),
-                err,
-            );
-        }
-    }
-    Error::with_source(kind, what.to_owned(), err)
+    map_or_missing(what, err, || sql::missing_checkpoint_table(what, table, "PostgresStore"))
 }
 
 /// Maps a sqlx error of the lease table `table` (see [`crate::PostgresLeaseTable`]), keeping it as the source.
 pub(crate) fn map_lease(what: &str, table: &str, err: sqlx::Error) -> Error {
-    if let sqlx::Error::Database(db) = &err {
-        if db.code().is_some_and(|c| MISSING_TABLE_CODES.contains(&c.as_ref())) {
-            return Error::with_source(
-                ErrorKind::Permanent,
-                format!(
-                    "{what}: lease table {table} is missing or lacks columns (create it with \
-                     PostgresLeaseTable::create_table_if_missing, or see the crate docs for the DDL)"
-                ),
-                err,
-            );
-        }
+    map_or_missing(what, err, || sql::missing_lease_table(what, table, "PostgresLeaseTable"))
+}
+
+/// A missing table (or column) is `Permanent` with the message `missing`; the rest is classified by [`kind_of`].
+fn map_or_missing(what: &str, err: sqlx::Error, missing: impl FnOnce() -> String) -> Error {
+    if matches!(&err, sqlx::Error::Database(db) if db.code().is_some_and(|c| MISSING_TABLE_CODES.contains(&c.as_ref())))
+    {
+        return Error::with_source(ErrorKind::Permanent, missing(), err);
     }
     Error::with_source(kind_of(&err), what.to_owned(), err)
 }

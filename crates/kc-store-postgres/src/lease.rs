@@ -1,14 +1,13 @@
 //! [`PostgresLeaseTable`]: the lease table of consumer groups in a PostgreSQL table.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
-use kc_checkpoint::lease::{creation_millis, fenced, from_millis, Lease, LeaseScope, LeaseTable};
-use kc_checkpoint::{Checkpoint, Error, ErrorKind, SequenceNumber};
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use kc_checkpoint::lease::{creation_millis, fenced, from_millis, refused, Lease, LeaseScope, LeaseTable};
+use kc_checkpoint::{sql, Checkpoint, Error, ErrorKind};
+use sqlx::postgres::{PgPool, PgRow};
 use sqlx::Row as _;
 
 use crate::error;
+use crate::store::small_pool;
 use crate::table::TableName;
 
 /// The columns every read returns, in the order [`decode`] expects.
@@ -102,12 +101,8 @@ impl PostgresLeaseTable {
     /// `table`. Build a `PgPool` yourself for other pool settings or TLS.
     pub async fn connect(url: &str, table: &str) -> Result<Self, Error> {
         let table = TableName::parse(table)?;
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(|e| error::map_lease("connecting to PostgreSQL", table.as_str(), e))?;
+        let pool =
+            small_pool(url).await.map_err(|e| error::map_lease("connecting to PostgreSQL", table.as_str(), e))?;
         Self::new(pool, table.as_str())
     }
 
@@ -169,50 +164,25 @@ impl PostgresLeaseTable {
         sqlx::query(sql).bind(scope.group()).bind(scope.stream()).bind(shard_id)
     }
 
-    /// The `Fenced` error of a write whose condition did not hold, saying what the lease looks like now (best
-    /// effort: the error is `Fenced` whether or not that read succeeds).
-    async fn refused(&self, scope: &LeaseScope, shard_id: &str, what: &str, expected: u64) -> Error {
-        let now = match self.get(scope, shard_id).await {
-            Ok(Some(l)) => format!("counter {} (expected {expected}), owner {:?}", l.counter, l.owner),
-            Ok(None) => "the lease does not exist".to_owned(),
-            Err(_) => "could not read the lease".to_owned(),
-        };
-        fenced(scope, shard_id, &format!("{what} ({now})"))
-    }
-
-    /// Runs a conditional write returning the new counter; no row means the condition did not hold.
-    async fn write_counter(
+    /// Runs a conditional write and reads what it returns with `read`; no row means the condition did not hold.
+    async fn write<T>(
         &self,
         query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
         scope: &LeaseScope,
         shard_id: &str,
         what: &str,
         expected: u64,
-    ) -> Result<u64, Error> {
-        let row = query.fetch_optional(&self.pool).await.map_err(|e| self.map(what, e))?;
-        match row {
-            Some(row) => {
-                let counter: i64 = row.try_get(0).map_err(|e| self.map(what, e))?;
-                counter_of(counter)
-            }
-            None => Err(self.refused(scope, shard_id, what, expected).await),
+        read: impl FnOnce(&PgRow) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        match query.fetch_optional(&self.pool).await.map_err(|e| self.map(what, e))? {
+            Some(row) => read(&row),
+            None => Err(refused(self, scope, shard_id, what, expected).await),
         }
     }
 
-    /// Runs a conditional write returning the whole lease.
-    async fn write_lease(
-        &self,
-        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
-        scope: &LeaseScope,
-        shard_id: &str,
-        what: &str,
-        expected: u64,
-    ) -> Result<Lease, Error> {
-        let row = query.fetch_optional(&self.pool).await.map_err(|e| self.map(what, e))?;
-        match row {
-            Some(row) => self.decode(&row),
-            None => Err(self.refused(scope, shard_id, what, expected).await),
-        }
+    /// The new counter a write returned.
+    fn counter(&self, row: &PgRow, what: &str) -> Result<u64, Error> {
+        counter_of(row.try_get(0).map_err(|e| self.map(what, e))?)
     }
 
     fn decode(&self, row: &PgRow) -> Result<Lease, Error> {
@@ -226,20 +196,7 @@ impl PostgresLeaseTable {
         let parents: Vec<String> = row.try_get(6).map_err(map)?;
         let next_owner: Option<String> = row.try_get(7).map_err(map)?;
         let created_at: Option<i64> = row.try_get(8).map_err(map)?;
-        let table = self.table.as_str();
-        let checkpoint = match (finished, sequence) {
-            (true, _) => Some(Checkpoint::ShardEnd),
-            (false, None) => None,
-            (false, Some(sequence)) => {
-                let sequence = SequenceNumber::parse(sequence).map_err(|e| {
-                    Error::with_source(ErrorKind::Permanent, format!("invalid sequence number stored in {table}"), e)
-                })?;
-                let sub_sequence = sub_sequence.map(u64::try_from).transpose().map_err(|e| {
-                    Error::with_source(ErrorKind::Permanent, format!("negative sub-sequence in {table}"), e)
-                })?;
-                Some(Checkpoint::At { sequence, sub_sequence })
-            }
-        };
+        let checkpoint = sql::stored_checkpoint(self.table.as_str(), finished, sequence, sub_sequence)?;
         // A negative value (not written by this crate) reads as unknown.
         let created_at = created_at.and_then(|ms| u64::try_from(ms).ok()).map(from_millis);
         Ok(Lease::new(shard_id, owner, counter_of(counter)?, checkpoint, parents)
@@ -300,7 +257,7 @@ impl LeaseTable for PostgresLeaseTable {
     ) -> Result<Lease, Error> {
         let Some(counter) = expected(expected_counter) else { return Err(fenced(scope, shard_id, "take")) };
         let query = self.key(&self.sql.take, scope, shard_id).bind(counter).bind(new_owner);
-        self.write_lease(query, scope, shard_id, "take", expected_counter).await
+        self.write(query, scope, shard_id, "take", expected_counter, |row| self.decode(row)).await
     }
 
     async fn request(
@@ -313,13 +270,13 @@ impl LeaseTable for PostgresLeaseTable {
         let what = "handoff request";
         let Some(counter) = expected(expected_counter) else { return Err(fenced(scope, shard_id, what)) };
         let query = self.key(&self.sql.request, scope, shard_id).bind(counter).bind(requester);
-        self.write_lease(query, scope, shard_id, what, expected_counter).await
+        self.write(query, scope, shard_id, what, expected_counter, |row| self.decode(row)).await
     }
 
     async fn renew(&self, scope: &LeaseScope, shard_id: &str, owner: &str, counter: u64) -> Result<u64, Error> {
         let Some(c) = expected(counter) else { return Err(fenced(scope, shard_id, "renewal")) };
         let query = self.key(&self.sql.renew, scope, shard_id).bind(c).bind(owner);
-        self.write_counter(query, scope, shard_id, "renewal", counter).await
+        self.write(query, scope, shard_id, "renewal", counter, |row| self.counter(row, "renewal")).await
     }
 
     async fn checkpoint(
@@ -354,13 +311,13 @@ impl LeaseTable for PostgresLeaseTable {
             .bind(sequence)
             .bind(sub_sequence)
             .bind(finished);
-        self.write_counter(query, scope, shard_id, "checkpoint", counter).await
+        self.write(query, scope, shard_id, "checkpoint", counter, |row| self.counter(row, "checkpoint")).await
     }
 
     async fn release(&self, scope: &LeaseScope, shard_id: &str, owner: &str, counter: u64) -> Result<u64, Error> {
         let Some(c) = expected(counter) else { return Err(fenced(scope, shard_id, "release")) };
         let query = self.key(&self.sql.release, scope, shard_id).bind(c).bind(owner);
-        self.write_counter(query, scope, shard_id, "release", counter).await
+        self.write(query, scope, shard_id, "release", counter, |row| self.counter(row, "release")).await
     }
 
     async fn delete(&self, scope: &LeaseScope, shard_id: &str) -> Result<(), Error> {

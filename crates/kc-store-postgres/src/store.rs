@@ -2,12 +2,11 @@
 //! [`BufferedStore`](kc_checkpoint::buffered::BufferedStore) over [`Postgres`], the backend of this file (one
 //! upsert of every pending checkpoint, one select).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use kc_checkpoint::buffered::{Backend, BufferedStore, Retry};
-use kc_checkpoint::{Checkpoint, CheckpointStore, Error, ErrorKind, SequenceNumber, ShardKey};
+use kc_checkpoint::{sql, Checkpoint, CheckpointStore, Error, ErrorKind, ShardKey};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::error;
@@ -93,12 +92,7 @@ impl PostgresStore {
     /// returns a store in `table` with default options. Build a `PgPool` yourself for other pool settings or TLS.
     pub async fn connect(url: &str, table: &str) -> Result<Self, Error> {
         let table = TableName::parse(table)?;
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(|e| error::map("connecting to PostgreSQL", table.as_str(), e))?;
+        let pool = small_pool(url).await.map_err(|e| error::map("connecting to PostgreSQL", table.as_str(), e))?;
         Self::new(pool, table.as_str())
     }
 
@@ -131,7 +125,7 @@ impl PostgresStore {
     ) -> Result<(), Error> {
         check(checkpoint)?;
         let backend = self.engine.backend();
-        let rows = Rows::new([(namespace(key), key.shard().to_owned(), checkpoint.clone())]);
+        let rows = Rows::new([(key, checkpoint)]);
         rows.query(&backend.upsert_sql)
             .execute(&mut **tx)
             .await
@@ -147,6 +141,11 @@ impl PostgresStore {
     pub async fn shutdown(&self) -> Result<(), Error> {
         self.engine.shutdown().await
     }
+}
+
+/// The pool of `connect` (the store's and the lease table's): 4 connections, 5 s acquire timeout.
+pub(crate) async fn small_pool(url: &str) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(5)).connect(url).await
 }
 
 #[async_trait]
@@ -179,7 +178,7 @@ impl Backend for Postgres {
 
     async fn read(&self, key: &ShardKey) -> Result<Option<Checkpoint>, Error> {
         let table = self.table.as_str();
-        let ns = namespace(key);
+        let ns = sql::namespace(key);
         let row: Option<(String, Option<i64>, bool)> = RETRY
             .run(|| async {
                 sqlx::query_as(&self.select_sql)
@@ -191,33 +190,18 @@ impl Backend for Postgres {
             })
             .await?;
         let Some((sequence, sub_sequence, finished)) = row else { return Ok(None) };
-        if finished {
-            return Ok(Some(Checkpoint::ShardEnd));
-        }
-        let sequence = SequenceNumber::parse(sequence).map_err(|e| {
-            Error::with_source(ErrorKind::Permanent, format!("invalid sequence number stored in {table}"), e)
-        })?;
-        let sub_sequence = sub_sequence
-            .map(u64::try_from)
-            .transpose()
-            .map_err(|e| Error::with_source(ErrorKind::Permanent, format!("negative sub-sequence in {table}"), e))?;
-        Ok(Some(Checkpoint::At { sequence, sub_sequence }))
+        sql::stored_checkpoint(table, finished, Some(sequence), sub_sequence)
     }
 
     /// One statement for the whole batch (the engine retries it).
     async fn write(&self, batch: &[(ShardKey, Checkpoint)]) -> Result<(), Error> {
-        let rows = Rows::new(batch.iter().map(|(k, c)| (namespace(k), k.shard().to_owned(), c.clone())));
+        let rows = Rows::new(batch.iter().map(|(k, c)| (k, c)));
         rows.query(&self.upsert_sql)
             .execute(&self.pool)
             .await
             .map(drop)
             .map_err(|e| error::map("flushing checkpoints", self.table.as_str(), e))
     }
-}
-
-/// The value of the `namespace` column: `{app}-{stream}`, as the Go library's stores write it.
-fn namespace(key: &ShardKey) -> String {
-    format!("{}-{}", key.app(), key.stream())
 }
 
 /// Sub-sequence numbers are stored as `bigint`.
@@ -231,8 +215,7 @@ fn check(checkpoint: &Checkpoint) -> Result<(), Error> {
     }
 }
 
-/// The parameters of the upsert: one entry per row, sorted by primary key (so that concurrent flushes lock rows in
-/// the same order and cannot deadlock each other).
+/// The parameters of the upsert: parallel arrays of [`sql::rows`] (one entry per row, sorted by primary key).
 struct Rows {
     namespaces: Vec<String>,
     shards: Vec<String>,
@@ -242,39 +225,24 @@ struct Rows {
 }
 
 impl Rows {
-    fn new(rows: impl IntoIterator<Item = (String, String, Checkpoint)>) -> Self {
-        // Two keys can share a row (`a-b`/`c` and `a`/`b-c` both give namespace `a-b-c`): keep the later checkpoint,
-        // as one statement may not update a row twice.
-        let mut by_pk: BTreeMap<(String, String), Checkpoint> = BTreeMap::new();
-        for (ns, shard, checkpoint) in rows {
-            let slot = by_pk.entry((ns, shard)).or_insert_with(|| checkpoint.clone());
-            if checkpoint > *slot {
-                *slot = checkpoint;
-            }
-        }
-        let mut rows = Rows {
-            namespaces: Vec::with_capacity(by_pk.len()),
-            shards: Vec::with_capacity(by_pk.len()),
-            sequences: Vec::with_capacity(by_pk.len()),
-            sub_sequences: Vec::with_capacity(by_pk.len()),
-            finished: Vec::with_capacity(by_pk.len()),
+    fn new<'a>(batch: impl IntoIterator<Item = (&'a ShardKey, &'a Checkpoint)>) -> Self {
+        let rows = sql::rows(batch);
+        let mut arrays = Rows {
+            namespaces: Vec::with_capacity(rows.len()),
+            shards: Vec::with_capacity(rows.len()),
+            sequences: Vec::with_capacity(rows.len()),
+            sub_sequences: Vec::with_capacity(rows.len()),
+            finished: Vec::with_capacity(rows.len()),
         };
-        for ((ns, shard), checkpoint) in by_pk {
-            let (sequence, sub_sequence, finished) = match checkpoint {
-                Checkpoint::At { sequence, sub_sequence } => {
-                    // `check` let only values that fit through.
-                    (sequence.to_string(), sub_sequence.and_then(|s| i64::try_from(s).ok()), false)
-                }
-                // The row needs a sequence number (NOT NULL in the Go schema); an existing row keeps its own.
-                Checkpoint::ShardEnd => ("0".to_owned(), None, true),
-            };
-            rows.namespaces.push(ns);
-            rows.shards.push(shard);
-            rows.sequences.push(sequence);
-            rows.sub_sequences.push(sub_sequence);
-            rows.finished.push(finished);
+        for row in rows {
+            arrays.namespaces.push(row.namespace);
+            arrays.shards.push(row.shard);
+            arrays.sequences.push(row.sequence);
+            // `check` let only values that fit through.
+            arrays.sub_sequences.push(row.sub_sequence.and_then(|s| i64::try_from(s).ok()));
+            arrays.finished.push(row.finished);
         }
-        rows
+        arrays
     }
 
     fn query<'q>(&'q self, sql: &'q str) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
@@ -290,20 +258,24 @@ impl Rows {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kc_checkpoint::SequenceNumber;
 
     fn at(s: &str, sub: Option<u64>) -> Checkpoint {
         Checkpoint::At { sequence: SequenceNumber::parse(s).expect("valid"), sub_sequence: sub }
     }
 
+    /// Sorting and deduplication are `kc_checkpoint::sql::rows`'s (tested there); here the arrays and their types.
     #[test]
     fn rows_are_sorted_deduplicated_and_typed() {
-        let rows = Rows::new([
-            ("b-s".to_owned(), "2".to_owned(), at("10", Some(3))),
-            ("a-b-c".to_owned(), "1".to_owned(), at("9", None)),
+        let (k2, k1a, k1b, k0) = (
+            ShardKey::new("b", "s", "2"),
+            ShardKey::new("a", "b-c", "1"),
             // Same row as the one above (app `a`, stream `b-c` vs app `a-b`, stream `c`): the later checkpoint wins.
-            ("a-b-c".to_owned(), "1".to_owned(), at("10", None)),
-            ("a-b-c".to_owned(), "0".to_owned(), Checkpoint::ShardEnd),
-        ]);
+            ShardKey::new("a-b", "c", "1"),
+            ShardKey::new("a", "b-c", "0"),
+        );
+        let (c2, c1a, c1b) = (at("10", Some(3)), at("9", None), at("10", None));
+        let rows = Rows::new([(&k2, &c2), (&k1a, &c1a), (&k1b, &c1b), (&k0, &Checkpoint::ShardEnd)]);
         assert_eq!(rows.namespaces, ["a-b-c", "a-b-c", "b-s"]);
         assert_eq!(rows.shards, ["0", "1", "2"]);
         assert_eq!(rows.sequences, ["0", "10", "10"]);
@@ -317,6 +289,5 @@ mod tests {
         assert!(check(&at("1", Some(max))).is_ok());
         assert_eq!(check(&at("1", Some(max + 1))).map_err(|e| e.kind()), Err(ErrorKind::InvalidInput));
         assert!(check(&Checkpoint::ShardEnd).is_ok());
-        assert_eq!(namespace(&ShardKey::new("app", "stream", "shard")), "app-stream");
     }
 }
