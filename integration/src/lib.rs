@@ -128,6 +128,32 @@ pub async fn scan_with_store(
     collect_until(consumer, want).await
 }
 
+/// Runs `call()` from `callers` tasks released at the same moment (as N processes starting together); panics with
+/// every error. For `create_table_if_missing` on first deploy and upgrade.
+pub async fn all_at_once<F, Fut, E>(what: &str, callers: usize, call: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::error::Error + Send + 'static,
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(callers));
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let (barrier, call) = (Arc::clone(&barrier), call());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            call.await
+        }));
+    }
+    let mut errors = Vec::new();
+    for task in tasks {
+        if let Err(e) = task.await.expect("task") {
+            errors.push(format!("{e} ({:?})", std::error::Error::source(&e).map(ToString::to_string)));
+        }
+    }
+    assert!(errors.is_empty(), "{what}: {} of {callers} concurrent callers failed: {errors:#?}", errors.len());
+}
+
 /// The PostgreSQL URL from `DATABASE_URL_POSTGRES`; panics with a clear message when it is not set.
 pub fn postgres_url() -> String {
     kc_test_support::env::required("DATABASE_URL_POSTGRES")

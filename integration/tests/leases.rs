@@ -527,9 +527,9 @@ async fn assert_upgraded(
     assert!(new.created_at.is_some(), "{new:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_table_of_the_earlier_layout_is_upgraded() {
-    let pool = pg_pool(&postgres_url(), 2).await;
+    let pool = pg_pool(&postgres_url(), 8).await;
     let table = unique_table("kc_pg_leases_v0");
     sqlx::query(&format!(
         "CREATE TABLE {table} (group_name text NOT NULL, stream_name text NOT NULL, shard_id text NOT NULL, \
@@ -544,15 +544,27 @@ async fn postgres_table_of_the_earlier_layout_is_upgraded() {
         .execute(&pool)
         .await
         .expect("insert");
-    let leases = PostgresLeaseTable::new(pool.clone(), &table).expect("table");
-    assert_upgraded(&leases, leases.create_table_if_missing()).await;
+    let leases = Arc::new(PostgresLeaseTable::new(pool.clone(), &table).expect("table"));
+    // Every worker of the group upgrades at its start, at the same moment.
+    let upgrade = kc_integration::all_at_once("upgrading the lease table", 8, {
+        let leases = Arc::clone(&leases);
+        move || {
+            let leases = Arc::clone(&leases);
+            async move { leases.create_table_if_missing().await }
+        }
+    });
+    assert_upgraded(&*leases, async {
+        upgrade.await;
+        Ok(())
+    })
+    .await;
     leases.create_table_if_missing().await.expect("a second call has nothing to do");
     pg_drop(&pool, &table).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mysql_table_of_the_earlier_layout_is_upgraded() {
-    let pool = my_pool(&mysql_url(), 2).await;
+    let pool = my_pool(&mysql_url(), 8).await;
     let table = unique_table("kc_my_leases_v0");
     sqlx::query(&format!(
         "CREATE TABLE {table} (group_name varchar(255) NOT NULL, stream_name varchar(128) NOT NULL, \
@@ -570,8 +582,20 @@ async fn mysql_table_of_the_earlier_layout_is_upgraded() {
     .execute(&pool)
     .await
     .expect("insert");
-    let leases = MySqlLeaseTable::new(pool.clone(), &table).expect("table");
-    assert_upgraded(&leases, leases.create_table_if_missing()).await;
+    let leases = Arc::new(MySqlLeaseTable::new(pool.clone(), &table).expect("table"));
+    // Every worker of the group upgrades at its start, at the same moment.
+    let upgrade = kc_integration::all_at_once("upgrading the lease table", 8, {
+        let leases = Arc::clone(&leases);
+        move || {
+            let leases = Arc::clone(&leases);
+            async move { leases.create_table_if_missing().await }
+        }
+    });
+    assert_upgraded(&*leases, async {
+        upgrade.await;
+        Ok(())
+    })
+    .await;
     leases.create_table_if_missing().await.expect("a second call has nothing to do");
     my_drop(&pool, &table).await;
 }

@@ -6,6 +6,7 @@ use kc_checkpoint::{sql, Checkpoint, Error, ErrorKind};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::Row as _;
 
+use crate::ddl::Ddl;
 use crate::error;
 use crate::store::small_pool;
 use crate::table::TableName;
@@ -132,23 +133,18 @@ impl PostgresLeaseTable {
             t = self.table.as_str(),
             pk = self.table.constraint_name(),
         );
-        sqlx::query(&sql).execute(&self.pool).await.map_err(|e| self.map("creating the lease table", e))?;
+        let table = self.table.as_str();
+        // Safe when many processes create (or upgrade) the table at once (see ddl.rs).
+        let mut ddl = Ddl::lock(&self.pool, table).await.map_err(|e| self.map("creating the lease table", e))?;
+        ddl.execute(&sql).await.map_err(|e| self.map("creating the lease table", e))?;
         // A table created before leases carried their creation time gets the column (NULL in existing rows). Looked
         // up first: an `ALTER TABLE` locks the table even when it has nothing to do.
-        let has_column = "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) \
-                          AND attname = 'created_at_ms' AND NOT attisdropped)";
         let upgrading = "upgrading the lease table";
-        let (has,): (bool,) = sqlx::query_as(has_column)
-            .bind(self.table.as_str())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.map(upgrading, e))?;
-        if !has {
-            let upgrade =
-                format!("ALTER TABLE {} ADD COLUMN IF NOT EXISTS created_at_ms bigint NULL", self.table.as_str());
-            sqlx::query(&upgrade).execute(&self.pool).await.map_err(|e| self.map(upgrading, e))?;
+        if !ddl.has_column(table, "created_at_ms").await.map_err(|e| self.map(upgrading, e))? {
+            let upgrade = format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS created_at_ms bigint NULL");
+            ddl.execute(&upgrade).await.map_err(|e| self.map(upgrading, e))?;
         }
-        Ok(())
+        ddl.commit().await.map_err(|e| self.map("creating the lease table", e))
     }
 
     fn map(&self, what: &str, err: sqlx::Error) -> Error {

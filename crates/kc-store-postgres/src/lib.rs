@@ -37,7 +37,10 @@
 //! [`PostgresStore::new`]. The name is written into SQL unquoted, as the Go library does (PostgreSQL folds it to
 //! lower case), so it cannot be a reserved word such as `user`.
 //!
-//! [`PostgresStore::create_table_if_missing`] runs (with your table name):
+//! [`PostgresStore::create_table_if_missing`] runs (with your table name), in a transaction holding an advisory lock
+//! keyed by the table name (`pg_advisory_xact_lock`), so that many processes may call it at the same moment on first
+//! deploy (PostgreSQL's `CREATE TABLE IF NOT EXISTS` alone is not safe under concurrency); the same goes for
+//! [`PostgresLeaseTable::create_table_if_missing`] and its column upgrade:
 //!
 //! ```sql
 //! CREATE TABLE IF NOT EXISTS kinesis_consumer (
@@ -175,6 +178,7 @@
 //! # }
 //! ```
 
+mod ddl;
 mod error;
 mod lease;
 mod store;

@@ -9,6 +9,7 @@ use kc_checkpoint::buffered::{Backend, BufferedStore, Retry};
 use kc_checkpoint::{sql, Checkpoint, CheckpointStore, Error, ErrorKind, ShardKey};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+use crate::ddl::Ddl;
 use crate::error;
 use crate::table::TableName;
 
@@ -105,12 +106,14 @@ impl PostgresStore {
     /// exists. An existing table is left as it is, even if it lacks the columns this store needs.
     pub async fn create_table_if_missing(&self) -> Result<(), Error> {
         let backend = self.engine.backend();
-        let sql = backend.table.create_table_sql();
-        sqlx::query(&sql)
-            .execute(&backend.pool)
-            .await
-            .map(drop)
-            .map_err(|e| error::map("creating the checkpoint table", backend.table.as_str(), e))
+        let table = backend.table.as_str();
+        let create = async {
+            // Safe when many processes create the table at once (see ddl.rs).
+            let mut ddl = Ddl::lock(&backend.pool, table).await?;
+            ddl.execute(&backend.table.create_table_sql()).await?;
+            ddl.commit().await
+        };
+        create.await.map_err(|e| error::map("creating the checkpoint table", table, e))
     }
 
     /// Writes `checkpoint` for `key` inside the caller's transaction, unless the stored checkpoint is at or after it.
