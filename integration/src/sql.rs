@@ -196,6 +196,28 @@ pub async fn server_unavailable_during_flush_keeps_checkpoints_pending<S: SqlSto
     drop_table::<S>(&direct, &table).await;
 }
 
+/// The test `read_only_sessions_are_transient` of both stores (table named after `prefix`): what a database failover
+/// looks like to a pool (its sessions reach a replica, or the demoted primary, until it reconnects to the new
+/// primary): `read_only` is a pool whose sessions refuse writes. The flush fails as `Transient` (not `Permanent`: the
+/// consumer keeps running), the checkpoint stays pending, no flush failure is recorded (the next `set` works), and
+/// a store on a writable pool then writes it.
+pub async fn read_only_sessions_are_transient<S: SqlStore>(prefix: &str, read_only: Pool<S::Db>) {
+    let (direct, table, writable) = new_table::<S>(prefix).await;
+    let store = S::new(read_only, &table).expect("valid table name");
+    let k = key("shardId-0");
+    store.set(&k, at("41")).await.expect("set");
+    let err = store.flush().await.expect_err("read-only sessions refuse the write");
+    let source = std::error::Error::source(&err).map(ToString::to_string);
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}: {source:?}");
+    store.set(&k, at(BIG)).await.expect("no flush failure recorded: set works");
+    assert_eq!(store.get(&k).await.expect("get"), Some(at(BIG)), "pending, newest");
+    assert_eq!(stored::<S>(&direct, &table, &k).await, None, "nothing written");
+    writable.set(&k, at(BIG)).await.expect("set");
+    writable.flush().await.expect("a writable session writes");
+    assert_eq!(stored::<S>(&direct, &table, &k).await, Some(at(BIG)));
+    drop_table::<S>(&direct, &table).await;
+}
+
 /// The conformance suite's backend: a table per case (named after `prefix`), stores flushing every 100 ms, a table
 /// broken by dropping it.
 pub struct SuiteBackend<S: SqlStore> {

@@ -9,6 +9,7 @@ use kc_integration::sql::{self, at, at_sub, drop_table, key, new_table, pool, st
 use kc_integration::{mysql_url, unique_table};
 use kinesis_consumer::checkpoint::{Checkpoint, CheckpointStore, ErrorKind};
 use kinesis_consumer::mysql::{MySqlStore, MAX_SEQUENCE_DIGITS};
+use sqlx::mysql::MySqlPoolOptions;
 
 /// The store under test (see `kc_integration::sql` for what both SQL stores' tests share).
 type Store = MySqlStore;
@@ -142,4 +143,19 @@ async fn go_library_table_needs_the_documented_alters() {
 #[tokio::test]
 async fn server_unavailable_during_flush_keeps_checkpoints_pending() {
     sql::server_unavailable_during_flush_keeps_checkpoints_pending::<Store>("kc_my_unavailable").await;
+}
+
+/// A failover: sessions in read-only transactions (MariaDB/MySQL error 1792; 1290 and 1836 for a read-only server)
+/// are `Transient`.
+#[tokio::test]
+async fn read_only_sessions_are_transient() {
+    let read_only = MySqlPoolOptions::new()
+        .max_connections(2)
+        .after_connect(|conn, _| {
+            Box::pin(async move { sqlx::query("SET SESSION TRANSACTION READ ONLY").execute(conn).await.map(drop) })
+        })
+        .connect(&mysql_url())
+        .await
+        .expect("pool");
+    sql::read_only_sessions_are_transient::<Store>("kc_my_read_only", read_only).await;
 }

@@ -2,6 +2,7 @@
 //! integration`): the conformance suite (`kc_checkpoint::test_util::store_suite`), then what only PostgreSQL has
 //! (the Go library's row layout, the documented migration of a Go table, `checkpoint_in_tx`, the server cut off).
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use kc_checkpoint::test_util::store_suite::{self, Capabilities};
@@ -9,6 +10,7 @@ use kc_integration::sql::{self, at, at_sub, drop_table, key, new_table, pool, st
 use kc_integration::{postgres_url, unique_table};
 use kinesis_consumer::checkpoint::{Checkpoint, CheckpointStore, ErrorKind, ShardKey};
 use kinesis_consumer::postgres::PostgresStore;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 /// The store under test (see `kc_integration::sql` for what both SQL stores' tests share).
 type Store = PostgresStore;
@@ -189,4 +191,36 @@ async fn transactional_checkpoint_commits_with_the_handler_rows() {
     store.shutdown().await.expect("shutdown");
     drop_table::<Store>(&pool, &events).await;
     drop_table::<Store>(&pool, &table).await;
+}
+
+/// A failover: sessions that refuse writes (`default_transaction_read_only`, SQLSTATE 25006) are `Transient`.
+#[tokio::test]
+async fn read_only_sessions_are_transient() {
+    let options =
+        PgConnectOptions::from_str(&postgres_url()).expect("url").options([("default_transaction_read_only", "on")]);
+    let read_only = PgPoolOptions::new().max_connections(2).connect_with(options).await.expect("pool");
+    sql::read_only_sessions_are_transient::<Store>("kc_pg_read_only", read_only).await;
+}
+
+/// A statement cancelled (SQLSTATE 57014: a statement timeout here; an operator or a failover elsewhere) is
+/// `Transient`: the flush fails, the checkpoint stays pending, the next flush writes it.
+#[tokio::test]
+async fn a_cancelled_statement_is_transient() {
+    let (direct, table, _) = new_table::<Store>("kc_pg_cancelled").await;
+    let options = PgConnectOptions::from_str(&postgres_url()).expect("url").options([("statement_timeout", "300")]);
+    let timed = PgPoolOptions::new().max_connections(2).connect_with(options).await.expect("pool");
+    let store = Store::new(timed, &table).expect("valid table name");
+    let k = key("shardId-0");
+    store.set(&k, at(BIG)).await.expect("set");
+    // Another session holds the table: the upsert waits, and is cancelled after 300 ms.
+    let mut lock = direct.begin().await.expect("begin");
+    sqlx::query(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")).execute(&mut *lock).await.expect("lock");
+    let err = store.flush().await.expect_err("cancelled");
+    let source = std::error::Error::source(&err).map(ToString::to_string);
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}: {source:?}");
+    assert!(source.is_some_and(|s| s.contains("statement timeout")), "{err}");
+    lock.rollback().await.expect("unlock");
+    store.flush().await.expect("the next flush writes it");
+    assert_eq!(stored::<Store>(&direct, &table, &k).await, Some(at(BIG)));
+    drop_table::<Store>(&direct, &table).await;
 }

@@ -4,9 +4,11 @@ use kc_checkpoint::{sql, Error, ErrorKind};
 use sqlx::mysql::MySqlDatabaseError;
 
 /// Server error numbers worth retrying: deadlock (1213), lock wait timeout (1205), too many connections (1040),
-/// server shutting down (1053), connection killed (1927, MariaDB), idle connection dropped (4031, MySQL), and the
-/// client's "server has gone away" / "lost connection" (2006, 2013). SQLSTATE class `08` is retried as a whole.
-const TRANSIENT_NUMBERS: &[u16] = &[1213, 1205, 1040, 1053, 1927, 4031, 2006, 2013];
+/// server shutting down (1053), connection killed (1927, MariaDB), idle connection dropped (4031, MySQL), the
+/// client's "server has gone away" / "lost connection" (2006, 2013), and a server or transaction that is read-only
+/// (1290 `--read-only`, 1792 read-only transaction, 1836 read-only mode: a replica, or a demoted primary, during a
+/// failover; the pool reconnects to the new primary). SQLSTATE class `08` is retried as a whole.
+const TRANSIENT_NUMBERS: &[u16] = &[1213, 1205, 1040, 1053, 1927, 4031, 2006, 2013, 1290, 1792, 1836];
 
 /// No such table (1146), unknown column (1054): the table is missing or has the Go library's old schema.
 const MISSING_TABLE_NUMBERS: &[u16] = &[1146, 1054];

@@ -2,9 +2,13 @@
 
 use kc_checkpoint::{sql, Error, ErrorKind};
 
-/// SQLSTATE codes worth retrying: serialization failure, deadlock, lock not available, too many connections, and the
-/// server shutting down or starting up. Class `08` (connection exceptions) is retried as a whole.
-const TRANSIENT_CODES: &[&str] = &["40001", "40P01", "55P03", "53300", "57P01", "57P02", "57P03"];
+/// SQLSTATE codes worth retrying: serialization failure (40001), deadlock (40P01), lock not available (55P03), too many
+/// connections (53300), a statement cancelled (57014: a statement timeout, or cancelled by an operator or a failover),
+/// the server shutting down, crashing, starting up or its database dropped for a restore (57P01..57P04), and a
+/// read-only transaction (25006: connected to a replica, or to a primary that was demoted, during a failover; the
+/// pool reconnects to the new primary). Class `08` (connection exceptions) is retried as a whole.
+const TRANSIENT_CODES: &[&str] =
+    &["40001", "40P01", "55P03", "53300", "57014", "57P01", "57P02", "57P03", "57P04", "25006"];
 
 /// `undefined_table` and `undefined_column`: the table is missing or has the Go library's old schema.
 const MISSING_TABLE_CODES: &[&str] = &["42P01", "42703"];
@@ -33,18 +37,35 @@ fn kind_of(err: &sqlx::Error) -> ErrorKind {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_) => {
             ErrorKind::Transient
         }
-        sqlx::Error::Database(db) => match db.code() {
-            Some(code) if code.starts_with("08") || TRANSIENT_CODES.contains(&code.as_ref()) => ErrorKind::Transient,
-            _ => ErrorKind::Permanent,
-        },
+        sqlx::Error::Database(db) => db.code().map_or(ErrorKind::Permanent, |code| code_kind(&code)),
         sqlx::Error::Configuration(_) => ErrorKind::InvalidInput,
         _ => ErrorKind::Permanent,
+    }
+}
+
+/// The kind of a SQLSTATE code.
+fn code_kind(code: &str) -> ErrorKind {
+    if code.starts_with("08") || TRANSIENT_CODES.contains(&code) {
+        ErrorKind::Transient
+    } else {
+        ErrorKind::Permanent
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlstate_codes() {
+        let transient = ["08006", "08001", "40001", "40P01", "55P03", "53300", "57014", "57P01", "57P04", "25006"];
+        for code in transient {
+            assert_eq!(code_kind(code), ErrorKind::Transient, "{code}");
+        }
+        for code in ["23505", "42501", "22003", "XX000"] {
+            assert_eq!(code_kind(code), ErrorKind::Permanent, "{code}");
+        }
+    }
 
     #[test]
     fn kinds() {
