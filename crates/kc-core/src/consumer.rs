@@ -8,7 +8,7 @@ use kc_checkpoint::{CheckpointStore, MemoryStore};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::KinesisApi;
-use crate::bounded::BoundedStore;
+use crate::bounded::bounded;
 use crate::config::{Config, FanOutConfig, Group, GroupConfig, InitialPosition};
 use crate::deliver::{Deliver, PerBatch, PerRecord};
 use crate::error::Error;
@@ -121,7 +121,7 @@ impl Consumer {
         Shared {
             cfg: Arc::clone(&self.cfg),
             api: Arc::clone(&self.api),
-            store: Arc::new(BoundedStore::new(Arc::clone(&self.store), self.cfg.store_timeout)),
+            store: bounded(Arc::clone(&self.store), self.cfg.store_timeout),
             lifecycle: Arc::clone(&self.lifecycle),
             consumer_arn: None,
         }

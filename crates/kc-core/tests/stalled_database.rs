@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kc_checkpoint::lease::{Lease, LeaseScope, LeaseTable, MemoryLeaseTable};
-use kc_checkpoint::{Checkpoint, CheckpointStore, Error, MemoryStore, ShardKey};
+use kc_checkpoint::layer::{Around, BoxFuture, Layered};
+use kc_checkpoint::lease::MemoryLeaseTable;
+use kc_checkpoint::{Error, MemoryStore};
 use kc_core::fake::FakeKinesis;
 use kc_core::{Consumer, ConsumerBuilder, ErrorKind, Group, InitialPosition};
 use kc_test_support::{checkpoint, spawn_collecting, Wait};
@@ -17,86 +18,25 @@ const STREAM: &str = "s";
 const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 const LEASE: Duration = Duration::from_secs(10);
 
-/// Once `stalled`, every call is counted and never answered.
+/// Around every call of a store or lease table: once `stalled`, every call is counted and never answered.
 #[derive(Clone, Default)]
 struct Stall {
     stalled: Arc<AtomicBool>,
     calls_held: Arc<AtomicUsize>,
 }
 
-impl Stall {
-    async fn gate(&self) {
+#[async_trait]
+impl Around for Stall {
+    async fn around<'a, T: Send + 'a>(
+        &'a self,
+        _: &'static str,
+        call: BoxFuture<'a, Result<T, Error>>,
+    ) -> Result<T, Error> {
         if self.stalled.load(Ordering::SeqCst) {
             self.calls_held.fetch_add(1, Ordering::SeqCst);
             std::future::pending::<()>().await;
         }
-    }
-}
-
-struct StalledStore(MemoryStore, Stall);
-
-#[async_trait]
-impl CheckpointStore for StalledStore {
-    async fn get(&self, key: &ShardKey) -> Result<Option<Checkpoint>, Error> {
-        self.1.gate().await;
-        self.0.get(key).await
-    }
-    async fn set(&self, key: &ShardKey, checkpoint: Checkpoint) -> Result<(), Error> {
-        self.1.gate().await;
-        self.0.set(key, checkpoint).await
-    }
-    async fn flush(&self) -> Result<(), Error> {
-        self.1.gate().await;
-        self.0.flush().await
-    }
-}
-
-struct StalledTable(MemoryLeaseTable, Stall);
-
-#[async_trait]
-impl LeaseTable for StalledTable {
-    async fn list(&self, scope: &LeaseScope) -> Result<Vec<Lease>, Error> {
-        self.1.gate().await;
-        self.0.list(scope).await
-    }
-    async fn get(&self, scope: &LeaseScope, shard_id: &str) -> Result<Option<Lease>, Error> {
-        self.1.gate().await;
-        self.0.get(scope, shard_id).await
-    }
-    async fn create(&self, scope: &LeaseScope, shard_id: &str, parents: &[String]) -> Result<bool, Error> {
-        self.1.gate().await;
-        self.0.create(scope, shard_id, parents).await
-    }
-    async fn take(&self, scope: &LeaseScope, shard_id: &str, counter: u64, owner: &str) -> Result<Lease, Error> {
-        self.1.gate().await;
-        self.0.take(scope, shard_id, counter, owner).await
-    }
-    async fn request(&self, scope: &LeaseScope, shard_id: &str, counter: u64, requester: &str) -> Result<Lease, Error> {
-        self.1.gate().await;
-        self.0.request(scope, shard_id, counter, requester).await
-    }
-    async fn renew(&self, scope: &LeaseScope, shard_id: &str, owner: &str, counter: u64) -> Result<u64, Error> {
-        self.1.gate().await;
-        self.0.renew(scope, shard_id, owner, counter).await
-    }
-    async fn checkpoint(
-        &self,
-        scope: &LeaseScope,
-        shard_id: &str,
-        owner: &str,
-        counter: u64,
-        checkpoint: &Checkpoint,
-    ) -> Result<u64, Error> {
-        self.1.gate().await;
-        self.0.checkpoint(scope, shard_id, owner, counter, checkpoint).await
-    }
-    async fn release(&self, scope: &LeaseScope, shard_id: &str, owner: &str, counter: u64) -> Result<u64, Error> {
-        self.1.gate().await;
-        self.0.release(scope, shard_id, owner, counter).await
-    }
-    async fn delete(&self, scope: &LeaseScope, shard_id: &str) -> Result<(), Error> {
-        self.1.gate().await;
-        self.0.delete(scope, shard_id).await
+        call.await
     }
 }
 
@@ -121,7 +61,8 @@ fn builder(fake: &FakeKinesis) -> ConsumerBuilder {
 async fn a_stop_during_the_final_flush_returns_a_checkpoint_error_within_the_store_timeout() {
     let fake = stream_with_records();
     let stall = Stall::default();
-    let consumer = builder(&fake).store(StalledStore(MemoryStore::new(), stall.clone())).build().await.expect("build");
+    let consumer =
+        builder(&fake).store(Layered::new(Arc::new(MemoryStore::new()), stall.clone())).build().await.expect("build");
     let scan = spawn_collecting(consumer, Duration::ZERO, checkpoint);
     Wait::PAUSED.expect("every record", || scan.seen.len() >= 40).await;
     stall.stalled.store(true, Ordering::SeqCst);
@@ -140,7 +81,7 @@ async fn a_stop_during_the_final_flush_returns_a_checkpoint_error_within_the_sto
 async fn a_group_worker_stopped_during_a_take_cycle_returns_within_lease_and_store_timeout() {
     let fake = stream_with_records();
     let stall = Stall::default();
-    let table = StalledTable(MemoryLeaseTable::new(), stall.clone());
+    let table = Layered::new(Arc::new(MemoryLeaseTable::new()), stall.clone());
     let group = Group::new("g", table).worker_id("w1").lease_duration(LEASE);
     let consumer = builder(&fake).group(group).build().await.expect("build");
     let scan = spawn_collecting(consumer, Duration::ZERO, checkpoint);
@@ -161,7 +102,7 @@ async fn a_group_worker_stopped_during_a_take_cycle_returns_within_lease_and_sto
 async fn a_group_worker_stopped_while_its_final_checkpoints_are_held_returns_within_the_lease_duration() {
     let fake = stream_with_records();
     let stall = Stall::default();
-    let table = StalledTable(MemoryLeaseTable::new(), stall.clone());
+    let table = Layered::new(Arc::new(MemoryLeaseTable::new()), stall.clone());
     let group = Group::new("g", table).worker_id("w1").lease_duration(LEASE);
     let consumer = builder(&fake).group(group).build().await.expect("build");
     // A slow handler: records are still in hand when the database stalls.

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::api::ShardInfo;
-use crate::bounded::BoundedLeaseTable;
+use crate::bounded::bounded;
 use crate::config::{GroupConfig, InitialPosition};
 use crate::deliver::Deliver;
 use crate::discovery::{self, Listing};
@@ -56,7 +56,7 @@ pub(crate) async fn run<D: Deliver>(
             return Ok(()); // cancelled while waiting for the fan-out consumer
         };
         let mut worker = Worker {
-            table: Arc::new(BoundedLeaseTable::new(Arc::clone(&group.table), shared.cfg.store_timeout)),
+            table: bounded(Arc::clone(&group.table), shared.cfg.store_timeout),
             cfg: group,
             scope: LeaseScope::new(group.name.as_str(), stream.as_str()),
             stop,
