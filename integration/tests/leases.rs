@@ -510,14 +510,18 @@ async fn mysql_write_in_flight_when_cut_is_transient_and_recoverable() {
 // ---------------------------------------------------------------------------------------------------------------
 // A lease table created before leases carried their creation time: `create_table_if_missing` adds the column.
 
-/// The lease table of an earlier version (no `created_at_ms`) with one lease in it; `create_table_if_missing` adds
-/// the column, the old lease reads with no creation time and keeps working, a new lease gets one.
-async fn assert_upgraded(
-    leases: &dyn LeaseTable,
-    upgrade: impl std::future::Future<Output = Result<(), kinesis_consumer::checkpoint::Error>>,
-) {
+/// The lease table of an earlier version (no `created_at_ms`) with one lease in it; `create_table_if_missing`, called by
+/// 8 workers at the same moment (`upgrade`), adds the column, the old lease reads with no creation time and keeps
+/// working, a new lease gets one.
+async fn assert_upgraded<T, F, Fut>(leases: Arc<T>, upgrade: F)
+where
+    T: LeaseTable + 'static,
+    F: Fn(Arc<T>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), kinesis_consumer::checkpoint::Error>> + Send + 'static,
+{
+    kc_integration::all_at_once("upgrading the lease table", 8, || upgrade(Arc::clone(&leases))).await;
+    upgrade(Arc::clone(&leases)).await.expect("a second call has nothing to do");
     let s = LeaseScope::new("g", "s");
-    upgrade.await.expect("create_table_if_missing on a table of the earlier layout");
     let old = leases.get(&s, "old").await.expect("get").expect("the old lease");
     assert_eq!((old.counter, old.created_at), (0, None), "{old:?}");
     let taken = leases.take(&s, "old", 0, "w1").await.expect("take the old lease");
@@ -545,20 +549,7 @@ async fn postgres_table_of_the_earlier_layout_is_upgraded() {
         .await
         .expect("insert");
     let leases = Arc::new(PostgresLeaseTable::new(pool.clone(), &table).expect("table"));
-    // Every worker of the group upgrades at its start, at the same moment.
-    let upgrade = kc_integration::all_at_once("upgrading the lease table", 8, {
-        let leases = Arc::clone(&leases);
-        move || {
-            let leases = Arc::clone(&leases);
-            async move { leases.create_table_if_missing().await }
-        }
-    });
-    assert_upgraded(&*leases, async {
-        upgrade.await;
-        Ok(())
-    })
-    .await;
-    leases.create_table_if_missing().await.expect("a second call has nothing to do");
+    assert_upgraded(leases, |l| async move { l.create_table_if_missing().await }).await;
     pg_drop(&pool, &table).await;
 }
 
@@ -583,20 +574,7 @@ async fn mysql_table_of_the_earlier_layout_is_upgraded() {
     .await
     .expect("insert");
     let leases = Arc::new(MySqlLeaseTable::new(pool.clone(), &table).expect("table"));
-    // Every worker of the group upgrades at its start, at the same moment.
-    let upgrade = kc_integration::all_at_once("upgrading the lease table", 8, {
-        let leases = Arc::clone(&leases);
-        move || {
-            let leases = Arc::clone(&leases);
-            async move { leases.create_table_if_missing().await }
-        }
-    });
-    assert_upgraded(&*leases, async {
-        upgrade.await;
-        Ok(())
-    })
-    .await;
-    leases.create_table_if_missing().await.expect("a second call has nothing to do");
+    assert_upgraded(leases, |l| async move { l.create_table_if_missing().await }).await;
     my_drop(&pool, &table).await;
 }
 
