@@ -11,7 +11,7 @@ use crate::api::{ApiError, ApiErrorKind, KinesisApi, ShardInfo};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind};
-use crate::retry::{retry, Policy, Retried};
+use crate::retry::{retry, Policy, Retried, RetryError};
 use crate::shard::{ShardExit, StartHint};
 
 /// The outcome of listing the shards.
@@ -49,7 +49,7 @@ pub(crate) async fn list(
             let call = api.list_shards(stream, token.as_deref());
             let page = match tokio::time::timeout(cfg.call_timeout, call).await {
                 Ok(page) => page?,
-                Err(_) => return Err(ApiError::new(ApiErrorKind::Transient, Some("client-side timeout".to_owned()))),
+                Err(_) => return Err(ApiError::timed_out()),
             };
             shards.extend(page.shards);
             match page.next_token {

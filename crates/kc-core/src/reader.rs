@@ -213,10 +213,11 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
     /// finished (its end recorded, as the KCL does), with a warning and the `shards_gone` metric, and its children
     /// start. Otherwise (the stream itself is missing) `e` is the scan's error.
     async fn gone(&mut self, e: Error) -> Result<ShardExit, Error> {
-        match discovery::list(&*self.cx.api, &self.cx.cfg, &self.cx.cancel, true).await? {
-            Listing::Shards(shards) if shards.iter().all(|s| *s.shard_id != *self.cx.shard_id) => {}
-            Listing::Cancelled => return Ok(ShardExit::Stopped),
-            Listing::Shards(_) | Listing::Unavailable => return Err(e),
+        // Any failure of the listing (the stream itself missing, most likely) leaves `e`, the shard's own error.
+        match discovery::list(&*self.cx.api, &self.cx.cfg, &self.cx.cancel, true).await {
+            Ok(Listing::Shards(shards)) if shards.iter().all(|s| *s.shard_id != *self.cx.shard_id) => {}
+            Ok(Listing::Cancelled) => return Ok(ShardExit::Stopped),
+            Ok(Listing::Shards(_) | Listing::Unavailable) | Err(_) => return Err(e),
         }
         warn!(error = %e, "the shard left the stream (past its retention) before it was read to its end; finished");
         self.cx.metrics.gone();
