@@ -7,6 +7,9 @@ use kc_checkpoint::lease::LeaseTable;
 
 use crate::error::Error;
 
+/// The default [`Group::watch_interval`].
+const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
 /// A consumer group: the workers (processes) that run a consumer with the same group name and lease table share
 /// the stream's shards, each shard read by one worker at a time. Give it to
 /// [`ConsumerBuilder::group`](crate::ConsumerBuilder::group).
@@ -33,6 +36,7 @@ use crate::error::Error;
 /// | [`lease_duration`](Self::lease_duration) | 10 s | a lease whose counter did not change for this long is expired |
 /// | [`renew_interval`](Self::renew_interval) | lease duration / 3 | how often each held lease is renewed |
 /// | [`take_interval`](Self::take_interval) | 2 × lease duration | how often leases are balanced (see Taking) |
+/// | [`watch_interval`](Self::watch_interval) | 500 ms | how often the group's change marker is read (see Taking) |
 /// | [`max_leases`](Self::max_leases) | none | the most leases this worker holds |
 ///
 /// [`ConsumerBuilder::build`](crate::ConsumerBuilder::build) validates them: a non-empty group name and worker
@@ -47,17 +51,27 @@ use crate::error::Error;
 ///   checkpoint is the shard's end.
 /// - **Expiry, the KCL way.** A lease is expired when this worker saw its counter unchanged for the lease duration
 ///   on its own monotonic clock: clock skew between hosts does not matter. Leases without an owner are free.
-/// - **Taking**, every take interval (and at once when a shard of this worker ended; free and expired leases also
-///   every half lease duration, so that a failed worker's leases are taken within about one and a half to two lease
-///   durations of its last renewal: up to half a duration to see its last counter, one to judge it unchanged): the
-///   leases to read are the
-///   unfinished ones whose parents are finished or gone; the live workers are the owners of unexpired leases, the
-///   workers that asked for one, and this one; each aims at `ceil(leases to read / live workers)`, capped by
-///   `max_leases`. Free leases are taken first (those released to this worker, then unowned, then expired ones).
-///   When none is free and this worker is below the target, it asks the most loaded worker, if that one is above the
-///   target (or at it, when this worker needs more than one lease and holds at least two fewer: no worker stays
-///   idle), for one lease ([`LeaseTable::request`]): at most one lease moves per cycle, and the other worker hands
-///   it over gracefully (below). While such a request is pending the next cycle comes after one renew interval.
+/// - **Taking**, every take interval (and at once when a shard of this worker ended, or when another worker bumped
+///   the group's change marker, below; free and expired leases also every half lease duration, so that a failed
+///   worker's leases are taken within about one and a half to two lease durations of its last renewal: up to half a
+///   duration to see its last counter, one to judge it unchanged): the leases to read are the unfinished ones whose
+///   parents are finished or gone; the live workers are the owners of unexpired leases, the workers that asked for
+///   one, and this one; each aims at `ceil(leases to read / live workers)`, capped by `max_leases`. A lease on its way
+///   (asked for by a live worker, or released for it) counts as the requester's. Free leases are taken first (those
+///   released to this worker, then unowned, then expired ones). When none is left and this worker is still below
+///   the target, it asks for everything it lacks in the same cycle ([`LeaseTable::request`], one call per lease):
+///   each lease from the most loaded worker at that point, if that one is above the target (or at it, when this
+///   worker needs more than one lease and holds at least two fewer: no worker stays idle), so that no worker is
+///   asked below the target. The owners hand the leases over gracefully (below). While a request is pending the next
+///   cycle comes after one renew interval.
+/// - **The change marker.** One more entry of the lease table, in a scope of its own (the stream name `#changes`
+///   beside the group's name, which no stream can have), whose counter a worker bumps after it released leases
+///   (graceful stop, handoff, a finished shard) or asked for some. Every worker reads it every
+///   [`watch_interval`](Self::watch_interval) (one small read) and runs a take cycle when another worker bumped it,
+///   renewing at once the leases it was asked for: a released lease is taken, and a request starts its handoff,
+///   within about the watch interval instead of at the next take cycle. A joining worker gets its whole share in
+///   its first cycle plus one watch interval; a graceful stop's shards move within one watch interval. The marker is
+///   only a hint: when it cannot be read or written, the take cycles do the same work at their own pace.
 /// - **Renewal and fencing.** Each held lease is renewed every renew interval. Renewals and checkpoint writes of a
 ///   lease are serialized and conditional on the owner and the counter the last write returned. A refused write is
 ///   looked into: if another worker owns the lease it is **lost**: the shard's task stops at once (the handler in
@@ -116,6 +130,7 @@ pub struct Group {
     lease_duration: Duration,
     renew_interval: Option<Duration>,
     take_interval: Option<Duration>,
+    watch_interval: Duration,
     max_leases: Option<usize>,
 }
 
@@ -127,6 +142,7 @@ impl std::fmt::Debug for Group {
             .field("lease_duration", &self.lease_duration)
             .field("renew_interval", &self.renew_interval)
             .field("take_interval", &self.take_interval)
+            .field("watch_interval", &self.watch_interval)
             .field("max_leases", &self.max_leases)
             .finish_non_exhaustive()
     }
@@ -142,6 +158,7 @@ impl Group {
             lease_duration: Duration::from_secs(10),
             renew_interval: None,
             take_interval: None,
+            watch_interval: DEFAULT_WATCH_INTERVAL,
             max_leases: None,
         }
     }
@@ -171,6 +188,14 @@ impl Group {
         self
     }
 
+    /// How often this worker reads the group's change marker (one small read): a lease released by another worker's
+    /// graceful stop or handoff, and a request for one of this worker's leases, are acted on within this interval
+    /// rather than at the next take cycle. Default: 500 ms.
+    pub fn watch_interval(mut self, interval: Duration) -> Self {
+        self.watch_interval = interval;
+        self
+    }
+
     /// The most leases this worker holds. Default: no limit.
     pub fn max_leases(mut self, max: usize) -> Self {
         self.max_leases = Some(max);
@@ -189,9 +214,13 @@ impl Group {
         let lease_duration = self.lease_duration;
         let renew_interval = self.renew_interval.unwrap_or(lease_duration / 3);
         let take_interval = self.take_interval.unwrap_or(lease_duration.saturating_mul(2));
-        for (name, value) in
-            [("lease_duration", lease_duration), ("renew_interval", renew_interval), ("take_interval", take_interval)]
-        {
+        let watch_interval = self.watch_interval;
+        for (name, value) in [
+            ("lease_duration", lease_duration),
+            ("renew_interval", renew_interval),
+            ("take_interval", take_interval),
+            ("watch_interval", watch_interval),
+        ] {
             if value.is_zero() {
                 return Err(Error::config(format!("group {name} must be greater than zero")));
             }
@@ -212,6 +241,7 @@ impl Group {
             lease_duration,
             renew_interval,
             take_interval,
+            watch_interval,
             max_leases: self.max_leases,
         })
     }
@@ -238,6 +268,7 @@ pub(crate) struct GroupConfig {
     pub(crate) lease_duration: Duration,
     pub(crate) renew_interval: Duration,
     pub(crate) take_interval: Duration,
+    pub(crate) watch_interval: Duration,
     pub(crate) max_leases: Option<usize>,
 }
 
@@ -249,6 +280,7 @@ impl std::fmt::Debug for GroupConfig {
             .field("lease_duration", &self.lease_duration)
             .field("renew_interval", &self.renew_interval)
             .field("take_interval", &self.take_interval)
+            .field("watch_interval", &self.watch_interval)
             .field("max_leases", &self.max_leases)
             .finish_non_exhaustive()
     }
@@ -278,11 +310,12 @@ mod tests {
             (c.renew_interval, c.take_interval, c.worker_id.as_str()),
             (Duration::from_secs(1), Duration::from_secs(6), "w")
         );
-        let cases: [(Group, &str); 6] = [
+        let cases: [(Group, &str); 7] = [
             (Group::new("", MemoryLeaseTable::new()), "group name"),
             (g().worker_id(""), "worker id"),
             (g().lease_duration(Duration::ZERO), "lease_duration must be greater than zero"),
             (g().take_interval(Duration::ZERO), "take_interval"),
+            (g().watch_interval(Duration::ZERO), "watch_interval"),
             (g().renew_interval(Duration::from_secs(10)), "shorter than the lease duration"),
             (g().max_leases(0), "max_leases"),
         ];

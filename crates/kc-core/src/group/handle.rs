@@ -35,6 +35,8 @@ pub(crate) struct LeaseHandle {
     task: CancellationToken,
     /// Cancelled when the lease is released or lost: no more writes, the renewer ends.
     retired: CancellationToken,
+    /// Wakes the renewer before its interval (another worker asked for the lease).
+    nudge: tokio::sync::Notify,
 }
 
 impl LeaseHandle {
@@ -63,6 +65,7 @@ impl LeaseHandle {
             finished: AtomicBool::new(false),
             task,
             retired: CancellationToken::new(),
+            nudge: tokio::sync::Notify::new(),
         }
     }
 
@@ -91,6 +94,12 @@ impl LeaseHandle {
 
     pub(crate) fn retired(&self) -> &CancellationToken {
         &self.retired
+    }
+
+    /// Makes the renewer renew now rather than at its next interval: the renewal is refused if another worker asked
+    /// for the lease, which starts the handoff.
+    pub(crate) fn renew_now(&self) {
+        self.nudge.notify_one();
     }
 
     fn mark_lost(&self, why: &str) {
@@ -184,15 +193,16 @@ impl LeaseHandle {
     }
 }
 
-/// Renews `handle` every `interval` until it is released or lost. Transient failures are retried at the next
-/// interval; the lease is lost when no renewal succeeded for the lease duration (checked at the deadline itself, not
-/// only at the next interval).
+/// Renews `handle` every `interval` (and when [nudged](LeaseHandle::renew_now)) until it is released or lost.
+/// Transient failures are retried at the next interval; the lease is lost when no renewal succeeded for the lease
+/// duration (checked at the deadline itself, not only at the next interval).
 pub(crate) async fn renew_loop(handle: Arc<LeaseHandle>, interval: Duration) {
     loop {
         let wake = (Instant::now() + interval).min(handle.deadline());
         tokio::select! {
             _ = handle.retired().cancelled() => return,
             _ = tokio::time::sleep_until(wake) => {}
+            _ = handle.nudge.notified() => {}
         }
         if let Err(e) = handle.renew().await {
             if handle.is_lost() || handle.retired().is_cancelled() {

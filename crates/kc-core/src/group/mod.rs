@@ -4,6 +4,7 @@
 //! `handle` (one held lease: serialized conditional writes, loss and handoff detection, the checkpoint store of a
 //! shard task), and the worker below (discovery, take cycles, shard tasks, shutdown).
 
+mod changes;
 mod handle;
 mod plan;
 
@@ -28,6 +29,7 @@ use crate::metrics::GroupMetrics;
 use crate::reader::{ShardReader, Shared};
 use crate::shard::{ShardExit, StartHint};
 
+use changes::Changes;
 use handle::{renew_loop, LeaseHandle, LeaseStore};
 use plan::{Expiry, Me};
 
@@ -55,8 +57,11 @@ pub(crate) async fn run<D: Deliver>(
         let Some(shared) = shared.prepare(&stop).await? else {
             return Ok(()); // cancelled while waiting for the fan-out consumer
         };
+        let table: Arc<dyn LeaseTable> = bounded(Arc::clone(&group.table), shared.cfg.store_timeout);
         let mut worker = Worker {
-            table: bounded(Arc::clone(&group.table), shared.cfg.store_timeout),
+            changes: Changes::new(Arc::clone(&table), &group.name, &stream, &group.worker_id),
+            released: false,
+            table,
             cfg: group,
             scope: LeaseScope::new(group.name.as_str(), stream.as_str()),
             stop,
@@ -93,6 +98,10 @@ pub(crate) async fn run<D: Deliver>(
 struct Worker<'a, D> {
     /// The group's lease table, every call bounded by the store timeout.
     table: Arc<dyn LeaseTable>,
+    /// The group's change marker, bumped after leases were released or asked for.
+    changes: Changes,
+    /// A lease was released since the marker was last bumped.
+    released: bool,
     cfg: &'a GroupConfig,
     scope: LeaseScope,
     /// Cancelled by the user's token, or by us when stopping on an error.
@@ -117,26 +126,27 @@ impl<D: Deliver> Worker<'_, D> {
             Listing::Unavailable | Listing::Cancelled => return Ok(()),
         }
         info!(shards = self.listing.len(), "shards listed; joining the group");
-        // Full cycles (taking and balancing) every take interval; in between, every half lease duration, a check
-        // that takes free and expired leases, so that a failed worker's leases are taken within about one and a half
-        // to two lease durations.
+        // Full cycles (taking and balancing) every take interval, and at once when another worker bumped the change
+        // marker (it released leases or asked for some); in between, every half lease duration, a check that takes
+        // free and expired leases, so that a failed worker's leases are taken within about one and a half to two
+        // lease durations.
         let mut next_take = Instant::now();
         let mut next_full = next_take;
         let mut discovery = discovery::ticker(self.shared.cfg.discovery_interval);
+        let mut watch = tokio::time::interval(self.cfg.watch_interval);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return Ok(()),
                 _ = tokio::time::sleep_until(next_take) => {
                     let full = Instant::now() >= next_full;
-                    // Not abandoned on a stop (a take applied but not seen would leave a lease to expire instead of
-                    // being released): the cycle looks at the stop between its calls, each bounded by the store
-                    // timeout.
-                    let pending = self.take_cycle(full).await?;
-                    let now = Instant::now();
-                    if full {
-                        next_full = now + if pending { self.cfg.renew_interval } else { self.cfg.take_interval };
+                    self.cycle(full, &mut next_take, &mut next_full).await?;
+                }
+                _ = watch.tick() => {
+                    if !self.stop.is_cancelled() && self.changes.changed().await {
+                        debug!("the group changed; take cycle");
+                        self.cycle(true, &mut next_take, &mut next_full).await?;
                     }
-                    next_take = next_full.min(now + self.cfg.lease_duration / 2);
                 }
                 _ = discovery.tick() => {
                     if !self.discover().await? {
@@ -149,6 +159,7 @@ impl<D: Deliver> Worker<'_, D> {
                     while let Some(joined) = self.tasks.try_join_next() {
                         ended |= self.exited(joined).await?;
                     }
+                    self.announce_releases().await;
                     if ended {
                         // A shard ended: its children may be ready now rather than at the next cycle.
                         if !self.discover().await? {
@@ -160,6 +171,26 @@ impl<D: Deliver> Worker<'_, D> {
                 }
                 Some(_) = self.renewers.join_next() => {}
             }
+        }
+    }
+
+    /// A take cycle, then when the next ones come.
+    async fn cycle(&mut self, full: bool, next_take: &mut Instant, next_full: &mut Instant) -> Result<(), Error> {
+        // Not abandoned on a stop (a take applied but not seen would leave a lease to expire instead of being
+        // released): the cycle looks at the stop between its calls, each bounded by the store timeout.
+        let pending = self.take_cycle(full).await?;
+        let now = Instant::now();
+        if full {
+            *next_full = now + if pending { self.cfg.renew_interval } else { self.cfg.take_interval };
+        }
+        *next_take = (*next_full).min(now + self.cfg.lease_duration / 2);
+        Ok(())
+    }
+
+    /// Bumps the change marker if leases were released since it was last bumped.
+    async fn announce_releases(&mut self) {
+        if std::mem::take(&mut self.released) {
+            self.changes.bump().await;
         }
     }
 
@@ -242,8 +273,18 @@ impl<D: Deliver> Worker<'_, D> {
             }
             self.take(&shard_id, counter, &leases).await?;
         }
+        // The owner side of requests made by others: renew those leases now, which finds the request and starts the
+        // handoff, instead of at the next renew interval.
+        for shard_id in &plan.asked_of_me {
+            if let Some(held) = self.held.get(shard_id).filter(|h| !h.handle.handoff_asked()) {
+                held.handle.renew_now();
+            }
+        }
         let mut requested = false;
-        if let Some((shard_id, counter)) = plan.request.filter(|_| full && !self.stop.is_cancelled()) {
+        for (shard_id, counter) in plan.request.into_iter().filter(|_| full) {
+            if self.stop.is_cancelled() {
+                break;
+            }
             match self.table.request(&self.scope, &shard_id, counter, &self.cfg.worker_id).await {
                 Ok(lease) => {
                     info!(shard = %shard_id, from = ?lease.owner, "asked for a lease (balancing)");
@@ -252,6 +293,9 @@ impl<D: Deliver> Worker<'_, D> {
                 Err(e) if e.kind() == StoreErrorKind::Fenced => debug!(shard = %shard_id, "lease changed; not asked"),
                 Err(e) => warn!(shard = %shard_id, error = %e, "asking for a lease failed"),
             }
+        }
+        if requested {
+            self.changes.bump().await;
         }
         Ok(requested || plan.request_pending)
     }
@@ -373,9 +417,12 @@ impl<D: Deliver> Worker<'_, D> {
         }
     }
 
-    async fn release(&self, handle: &LeaseHandle) {
+    async fn release(&mut self, handle: &LeaseHandle) {
         match handle.release().await {
-            Ok(()) => debug!(shard = %handle.shard_id(), "lease released"),
+            Ok(()) => {
+                self.released = true;
+                debug!(shard = %handle.shard_id(), "lease released");
+            }
             Err(e) => warn!(shard = %handle.shard_id(), error = %e, "releasing a lease failed; it will expire"),
         }
     }
@@ -398,6 +445,7 @@ impl<D: Deliver> Worker<'_, D> {
             self.release(&held.handle).await;
         }
         self.metrics.held(0);
+        self.announce_releases().await;
         self.renewers.shutdown().await;
         first_error.map_or(Ok(()), Err)
     }

@@ -55,10 +55,13 @@ pub(crate) struct Me<'a> {
 pub(crate) struct Plan {
     /// Leases to take: shard id and the counter the take is conditional on.
     pub(crate) take: Vec<(String, u64)>,
-    /// A lease to ask its owner for (graceful handoff), with its counter.
-    pub(crate) request: Option<(String, u64)>,
-    /// This worker asked for a lease that its owner has not released yet.
+    /// Leases to ask their owners for (graceful handoff), with their counters.
+    pub(crate) request: Vec<(String, u64)>,
+    /// Leases this worker asked for that their owners have not released yet.
     pub(crate) request_pending: bool,
+    /// Leases this worker holds that another worker asked for (the owner side of a handoff): their renewal is due
+    /// now, so that the handoff starts at once rather than at the next renew interval.
+    pub(crate) asked_of_me: Vec<String>,
     /// Finished parents whose children have all started.
     pub(crate) delete: Vec<String>,
     /// Live workers: owners of unexpired leases, requesters, and this worker.
@@ -68,6 +71,10 @@ pub(crate) struct Plan {
 }
 
 /// Decides what to take, ask for and delete. `leases` is the whole table's scope.
+///
+/// Balancing counts a lease on its way (asked for by a live worker, or released for it) as the requester's, not the
+/// owner's, so that requests made in one cycle are not made again in the next, and a worker below the target asks
+/// for everything it lacks in one cycle (from the workers above the target, each down to the target at most).
 pub(crate) fn plan(leases: &[Lease], expiry: &Expiry, now: Instant, duration: Duration, me: &Me<'_>) -> Plan {
     let finished: HashSet<&str> = leases.iter().filter(|l| l.is_finished()).map(|l| l.shard_id.as_str()).collect();
     let present: HashSet<&str> = leases.iter().map(|l| l.shard_id.as_str()).collect();
@@ -81,30 +88,38 @@ pub(crate) fn plan(leases: &[Lease], expiry: &Expiry, now: Instant, duration: Du
     let expired = |l: &Lease| expiry.expired(l, now, duration);
 
     let mut workers: HashSet<&str> = HashSet::from([me.id]);
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for l in leases {
-        if expired(l) {
-            continue;
-        }
-        if let Some(requester) = l.next_owner.as_deref() {
-            workers.insert(requester);
-        }
-        if let Some(owner) = l.owner.as_deref() {
-            workers.insert(owner);
-        }
+    for l in leases.iter().filter(|l| !expired(l)) {
+        workers.extend(l.next_owner.as_deref());
+        workers.extend(l.owner.as_deref());
     }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut incoming = 0usize;
+    let mut outgoing = 0usize;
+    let mut asked_of_me = Vec::new();
     for l in &readable {
-        if let Some(owner) = l.owner.as_deref().filter(|o| *o != me.id && !expired(l)) {
-            *counts.entry(owner).or_default() += 1;
+        // Who an unexpired lease is for: its requester when one asked for it, else its owner.
+        let bound_for = if expired(l) { None } else { l.next_owner.as_deref().or(l.owner.as_deref()) };
+        match bound_for {
+            Some(w) if w == me.id => incoming += usize::from(!me.held.contains(&l.shard_id)),
+            Some(w) => {
+                *counts.entry(w).or_default() += 1;
+                if me.held.contains(&l.shard_id) {
+                    outgoing += 1;
+                    asked_of_me.push(l.shard_id.clone());
+                }
+            }
+            None => {}
         }
     }
     let mut target = readable.len().div_ceil(workers.len());
     if let Some(max) = me.max_leases {
         target = target.min(max);
     }
-    let mine = me.held.len();
+    // Held, less what is being handed over, plus what is on its way here (asked for, or released for this worker).
+    let mut mine = (me.held.len() + incoming).saturating_sub(outgoing);
 
-    // Free leases, in order: asked for by this worker, unowned, expired.
+    // Free leases: asked for by this worker and released (taken whatever the target: they are counted in `mine`),
+    // then unowned and expired ones up to the target.
     let mut reserved = Vec::new();
     let mut unowned = Vec::new();
     let mut expired_leases = Vec::new();
@@ -128,30 +143,52 @@ pub(crate) fn plan(leases: &[Lease], expiry: &Expiry, now: Instant, duration: Du
     // Workers that run the same cycle at the same time try different leases first.
     fastrand::shuffle(&mut unowned);
     fastrand::shuffle(&mut expired_leases);
-    let free: Vec<(String, u64)> = reserved.into_iter().chain(unowned).chain(expired_leases).collect();
-    let has_free = !free.is_empty();
-    let take: Vec<(String, u64)> = free.into_iter().take(target.saturating_sub(mine)).collect();
+    let mut free = unowned.into_iter().chain(expired_leases).peekable();
+    let mut take = reserved;
+    while mine < target {
+        let Some(entry) = free.next() else { break };
+        take.push(entry);
+        mine += 1;
+    }
+    let has_free = free.peek().is_some();
 
-    let request_pending = leases.iter().any(|l| {
+    let request_pending = readable.iter().any(|l| {
         l.next_owner.as_deref() == Some(me.id) && l.owner.as_deref().is_some_and(|o| o != me.id) && !expired(l)
     });
-    let mut request = None;
-    if !has_free && mine < target && !request_pending {
-        // The most loaded live worker, if taking one of its leases leaves it at or above the target; or, when this
-        // worker needs more than one lease, a worker at the target that holds at least two more than this one (so
-        // that no worker stays idle: 4 leases on 3 workers end 2/1/1, not 2/2/0). Either way the move narrows the
-        // gap, so it cannot swing back.
-        let needs_several = target - mine > 1;
-        let victim = counts
-            .iter()
-            .filter(|(_, n)| **n > target || (needs_several && **n >= target && **n >= mine + 2))
-            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)));
-        if let Some((victim, _)) = victim {
-            request = readable
+    let mut request = Vec::new();
+    if !has_free {
+        // Candidates per worker: its unexpired leases that nobody asked for yet, in random order (workers asking at
+        // the same time ask for different leases).
+        let mut askable: BTreeMap<&str, Vec<&Lease>> = BTreeMap::new();
+        for l in &readable {
+            if let (Some(owner), None) = (l.owner.as_deref(), &l.next_owner) {
+                if owner != me.id && !expired(l) {
+                    askable.entry(owner).or_default().push(l);
+                }
+            }
+        }
+        for candidates in askable.values_mut() {
+            fastrand::shuffle(candidates);
+        }
+        while mine < target {
+            // The most loaded live worker, if taking one of its leases leaves it at or above the target; or, when
+            // this worker needs more than one lease, a worker at the target that holds at least two more than this
+            // one (so that no worker stays idle: 4 leases on 3 workers end 2/1/1, not 2/2/0). Either way the move
+            // narrows the gap, so it cannot swing back.
+            let needs_several = target - mine > 1;
+            let victim = counts
                 .iter()
-                .filter(|l| l.owner.as_deref() == Some(*victim) && l.next_owner.is_none() && !expired(l))
-                .max_by(|a, b| a.shard_id.cmp(&b.shard_id))
-                .map(|l| (l.shard_id.clone(), l.counter));
+                .filter(|(w, _)| askable.get(*w).is_some_and(|c| !c.is_empty()))
+                .filter(|(_, n)| **n > target || (needs_several && **n >= target && **n >= mine + 2))
+                .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+                .map(|(w, _)| *w);
+            let Some(victim) = victim else { break };
+            let Some(lease) = askable.get_mut(victim).and_then(Vec::pop) else { break };
+            request.push((lease.shard_id.clone(), lease.counter));
+            if let Some(n) = counts.get_mut(victim) {
+                *n -= 1;
+            }
+            mine += 1;
         }
     }
 
@@ -165,7 +202,7 @@ pub(crate) fn plan(leases: &[Lease], expiry: &Expiry, now: Instant, duration: Du
         .map(|p| p.shard_id.clone())
         .collect();
 
-    Plan { take, request, request_pending, delete, workers: workers.len(), target }
+    Plan { take, request, request_pending, asked_of_me, delete, workers: workers.len(), target }
 }
 
 /// The shards of `listing` that need a lease, parents before children: those with no lease, except shards with a
@@ -255,7 +292,10 @@ mod tests {
         let p = run(&leases, &e, t0, "w1", &[]);
         assert_eq!((p.workers, p.target), (3, 3));
         assert_eq!(ids(&p.take), ["s6"], "the only free one");
-        assert_eq!(p.request, None, "free leases first: no balancing in the same cycle");
+        // Taking the free one leaves w1 at 1 against 3 and 3: in the same cycle it asks one of them for one more
+        // (3/2/2, balanced to +/-1), not two (the one asked would drop below w1).
+        assert_eq!(p.request.len(), 1, "{:?}", p.request);
+        assert!(ids(&p.request)[0] < "s6");
     }
 
     #[test]
@@ -278,30 +318,43 @@ mod tests {
     }
 
     #[test]
-    fn balance_asks_the_most_loaded_worker_once_and_never_below_the_target() {
+    fn balance_asks_for_all_it_lacks_at_once_from_workers_above_the_target() {
         let t0 = Instant::now();
-        // w2 holds 5, w3 holds 3: a joining w1 aims at 3 and asks w2 for one lease.
+        // w2 holds 5, w3 holds 3: a joining w1 aims at 3; only w2 is above the target, by 2.
         let leases: Vec<Lease> =
             (0..8).map(|i| lease(&format!("s{i}"), Some(if i < 5 { "w2" } else { "w3" }), 1)).collect();
         let mut e = Expiry::default();
         e.observe(&leases, t0);
         let p = run(&leases, &e, t0, "w1", &[]);
         assert_eq!((p.workers, p.target), (3, 3));
-        let (id, counter) = p.request.clone().expect("a request");
-        assert!(leases.iter().any(|l| l.shard_id == id && l.owner.as_deref() == Some("w2")), "w2 is the most loaded");
-        assert_eq!(counter, 1);
+        assert_eq!(p.request.len(), 2, "both of w2's extra leases in one cycle, none of w3's: {:?}", p.request);
+        for (id, counter) in &p.request {
+            assert!(leases.iter().any(|l| l.shard_id == *id && l.owner.as_deref() == Some("w2")), "{id}");
+            assert_eq!(*counter, 1);
+        }
 
-        // While it is pending, no other request.
+        // While they are pending, they count as w1's: no other request, and w2 is not asked again.
         let mut asked = leases.clone();
-        let i = asked.iter().position(|l| l.shard_id == id).expect("requested lease");
-        asked[i].next_owner = Some("w1".to_owned());
-        asked[i].counter = 2;
+        for (id, _) in &p.request {
+            let l = asked.iter_mut().find(|l| l.shard_id == *id).expect("requested lease");
+            l.next_owner = Some("w1".to_owned());
+            l.counter = 2;
+        }
         e.observe(&asked, t0);
-        let p = run(&asked, &e, t0, "w1", &[]);
-        assert!(p.request_pending);
-        assert_eq!(p.request, None);
+        let again = run(&asked, &e, t0, "w1", &[]);
+        assert!(again.request_pending);
+        assert!(again.request.is_empty(), "{:?}", again.request);
+        // The owner sees which of its leases were asked for.
+        let mut owner_view = run(&asked, &e, t0, "w2", &["s0", "s1", "s2", "s3", "s4"]).asked_of_me;
+        owner_view.sort_unstable();
+        let mut want: Vec<String> = p.request.iter().map(|(id, _)| id.clone()).collect();
+        want.sort_unstable();
+        assert_eq!(owner_view, want);
+        assert!(run(&asked, &e, t0, "w2", &["s0", "s1", "s2", "s3", "s4"]).request.is_empty(), "w2 does not ask back");
 
-        // Released for w1: w1 takes it; another worker leaves it alone.
+        // Released for w1: w1 takes them; another worker leaves them alone.
+        let id = p.request[0].0.clone();
+        let i = asked.iter().position(|l| l.shard_id == id).expect("requested lease");
         asked[i].owner = None;
         asked[i].counter = 3;
         e.observe(&asked, t0);
@@ -315,7 +368,7 @@ mod tests {
         e.observe(&spread, t0);
         let held = ["s2", "s5"];
         let p = run(&spread, &e, t0, "w3", &held);
-        assert_eq!((p.target, p.take.len(), p.request.clone()), (3, 0, None));
+        assert_eq!((p.target, p.take.len(), p.request.len()), (3, 0, 0));
 
         // 4 leases, w2 and w3 hold 2 each, w1 none: the target is 2 and nobody is above it, but w1 needs two, so it
         // asks one of them (2/1/1, not an idle worker); at 1 it needs only one and asks nobody at the target.
@@ -323,14 +376,42 @@ mod tests {
         e.observe(&four, t0);
         let p = run(&four, &e, t0, "w1", &[]);
         assert_eq!((p.workers, p.target), (3, 2));
-        assert!(p.request.is_some(), "an idle worker asks a worker at the target");
+        assert_eq!(p.request.len(), 1, "an idle worker asks a worker at the target, once: {:?}", p.request);
         let mut after: Vec<Lease> = four.clone();
         after[0].owner = Some("w1".to_owned());
         e.observe(&after, t0);
         let p = run(&after, &e, t0, "w1", &["s0"]);
-        assert_eq!(p.request, None, "w1 holds 1 of a target of 2: the others stay at the target");
+        assert!(p.request.is_empty(), "w1 holds 1 of a target of 2: the others stay at the target");
         let p = run(&after, &e, t0, "w2", &["s2"]);
-        assert_eq!(p.request, None, "w2 (1) does not ask w3 (2) back");
+        assert!(p.request.is_empty(), "w2 (1) does not ask w3 (2) back");
+    }
+
+    #[test]
+    fn a_worker_joining_one_that_holds_everything_asks_for_its_whole_share_in_one_cycle() {
+        let t0 = Instant::now();
+        // 64 leases on w1; 7 workers join, each asking in the same cycle: each sees w1 and itself only (the others'
+        // requests are not listed yet), so each asks for half. Their requests collide on the table (conditional on
+        // the counter): simulate the table applying them in turn, each on what it saw.
+        let leases: Vec<Lease> = (0..64).map(|i| lease(&format!("s{i:02}"), Some("w1"), 1)).collect();
+        let mut e = Expiry::default();
+        e.observe(&leases, t0);
+        let p = run(&leases, &e, t0, "w2", &[]);
+        assert_eq!((p.workers, p.target, p.request.len()), (2, 32, 32));
+        let distinct: HashSet<&str> = p.request.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(distinct.len(), 32);
+
+        // A later cycle, with all 8 workers visible (each holding one, w1 the rest): each asks for 7 more.
+        let mut table = leases.clone();
+        for (w, l) in table.iter_mut().enumerate().skip(1).take(7) {
+            l.owner = Some(format!("w{}", w + 1));
+        }
+        e.observe(&table, t0);
+        let p = run(&table, &e, t0, "w5", &["s04"]);
+        assert_eq!((p.workers, p.target, p.request.len()), (8, 8, 7));
+        assert!(p
+            .request
+            .iter()
+            .all(|(id, _)| table.iter().any(|l| l.shard_id == *id && l.owner.as_deref() == Some("w1"))));
     }
 
     #[test]
