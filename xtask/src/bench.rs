@@ -27,6 +27,8 @@ const BENCHES: &[Bench] = &[
     Bench { package: "kc-core", bench: Some("scan_loop"), features: &["test-util"], needs_kinesalite: false, needs_kinesis_local: false },
     Bench { package: "kc-integration", bench: Some("vs_sdk"), features: &[], needs_kinesalite: true, needs_kinesis_local: false },
     Bench { package: "kc-integration", bench: Some("stores"), features: &[], needs_kinesalite: true, needs_kinesis_local: false },
+    // 16 workers x 4,096 leases over the in-process fake Kinesis, against PostgreSQL, MariaDB and dynalite.
+    Bench { package: "kc-integration", bench: Some("group"), features: &[], needs_kinesalite: true, needs_kinesis_local: false },
     // Put-to-handler latency, polling vs enhanced fan-out, both against kinesis-local.
     Bench { package: "kc-integration", bench: Some("latency"), features: &[], needs_kinesalite: false, needs_kinesis_local: true },
     Bench { package: "kc-deagg", bench: None, features: &[], needs_kinesalite: false, needs_kinesis_local: false },

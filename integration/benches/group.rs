@@ -1,0 +1,303 @@
+//! Consumer groups at scale: 16 workers sharing 4,096 shards (256 each when balanced) in one process, over the
+//! in-process fake Kinesis (idle shards, polled every second), against each real lease backend: PostgreSQL,
+//! MariaDB and dynalite. Per backend it prints the time to full coverage and to balance (+/-1) after a
+//! simultaneous start, the failover time after one worker is dropped without releasing its leases, the lease-table
+//! calls per second at steady state, and the CPU per worker.
+//!
+//! Run by `cargo xtask bench` (servers started, endpoints in the environment). Prints figures; asserts nothing about
+//! time. Run as a test (`cargo test --benches`, without `--bench`) it is a quick check: 4 workers x 64 shards, 3 s leases.
+
+#![allow(clippy::print_stdout, missing_docs)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use kc_checkpoint::layer::{Around, BoxFuture, Layered};
+use kc_checkpoint::lease::{LeaseScope, LeaseTable};
+use kc_checkpoint::Error as StoreError;
+use kc_core::fake::FakeKinesis;
+use kc_test_support::check::quick_bench;
+use kinesis_consumer::ddb::DynamoDbLeaseTable;
+use kinesis_consumer::mysql::MySqlLeaseTable;
+use kinesis_consumer::postgres::PostgresLeaseTable;
+use kinesis_consumer::{Consumer, Group, InitialPosition, Outcome, Record};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const STREAM: &str = "bench";
+const GROUP: &str = "bench";
+
+/// Counts the calls of every worker's lease table, per call (`"lease table renew"`, ...).
+#[derive(Default)]
+struct Calls(Mutex<BTreeMap<&'static str, u64>>, AtomicU64);
+
+/// The [`Around`] of a worker's table: counts into the shared [`Calls`].
+struct Counting(Arc<Calls>);
+
+#[async_trait]
+impl Around for Counting {
+    async fn around<'a, T: Send + 'a>(
+        &'a self,
+        what: &'static str,
+        call: BoxFuture<'a, Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        *self.0 .0.lock().expect("calls").entry(what).or_default() += 1;
+        self.0 .1.fetch_add(1, Ordering::Relaxed);
+        call.await
+    }
+}
+
+impl Calls {
+    fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        self.0.lock().expect("calls").clone()
+    }
+}
+
+struct Worker {
+    id: String,
+    token: CancellationToken,
+    task: JoinHandle<Result<(), kc_core::Error>>,
+}
+
+fn start(fake: &FakeKinesis, table: Arc<dyn LeaseTable>, id: &str, lease: Duration) -> Worker {
+    let token = CancellationToken::new();
+    let builder = Consumer::builder(STREAM)
+        .api(fake.clone())
+        .initial_position(InitialPosition::TrimHorizon)
+        .scan_interval(Duration::from_secs(1))
+        .shutdown(token.clone())
+        .group(Group::new(GROUP, table).worker_id(id).lease_duration(lease));
+    let task = tokio::spawn(async move {
+        let consumer = builder.build().await?;
+        consumer.scan(|_r: Record| async { Ok::<_, std::io::Error>(Outcome::Checkpoint) }).await
+    });
+    Worker { id: id.to_owned(), token, task }
+}
+
+/// Unfinished leases per owner ("" for none).
+async fn owners(table: &dyn LeaseTable) -> HashMap<String, usize> {
+    let mut per = HashMap::new();
+    match table.list(&LeaseScope::new(GROUP, STREAM)).await {
+        Ok(leases) => {
+            for l in leases.into_iter().filter(|l| !l.is_finished()) {
+                *per.entry(l.owner.unwrap_or_default()).or_default() += 1;
+            }
+        }
+        Err(e) => println!("    (observer: listing failed: {e})"),
+    }
+    per
+}
+
+/// Process CPU time (user + system) from /proc/self/stat, in seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+struct Figures {
+    coverage: Option<Duration>,
+    balanced: Option<Duration>,
+    failover: Option<Duration>,
+    calls_per_s: f64,
+    per_call: BTreeMap<&'static str, f64>,
+    cpu_per_worker: f64,
+}
+
+/// Polls `done` on the observer's listing every 200 ms, up to `limit`; how long it took.
+async fn until(
+    observer: &dyn LeaseTable,
+    limit: Duration,
+    done: impl Fn(&HashMap<String, usize>) -> bool,
+) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done(&owners(observer).await) {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
+async fn run(
+    backend: &str,
+    tables: Vec<Arc<dyn LeaseTable>>,
+    observer: Arc<dyn LeaseTable>,
+    shards: usize,
+    lease: Duration,
+    steady: Duration,
+) -> Figures {
+    let workers_n = tables.len();
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, shards);
+    let calls = Arc::new(Calls::default());
+    let started = Instant::now();
+    let mut workers: Vec<Worker> = tables
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let counted: Arc<dyn LeaseTable> = Arc::new(Layered::new(t, Counting(Arc::clone(&calls))));
+            start(&fake, counted, &format!("{backend}-w{i:02}"), lease)
+        })
+        .collect();
+    let limit = lease * 12;
+    let coverage = until(&*observer, limit, |o| o.get("").is_none() && o.values().sum::<usize>() == shards).await;
+    let coverage = coverage.map(|_| started.elapsed());
+    let balanced = until(&*observer, limit, |o| {
+        let counts: Vec<usize> = o.iter().filter(|(w, _)| !w.is_empty()).map(|(_, n)| *n).collect();
+        !o.contains_key("")
+            && counts.len() == workers_n
+            && counts.iter().max().zip(counts.iter().min()).is_some_and(|(a, b)| a - b <= 1)
+    })
+    .await
+    .map(|_| started.elapsed());
+
+    // Steady state: calls and CPU over a quiet window.
+    let (calls0, cpu0, t0) = (calls.snapshot(), cpu_seconds(), Instant::now());
+    tokio::time::sleep(steady).await;
+    let (calls1, cpu1, window) = (calls.snapshot(), cpu_seconds(), t0.elapsed().as_secs_f64());
+    let per_call: BTreeMap<&'static str, f64> = calls1
+        .iter()
+        .map(|(what, n)| (*what, (n - calls0.get(what).copied().unwrap_or(0)) as f64 / window))
+        .filter(|(_, rate)| *rate > 0.0)
+        .collect();
+    let calls_per_s = per_call.values().sum();
+    let cpu_per_worker = (cpu1 - cpu0) / window / workers_n as f64;
+
+    // Failover: one worker dropped without releasing (its task aborted: renewals stop, nothing is written).
+    let dropped = workers.remove(0);
+    dropped.task.abort();
+    let _ = dropped.task.await;
+    let dropped_at = Instant::now();
+    let id = dropped.id.clone();
+    let failover = until(&*observer, limit, |o| !o.contains_key(&id) && !o.contains_key("")).await;
+    let failover = failover.map(|_| dropped_at.elapsed());
+
+    for w in &workers {
+        w.token.cancel();
+    }
+    for w in workers {
+        match w.task.await {
+            Ok(Ok(())) => {}
+            other => println!("    worker {} ended with {other:?}", w.id),
+        }
+    }
+    Figures { coverage, balanced, failover, calls_per_s, per_call, cpu_per_worker }
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or("not reached".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let quick = quick_bench();
+    if quick && std::env::var("DYNAMODB_ENDPOINT").is_err() {
+        println!("group: servers not configured, skipped (run `cargo xtask bench`)");
+        return;
+    }
+    let only = std::env::var("KC_BENCH_GROUP_BACKENDS").unwrap_or_else(|_| "postgres,mysql,dynamodb".to_owned());
+    let (workers, shards, lease, steady) = if quick {
+        (4, 64, Duration::from_secs(3), Duration::from_secs(5))
+    } else {
+        (16, 4096, Duration::from_secs(10), Duration::from_secs(20))
+    };
+    let take = lease * 2;
+    println!(
+        "consumer group: {workers} workers x {} shards ({shards} leases) in one process, fake Kinesis (idle, polled \
+         every 1 s), lease {lease:?}, take interval {take:?}, watch interval 500 ms",
+        shards / workers
+    );
+    println!("goals: coverage within 2 take cycles, balanced within 3, failover within 2 lease durations");
+    let suffix = std::process::id();
+    for backend in only.split(',') {
+        let name = format!("kc_bench_group_{suffix}");
+        let (tables, observer): (Vec<Arc<dyn LeaseTable>>, Arc<dyn LeaseTable>) = match backend {
+            // One pool per backend for the 16 workers of this process (16 connections), as one process hosting
+            // them would; a worker per process would have a pool each.
+            "postgres" => {
+                let url = kc_test_support::env::required("DATABASE_URL_POSTGRES");
+                let pool = sqlx::postgres::PgPoolOptions::new().max_connections(16).connect(&url).await.expect("pg");
+                let t = PostgresLeaseTable::new(pool.clone(), &name).expect("pg table");
+                t.create_table_if_missing().await.expect("pg create");
+                let tables = (0..workers)
+                    .map(|_| Arc::new(PostgresLeaseTable::new(pool.clone(), &name).expect("t")) as Arc<dyn LeaseTable>)
+                    .collect();
+                (tables, Arc::new(PostgresLeaseTable::connect(&url, &name).await.expect("observer")))
+            }
+            "mysql" => {
+                let url = kc_test_support::env::required("DATABASE_URL_MYSQL");
+                let pool = sqlx::mysql::MySqlPoolOptions::new().max_connections(16).connect(&url).await.expect("my");
+                let t = MySqlLeaseTable::new(pool.clone(), &name).expect("my table");
+                t.create_table_if_missing().await.expect("my create");
+                let tables = (0..workers)
+                    .map(|_| Arc::new(MySqlLeaseTable::new(pool.clone(), &name).expect("t")) as Arc<dyn LeaseTable>)
+                    .collect();
+                (tables, Arc::new(MySqlLeaseTable::connect(&url, &name).await.expect("observer")))
+            }
+            "dynamodb" => {
+                let client = kc_examples::dynamodb_client(&kc_test_support::env::required("DYNAMODB_ENDPOINT")).await;
+                let ddb_name = name.replace('_', "-");
+                let t = DynamoDbLeaseTable::new(client.clone(), &ddb_name).expect("ddb table");
+                t.create_table_if_missing().await.expect("ddb create");
+                let tables = (0..workers)
+                    .map(|_| {
+                        Arc::new(DynamoDbLeaseTable::new(client.clone(), &ddb_name).expect("t")) as Arc<dyn LeaseTable>
+                    })
+                    .collect();
+                (tables, Arc::new(t))
+            }
+            other => panic!("unknown backend {other} in KC_BENCH_GROUP_BACKENDS"),
+        };
+        let f = run(backend, tables, observer, shards, lease, steady).await;
+        println!("  {backend}:");
+        println!(
+            "    coverage {} ({:.1} take cycles), balanced +/-1 {} ({:.1} take cycles), failover after a drop {} \
+             ({:.1} lease durations)",
+            secs(f.coverage),
+            f.coverage.map_or(f64::NAN, |d| d.as_secs_f64() / take.as_secs_f64()),
+            secs(f.balanced),
+            f.balanced.map_or(f64::NAN, |d| d.as_secs_f64() / take.as_secs_f64()),
+            secs(f.failover),
+            f.failover.map_or(f64::NAN, |d| d.as_secs_f64() / lease.as_secs_f64()),
+        );
+        let detail: Vec<String> =
+            f.per_call.iter().map(|(what, r)| format!("{} {r:.0}", what.trim_start_matches("lease table "))).collect();
+        println!(
+            "    steady state: {:.0} lease-table calls/s ({}), CPU per worker {:.1}% of a core",
+            f.calls_per_s,
+            detail.join(", "),
+            f.cpu_per_worker * 100.0
+        );
+        drop_table(backend, &name).await;
+    }
+}
+
+async fn drop_table(backend: &str, name: &str) {
+    let drop = format!("DROP TABLE IF EXISTS {name}");
+    match backend {
+        "postgres" => {
+            let pool = sqlx::PgPool::connect(&kc_test_support::env::required("DATABASE_URL_POSTGRES")).await;
+            if let Ok(pool) = pool {
+                let _ = sqlx::query(&drop).execute(&pool).await;
+            }
+        }
+        "mysql" => {
+            let pool = sqlx::MySqlPool::connect(&kc_test_support::env::required("DATABASE_URL_MYSQL")).await;
+            if let Ok(pool) = pool {
+                let _ = sqlx::query(&drop).execute(&pool).await;
+            }
+        }
+        _ => {
+            let client = kc_examples::dynamodb_client(&kc_test_support::env::required("DYNAMODB_ENDPOINT")).await;
+            let _ = client.delete_table().table_name(name.replace('_', "-")).send().await;
+        }
+    }
+}
