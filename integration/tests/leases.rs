@@ -151,12 +151,12 @@ fn lock_hot_rows(table: &str, hot: &[(String, u64)]) -> Vec<String> {
     hot.iter().map(|(id, _)| lock(id)).collect()
 }
 
-/// Checkpoints of every hot lease (from [`hot_leases`], one more than `slots`) through `leases` while another
-/// session holds their row locks: `slots` of them reach the server and wait for the locks there (`in_flight()`
-/// counts the server's running checkpoint statements), the last one waits for a slot of the checkpoint budget
-/// rather than for a pool connection. Meanwhile every ownership call on another lease (renew, get, list, create,
-/// take, request, release, delete) is answered, although the pool has only `slots` + the reserve connections. Once
-/// `release` ends the other session every checkpoint is written.
+/// Checkpoints of every hot lease (from [`hot_leases`], one more than the pool has connections) through `leases`
+/// while another session holds their row locks: `slots` of them reach the server and wait for the locks there
+/// (`in_flight()` counts the server's running checkpoint statements), the others wait for a slot of the checkpoint
+/// budget rather than for a pool connection. Meanwhile every ownership call on another lease (renew, get, list,
+/// create, take, request, release, delete) is answered through the reserve. Once `release` ends the other session
+/// every checkpoint is written.
 ///
 /// Without the budget (01c512d) the checkpoints hold every connection of the pool and the renewal fails with
 /// `PoolTimedOut` after the pool's acquire timeout.
@@ -171,7 +171,7 @@ async fn assert_ownership_writes_pass_blocked_checkpoints<F, Fut>(
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = i64>,
 {
-    assert!(hot.len() > slots as usize, "more checkpoints than slots");
+    assert!(hot.len() > slots as usize + 1, "more checkpoints than the pool has connections");
     let s = LeaseScope::new("g", "s");
     let checkpoints: Vec<_> = hot
         .iter()
@@ -329,11 +329,17 @@ fn pg_checkpoints_in_flight(
     }
 }
 
-/// Runs [`assert_ownership_writes_pass_blocked_checkpoints`] on `leases` (in `table`, whose checkpoints may hold
-/// `slots` connections), the row locks held by a session of `direct_pool`.
-async fn pg_blocked_checkpoints(leases: Arc<dyn LeaseTable>, direct_pool: &PgPool, table: &str, slots: u32) {
+/// Runs [`assert_ownership_writes_pass_blocked_checkpoints`] on `leases` (in `table`, on a pool of `connections`,
+/// whose checkpoints may hold `slots` of them), the row locks held by a session of `direct_pool`.
+async fn pg_blocked_checkpoints(
+    leases: Arc<dyn LeaseTable>,
+    connections: u32,
+    slots: u32,
+    direct_pool: &PgPool,
+    table: &str,
+) {
     let direct = PostgresLeaseTable::new(direct_pool.clone(), table).expect("table");
-    let (hot, other) = hot_leases(&direct, slots + 1).await;
+    let (hot, other) = hot_leases(&direct, connections + 1).await;
     let mut lock = direct_pool.begin().await.expect("begin");
     for row in lock_hot_rows(table, &hot) {
         sqlx::query(&row).execute(&mut *lock).await.expect("lock a hot row");
@@ -345,7 +351,7 @@ async fn pg_blocked_checkpoints(leases: Arc<dyn LeaseTable>, direct_pool: &PgPoo
 
 /// Issue 12, defect 8: `connect`'s pool keeps [`DEFAULT_OWNERSHIP_RESERVE`] connections from checkpoint writes, so a
 /// renewal (and every other ownership call) is answered while [`DEFAULT_CHECKPOINT_CONNECTIONS`] checkpoints wait
-/// for row locks and one more waits for a slot. Fails on 01c512d (a 4-connection pool shared by all calls): the
+/// for row locks and 3 more wait for a slot. Fails on 01c512d (a 4-connection pool shared by all calls): the
 /// renewal gets `PoolTimedOut` after 5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_ownership_writes_do_not_wait_behind_checkpoints() {
@@ -354,7 +360,8 @@ async fn postgres_ownership_writes_do_not_wait_behind_checkpoints() {
     let leases = PostgresLeaseTable::connect(&url, &table).await.expect("connect");
     leases.create_table_if_missing().await.expect("create table");
     let direct_pool = pg_pool(&url, 3).await;
-    pg_blocked_checkpoints(Arc::new(leases), &direct_pool, &table, DEFAULT_CHECKPOINT_CONNECTIONS).await;
+    let connections = DEFAULT_CHECKPOINT_CONNECTIONS + DEFAULT_OWNERSHIP_RESERVE;
+    pg_blocked_checkpoints(Arc::new(leases), connections, DEFAULT_CHECKPOINT_CONNECTIONS, &direct_pool, &table).await;
     pg_drop(&direct_pool, &table).await;
 }
 
@@ -376,7 +383,7 @@ async fn postgres_reserve_of_a_users_pool() {
         let leases = PostgresLeaseTable::new(pool, &table).expect("table");
         leases.create_table_if_missing().await.expect("create table");
         eprintln!("a pool of {connections}: {slots} for checkpoints");
-        pg_blocked_checkpoints(Arc::new(leases), &direct_pool, &table, slots).await;
+        pg_blocked_checkpoints(Arc::new(leases), connections, slots, &direct_pool, &table).await;
         pg_drop(&direct_pool, &table).await;
     }
     let table = unique_table("kc_pg_leases_reserve");
@@ -414,7 +421,7 @@ async fn postgres_ownership_reserve_is_chosen_and_validated() {
     assert_eq!(leases.checkpoint_connections(), 1);
     leases.create_table_if_missing().await.expect("create table");
     let direct_pool = pg_pool(&url, 3).await;
-    pg_blocked_checkpoints(Arc::new(leases), &direct_pool, &table, 1).await;
+    pg_blocked_checkpoints(Arc::new(leases), 4, 1, &direct_pool, &table).await;
     pg_drop(&direct_pool, &table).await;
 }
 
@@ -730,11 +737,17 @@ fn my_checkpoints_in_flight(
     }
 }
 
-/// Runs [`assert_ownership_writes_pass_blocked_checkpoints`] on `leases` (in `table`, whose checkpoints may hold
-/// `slots` connections), the row locks held by a session of `direct_pool`.
-async fn my_blocked_checkpoints(leases: Arc<dyn LeaseTable>, direct_pool: &MySqlPool, table: &str, slots: u32) {
+/// Runs [`assert_ownership_writes_pass_blocked_checkpoints`] on `leases` (in `table`, on a pool of `connections`,
+/// whose checkpoints may hold `slots` of them), the row locks held by a session of `direct_pool`.
+async fn my_blocked_checkpoints(
+    leases: Arc<dyn LeaseTable>,
+    connections: u32,
+    slots: u32,
+    direct_pool: &MySqlPool,
+    table: &str,
+) {
     let direct = MySqlLeaseTable::new(direct_pool.clone(), table).expect("table");
-    let (hot, other) = hot_leases(&direct, slots + 1).await;
+    let (hot, other) = hot_leases(&direct, connections + 1).await;
     let mut lock = direct_pool.begin().await.expect("begin");
     for row in lock_hot_rows(table, &hot) {
         sqlx::query(&row).execute(&mut *lock).await.expect("lock a hot row");
@@ -746,7 +759,7 @@ async fn my_blocked_checkpoints(leases: Arc<dyn LeaseTable>, direct_pool: &MySql
 
 /// Issue 12, defect 8: `connect`'s pool keeps [`DEFAULT_OWNERSHIP_RESERVE`] connections from checkpoint writes, so a
 /// renewal (and every other ownership call) is answered while [`DEFAULT_CHECKPOINT_CONNECTIONS`] checkpoints wait
-/// for row locks and one more waits for a slot. Fails on 01c512d (a 4-connection pool shared by all calls): the
+/// for row locks and 3 more wait for a slot. Fails on 01c512d (a 4-connection pool shared by all calls): the
 /// renewal gets `PoolTimedOut` after 5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mysql_ownership_writes_do_not_wait_behind_checkpoints() {
@@ -755,7 +768,8 @@ async fn mysql_ownership_writes_do_not_wait_behind_checkpoints() {
     let leases = MySqlLeaseTable::connect(&url, &table).await.expect("connect");
     leases.create_table_if_missing().await.expect("create table");
     let direct_pool = my_pool(&url, 3).await;
-    my_blocked_checkpoints(Arc::new(leases), &direct_pool, &table, DEFAULT_CHECKPOINT_CONNECTIONS).await;
+    let connections = DEFAULT_CHECKPOINT_CONNECTIONS + DEFAULT_OWNERSHIP_RESERVE;
+    my_blocked_checkpoints(Arc::new(leases), connections, DEFAULT_CHECKPOINT_CONNECTIONS, &direct_pool, &table).await;
     my_drop(&direct_pool, &table).await;
 }
 
@@ -777,7 +791,7 @@ async fn mysql_reserve_of_a_users_pool() {
         let leases = MySqlLeaseTable::new(pool, &table).expect("table");
         leases.create_table_if_missing().await.expect("create table");
         eprintln!("a pool of {connections}: {slots} for checkpoints");
-        my_blocked_checkpoints(Arc::new(leases), &direct_pool, &table, slots).await;
+        my_blocked_checkpoints(Arc::new(leases), connections, slots, &direct_pool, &table).await;
         my_drop(&direct_pool, &table).await;
     }
     let table = unique_table("kc_my_leases_reserve");
@@ -815,7 +829,7 @@ async fn mysql_ownership_reserve_is_chosen_and_validated() {
     assert_eq!(leases.checkpoint_connections(), 1);
     leases.create_table_if_missing().await.expect("create table");
     let direct_pool = my_pool(&url, 3).await;
-    my_blocked_checkpoints(Arc::new(leases), &direct_pool, &table, 1).await;
+    my_blocked_checkpoints(Arc::new(leases), 4, 1, &direct_pool, &table).await;
     my_drop(&direct_pool, &table).await;
 }
 
