@@ -1,5 +1,6 @@
 //! The lease tables of consumer groups against real servers: the conformance suite
 //! (`kc_checkpoint::test_util::lease_suite`; `MemoryLeaseTable` runs it in kc-checkpoint's tests) on every backend, and each backend's failures (bad table name, missing table, server cut off).
+//! The SQL tables' checkpoint budget: renewals never wait for a connection behind checkpoint writes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use kc_checkpoint::test_util::lease_suite;
 use kc_integration::{mysql_url, postgres_url, unique_table, CutProxy};
 use kinesis_consumer::checkpoint::lease::{LeaseScope, LeaseTable};
+use kinesis_consumer::checkpoint::sql::{DEFAULT_CHECKPOINT_CONNECTIONS, DEFAULT_OWNERSHIP_RESERVE};
 use kinesis_consumer::checkpoint::{Checkpoint, Error, ErrorKind};
 use kinesis_consumer::ddb::DynamoDbLeaseTable;
 use kinesis_consumer::mysql::MySqlLeaseTable;
@@ -122,6 +124,96 @@ async fn assert_write_in_flight_when_cut<F, Fut>(
     assert_eq!(kind(leases.renew(&s, "shard", "w1", now).await), ErrorKind::Fenced, "a counter already used");
 }
 
+/// The hot leases of [`assert_ownership_writes_pass_blocked_checkpoints`]: `hot-0` .. `hot-{n-1}`, created and taken
+/// by `w1` through `direct` with `a-other` (renewed meanwhile); returns their ids and counters, and the counter of
+/// `a-other`. `a-other` and the lease created meanwhile (`a-new`) sort before the hot ones, and the hot rows are
+/// locked by their whole key, so that no gap or next-key lock of MariaDB's reaches them.
+async fn hot_leases(direct: &dyn LeaseTable, n: u32) -> (Vec<(String, u64)>, u64) {
+    let s = LeaseScope::new("g", "s");
+    let mut hot = Vec::new();
+    for i in 0..n {
+        let id = format!("hot-{i}");
+        direct.create(&s, &id, &[]).await.expect("create a hot lease");
+        let c = direct.take(&s, &id, 0, "w1").await.expect("take a hot lease").counter;
+        hot.push((id, c));
+    }
+    direct.create(&s, "a-other", &[]).await.expect("create");
+    let other = direct.take(&s, "a-other", 0, "w1").await.expect("take").counter;
+    (hot, other)
+}
+
+/// The statements another session runs to lock the hot rows: `FOR UPDATE`, one row at a time by its whole key
+/// (MariaDB scans a table this small whole for an `IN` list, locking every row).
+fn lock_hot_rows(table: &str, hot: &[(String, u64)]) -> Vec<String> {
+    let lock = |id: &str| {
+        format!("SELECT 1 FROM {table} WHERE group_name = 'g' AND stream_name = 's' AND shard_id = '{id}' FOR UPDATE")
+    };
+    hot.iter().map(|(id, _)| lock(id)).collect()
+}
+
+/// Checkpoints of every hot lease (from [`hot_leases`], one more than the pool has connections) through `leases`
+/// while another session holds their row locks: `slots` of them reach the server and wait for the locks there
+/// (`in_flight()` counts the server's running checkpoint statements), the others wait for a slot of the checkpoint
+/// budget rather than for a pool connection. Meanwhile every ownership call on another lease (renew, get, list,
+/// create, take, request, release, delete) is answered through the reserve. Once `release` ends the other session
+/// every checkpoint is written.
+///
+/// Without the budget (01c512d) the checkpoints hold every connection of the pool and the renewal fails with
+/// `PoolTimedOut` after the pool's acquire timeout.
+async fn assert_ownership_writes_pass_blocked_checkpoints<F, Fut>(
+    leases: Arc<dyn LeaseTable>,
+    hot: Vec<(String, u64)>,
+    other: u64,
+    slots: u32,
+    in_flight: F,
+    release: impl std::future::Future<Output = ()>,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = i64>,
+{
+    assert!(hot.len() > slots as usize + 1, "more checkpoints than the pool has connections");
+    let s = LeaseScope::new("g", "s");
+    let checkpoints: Vec<_> = hot
+        .iter()
+        .map(|(id, c)| {
+            let (leases, s, id, c) = (Arc::clone(&leases), s.clone(), id.clone(), *c);
+            tokio::spawn(async move {
+                let cp = Checkpoint::at(kinesis_consumer::checkpoint::SequenceNumber::parse("42").expect("valid"));
+                (leases.checkpoint(&s, &id, "w1", c, &cp).await, c)
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while in_flight().await < i64::from(slots) {
+        assert!(std::time::Instant::now() < deadline, "the checkpoints never waited for the row locks");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let renewed = leases.renew(&s, "a-other", "w1", other).await.expect("a renewal while checkpoints wait");
+    assert_eq!(renewed, other + 1);
+    let renewed = leases.renew(&s, "a-other", "w1", renewed).await.expect("and another");
+    let read = leases.get(&s, "a-other").await.expect("get").expect("lease");
+    assert_eq!((read.counter, read.owner.as_deref()), (renewed, Some("w1")));
+    assert_eq!(leases.list(&s).await.expect("list").len(), hot.len() + 1);
+    assert!(leases.create(&s, "a-new", &[]).await.expect("create"));
+    let taken = leases.take(&s, "a-new", 0, "w2").await.expect("take");
+    let requested = leases.request(&s, "a-new", taken.counter, "w1").await.expect("request");
+    let released = leases.release(&s, "a-new", "w2", requested.counter).await.expect("release");
+    assert_eq!(released, requested.counter + 1);
+    leases.delete(&s, "a-new").await.expect("delete");
+    assert_eq!(in_flight().await, i64::from(slots), "only the budget's checkpoints reached the server");
+
+    release.await;
+    for task in checkpoints {
+        let (written, c) = task.await.expect("checkpoint task");
+        assert_eq!(written.expect("the checkpoint, once the row is unlocked"), c + 1);
+    }
+    for (id, _) in &hot {
+        let lease = leases.get(&s, id).await.expect("get").expect("lease");
+        assert!(lease.checkpoint.is_some(), "{id}: {lease:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // PostgreSQL
 
@@ -213,6 +305,123 @@ async fn postgres_write_in_flight_when_cut_is_transient_and_recoverable() {
     };
     let release = async move { lock.commit().await.expect("release the row lock") };
     assert_write_in_flight_when_cut(leases, &direct, &proxy, c, in_flight, release).await;
+    pg_drop(&direct_pool, &table).await;
+}
+
+/// The running checkpoint statements of lease table `table`, as PostgreSQL sees them.
+fn pg_checkpoints_in_flight(
+    pool: &PgPool,
+    table: &str,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = i64> + Send>> {
+    let (pool, sql) = (
+        pool.clone(),
+        format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+             AND query LIKE 'UPDATE {table} SET counter = counter + 1, finished%'"
+        ),
+    );
+    move || {
+        let (pool, sql) = (pool.clone(), sql.clone());
+        Box::pin(async move {
+            let (n,): (i64,) = sqlx::query_as(&sql).fetch_one(&pool).await.expect("pg_stat_activity");
+            n
+        })
+    }
+}
+
+/// Runs [`assert_ownership_writes_pass_blocked_checkpoints`] on `leases` (in `table`, on a pool of `connections`,
+/// whose checkpoints may hold `slots` of them), the row locks held by a session of `direct_pool`.
+async fn pg_blocked_checkpoints(
+    leases: Arc<dyn LeaseTable>,
+    connections: u32,
+    slots: u32,
+    direct_pool: &PgPool,
+    table: &str,
+) {
+    let direct = PostgresLeaseTable::new(direct_pool.clone(), table).expect("table");
+    let (hot, other) = hot_leases(&direct, connections + 1).await;
+    let mut lock = direct_pool.begin().await.expect("begin");
+    for row in lock_hot_rows(table, &hot) {
+        sqlx::query(&row).execute(&mut *lock).await.expect("lock a hot row");
+    }
+    let release = async move { lock.commit().await.expect("release the row locks") };
+    let in_flight = pg_checkpoints_in_flight(direct_pool, table);
+    assert_ownership_writes_pass_blocked_checkpoints(leases, hot, other, slots, in_flight, release).await;
+}
+
+/// Issue 12, defect 8: `connect`'s pool keeps [`DEFAULT_OWNERSHIP_RESERVE`] connections from checkpoint writes, so a
+/// renewal (and every other ownership call) is answered while [`DEFAULT_CHECKPOINT_CONNECTIONS`] checkpoints wait
+/// for row locks and 3 more wait for a slot. Fails on 01c512d (a 4-connection pool shared by all calls): the
+/// renewal gets `PoolTimedOut` after 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_ownership_writes_do_not_wait_behind_checkpoints() {
+    let url = postgres_url();
+    let table = unique_table("kc_pg_leases_budget");
+    let leases = PostgresLeaseTable::connect(&url, &table).await.expect("connect");
+    leases.create_table_if_missing().await.expect("create table");
+    let direct_pool = pg_pool(&url, 3).await;
+    let connections = DEFAULT_CHECKPOINT_CONNECTIONS + DEFAULT_OWNERSHIP_RESERVE;
+    pg_blocked_checkpoints(Arc::new(leases), connections, DEFAULT_CHECKPOINT_CONNECTIONS, &direct_pool, &table).await;
+    pg_drop(&direct_pool, &table).await;
+}
+
+/// A lease table on a user's pool (`new`) keeps 2 of its connections from checkpoints, 1 of a pool of 2; a pool of 1
+/// keeps none (checkpoints and renewals share it) but works. Fails on 01c512d: the checkpoints take every connection
+/// and the renewal gets `PoolTimedOut`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_reserve_of_a_users_pool() {
+    let url = postgres_url();
+    let direct_pool = pg_pool(&url, 3).await;
+    for (connections, slots) in [(3, 1), (2, 1)] {
+        let table = unique_table("kc_pg_leases_reserve");
+        let pool = PgPoolOptions::new()
+            .max_connections(connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&url)
+            .await
+            .expect("connect");
+        let leases = PostgresLeaseTable::new(pool, &table).expect("table");
+        leases.create_table_if_missing().await.expect("create table");
+        eprintln!("a pool of {connections}: {slots} for checkpoints");
+        pg_blocked_checkpoints(Arc::new(leases), connections, slots, &direct_pool, &table).await;
+        pg_drop(&direct_pool, &table).await;
+    }
+    let table = unique_table("kc_pg_leases_reserve");
+    let leases = PostgresLeaseTable::new(pg_pool(&url, 1).await, &table).expect("a pool of 1 keeps no reserve");
+    leases.create_table_if_missing().await.expect("create table");
+    let c = taken_lease(&leases).await;
+    let s = LeaseScope::new("g", "s");
+    let c = leases.checkpoint(&s, "shard", "w1", c, &Checkpoint::ShardEnd).await.expect("checkpoint");
+    leases.renew(&s, "shard", "w1", c).await.expect("renew");
+    pg_drop(&direct_pool, &table).await;
+}
+
+/// `connect` builds 6 connections, 4 for checkpoints; `ownership_reserve` chooses the reserve of a user's pool (here
+/// 3 of 4: one checkpoint at a time), and a reserve that leaves checkpoints nothing is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_ownership_reserve_is_chosen_and_validated() {
+    let url = postgres_url();
+    let table = unique_table("kc_pg_leases_chosen");
+    let connected = PostgresLeaseTable::connect(&url, &table).await.expect("connect");
+    let max = connected.pool().options().get_max_connections();
+    assert_eq!(max, DEFAULT_CHECKPOINT_CONNECTIONS + DEFAULT_OWNERSHIP_RESERVE);
+    assert_eq!(connected.checkpoint_connections(), DEFAULT_CHECKPOINT_CONNECTIONS);
+
+    let pool = pg_pool(&url, 4).await;
+    assert_eq!(PostgresLeaseTable::new(pool.clone(), &table).expect("default").checkpoint_connections(), 2);
+    for reserve in [4, 5, u32::MAX] {
+        let refused = PostgresLeaseTable::builder(pool.clone(), &table).ownership_reserve(reserve).build();
+        assert_eq!(kind(refused), ErrorKind::InvalidInput, "reserve {reserve} of 4");
+    }
+    let bad_name = PostgresLeaseTable::builder(pool.clone(), "x; DROP TABLE y").ownership_reserve(1).build();
+    assert_eq!(kind(bad_name), ErrorKind::InvalidInput);
+    let all = PostgresLeaseTable::builder(pool.clone(), &table).ownership_reserve(0).build().expect("no reserve");
+    assert_eq!(all.checkpoint_connections(), 4);
+    let leases = PostgresLeaseTable::builder(pool, &table).ownership_reserve(3).build().expect("reserve 3");
+    assert_eq!(leases.checkpoint_connections(), 1);
+    leases.create_table_if_missing().await.expect("create table");
+    let direct_pool = pg_pool(&url, 3).await;
+    pg_blocked_checkpoints(Arc::new(leases), 4, 1, &direct_pool, &table).await;
     pg_drop(&direct_pool, &table).await;
 }
 
@@ -504,6 +713,123 @@ async fn mysql_write_in_flight_when_cut_is_transient_and_recoverable() {
     };
     let release = async move { lock.commit().await.expect("release the row lock") };
     assert_write_in_flight_when_cut(leases, &direct, &proxy, c, in_flight, release).await;
+    my_drop(&direct_pool, &table).await;
+}
+
+/// The running checkpoint statements of lease table `table`, as MariaDB sees them.
+fn my_checkpoints_in_flight(
+    pool: &MySqlPool,
+    table: &str,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = i64> + Send>> {
+    let (pool, sql) = (
+        pool.clone(),
+        format!(
+            "SELECT count(*) FROM information_schema.processlist \
+             WHERE info LIKE 'UPDATE {table} SET sub_sequence_number = IF(@kc_newer%'"
+        ),
+    );
+    move || {
+        let (pool, sql) = (pool.clone(), sql.clone());
+        Box::pin(async move {
+            let (n,): (i64,) = sqlx::query_as(&sql).fetch_one(&pool).await.expect("processlist");
+            n
+        })
+    }
+}
+
+/// Runs [`assert_ownership_writes_pass_blocked_checkpoints`] on `leases` (in `table`, on a pool of `connections`,
+/// whose checkpoints may hold `slots` of them), the row locks held by a session of `direct_pool`.
+async fn my_blocked_checkpoints(
+    leases: Arc<dyn LeaseTable>,
+    connections: u32,
+    slots: u32,
+    direct_pool: &MySqlPool,
+    table: &str,
+) {
+    let direct = MySqlLeaseTable::new(direct_pool.clone(), table).expect("table");
+    let (hot, other) = hot_leases(&direct, connections + 1).await;
+    let mut lock = direct_pool.begin().await.expect("begin");
+    for row in lock_hot_rows(table, &hot) {
+        sqlx::query(&row).execute(&mut *lock).await.expect("lock a hot row");
+    }
+    let release = async move { lock.commit().await.expect("release the row locks") };
+    let in_flight = my_checkpoints_in_flight(direct_pool, table);
+    assert_ownership_writes_pass_blocked_checkpoints(leases, hot, other, slots, in_flight, release).await;
+}
+
+/// Issue 12, defect 8: `connect`'s pool keeps [`DEFAULT_OWNERSHIP_RESERVE`] connections from checkpoint writes, so a
+/// renewal (and every other ownership call) is answered while [`DEFAULT_CHECKPOINT_CONNECTIONS`] checkpoints wait
+/// for row locks and 3 more wait for a slot. Fails on 01c512d (a 4-connection pool shared by all calls): the
+/// renewal gets `PoolTimedOut` after 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_ownership_writes_do_not_wait_behind_checkpoints() {
+    let url = mysql_url();
+    let table = unique_table("kc_my_leases_budget");
+    let leases = MySqlLeaseTable::connect(&url, &table).await.expect("connect");
+    leases.create_table_if_missing().await.expect("create table");
+    let direct_pool = my_pool(&url, 3).await;
+    let connections = DEFAULT_CHECKPOINT_CONNECTIONS + DEFAULT_OWNERSHIP_RESERVE;
+    my_blocked_checkpoints(Arc::new(leases), connections, DEFAULT_CHECKPOINT_CONNECTIONS, &direct_pool, &table).await;
+    my_drop(&direct_pool, &table).await;
+}
+
+/// A lease table on a user's pool (`new`) keeps 2 of its connections from checkpoints, 1 of a pool of 2; a pool of 1
+/// keeps none (checkpoints and renewals share it) but works. Fails on 01c512d: the checkpoints take every connection
+/// and the renewal gets `PoolTimedOut`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_reserve_of_a_users_pool() {
+    let url = mysql_url();
+    let direct_pool = my_pool(&url, 3).await;
+    for (connections, slots) in [(3, 1), (2, 1)] {
+        let table = unique_table("kc_my_leases_reserve");
+        let pool = MySqlPoolOptions::new()
+            .max_connections(connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&url)
+            .await
+            .expect("connect");
+        let leases = MySqlLeaseTable::new(pool, &table).expect("table");
+        leases.create_table_if_missing().await.expect("create table");
+        eprintln!("a pool of {connections}: {slots} for checkpoints");
+        my_blocked_checkpoints(Arc::new(leases), connections, slots, &direct_pool, &table).await;
+        my_drop(&direct_pool, &table).await;
+    }
+    let table = unique_table("kc_my_leases_reserve");
+    let leases = MySqlLeaseTable::new(my_pool(&url, 1).await, &table).expect("a pool of 1 keeps no reserve");
+    leases.create_table_if_missing().await.expect("create table");
+    let c = taken_lease(&leases).await;
+    let s = LeaseScope::new("g", "s");
+    let c = leases.checkpoint(&s, "shard", "w1", c, &Checkpoint::ShardEnd).await.expect("checkpoint");
+    leases.renew(&s, "shard", "w1", c).await.expect("renew");
+    my_drop(&direct_pool, &table).await;
+}
+
+/// `connect` builds 6 connections, 4 for checkpoints; `ownership_reserve` chooses the reserve of a user's pool (here
+/// 3 of 4: one checkpoint at a time), and a reserve that leaves checkpoints nothing is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_ownership_reserve_is_chosen_and_validated() {
+    let url = mysql_url();
+    let table = unique_table("kc_my_leases_chosen");
+    let connected = MySqlLeaseTable::connect(&url, &table).await.expect("connect");
+    let max = connected.pool().options().get_max_connections();
+    assert_eq!(max, DEFAULT_CHECKPOINT_CONNECTIONS + DEFAULT_OWNERSHIP_RESERVE);
+    assert_eq!(connected.checkpoint_connections(), DEFAULT_CHECKPOINT_CONNECTIONS);
+
+    let pool = my_pool(&url, 4).await;
+    assert_eq!(MySqlLeaseTable::new(pool.clone(), &table).expect("default").checkpoint_connections(), 2);
+    for reserve in [4, 5, u32::MAX] {
+        let refused = MySqlLeaseTable::builder(pool.clone(), &table).ownership_reserve(reserve).build();
+        assert_eq!(kind(refused), ErrorKind::InvalidInput, "reserve {reserve} of 4");
+    }
+    let bad_name = MySqlLeaseTable::builder(pool.clone(), "x; DROP TABLE y").ownership_reserve(1).build();
+    assert_eq!(kind(bad_name), ErrorKind::InvalidInput);
+    let all = MySqlLeaseTable::builder(pool.clone(), &table).ownership_reserve(0).build().expect("no reserve");
+    assert_eq!(all.checkpoint_connections(), 4);
+    let leases = MySqlLeaseTable::builder(pool, &table).ownership_reserve(3).build().expect("reserve 3");
+    assert_eq!(leases.checkpoint_connections(), 1);
+    leases.create_table_if_missing().await.expect("create table");
+    let direct_pool = my_pool(&url, 3).await;
+    my_blocked_checkpoints(Arc::new(leases), 4, 1, &direct_pool, &table).await;
     my_drop(&direct_pool, &table).await;
 }
 

@@ -1,6 +1,7 @@
 //! What the SQL stores (PostgreSQL, MySQL) share that is not SQL: the check of their table names, the rows of a
-//! flush, a stored row read back as a [`Checkpoint`], and the error message of a missing table. The statements, the
-//! column types, the driver calls and the error codes stay in each store crate.
+//! flush, a stored row read back as a [`Checkpoint`], the error message of a missing table, and the
+//! [`CheckpointBudget`] of their lease tables. The statements, the column types, the driver calls and the error codes
+//! stay in each store crate.
 //!
 //! A SQL store writes its table name unquoted into SQL text, as the Go library does, so the name must be a plain
 //! identifier: `table` or `qualifier.table` (a schema or a database), each part matching `[A-Za-z_][A-Za-z0-9_]*`
@@ -17,6 +18,11 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use crate::{Checkpoint, Error, ErrorKind, SequenceNumber, ShardKey};
 
@@ -138,6 +144,103 @@ pub fn missing_lease_table(what: &str, table: &str, lease_table: &str) -> String
     )
 }
 
+/// The connections a SQL lease table's `connect` gives to checkpoint writes: 4 (its pool has
+/// `DEFAULT_CHECKPOINT_CONNECTIONS + DEFAULT_OWNERSHIP_RESERVE` = 6 connections).
+pub const DEFAULT_CHECKPOINT_CONNECTIONS: u32 = 4;
+
+/// The connections of its pool a SQL lease table keeps from checkpoint writes, for the writes that keep leases owned
+/// (renew, take, release, handoff request, create, delete) and the reads (list, get): 2, fewer on a pool too small to
+/// keep them ([`default_ownership_reserve`]).
+pub const DEFAULT_OWNERSHIP_RESERVE: u32 = 2;
+
+/// The reserve of a pool of `max_connections` when the user did not choose one: [`DEFAULT_OWNERSHIP_RESERVE`], but
+/// always leaving one connection to checkpoints: 1 on a pool of 2, 0 on a pool of 1 (checkpoints and renewals then
+/// share its one connection, first come first served).
+pub fn default_ownership_reserve(max_connections: u32) -> u32 {
+    DEFAULT_OWNERSHIP_RESERVE.min(max_connections.saturating_sub(1))
+}
+
+/// How many of a lease table's pool connections its checkpoint writes may hold at once, so that a busy group's
+/// checkpoints cannot starve the renewals of its leases (issue 12, defect 8).
+///
+/// A group worker writes a checkpoint to every lease it holds after each batch, and renews each lease every third of
+/// a lease duration; when all of them share one small pool, a burst of checkpoints (or a few checkpoints waiting on a
+/// slow or locked row) takes every connection, renewals queue behind them, and leases expire although their worker
+/// is alive. A SQL lease table therefore runs each checkpoint statement inside [`run`](Self::run), which admits at
+/// most `max_connections - ownership_reserve` at once: the reserve is always left to the other calls.
+///
+/// A checkpoint that finds no free slot waits for one at most `wait` (the pool's acquire timeout: a checkpoint
+/// waited as long for a connection before), then fails with [`ErrorKind::Transient`], as a pool timeout does.
+///
+/// ```
+/// use std::time::Duration;
+/// use kc_checkpoint::sql::CheckpointBudget;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), kc_checkpoint::Error> {
+/// // A pool of 6 connections, 2 of them kept for renewals: checkpoints get 4.
+/// let budget = CheckpointBudget::new(6, 2, Duration::from_secs(5))?;
+/// assert_eq!(budget.connections(), 4);
+/// let written = budget.run(async { "the checkpoint statement" }).await?;
+/// assert_eq!(written, "the checkpoint statement");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct CheckpointBudget {
+    slots: Arc<Semaphore>,
+    connections: u32,
+    wait: Duration,
+}
+
+impl CheckpointBudget {
+    /// The budget of a pool of `max_connections` keeping `ownership_reserve` of them from checkpoint writes, which
+    /// wait at most `wait` for a slot.
+    ///
+    /// Fails with [`ErrorKind::InvalidInput`] unless the reserve leaves at least one connection to checkpoints.
+    pub fn new(max_connections: u32, ownership_reserve: u32, wait: Duration) -> Result<Self, Error> {
+        if ownership_reserve >= max_connections {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "ownership reserve {ownership_reserve} leaves no connection of the pool's {max_connections} to \
+                     checkpoint writes: it must be less than the pool's max_connections"
+                ),
+            ));
+        }
+        let connections = max_connections - ownership_reserve;
+        // Capped at `Semaphore::MAX_PERMITS` (`usize::MAX >> 3`), far above any real pool.
+        let permits = usize::try_from(connections).unwrap_or(Semaphore::MAX_PERMITS).min(Semaphore::MAX_PERMITS);
+        Ok(Self { slots: Arc::new(Semaphore::new(permits)), connections, wait })
+    }
+
+    /// How many checkpoint writes may hold a connection at once.
+    pub fn connections(&self) -> u32 {
+        self.connections
+    }
+
+    /// Runs `write` (one checkpoint statement) once a slot is free, holding the slot until it is done.
+    ///
+    /// Fails with [`ErrorKind::Transient`] when no slot was free within the budget's wait; `write` did not run.
+    pub async fn run<F: Future>(&self, write: F) -> Result<F::Output, Error> {
+        let slot = match tokio::time::timeout(self.wait, self.slots.acquire()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_closed)) => unreachable!("a checkpoint budget's semaphore is never closed"),
+            Err(_elapsed) => {
+                return Err(Error::new(
+                    ErrorKind::Transient,
+                    format!(
+                        "no checkpoint connection free within {:?} (checkpoint writes may hold {} of the pool's \
+                         connections at once)",
+                        self.wait, self.connections
+                    ),
+                ))
+            }
+        };
+        let output = write.await;
+        drop(slot);
+        Ok(output)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +341,104 @@ mod tests {
         assert!(message.starts_with("reading: checkpoint table app.t is missing"), "{message}");
         assert!(message.contains("SomeStore::create_table_if_missing"), "{message}");
         assert!(missing_lease_table("x", "l", "SomeLeases").contains("lease table l is missing"));
+    }
+
+    #[test]
+    fn checkpoint_budgets() {
+        // (the pool's max_connections, the reserve asked for or None for the default, the checkpoint connections or
+        // None when the reserve is refused).
+        let cases: &[(u32, Option<u32>, Option<u32>)] = &[
+            // `connect`'s pool: 4 for checkpoints, 2 kept.
+            (DEFAULT_CHECKPOINT_CONNECTIONS + DEFAULT_OWNERSHIP_RESERVE, None, Some(DEFAULT_CHECKPOINT_CONNECTIONS)),
+            // A user's pool: 2 kept, fewer when it is too small to keep them and still write checkpoints.
+            (10, None, Some(8)),
+            (3, None, Some(1)),
+            (2, None, Some(1)),
+            (1, None, Some(1)),
+            // Chosen reserves: anything that leaves a connection to checkpoints.
+            (10, Some(0), Some(10)),
+            (10, Some(9), Some(1)),
+            (6, Some(5), Some(1)),
+            (2, Some(1), Some(1)),
+            (1, Some(0), Some(1)),
+            (10, Some(10), None),
+            (10, Some(11), None),
+            (2, Some(2), None),
+            (1, Some(1), None),
+            (0, Some(0), None),
+            (0, None, None),
+            (u32::MAX, None, Some(u32::MAX - 2)),
+        ];
+        for &(pool, reserve, want) in cases {
+            let reserve = reserve.unwrap_or_else(|| default_ownership_reserve(pool));
+            match (CheckpointBudget::new(pool, reserve, Duration::from_secs(1)), want) {
+                (Ok(budget), Some(want)) => assert_eq!(budget.connections(), want, "pool {pool}, reserve {reserve}"),
+                (Err(e), None) => {
+                    assert_eq!(e.kind(), ErrorKind::InvalidInput, "pool {pool}, reserve {reserve}");
+                    let message = e.to_string();
+                    assert!(message.contains(&format!("ownership reserve {reserve}")), "{message}");
+                    assert!(message.contains("max_connections"), "{message}");
+                }
+                (got, want) => panic!("pool {pool}, reserve {reserve}: want {want:?}, got {got:?}"),
+            }
+        }
+        assert_eq!(default_ownership_reserve(6), DEFAULT_OWNERSHIP_RESERVE);
+        assert_eq!((default_ownership_reserve(2), default_ownership_reserve(1)), (1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn checkpoint_writes_wait_for_a_slot() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use tokio::sync::oneshot;
+
+        let wait = Duration::from_secs(5);
+        let budget = CheckpointBudget::new(6, 4, wait).expect("2 checkpoint connections");
+        let running = Arc::new(AtomicU32::new(0));
+        // Three writes that run until they are told to finish: two hold the slots, the third waits.
+        let mut finish = Vec::new();
+        let mut writes = Vec::new();
+        for n in 0..3 {
+            let (tx, rx) = oneshot::channel::<()>();
+            finish.push(tx);
+            let (budget, running) = (budget.clone(), Arc::clone(&running));
+            writes.push(tokio::spawn(async move {
+                budget
+                    .run(async move {
+                        running.fetch_add(1, Ordering::SeqCst);
+                        rx.await.ok();
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        n
+                    })
+                    .await
+            }));
+        }
+        tokio::time::sleep(wait / 2).await;
+        assert_eq!(running.load(Ordering::SeqCst), 2, "two slots, two writes running");
+        // The first write finishes: the waiting one takes its slot.
+        finish.remove(0).send(()).expect("first write running");
+        assert_eq!(writes.remove(0).await.expect("task").expect("ran"), 0);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(running.load(Ordering::SeqCst), 2, "the third write runs in the freed slot");
+
+        // Both slots held: a fourth write gives up after the wait, without running, as a pool timeout would.
+        let ran = Arc::new(AtomicU32::new(0));
+        let started = tokio::time::Instant::now();
+        let fourth = budget.run({
+            let ran = Arc::clone(&ran);
+            async move { ran.fetch_add(1, Ordering::SeqCst) }
+        });
+        let err = fourth.await.expect_err("no slot within the wait");
+        assert_eq!((err.kind(), started.elapsed(), ran.load(Ordering::SeqCst)), (ErrorKind::Transient, wait, 0));
+        assert!(err.to_string().contains("may hold 2 of the pool's connections"), "{err}");
+
+        for tx in finish {
+            tx.send(()).expect("write running");
+        }
+        let mut done = Vec::new();
+        for write in writes {
+            done.push(write.await.expect("task").expect("ran"));
+        }
+        assert_eq!(done, [1, 2]);
+        assert_eq!(budget.slots.available_permits(), 2, "every slot is back");
     }
 }

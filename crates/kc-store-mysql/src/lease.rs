@@ -2,7 +2,8 @@
 
 use async_trait::async_trait;
 use kc_checkpoint::lease::{creation_millis, from_millis, refused, Lease, LeaseScope, LeaseTable};
-use kc_checkpoint::{sql, Checkpoint, Error, ErrorKind};
+use kc_checkpoint::sql::{self, CheckpointBudget, DEFAULT_CHECKPOINT_CONNECTIONS, DEFAULT_OWNERSHIP_RESERVE};
+use kc_checkpoint::{Checkpoint, Error, ErrorKind};
 use sqlx::mysql::{MySqlArguments, MySqlPool};
 use sqlx::query::Query;
 use sqlx::MySql;
@@ -29,11 +30,51 @@ type Row = (String, Option<String>, u64, Option<String>, Option<u64>, bool, Stri
 /// No statement is retried here: a write whose connection broke may have been applied, so retrying it could turn
 /// the caller's own write into a `Fenced` error. Such failures are [`ErrorKind::Transient`]; the caller reads the
 /// lease ([`LeaseTable::get`]) to find out.
+///
+/// Checkpoint writes may hold only some of the pool's connections at once (a
+/// [`CheckpointBudget`]): the others are kept for renewals and the other ownership calls, so that a busy group's
+/// checkpoints never make its renewals wait for a connection (see the [crate docs](crate#the-lease-table)).
 #[derive(Debug, Clone)]
 pub struct MySqlLeaseTable {
     pool: MySqlPool,
     table: TableName,
     sql: Sql,
+    budget: CheckpointBudget,
+}
+
+/// Configures a [`MySqlLeaseTable`] on a pool of yours: see [`MySqlLeaseTable::builder`].
+#[derive(Debug)]
+pub struct MySqlLeaseTableBuilder {
+    pool: MySqlPool,
+    table: String,
+    ownership_reserve: Option<u32>,
+}
+
+impl MySqlLeaseTableBuilder {
+    /// How many of the pool's connections checkpoint writes leave to the other calls (renew, take, release,
+    /// request, create, delete, list, get). Default: [`DEFAULT_OWNERSHIP_RESERVE`] (2), but 1 on a pool of 2
+    /// connections and 0 on a pool of 1 (its one connection is then shared, first come first served).
+    ///
+    /// Checkpoint writes may hold the pool's `max_connections` minus the reserve at once; [`build`](Self::build)
+    /// refuses a reserve that leaves them none.
+    pub fn ownership_reserve(mut self, connections: u32) -> Self {
+        self.ownership_reserve = Some(connections);
+        self
+    }
+
+    /// Validates the table name and the reserve. Does not touch the database.
+    ///
+    /// Fails with [`ErrorKind::InvalidInput`] if `table` is not a plain identifier, or if the reserve is not less
+    /// than the pool's `max_connections`.
+    pub fn build(self) -> Result<MySqlLeaseTable, Error> {
+        let table = TableName::parse(&self.table)?;
+        let options = self.pool.options();
+        let max = options.get_max_connections();
+        let reserve = self.ownership_reserve.unwrap_or_else(|| sql::default_ownership_reserve(max));
+        // A checkpoint waits for a slot as long as it would have waited for a connection.
+        let budget = CheckpointBudget::new(max, reserve, options.get_acquire_timeout())?;
+        Ok(MySqlLeaseTable { pool: self.pool, sql: Sql::new(table.as_str()), table, budget })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -92,24 +133,40 @@ impl MySqlLeaseTable {
     /// A lease table in `table` (`table` or `database.table`, validated as for [`MySqlStore`](crate::MySqlStore))
     /// through `pool`.
     ///
+    /// Checkpoint writes leave [`DEFAULT_OWNERSHIP_RESERVE`] (2) of the pool's connections to the other calls: 1 on
+    /// a pool of 2 connections, none on a pool of 1 (see [`MySqlLeaseTableBuilder::ownership_reserve`]).
+    ///
     /// Fails with [`ErrorKind::InvalidInput`] if `table` is not a plain identifier. Does not touch the database: a
     /// missing table shows as an [`ErrorKind::Permanent`] error of the first call.
     pub fn new(pool: MySqlPool, table: &str) -> Result<Self, Error> {
-        let table = TableName::parse(table)?;
-        Ok(Self { pool, sql: Sql::new(table.as_str()), table })
+        Self::builder(pool, table).build()
     }
 
-    /// Connects to `url` (`mysql://user@host:3306/db`) with a small pool (4 connections, 5 s acquire timeout) and
-    /// returns the lease table in `table`. Build a `MySqlPool` yourself for other pool settings or TLS.
+    /// A builder for a lease table in `table` through `pool`, to set options.
+    pub fn builder(pool: MySqlPool, table: &str) -> MySqlLeaseTableBuilder {
+        MySqlLeaseTableBuilder { pool, table: table.to_owned(), ownership_reserve: None }
+    }
+
+    /// Connects to `url` (`mysql://user@host:3306/db`) with a small pool and returns the lease table in `table`: 6
+    /// connections ([`DEFAULT_CHECKPOINT_CONNECTIONS`] for checkpoint writes, [`DEFAULT_OWNERSHIP_RESERVE`] kept for
+    /// the other calls), 5 s acquire timeout. Build a `MySqlPool` yourself for other pool settings or TLS.
     pub async fn connect(url: &str, table: &str) -> Result<Self, Error> {
         let table = TableName::parse(table)?;
-        let pool = small_pool(url).await.map_err(|e| error::map_lease("connecting to MySQL", table.as_str(), e))?;
+        let pool = small_pool(url, DEFAULT_CHECKPOINT_CONNECTIONS + DEFAULT_OWNERSHIP_RESERVE)
+            .await
+            .map_err(|e| error::map_lease("connecting to MySQL", table.as_str(), e))?;
         Self::new(pool, table.as_str())
     }
 
     /// The pool the table uses.
     pub fn pool(&self) -> &MySqlPool {
         &self.pool
+    }
+
+    /// How many checkpoint writes may hold a connection of the pool at once (its `max_connections` minus the
+    /// ownership reserve).
+    pub fn checkpoint_connections(&self) -> u32 {
+        self.budget.connections()
     }
 
     /// Creates the lease table (see the [crate docs](crate#the-lease-table) for the DDL) unless a table of that name
@@ -148,6 +205,7 @@ impl MySqlLeaseTable {
     }
 
     /// Runs a conditional write of the owner; the condition pins the counter, so the new one is `counter + 1`.
+    /// `budget`: the checkpoint budget the statement runs within (none for the other writes).
     async fn owner_write(
         &self,
         query: Query<'_, MySql, MySqlArguments>,
@@ -155,8 +213,15 @@ impl MySqlLeaseTable {
         shard_id: &str,
         what: &str,
         counter: u64,
+        budget: Option<&CheckpointBudget>,
     ) -> Result<u64, Error> {
-        let done = query.execute(&self.pool).await.map_err(|e| self.map(what, e))?;
+        let execute = query.execute(&self.pool);
+        let done = match budget {
+            Some(budget) => budget.run(execute).await?,
+            None => execute.await,
+        };
+        // The slot (if any) is back before a refused write is read back.
+        let done = done.map_err(|e| self.map(what, e))?;
         if done.rows_affected() == 1 {
             Ok(counter + 1)
         } else {
@@ -293,7 +358,7 @@ impl LeaseTable for MySqlLeaseTable {
             .bind(shard_id)
             .bind(counter)
             .bind(owner);
-        self.owner_write(query, scope, shard_id, "renewal", counter).await
+        self.owner_write(query, scope, shard_id, "renewal", counter, None).await
     }
 
     async fn checkpoint(
@@ -334,7 +399,8 @@ impl LeaseTable for MySqlLeaseTable {
             .bind(shard_id)
             .bind(counter)
             .bind(owner);
-        self.owner_write(query, scope, shard_id, "checkpoint", counter).await
+        // Within the budget, so that the ownership reserve stays free.
+        self.owner_write(query, scope, shard_id, "checkpoint", counter, Some(&self.budget)).await
     }
 
     async fn release(&self, scope: &LeaseScope, shard_id: &str, owner: &str, counter: u64) -> Result<u64, Error> {
@@ -344,7 +410,7 @@ impl LeaseTable for MySqlLeaseTable {
             .bind(shard_id)
             .bind(counter)
             .bind(owner);
-        self.owner_write(query, scope, shard_id, "release", counter).await
+        self.owner_write(query, scope, shard_id, "release", counter, None).await
     }
 
     async fn delete(&self, scope: &LeaseScope, shard_id: &str) -> Result<(), Error> {

@@ -138,6 +138,34 @@
 //! for the store; writes are not retried (a write whose connection broke may have been applied: it is
 //! [`Transient`](kc_checkpoint::ErrorKind::Transient), never `Fenced`).
 //!
+//! **Connections.** A busy group writes a checkpoint to each of its leases after every batch; if those writes could
+//! take every connection of the pool, renewals would queue behind them and leases would expire while their worker is
+//! alive. So checkpoint writes may hold at most the pool's `max_connections` minus an *ownership reserve* at once (a
+//! [`CheckpointBudget`](kc_checkpoint::sql::CheckpointBudget)); the reserve is left to renewals, takes, releases,
+//! handoff requests, creates, deletes and reads. [`MySqlLeaseTable::connect`] builds 6 connections: 4 for checkpoints
+//! ([`DEFAULT_CHECKPOINT_CONNECTIONS`](kc_checkpoint::sql::DEFAULT_CHECKPOINT_CONNECTIONS)) and a reserve of 2
+//! ([`DEFAULT_OWNERSHIP_RESERVE`](kc_checkpoint::sql::DEFAULT_OWNERSHIP_RESERVE)). On your own pool
+//! ([`MySqlLeaseTable::new`]) the reserve is 2, 1 on a pool of 2 connections and 0 on a pool of 1 (whose one connection
+//! checkpoints and renewals then share); choose it with [`MySqlLeaseTableBuilder::ownership_reserve`]. A checkpoint
+//! that finds no free slot waits for one as long as the pool's acquire timeout, then fails as
+//! [`Transient`](kc_checkpoint::ErrorKind::Transient), as a pool timeout does. The reserve keeps the table's own
+//! checkpoints away; other users of a shared pool can still take its connections.
+//!
+//! ```no_run
+//! use kc_store_mysql::MySqlLeaseTable;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::mysql::MySqlPoolOptions::new()
+//!     .max_connections(16)
+//!     .connect("mysql://root@127.0.0.1:3306/test")
+//!     .await?;
+//! // 12 connections for checkpoint writes, 4 always free for renewals.
+//! let leases = MySqlLeaseTable::builder(pool, "kinesis_leases").ownership_reserve(4).build()?;
+//! assert_eq!(leases.checkpoint_connections(), 12);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ```no_run
 //! use kc_checkpoint::lease::{LeaseScope, LeaseTable};
 //! use kc_store_mysql::MySqlLeaseTable;
@@ -159,5 +187,5 @@ mod lease;
 mod store;
 mod table;
 
-pub use lease::MySqlLeaseTable;
+pub use lease::{MySqlLeaseTable, MySqlLeaseTableBuilder};
 pub use store::{MySqlStore, MySqlStoreBuilder, DEFAULT_FLUSH_INTERVAL, MAX_SEQUENCE_DIGITS};

@@ -91,7 +91,7 @@ impl MySqlStore {
     /// returns a store in `table` with default options. Build a `MySqlPool` yourself for other pool settings or TLS.
     pub async fn connect(url: &str, table: &str) -> Result<Self, Error> {
         let table = TableName::parse(table)?;
-        let pool = small_pool(url).await.map_err(|e| error::map("connecting to MySQL", table.as_str(), e))?;
+        let pool = small_pool(url, 4).await.map_err(|e| error::map("connecting to MySQL", table.as_str(), e))?;
         Self::new(pool, table.as_str())
     }
 
@@ -123,8 +123,9 @@ impl MySqlStore {
 }
 
 /// The pool of `connect` (the store's and the lease table's): 4 connections, 5 s acquire timeout.
-pub(crate) async fn small_pool(url: &str) -> Result<MySqlPool, sqlx::Error> {
-    MySqlPoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(5)).connect(url).await
+/// A pool of `connections` to `url` with a 5 s acquire timeout (what `connect` builds).
+pub(crate) async fn small_pool(url: &str, connections: u32) -> Result<MySqlPool, sqlx::Error> {
+    MySqlPoolOptions::new().max_connections(connections).acquire_timeout(Duration::from_secs(5)).connect(url).await
 }
 
 #[async_trait]

@@ -2,7 +2,8 @@
 
 use async_trait::async_trait;
 use kc_checkpoint::lease::{creation_millis, fenced, from_millis, refused, Lease, LeaseScope, LeaseTable};
-use kc_checkpoint::{sql, Checkpoint, Error, ErrorKind};
+use kc_checkpoint::sql::{self, CheckpointBudget, DEFAULT_CHECKPOINT_CONNECTIONS, DEFAULT_OWNERSHIP_RESERVE};
+use kc_checkpoint::{Checkpoint, Error, ErrorKind};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::Row as _;
 
@@ -24,11 +25,51 @@ const KEY: &str = "group_name = $1 AND stream_name = $2 AND shard_id = $3";
 /// No statement is retried here: a write whose connection broke may have been applied, so retrying it could turn
 /// the caller's own write into a `Fenced` error. Such failures are [`ErrorKind::Transient`]; the caller reads the
 /// lease ([`LeaseTable::get`]) to find out.
+///
+/// Checkpoint writes may hold only some of the pool's connections at once (a
+/// [`CheckpointBudget`]): the others are kept for renewals and the other ownership calls, so that a busy group's
+/// checkpoints never make its renewals wait for a connection (see the [crate docs](crate#the-lease-table)).
 #[derive(Debug, Clone)]
 pub struct PostgresLeaseTable {
     pool: PgPool,
     table: TableName,
     sql: Sql,
+    budget: CheckpointBudget,
+}
+
+/// Configures a [`PostgresLeaseTable`] on a pool of yours: see [`PostgresLeaseTable::builder`].
+#[derive(Debug)]
+pub struct PostgresLeaseTableBuilder {
+    pool: PgPool,
+    table: String,
+    ownership_reserve: Option<u32>,
+}
+
+impl PostgresLeaseTableBuilder {
+    /// How many of the pool's connections checkpoint writes leave to the other calls (renew, take, release,
+    /// request, create, delete, list, get). Default: [`DEFAULT_OWNERSHIP_RESERVE`] (2), but 1 on a pool of 2
+    /// connections and 0 on a pool of 1 (its one connection is then shared, first come first served).
+    ///
+    /// Checkpoint writes may hold the pool's `max_connections` minus the reserve at once; [`build`](Self::build)
+    /// refuses a reserve that leaves them none.
+    pub fn ownership_reserve(mut self, connections: u32) -> Self {
+        self.ownership_reserve = Some(connections);
+        self
+    }
+
+    /// Validates the table name and the reserve. Does not touch the database.
+    ///
+    /// Fails with [`ErrorKind::InvalidInput`] if `table` is not a plain identifier, or if the reserve is not less
+    /// than the pool's `max_connections`.
+    pub fn build(self) -> Result<PostgresLeaseTable, Error> {
+        let table = TableName::parse(&self.table)?;
+        let options = self.pool.options();
+        let max = options.get_max_connections();
+        let reserve = self.ownership_reserve.unwrap_or_else(|| sql::default_ownership_reserve(max));
+        // A checkpoint waits for a slot as long as it would have waited for a connection.
+        let budget = CheckpointBudget::new(max, reserve, options.get_acquire_timeout())?;
+        Ok(PostgresLeaseTable { pool: self.pool, sql: Sql::new(table.as_str()), table, budget })
+    }
 }
 
 /// The statements, built once from the validated table name.
@@ -91,25 +132,40 @@ impl PostgresLeaseTable {
     /// A lease table in `table` (`table` or `schema.table`, validated as for
     /// [`PostgresStore`](crate::PostgresStore)) through `pool`.
     ///
+    /// Checkpoint writes leave [`DEFAULT_OWNERSHIP_RESERVE`] (2) of the pool's connections to the other calls: 1 on
+    /// a pool of 2 connections, none on a pool of 1 (see [`PostgresLeaseTableBuilder::ownership_reserve`]).
+    ///
     /// Fails with [`ErrorKind::InvalidInput`] if `table` is not a plain identifier. Does not touch the database: a
     /// missing table shows as an [`ErrorKind::Permanent`] error of the first call.
     pub fn new(pool: PgPool, table: &str) -> Result<Self, Error> {
-        let table = TableName::parse(table)?;
-        Ok(Self { pool, sql: Sql::new(table.as_str()), table })
+        Self::builder(pool, table).build()
     }
 
-    /// Connects to `url` with a small pool (4 connections, 5 s acquire timeout) and returns the lease table in
-    /// `table`. Build a `PgPool` yourself for other pool settings or TLS.
+    /// A builder for a lease table in `table` through `pool`, to set options.
+    pub fn builder(pool: PgPool, table: &str) -> PostgresLeaseTableBuilder {
+        PostgresLeaseTableBuilder { pool, table: table.to_owned(), ownership_reserve: None }
+    }
+
+    /// Connects to `url` with a small pool and returns the lease table in `table`: 6 connections
+    /// ([`DEFAULT_CHECKPOINT_CONNECTIONS`] for checkpoint writes, [`DEFAULT_OWNERSHIP_RESERVE`] kept for the other
+    /// calls), 5 s acquire timeout. Build a `PgPool` yourself for other pool settings or TLS.
     pub async fn connect(url: &str, table: &str) -> Result<Self, Error> {
         let table = TableName::parse(table)?;
-        let pool =
-            small_pool(url).await.map_err(|e| error::map_lease("connecting to PostgreSQL", table.as_str(), e))?;
+        let pool = small_pool(url, DEFAULT_CHECKPOINT_CONNECTIONS + DEFAULT_OWNERSHIP_RESERVE)
+            .await
+            .map_err(|e| error::map_lease("connecting to PostgreSQL", table.as_str(), e))?;
         Self::new(pool, table.as_str())
     }
 
     /// The pool the table uses.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// How many checkpoint writes may hold a connection of the pool at once (its `max_connections` minus the
+    /// ownership reserve).
+    pub fn checkpoint_connections(&self) -> u32 {
+        self.budget.connections()
     }
 
     /// Creates the lease table (see the [crate docs](crate#the-lease-table) for the DDL) unless a table of that name
@@ -170,7 +226,21 @@ impl PostgresLeaseTable {
         expected: u64,
         read: impl FnOnce(&PgRow) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        match query.fetch_optional(&self.pool).await.map_err(|e| self.map(what, e))? {
+        let row = query.fetch_optional(&self.pool).await.map_err(|e| self.map(what, e))?;
+        self.written(row, scope, shard_id, what, expected, read).await
+    }
+
+    /// What a conditional write returned, read with `read`; no row means the condition did not hold.
+    async fn written<T>(
+        &self,
+        row: Option<PgRow>,
+        scope: &LeaseScope,
+        shard_id: &str,
+        what: &str,
+        expected: u64,
+        read: impl FnOnce(&PgRow) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        match row {
             Some(row) => read(&row),
             None => Err(refused(self, scope, shard_id, what, expected).await),
         }
@@ -307,7 +377,11 @@ impl LeaseTable for PostgresLeaseTable {
             .bind(sequence)
             .bind(sub_sequence)
             .bind(finished);
-        self.write(query, scope, shard_id, "checkpoint", counter, |row| self.counter(row, "checkpoint")).await
+        // Within the budget, so that the ownership reserve stays free; the slot is given back before a refused
+        // write is read back (a read, like the others, not a checkpoint).
+        let what = "checkpoint";
+        let row = self.budget.run(query.fetch_optional(&self.pool)).await?.map_err(|e| self.map(what, e))?;
+        self.written(row, scope, shard_id, what, counter, |row| self.counter(row, what)).await
     }
 
     async fn release(&self, scope: &LeaseScope, shard_id: &str, owner: &str, counter: u64) -> Result<u64, Error> {

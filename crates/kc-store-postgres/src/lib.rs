@@ -162,6 +162,34 @@
 //! [`Permanent`](kc_checkpoint::ErrorKind::Permanent). Statements have no timeout of their own: a caller that must
 //! bound a renewal (a lease duration) wraps the call in `tokio::time::timeout`.
 //!
+//! **Connections.** A busy group writes a checkpoint to each of its leases after every batch; if those writes could
+//! take every connection of the pool, renewals would queue behind them and leases would expire while their worker is
+//! alive. So checkpoint writes may hold at most the pool's `max_connections` minus an *ownership reserve* at once (a
+//! [`CheckpointBudget`](kc_checkpoint::sql::CheckpointBudget)); the reserve is left to renewals, takes, releases,
+//! handoff requests, creates, deletes and reads. [`PostgresLeaseTable::connect`] builds 6 connections: 4 for
+//! checkpoints ([`DEFAULT_CHECKPOINT_CONNECTIONS`](kc_checkpoint::sql::DEFAULT_CHECKPOINT_CONNECTIONS)) and a reserve
+//! of 2 ([`DEFAULT_OWNERSHIP_RESERVE`](kc_checkpoint::sql::DEFAULT_OWNERSHIP_RESERVE)). On your own pool
+//! ([`PostgresLeaseTable::new`]) the reserve is 2, 1 on a pool of 2 connections and 0 on a pool of 1 (whose one
+//! connection checkpoints and renewals then share); choose it with [`PostgresLeaseTableBuilder::ownership_reserve`]. A
+//! checkpoint that finds no free slot waits for one as long as the pool's acquire timeout, then fails as
+//! [`Transient`](kc_checkpoint::ErrorKind::Transient), as a pool timeout does. The reserve keeps the table's own
+//! checkpoints away; other users of a shared pool can still take its connections.
+//!
+//! ```no_run
+//! use kc_store_postgres::PostgresLeaseTable;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::postgres::PgPoolOptions::new()
+//!     .max_connections(16)
+//!     .connect("postgres://postgres@127.0.0.1:5432/test")
+//!     .await?;
+//! // 12 connections for checkpoint writes, 4 always free for renewals.
+//! let leases = PostgresLeaseTable::builder(pool, "kinesis_leases").ownership_reserve(4).build()?;
+//! assert_eq!(leases.checkpoint_connections(), 12);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ```no_run
 //! use kc_checkpoint::lease::{LeaseScope, LeaseTable};
 //! use kc_store_postgres::PostgresLeaseTable;
@@ -184,5 +212,5 @@ mod lease;
 mod store;
 mod table;
 
-pub use lease::PostgresLeaseTable;
+pub use lease::{PostgresLeaseTable, PostgresLeaseTableBuilder};
 pub use store::{PostgresStore, PostgresStoreBuilder, DEFAULT_FLUSH_INTERVAL};
