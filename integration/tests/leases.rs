@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::AttributeValue::S;
+
 use kc_checkpoint::test_util::lease_suite;
 use kc_integration::{mysql_url, postgres_url, unique_table, CutProxy};
 use kinesis_consumer::checkpoint::lease::{LeaseScope, LeaseTable};
 use kinesis_consumer::checkpoint::{Checkpoint, Error, ErrorKind};
-use kinesis_consumer::ddb::DynamoDbLeaseTable;
+use kinesis_consumer::ddb::{lease_bucket, DynamoDbLeaseTable};
 use kinesis_consumer::mysql::MySqlLeaseTable;
 use kinesis_consumer::postgres::PostgresLeaseTable;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
@@ -287,22 +289,26 @@ async fn dynamodb_missing_table_is_permanent_until_created() {
     ddb_drop(leases.table()).await;
 }
 
-/// Items big enough (~60 KB of parent ids each) that a Query returns them in several 1 MB pages.
+/// Items big enough (~60 KB of parent ids each) that a Query returns them in several 1 MB pages: 40 leases whose
+/// shard ids share a bucket.
 #[tokio::test]
 async fn dynamodb_list_follows_pages() {
     let leases = ddb_table("kc-ddb-pages").await;
     let s = LeaseScope::new("g", "s");
     let parents: Vec<String> = (0..12).map(|i| format!("{i}-{}", "p".repeat(5000))).collect();
     const LEASES: usize = 40;
-    for i in 0..LEASES {
-        assert!(leases.create(&s, &format!("shard-{i:02}"), &parents).await.expect("create"));
+    let bucket = lease_bucket("shard-0");
+    let ids: Vec<String> =
+        (0..).map(|i| format!("shard-{i}")).filter(|id| lease_bucket(id) == bucket).take(LEASES).collect();
+    for id in &ids {
+        assert!(leases.create(&s, id, &parents).await.expect("create"));
     }
     let first_page = ddb_client(&dynamodb_endpoint())
         .query()
         .table_name(leases.table())
         .key_condition_expression("#s = :s")
         .expression_attribute_names("#s", "scope")
-        .expression_attribute_values(":s", aws_sdk_dynamodb::types::AttributeValue::S("s/g".to_owned()))
+        .expression_attribute_values(":s", S(DynamoDbLeaseTable::partition_key(&s, &ids[0])))
         .send()
         .await
         .expect("query");
