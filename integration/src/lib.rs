@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 
+pub mod ddb;
 pub mod fault_proxy;
 pub mod report;
 pub mod sql;

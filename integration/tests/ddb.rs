@@ -3,18 +3,15 @@
 //! has (the Go library's item layout, one PutItem per shard and flush, a table still `DELETING` created again, the
 //! server cut off). Every test uses tables of its own and deletes them at the end.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
-use aws_sdk_dynamodb::config::{BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents};
-use aws_sdk_dynamodb::error::BoxError;
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::types::TableStatus;
 use kc_checkpoint::test_util::store_suite::{self, Capabilities, StoreBackend};
+use kc_integration::ddb::CountCalls;
 use kc_integration::CutProxy;
 use kc_store_ddb::DynamoDbStore;
 use kinesis_consumer::checkpoint::{Checkpoint, CheckpointStore, Error, ErrorKind, SequenceNumber, ShardKey};
@@ -29,31 +26,9 @@ fn endpoint() -> String {
         .expect("DYNAMODB_ENDPOINT is not set: run `cargo xtask integration`, or start dynalite and set it")
 }
 
-/// Counts the PutItem requests a client sends.
-#[derive(Debug, Default, Clone)]
-struct CountPuts(Arc<AtomicUsize>);
-
-impl Intercept for CountPuts {
-    fn name(&self) -> &'static str {
-        "CountPuts"
-    }
-
-    fn read_before_transmit(
-        &self,
-        context: &BeforeTransmitInterceptorContextRef<'_>,
-        _components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        if context.request().headers().get("x-amz-target").is_some_and(|t| t.ends_with(".PutItem")) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-        Ok(())
-    }
-}
-
 /// A client for `endpoint` with static dummy credentials (never the default credential chain) and no SDK retries
 /// (the store's own bounded retries are what the tests exercise).
-fn client_at(endpoint: &str, puts: Option<CountPuts>) -> aws_sdk_dynamodb::Client {
+fn client_at(endpoint: &str, puts: Option<CountCalls>) -> aws_sdk_dynamodb::Client {
     let mut config = aws_sdk_dynamodb::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
@@ -251,7 +226,7 @@ async fn a_table_being_deleted_is_created_again() {
 #[tokio::test]
 async fn flush_writes_once_per_shard() {
     let (table, _) = new_table("many").await;
-    let puts = CountPuts::default();
+    let puts = CountCalls::new("PutItem");
     let store = DynamoDbStore::builder(client_at(&endpoint(), Some(puts.clone())), &table)
         .flush_interval(Duration::from_secs(3600))
         .build()
@@ -260,11 +235,11 @@ async fn flush_writes_once_per_shard() {
     for i in 0..1000u64 {
         store.set(&shards[(i % 3) as usize], Checkpoint::at(seq(&(1000 + i).to_string()))).await.expect("set");
     }
-    assert_eq!(puts.0.load(Ordering::SeqCst), 0, "set only buffers");
+    assert_eq!(puts.get(), 0, "set only buffers");
     store.flush().await.expect("flush");
-    assert_eq!(puts.0.load(Ordering::SeqCst), 3, "one write per shard");
+    assert_eq!(puts.get(), 3, "one write per shard");
     store.flush().await.expect("flush again");
-    assert_eq!(puts.0.load(Ordering::SeqCst), 3, "nothing pending, nothing written");
+    assert_eq!(puts.get(), 3, "nothing pending, nothing written");
     let scan = client().scan().table_name(&table).consistent_read(true).send().await.expect("scan");
     assert_eq!(scan.count(), 3);
     assert_eq!(stored(&table, &shards[0]).await, Some(Checkpoint::at(seq("1999"))));
@@ -274,7 +249,7 @@ async fn flush_writes_once_per_shard() {
         store.set(k, Checkpoint::at_sub(seq(REAL), i)).await.expect("set");
     }
     store.flush().await.expect("flush");
-    assert_eq!(puts.0.load(Ordering::SeqCst), 3 + 50, "50 shards, 50 writes in one flush");
+    assert_eq!(puts.get(), 3 + 50, "50 shards, 50 writes in one flush");
     store.shutdown().await.expect("shutdown");
     delete_table(&table).await;
 }

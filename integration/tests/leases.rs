@@ -2,15 +2,19 @@
 //! (`kc_checkpoint::test_util::lease_suite`; `MemoryLeaseTable` runs it in kc-checkpoint's tests) on every backend, and each backend's failures (bad table name, missing table, server cut off).
 //! The SQL tables' checkpoint budget: renewals never wait for a connection behind checkpoint writes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::AttributeValue::{self, S};
+
 use kc_checkpoint::test_util::lease_suite;
+use kc_integration::ddb::CountCalls;
 use kc_integration::{mysql_url, postgres_url, unique_table, CutProxy};
-use kinesis_consumer::checkpoint::lease::{LeaseScope, LeaseTable};
+use kinesis_consumer::checkpoint::lease::{Lease, LeaseScope, LeaseTable};
 use kinesis_consumer::checkpoint::sql::{DEFAULT_CHECKPOINT_CONNECTIONS, DEFAULT_OWNERSHIP_RESERVE};
 use kinesis_consumer::checkpoint::{Checkpoint, Error, ErrorKind};
-use kinesis_consumer::ddb::DynamoDbLeaseTable;
+use kinesis_consumer::ddb::{lease_bucket, sequence_key, DynamoDbLeaseTable, LEASE_BUCKETS};
 use kinesis_consumer::mysql::MySqlLeaseTable;
 use kinesis_consumer::postgres::PostgresLeaseTable;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
@@ -435,19 +439,21 @@ fn dynamodb_endpoint() -> String {
         .expect("DYNAMODB_ENDPOINT is not set: run `cargo xtask integration`, or start dynalite and set it")
 }
 
-/// A client for `endpoint` with dummy credentials (never the default credential chain), and the SDK's standard
-/// retries (3 attempts), which the lease table must turn off for its writes.
-fn ddb_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
+/// The configuration of a client for `endpoint` with dummy credentials (never the default credential chain), and
+/// the SDK's standard retries (3 attempts), which the lease table must turn off for its writes.
+fn ddb_config(endpoint: &str) -> aws_sdk_dynamodb::config::Builder {
     use aws_sdk_dynamodb::config::{retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Credentials, Region};
-    let config = aws_sdk_dynamodb::Config::builder()
+    aws_sdk_dynamodb::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("dummy", "dummy", None, None, "kc-integration"))
         .endpoint_url(endpoint)
         .retry_config(RetryConfig::standard().with_max_attempts(3))
         .timeout_config(TimeoutConfig::builder().operation_timeout(Duration::from_secs(10)).build())
-        .build();
-    aws_sdk_dynamodb::Client::from_conf(config)
+}
+
+fn ddb_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::from_conf(ddb_config(endpoint).build())
 }
 
 fn ddb_table_name(prefix: &str) -> String {
@@ -496,22 +502,26 @@ async fn dynamodb_missing_table_is_permanent_until_created() {
     ddb_drop(leases.table()).await;
 }
 
-/// Items big enough (~60 KB of parent ids each) that a Query returns them in several 1 MB pages.
+/// Items big enough (~60 KB of parent ids each) that a Query returns them in several 1 MB pages: 40 leases whose
+/// shard ids share a bucket.
 #[tokio::test]
 async fn dynamodb_list_follows_pages() {
     let leases = ddb_table("kc-ddb-pages").await;
     let s = LeaseScope::new("g", "s");
     let parents: Vec<String> = (0..12).map(|i| format!("{i}-{}", "p".repeat(5000))).collect();
     const LEASES: usize = 40;
-    for i in 0..LEASES {
-        assert!(leases.create(&s, &format!("shard-{i:02}"), &parents).await.expect("create"));
+    let bucket = lease_bucket("shard-0");
+    let ids: Vec<String> =
+        (0..).map(|i| format!("shard-{i}")).filter(|id| lease_bucket(id) == bucket).take(LEASES).collect();
+    for id in &ids {
+        assert!(leases.create(&s, id, &parents).await.expect("create"));
     }
     let first_page = ddb_client(&dynamodb_endpoint())
         .query()
         .table_name(leases.table())
         .key_condition_expression("#s = :s")
         .expression_attribute_names("#s", "scope")
-        .expression_attribute_values(":s", aws_sdk_dynamodb::types::AttributeValue::S("s/g".to_owned()))
+        .expression_attribute_values(":s", S(DynamoDbLeaseTable::partition_key(&s, &ids[0])))
         .send()
         .await
         .expect("query");
@@ -623,6 +633,273 @@ async fn dynamodb_write_whose_response_is_lost_is_transient() {
     assert_eq!(proxy.lose.load(Ordering::SeqCst), 0, "every lost response was a request of the table");
     assert_eq!(leases.renew(&s, "shard", "w2", c + 2).await.expect("renew"), c + 3);
     ddb_drop(direct.table()).await;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// DynamoDB: the bucketed layout, and moving leases from the first layout (one partition per scope)
+
+/// A lease item as the first layout wrote it: partition key `{stream}/{group}`.
+fn first_layout_item(
+    scope_key: &str,
+    shard: &str,
+    owner: Option<&str>,
+    counter: u64,
+    checkpoint: Option<&Checkpoint>,
+) -> HashMap<String, AttributeValue> {
+    let mut item = HashMap::from([
+        ("scope".to_owned(), S(scope_key.to_owned())),
+        ("shard_id".to_owned(), S(shard.to_owned())),
+        ("group_name".to_owned(), S("g".to_owned())),
+        ("stream_name".to_owned(), S("s".to_owned())),
+        ("lease_counter".to_owned(), AttributeValue::N(counter.to_string())),
+        ("parents".to_owned(), AttributeValue::L(vec![])),
+    ]);
+    if let Some(owner) = owner {
+        item.insert("lease_owner".to_owned(), S(owner.to_owned()));
+    }
+    if let Some(cp) = checkpoint {
+        item.insert("sequence_key".to_owned(), S(sequence_key(cp)));
+        item.insert("finished".to_owned(), AttributeValue::Bool(cp.is_shard_end()));
+        if let Checkpoint::At { sequence, sub_sequence } = cp {
+            item.insert("sequence_number".to_owned(), S(sequence.as_str().to_owned()));
+            if let Some(sub) = sub_sequence {
+                item.insert("sub_sequence_number".to_owned(), AttributeValue::N(sub.to_string()));
+            }
+        }
+    }
+    item
+}
+
+async fn put_raw(table: &str, item: HashMap<String, AttributeValue>) {
+    ddb_client(&dynamodb_endpoint()).put_item().table_name(table).set_item(Some(item)).send().await.expect("put item");
+}
+
+/// Every item of partition `key`, raw.
+async fn partition_items(table: &str, key: &str) -> Vec<HashMap<String, AttributeValue>> {
+    let client = ddb_client(&dynamodb_endpoint());
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let out = client
+            .query()
+            .table_name(table)
+            .key_condition_expression("#s = :s")
+            .expression_attribute_names("#s", "scope")
+            .expression_attribute_values(":s", S(key.to_owned()))
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .expect("query");
+        items.extend(out.items.unwrap_or_default());
+        match out.last_evaluated_key {
+            Some(key) if !key.is_empty() => start = Some(key),
+            _ => return items,
+        }
+    }
+}
+
+fn text<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> Option<&'a str> {
+    item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
+}
+
+/// A table holding leases of the first layout (one partition `s/g` per scope, as written by the previous version):
+/// the first `list` (here 8 workers' at the same moment) moves each lease into its bucket, keeping owner,
+/// checkpoint, parents, `next_owner` and creation time, and moving the counter on by one; a lease already in the
+/// new layout wins over its old copy; a lease caught half-moved is finished; the old partition is left with the
+/// moved marker only, which the previous version cannot decode (no `lease_counter`), and an old worker's renewal of
+/// a moved lease is refused. Other scopes' old items are not touched; an old item written after the move (an old
+/// worker that listed before the marker) is moved by the next `list`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dynamodb_leases_of_the_first_layout_are_moved() {
+    let leases = Arc::new(ddb_table("kc-ddb-moved").await);
+    let table = leases.table().to_owned();
+    let s = LeaseScope::new("g", "s");
+    let seq = |s: &str| kinesis_consumer::checkpoint::SequenceNumber::parse(s).expect("valid");
+    let real = "49590338271490256608559692538361571095921575989136588898";
+
+    let mut held = first_layout_item("s/g", "held", Some("old-worker"), 7, Some(&Checkpoint::at_sub(seq(real), 3)));
+    held.insert("parents".to_owned(), AttributeValue::L(vec![S("p0".to_owned())]));
+    held.insert("created_at_ms".to_owned(), AttributeValue::N("1700000000000".to_owned()));
+    let mut finished = first_layout_item("s/g", "finished", None, 3, Some(&Checkpoint::ShardEnd));
+    finished.insert("next_owner".to_owned(), S("w9".to_owned()));
+    // Left by a worker that stopped between fencing it and copying it.
+    let mut half =
+        first_layout_item("s/g", "half", Some("#moving-to-bucketed-layout"), 5, Some(&Checkpoint::at(seq("42"))));
+    half.insert("moved_owner".to_owned(), S("old-worker-2".to_owned()));
+    assert!(leases.create(&s, "both", &[]).await.expect("create in the new layout"));
+    let both = first_layout_item("s/g", "both", Some("old-worker"), 9, Some(&Checkpoint::at(seq("100"))));
+    let other = first_layout_item("s/other", "x", Some("old-worker"), 4, None);
+    for item in [held, finished, half, both, other] {
+        put_raw(&table, item).await;
+    }
+
+    kc_integration::all_at_once("listing (and moving) the leases", 8, || {
+        let (leases, s) = (Arc::clone(&leases), s.clone());
+        async move { leases.list(&s).await.map(drop) }
+    })
+    .await;
+    let listed = leases.list(&s).await.expect("list");
+    let by_id: HashMap<&str, &Lease> = listed.iter().map(|l| (l.shard_id.as_str(), l)).collect();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    let l = by_id["held"];
+    assert_eq!((l.owner.as_deref(), l.counter), (Some("old-worker"), 8), "{l:?}");
+    assert_eq!(l.checkpoint, Some(Checkpoint::at_sub(seq(real), 3)));
+    assert_eq!(l.parents, ["p0"]);
+    assert_eq!(l.created_at, Some(std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000)));
+    let l = by_id["finished"];
+    assert_eq!((l.owner.as_deref(), l.counter, l.next_owner.as_deref()), (None, 4, Some("w9")), "{l:?}");
+    assert!(l.is_finished() && l.created_at.is_none(), "{l:?}");
+    let l = by_id["half"];
+    assert_eq!((l.owner.as_deref(), l.counter), (Some("old-worker-2"), 5), "{l:?}");
+    assert_eq!(l.checkpoint, Some(Checkpoint::at(seq("42"))));
+    let l = by_id["both"];
+    assert_eq!((l.owner.as_deref(), l.counter, l.checkpoint.as_ref()), (None, 0, None), "the new layout wins: {l:?}");
+    for l in &listed {
+        assert_eq!(leases.get(&s, &l.shard_id).await.expect("get").as_ref(), Some(l), "get finds the moved lease");
+    }
+
+    let old = partition_items(&table, "s/g").await;
+    assert_eq!(old.len(), 1, "only the marker is left: {old:?}");
+    let marker = &old[0];
+    assert!(text(marker, "shard_id").is_some_and(|id| id.contains("moved")), "{marker:?}");
+    assert!(!marker.contains_key("lease_counter"), "the previous version fails to decode it: {marker:?}");
+    assert_eq!(partition_items(&table, "s/other").await.len(), 1, "another scope's old lease is not touched");
+
+    let renewal = ddb_client(&dynamodb_endpoint())
+        .update_item()
+        .table_name(&table)
+        .key("scope", S("s/g".to_owned()))
+        .key("shard_id", S("held".to_owned()))
+        .update_expression("SET #c = #c + :one")
+        .condition_expression("#c = :c AND #o = :o")
+        .expression_attribute_names("#c", "lease_counter")
+        .expression_attribute_names("#o", "lease_owner")
+        .expression_attribute_values(":one", AttributeValue::N("1".to_owned()))
+        .expression_attribute_values(":c", AttributeValue::N("7".to_owned()))
+        .expression_attribute_values(":o", S("old-worker".to_owned()))
+        .send()
+        .await;
+    let refused = renewal.expect_err("an old worker's renewal of the moved lease");
+    assert!(refused.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()), "{refused:?}");
+    assert_eq!(leases.take(&s, "held", 8, "new-worker").await.expect("take the moved lease").counter, 9);
+
+    put_raw(&table, first_layout_item("s/g", "late", Some("old-worker-3"), 2, None)).await;
+    let listed = leases.list(&s).await.expect("list");
+    let late = listed.iter().find(|l| l.shard_id == "late").expect("the late old lease is moved");
+    assert_eq!((late.owner.as_deref(), late.counter), (Some("old-worker-3"), 3));
+    assert_eq!(partition_items(&table, "s/g").await.len(), 1, "only the marker is left");
+    ddb_drop(&table).await;
+}
+
+/// 4,096 leases of the first layout (about a real lease's size: a 56-digit checkpoint) are moved by one `list`; then a
+/// `list` is one Query per bucket and one of the old partition (its marker), and a raw Scan finds the leases in
+/// every one of the 32 partitions, evenly. Prints the figures: Query pages of the first layout's partition, calls and
+/// time of the moving `list` and of the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dynamodb_leases_spread_over_buckets() {
+    const LEASES: usize = 4096;
+    let direct = ddb_table("kc-ddb-spread").await;
+    let table = direct.table().to_owned();
+    let queries = CountCalls::new("Query");
+    let writes = [CountCalls::new("UpdateItem"), CountCalls::new("PutItem"), CountCalls::new("DeleteItem")];
+    let mut config = ddb_config(&dynamodb_endpoint()).interceptor(queries.clone());
+    for count in &writes {
+        config = config.interceptor(count.clone());
+    }
+    let counted = aws_sdk_dynamodb::Client::from_conf(config.build());
+    let leases = DynamoDbLeaseTable::new(counted, &table).expect("table");
+    let s = LeaseScope::new("g", "s");
+    let seq =
+        kinesis_consumer::checkpoint::SequenceNumber::parse("49590338271490256608559692538361571095921575989136588898")
+            .expect("valid");
+    let raw = ddb_client(&dynamodb_endpoint());
+    let items: Vec<_> = (0..LEASES)
+        .map(|i| {
+            let cp = Checkpoint::at(seq.clone());
+            let mut item = first_layout_item("s/g", &format!("shardId-{i:012}"), Some("old-worker"), 40, Some(&cp));
+            item.insert("created_at_ms".to_owned(), AttributeValue::N("1700000000000".to_owned()));
+            aws_sdk_dynamodb::types::WriteRequest::builder()
+                .put_request(aws_sdk_dynamodb::types::PutRequest::builder().set_item(Some(item)).build().expect("put"))
+                .build()
+        })
+        .collect();
+    for chunk in items.chunks(25) {
+        let mut pending = Some(HashMap::from([(table.clone(), chunk.to_vec())]));
+        while let Some(requests) = pending.take().filter(|r| !r.is_empty()) {
+            let out = raw.batch_write_item().set_request_items(Some(requests)).send().await.expect("batch write");
+            pending = out.unprocessed_items;
+        }
+    }
+    let mut pages = 0;
+    let mut start = None;
+    loop {
+        let out = raw
+            .query()
+            .table_name(&table)
+            .key_condition_expression("#s = :s")
+            .expression_attribute_names("#s", "scope")
+            .expression_attribute_values(":s", S("s/g".to_owned()))
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .expect("query");
+        pages += 1;
+        match out.last_evaluated_key {
+            Some(key) if !key.is_empty() => start = Some(key),
+            _ => break,
+        }
+    }
+
+    let started = std::time::Instant::now();
+    let moved = leases.list(&s).await.expect("the list that moves the leases");
+    let moving = (started.elapsed(), queries.get(), writes.iter().map(CountCalls::get).collect::<Vec<_>>());
+    assert_eq!(moved.len(), LEASES);
+    assert!(moved.iter().all(|l| l.owner.as_deref() == Some("old-worker") && l.counter == 41), "kept, counter + 1");
+    queries.reset();
+    writes.iter().for_each(CountCalls::reset);
+    let started = std::time::Instant::now();
+    let listed = leases.list(&s).await.expect("list");
+    let took = started.elapsed();
+    assert_eq!(listed, moved);
+    assert_eq!(queries.get(), LEASE_BUCKETS as usize + 1, "one Query per bucket, one of the old partition");
+    assert_eq!(writes.iter().map(CountCalls::get).sum::<usize>(), 0, "nothing left to move, the marker is there");
+
+    let mut per_partition: HashMap<String, usize> = HashMap::new();
+    let mut start = None;
+    loop {
+        let out = raw
+            .scan()
+            .table_name(&table)
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .expect("scan");
+        for item in out.items() {
+            *per_partition.entry(text(item, "scope").expect("scope").to_owned()).or_default() += 1;
+        }
+        match out.last_evaluated_key {
+            Some(key) if !key.is_empty() => start = Some(key),
+            _ => break,
+        }
+    }
+    assert_eq!(per_partition.remove("s/g"), Some(1), "the old partition holds the marker only");
+    assert_eq!(per_partition.len(), LEASE_BUCKETS as usize, "{per_partition:?}");
+    let mean = LEASES / LEASE_BUCKETS as usize;
+    let (min, max) = (per_partition.values().min().copied(), per_partition.values().max().copied());
+    assert!(per_partition.values().all(|&n| n * 4 > mean * 3 && n * 4 < mean * 5), "{per_partition:?}");
+    eprintln!(
+        "{LEASES} leases: first layout 1 partition, {pages} Query pages per list; moving list: {:?}, {} Query, \
+         {:?} UpdateItem/PutItem/DeleteItem; bucketed: {} partitions of {min:?}..{max:?} leases, {} Query per list, {took:?}",
+        moving.0,
+        moving.1,
+        moving.2,
+        LEASE_BUCKETS,
+        LEASE_BUCKETS + 1
+    );
+    ddb_drop(&table).await;
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -73,9 +73,14 @@
 //! groups (see [`kc_checkpoint::lease`]), on a table of its own: partition key `scope` (S), sort key `shard_id` (S),
 //! one item per lease. [`DynamoDbLeaseTable::create_table_if_missing`] creates it (on-demand capacity).
 //!
+//! The leases of a scope (a group reading a stream) are spread over [`LEASE_BUCKETS`] (32) partitions: the
+//! partition key is `{stream}#{group}#{bucket}`, where the bucket is [`lease_bucket`]`(shard_id)`, a stable hash of
+//! the shard id (FNV-1a 64, MurmurHash3's finalizer, modulo 32), in two digits: `orders#billing#07`.
+//! [`DynamoDbLeaseTable::partition_key`] gives the key of a lease, to find it with the AWS CLI.
+//!
 //! | attribute             | type | content                                                                        |
 //! |-----------------------|------|--------------------------------------------------------------------------------|
-//! | `scope`               | S    | `{stream}/{group}`, with `%` → `%25` and `/` → `%2F` in the stream name        |
+//! | `scope`               | S    | `{stream}#{group}#{bucket}`; `%`, `/`, `#` written `%25`, `%2F`, `%23` in both |
 //! | `shard_id`            | S    | the shard id                                                                   |
 //! | `group_name`          | S    | the scope's group name (for people reading the table)                          |
 //! | `stream_name`         | S    | the scope's stream name (for people reading the table)                         |
@@ -89,9 +94,22 @@
 //! | `next_owner`          | S    | the worker that asked for the lease (absent: none)                             |
 //! | `created_at_ms`       | N    | when the lease was created: ms since the Unix epoch, creating worker's clock   |
 //!
-//! Kinesis stream names never contain `%` or `/`, so the key of a real scope reads `orders/billing`; the escaping
-//! keeps the key unique for any pair of names (the first `/` ends the stream name), unlike the checkpoint store's
-//! `{app}-{stream}`.
+//! Why buckets: DynamoDB serves one partition key value from one partition, at most 1,000 write units and 3,000
+//! read units a second. A group of 4,096 shards with 10 s leases renews ~1,230 leases a second (every third of the
+//! lease duration), plus a checkpoint per shard and batch (~4,100 a second at one batch a second): a lease item is
+//! under 1 KB, one write unit per write. Over 32 buckets that is ~40 renewals and ~170 writes in all per partition
+//! and second (the fullest bucket of 4,096 Kinesis shard ids holds 144 leases, the mean is 128), with room for
+//! about six times as many leases. Every worker lists the scope each take cycle: the leases' bytes are the same as
+//! with one partition, now read from 32 (about 1.8 MB, 460 read units, per list of 4,096 leases).
+//!
+//! The escaping keeps the key unique for any pair of names (a raw `#` only separates), and a key never contains a
+//! `/`, which every key of the first layout does, so the two layouts never share a partition. The bucket count is
+//! part of the layout: every worker of a group must agree on it, so it is a constant, not an option.
+//!
+//! `get`, `create` and every write address one item (`GetItem`, `PutItem`, `UpdateItem` on its key). `list`
+//! queries the 32 partitions, 8 at a time, each a consistent `Query` following `LastEvaluatedKey` (one page each
+//! up to about 2,000 leases per bucket), and returns the leases in shard-id order: 33 `Query` calls per list with
+//! the one of the first layout's partition (below).
 //!
 //! Every write is a conditional `UpdateItem` (`ConditionExpression` on `lease_counter`, and on `lease_owner` for the
 //! owner's writes) that increments the counter; `ConditionalCheckFailedException` (the lease changed, or does not
@@ -99,10 +117,9 @@
 //! now. A checkpoint is first written with the extra condition `sequence_key < :new` (or no checkpoint yet); if
 //! that fails, a second update increments only the counter under `sequence_key >= :new`; if both fail, the lease
 //! changed. Both are fenced by the counter, so the checkpoint never moves backwards and the counter always moves.
-//! `create` is a `PutItem` with `attribute_not_exists`. `list` is a consistent `Query` following
-//! `LastEvaluatedKey`; `get` a consistent `GetItem`. Writes are sent without the SDK's retries (a write whose
-//! response was lost may have been applied: it is [`Transient`](kc_checkpoint::ErrorKind::Transient), never
-//! `Fenced`).
+//! `create` is a `PutItem` with `attribute_not_exists`; `get` a consistent `GetItem`. Writes are sent without the
+//! SDK's retries (a write whose response was lost may have been applied: it is
+//! [`Transient`](kc_checkpoint::ErrorKind::Transient), never `Fenced`).
 //!
 //! ```no_run
 //! use kc_checkpoint::lease::{LeaseScope, LeaseTable};
@@ -119,6 +136,53 @@
 //! # Ok(())
 //! # }
 //! ```
+
+//!
+//! ## Moving from the first layout
+//!
+//! Versions before the buckets kept every lease of a scope in one partition, `{stream}/{group}` (`%` and `/`
+//! written `%25` and `%2F` in the stream name), with the same attributes. The table itself does not change (same
+//! key attributes), so there is nothing to run: every `list` first reads that partition of its scope (one `Query`;
+//! after the move it holds one small item) and moves what it finds, before it queries the buckets, so that a list
+//! never returns some leases while others are still in the old partition (a worker would create those again,
+//! without their checkpoints).
+//!
+//! 1. It writes a marker item into the old partition unless it is there (a plain `PutItem`): sort key
+//!    `~ this group's leases moved to a newer kinesis-consumer's bucketed layout; upgrade this worker`, no
+//!    `lease_counter`. A worker of an earlier version that lists the scope fails with "malformed lease item for ~
+//!    this group's leases moved [...]; upgrade this worker in table [...]: no number lease_counter" (a permanent
+//!    error: its worker stops), instead of creating the leases again in the old partition and reading the shards
+//!    from their start.
+//! 2. Each lease there, up to 8 at a time: a fence, `UpdateItem` conditional on the counter read, that sets the
+//!    owner to `#moving-to-bucketed-layout` (keeping the owner in `moved_owner`) and increments the counter; a copy
+//!    of the fenced item to its bucket with its owner, `PutItem` unless a lease of that shard is there already (the
+//!    new layout wins); then a `DeleteItem` conditional on the fenced counter. A failed condition reads the item
+//!    again and goes on from what it finds (gone: another worker moved it).
+//!
+//! Several workers, of either version, may run meanwhile:
+//! - An earlier worker holding a moved lease has its next write refused (the owner changed, then the item is gone),
+//!   reads it, finds it lost and stops reading the shard, at the latest at its deadline (its last successful write
+//!   plus the lease duration), as after any loss. The copy keeps its owner, and the counter moves on by one; a new
+//!   worker takes it only after seeing that counter unchanged for a lease duration, after the deadline. A lease
+//!   that had no owner is free at once. Checkpoints never move backwards: no earlier worker can write the fenced
+//!   item, and the copy is that item.
+//! - Earlier workers stop at their next take cycle (the marker), so a rolling deploy sees them exit with that error
+//!   (and exit again if restarted with the earlier version) while the new workers take their leases after a lease
+//!   duration, as after a crash. Deploy the new version to every worker of the group; there is no way back to the
+//!   earlier version short of moving the items back by hand.
+//! - An earlier worker that listed just before the marker was written may still create or take a lease in the old
+//!   partition: the next `list` of a new worker moves it (fencing that worker off), so it reads that shard alongside a
+//!   new worker for at most one take cycle.
+//! - The move is at-least-once, never lossy. One case can deliver records again: a worker that stalls between
+//!   reading a fenced item and copying it, longer than another worker takes to read that shard to its end and delete
+//!   its finished lease, writes the lease back with its earlier checkpoint.
+//!
+//! A list cut short (kc-core bounds each call by its store timeout) leaves leases moved, half-moved (fenced) or not
+//! yet moved, never lost; the next list goes on from there. The move costs a `PutItem`, an `UpdateItem` and a
+//! `DeleteItem` per lease, once: 4,096 leases took one list of 12 to 25 s against dynalite on two shared cores,
+//! 8 in flight (`dynamodb_leases_spread_over_buckets` in `integration/tests/leases.rs` prints it). Scopes that are
+//! only read with `get`, never listed, are not moved: a new worker finds no lease there and creates one.
+//! Items written by the earliest versions, without `created_at_ms`, are moved as they are.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -137,7 +201,7 @@ use kc_checkpoint::buffered::{AfterShutdown, Backend, BufferedStore, FlushStart,
 use kc_checkpoint::{Checkpoint, CheckpointStore, Error, ErrorKind, SequenceNumber, ShardKey};
 
 pub use key::sequence_key;
-pub use lease::DynamoDbLeaseTable;
+pub use lease::{lease_bucket, DynamoDbLeaseTable, LEASE_BUCKETS};
 
 const NAMESPACE: &str = "namespace";
 const SHARD_ID: &str = "shard_id";
