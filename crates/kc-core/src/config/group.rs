@@ -52,9 +52,12 @@ const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// - **Expiry, the KCL way.** A lease is expired when this worker saw its counter unchanged for the lease duration
 ///   on its own monotonic clock: clock skew between hosts does not matter. Leases without an owner are free.
 /// - **Taking**, every take interval (and at once when a shard of this worker ended, or when another worker bumped
-///   the group's change marker, below; free and expired leases also every half lease duration, so that a failed
-///   worker's leases are taken within about one and a half to two lease durations of its last renewal: up to half a
-///   duration to see its last counter, one to judge it unchanged): the leases to read are the unfinished ones whose
+///   the group's change marker, below; after a renew interval while the group settles: this worker took leases or
+///   waits for a handoff). Free and expired leases are also taken every half lease duration, and when the first
+///   lease of another worker would expire if its counter did not change meanwhile, so that a failed worker's leases
+///   are taken within about one to one and a half lease durations of its last renewal (up to half a duration to see
+///   its last counter, one to judge it unchanged) while a healthy group lists no more often. The leases to read are
+///   the unfinished ones whose
 ///   parents are finished or gone; the live workers are the owners of unexpired leases, the workers that asked for
 ///   one, and this one; each aims at `ceil(leases to read / live workers)`, capped by `max_leases`. A lease on its way
 ///   (asked for by a live worker, or released for it) counts as the requester's. Free leases are taken first (those

@@ -10,7 +10,7 @@ mod plan;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use kc_checkpoint::lease::{Lease, LeaseScope, LeaseTable};
 use kc_checkpoint::{Checkpoint, CheckpointStore, ErrorKind as StoreErrorKind, ShardKey};
@@ -54,16 +54,16 @@ pub(crate) async fn run<D: Deliver>(
     let stream = shared.cfg.stream.clone();
     let span = tracing::info_span!("group", group = %group.name, worker = %group.worker_id, stream = %stream);
     async move {
-        let Some(shared) = shared.prepare(&stop).await? else {
+        let table: Arc<dyn LeaseTable> = bounded(Arc::clone(&group.table), shared.cfg.store_timeout);
+        let Some(shared) = shared.prepare(&stop, Some((&*table, group.name.as_str()))).await? else {
             return Ok(()); // cancelled while waiting for the fan-out consumer
         };
-        let table: Arc<dyn LeaseTable> = bounded(Arc::clone(&group.table), shared.cfg.store_timeout);
         let mut worker = Worker {
-            changes: Changes::new(Arc::clone(&table), &group.name, &stream, &group.worker_id),
+            changes: Changes::new(Arc::clone(&table), &group.name, &shared.stream_key, &group.worker_id),
             released: false,
             table,
             cfg: group,
-            scope: LeaseScope::new(group.name.as_str(), stream.as_str()),
+            scope: LeaseScope::new(group.name.as_str(), &*shared.stream_key),
             stop,
             deliver,
             shared,
@@ -178,12 +178,19 @@ impl<D: Deliver> Worker<'_, D> {
     async fn cycle(&mut self, full: bool, next_take: &mut Instant, next_full: &mut Instant) -> Result<(), Error> {
         // Not abandoned on a stop (a take applied but not seen would leave a lease to expire instead of being
         // released): the cycle looks at the stop between its calls, each bounded by the store timeout.
-        let pending = self.take_cycle(full).await?;
+        let (pending, next_expiry) = self.take_cycle(full).await?;
         let now = Instant::now();
         if full {
             *next_full = now + if pending { self.cfg.renew_interval } else { self.cfg.take_interval };
+        } else if pending {
+            *next_full = (*next_full).min(now + self.cfg.renew_interval);
         }
-        *next_take = (*next_full).min(now + self.cfg.lease_duration / 2);
+        let mut next = (*next_full).min(now + self.cfg.lease_duration / 2);
+        if let Some(at) = next_expiry {
+            // Just after the deadline (this worker's clock judges it there), and never a busy loop.
+            next = next.min((at + Duration::from_millis(10)).max(now + Duration::from_millis(100)));
+        }
+        *next_take = next;
         Ok(())
     }
 
@@ -233,23 +240,24 @@ impl<D: Deliver> Worker<'_, D> {
     }
 
     /// One take cycle (with balancing when `full`). Returns whether the next full cycle should come soon (after a
-    /// renew interval): a handoff this worker asked for is pending, or the lease table could not be read.
-    async fn take_cycle(&mut self, full: bool) -> Result<bool, Error> {
+    /// renew interval): leases were taken (the group is still settling), a handoff this worker asked for is pending,
+    /// or the lease table could not be read; and when the first lease of another worker expires if not renewed.
+    async fn take_cycle(&mut self, full: bool) -> Result<(bool, Option<Instant>), Error> {
         let mut leases = match self.table.list(&self.scope).await {
             Ok(leases) => leases,
             Err(e) if e.is_retryable() => {
                 warn!(error = %e, "listing the leases failed; trying again");
-                return Ok(true);
+                return Ok((true, None));
             }
             Err(e) => return Err(lease_error("listing the leases", e)),
         };
         if !plan::to_create(&self.listing, &leases).is_empty() {
             if !self.create_leases(&leases).await? {
-                return Ok(true);
+                return Ok((true, None));
             }
             leases = match self.table.list(&self.scope).await {
                 Ok(leases) => leases,
-                Err(e) if e.is_retryable() => return Ok(true),
+                Err(e) if e.is_retryable() => return Ok((true, None)),
                 Err(e) => return Err(lease_error("listing the leases", e)),
             };
         }
@@ -267,6 +275,7 @@ impl<D: Deliver> Worker<'_, D> {
                 Err(e) => warn!(shard = %parent, error = %e, "deleting a finished parent's lease failed"),
             }
         }
+        let took = !plan.take.is_empty();
         for (shard_id, counter) in plan.take {
             if self.stop.is_cancelled() {
                 break;
@@ -297,7 +306,7 @@ impl<D: Deliver> Worker<'_, D> {
         if requested {
             self.changes.bump().await;
         }
-        Ok(requested || plan.request_pending)
+        Ok((took || requested || plan.request_pending, plan.next_expiry))
     }
 
     async fn take(&mut self, shard_id: &str, counter: u64, leases: &[Lease]) -> Result<(), Error> {
@@ -395,7 +404,7 @@ impl<D: Deliver> Worker<'_, D> {
             }
             Ok(ShardExit::Skipped) => {
                 // Nothing to read (closed, no checkpoint, LATEST): finished, so that its children can start.
-                let key = ShardKey::new(self.shared.cfg.app.as_str(), self.shared.cfg.stream.as_str(), &*shard_id);
+                let key = ShardKey::new(self.shared.cfg.app.as_str(), &*self.shared.stream_key, &*shard_id);
                 if let Err(e) = held.store.set(&key, Checkpoint::ShardEnd).await {
                     warn!(shard = %shard_id, error = %e, "recording a skipped shard as finished failed");
                 }

@@ -31,6 +31,14 @@ impl Expiry {
         }
     }
 
+    /// When `lease` expires if its counter stays as seen; `None` when this worker has not seen that counter.
+    pub(crate) fn deadline(&self, lease: &Lease, duration: Duration) -> Option<Instant> {
+        match self.seen.get(&lease.shard_id) {
+            Some((counter, since)) if *counter == lease.counter => Some(*since + duration),
+            _ => None,
+        }
+    }
+
     /// Whether `lease`'s counter was seen unchanged for `duration`.
     pub(crate) fn expired(&self, lease: &Lease, now: Instant, duration: Duration) -> bool {
         match self.seen.get(&lease.shard_id) {
@@ -68,6 +76,10 @@ pub(crate) struct Plan {
     pub(crate) workers: usize,
     /// The number of leases each worker aims at.
     pub(crate) target: usize,
+    /// When the first lease another worker owns expires if it is not renewed meanwhile: a cycle then takes it
+    /// (failover within about one and a half lease durations of the last renewal) rather than up to half a lease
+    /// duration later. A renewed lease moves its deadline at the next listing, so a healthy group never cycles for it.
+    pub(crate) next_expiry: Option<Instant>,
 }
 
 /// Decides what to take, ask for and delete. `leases` is the whole table's scope.
@@ -202,7 +214,13 @@ pub(crate) fn plan(leases: &[Lease], expiry: &Expiry, now: Instant, duration: Du
         .map(|p| p.shard_id.clone())
         .collect();
 
-    Plan { take, request, request_pending, asked_of_me, delete, workers: workers.len(), target }
+    let next_expiry = readable
+        .iter()
+        .filter(|l| l.owner.as_deref().is_some_and(|o| o != me.id) && !expired(l))
+        .filter_map(|l| expiry.deadline(l, duration))
+        .min();
+
+    Plan { take, request, request_pending, asked_of_me, delete, workers: workers.len(), target, next_expiry }
 }
 
 /// The shards of `listing` that need a lease, parents before children: those with no lease, except shards with a
@@ -315,6 +333,24 @@ mod tests {
         assert_eq!(p.workers, 2, "w2 stopped renewing: not live");
         assert_eq!(ids(&p.take), ["s0", "s1"], "its leases are taken, up to the target of 2");
         assert_eq!(p.take.iter().find(|(id, _)| id == "s0").map(|t| t.1), Some(5), "conditional on its counter");
+    }
+
+    #[test]
+    fn the_next_cycle_comes_when_the_first_lease_of_another_worker_would_expire() {
+        let t0 = Instant::now();
+        let mut leases = vec![lease("a", Some("w2"), 1), lease("b", Some("w2"), 1), lease("mine", Some("w1"), 1)];
+        let mut e = Expiry::default();
+        e.observe(&leases, t0);
+        leases[1].counter = 2; // b renewed, seen later
+        e.observe(&leases, t0 + D / 2);
+        let p = run(&leases, &e, t0 + D / 2, "w1", &["mine"]);
+        assert_eq!(p.next_expiry, Some(t0 + D), "a, unchanged since t0; not this worker's own lease");
+        let p = run(&leases, &e, t0 + D, "w1", &["mine"]);
+        assert_eq!(ids(&p.take), ["a"], "taken at that deadline");
+        assert_eq!(p.next_expiry, Some(t0 + D / 2 + D), "then b's, if it is not renewed meanwhile");
+        let free = [lease("f", None, 0)];
+        e.observe(&free, t0);
+        assert_eq!(run(&free, &e, t0, "w1", &[]).next_expiry, None, "free leases have no deadline");
     }
 
     #[test]
