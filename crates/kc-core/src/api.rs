@@ -115,6 +115,15 @@ pub trait KinesisApi: Send + Sync + 'static {
         Err(fan_out_unsupported("DescribeStreamSummary"))
     }
 
+    /// When the stream was created (DescribeStreamSummary's `StreamCreationTimestamp`), in milliseconds since the
+    /// Unix epoch. The consumer uses it to tell a stream deleted and created again under the same name from the one
+    /// its checkpoints were written for (see [the crate docs](crate#a-stream-created-again)). The default
+    /// answers `None` (unknown): an implementation that does not override it gets no such detection.
+    async fn stream_created_ms(&self, stream: &str) -> Result<Option<u64>, ApiError> {
+        let _ = stream;
+        Ok(None)
+    }
+
     /// Registers a fan-out consumer named `name` on the stream `stream_arn` (RegisterStreamConsumer).
     async fn register_stream_consumer(&self, stream_arn: &str, name: &str) -> Result<StreamConsumer, ApiError> {
         let _ = (stream_arn, name);
@@ -536,6 +545,12 @@ impl KinesisApi for aws_sdk_kinesis::Client {
         out.stream_description_summary.map(|s| s.stream_arn).ok_or_else(|| {
             ApiError::new(ApiErrorKind::Transient, Some("DescribeStreamSummary returned no description".to_owned()))
         })
+    }
+
+    async fn stream_created_ms(&self, stream: &str) -> Result<Option<u64>, ApiError> {
+        let out = self.describe_stream_summary().stream_name(stream).send().await.map_err(ApiError::from_sdk)?;
+        let created = out.stream_description_summary.map(|s| s.stream_creation_timestamp);
+        Ok(created.and_then(|t| u64::try_from(t.to_millis().ok()?).ok()))
     }
 
     async fn register_stream_consumer(&self, stream_arn: &str, name: &str) -> Result<StreamConsumer, ApiError> {

@@ -94,7 +94,7 @@ impl Consumer {
         }
         let deliver = PerRecord(handler);
         let cancel = self.shutdown.child_token();
-        let Some(shared) = self.shared().prepare(&cancel).await? else {
+        let Some(shared) = self.shared().prepare(&cancel, None).await? else {
             return Ok(()); // cancelled while waiting for the fan-out consumer
         };
         let hint = StartHint { trim_horizon: false, parents: Vec::new(), closed: false, latest_since: None };
@@ -124,6 +124,7 @@ impl Consumer {
             store: bounded(Arc::clone(&self.store), self.cfg.store_timeout),
             lifecycle: Arc::clone(&self.lifecycle),
             consumer_arn: None,
+            stream_key: Arc::from(self.cfg.stream.as_str()),
         }
     }
 }

@@ -80,6 +80,8 @@ struct Shard {
 #[derive(Debug, Default)]
 struct Stream {
     shards: Vec<Shard>,
+    /// When it was created (ms since the Unix epoch; each creation later than the one before).
+    created_ms: u64,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +89,8 @@ struct State {
     streams: HashMap<String, Stream>,
     next_sequence: u64,
     next_shard: u64,
+    /// The creation time of the last stream created.
+    last_created_ms: u64,
     iterator_generation: u64,
     faults: HashMap<Op, VecDeque<ApiErrorKind>>,
     calls: HashMap<Op, usize>,
@@ -139,9 +143,29 @@ impl FakeKinesis {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Creates `stream` with `shards` open shards (`shardId-000000000000`, ...). Replaces an existing one.
+    /// Creates `stream` with `shards` open shards (`shardId-000000000000`, ...; numbered on from the shards of the
+    /// streams created before). Replaces an existing one.
     pub fn create_stream(&self, stream: &str, shards: usize) {
         let mut st = self.lock();
+        Self::create_locked(&mut st, stream, shards);
+    }
+
+    /// Deletes `stream` and creates it again with `shards` open shards numbered from `shardId-000000000000`, as
+    /// Kinesis numbers a new stream's shards, and a later creation time: the checkpoints of the old stream name the
+    /// same shard ids.
+    pub fn recreate_stream(&self, stream: &str, shards: usize) {
+        let mut st = self.lock();
+        st.streams.remove(stream);
+        let next = st.next_shard;
+        st.next_shard = 0;
+        Self::create_locked(&mut st, stream, shards);
+        st.next_shard = next.max(st.next_shard);
+    }
+
+    fn create_locked(st: &mut State, stream: &str, shards: usize) {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let created_ms = now.max(st.last_created_ms + 1);
+        st.last_created_ms = created_ms;
         let n = shards.max(1) as u64;
         let width = u64::MAX / n;
         let shards = (0..n)
@@ -158,7 +182,7 @@ impl FakeKinesis {
                 }
             })
             .collect();
-        st.streams.insert(stream.to_owned(), Stream { shards });
+        st.streams.insert(stream.to_owned(), Stream { shards, created_ms });
     }
 
     /// Deletes `stream`: later calls on it fail with ResourceNotFoundException.
@@ -600,6 +624,14 @@ impl KinesisApi for FakeKinesis {
             return Err(not_found(format!("stream {stream}")));
         }
         Ok(stream_arn(stream))
+    }
+
+    async fn stream_created_ms(&self, stream: &str) -> Result<Option<u64>, ApiError> {
+        let st = self.begin(Op::DescribeStreamSummary)?;
+        match st.streams.get(stream) {
+            Some(s) => Ok(Some(s.created_ms)),
+            None => Err(not_found(format!("stream {stream}"))),
+        }
     }
 
     async fn register_stream_consumer(&self, stream_arn: &str, name: &str) -> Result<StreamConsumer, ApiError> {

@@ -93,6 +93,21 @@
 //!   (and the `kinesis_consumer_shards_gone_total` metric), and its children are read; only a missing stream stops
 //!   the scan ([`ErrorKind::StreamNotFound`]).
 //!
+//! # A stream created again
+//! A stream deleted and created again under the same name has the same shard ids (`shardId-000000000000`, ...) but
+//! none of the old records, so the old stream's checkpoints must not apply to it (a finished parent's end would skip
+//! the new shard of that id; a sequence number of a record that is gone would be refused). At start the consumer asks
+//! for the stream's creation time (DescribeStreamSummary) and compares it with a marker kept beside the checkpoints,
+//! written the first time the app (or the group) met the stream: the checkpoint of the shard `#created` in the
+//! store, or an entry of the lease table in the scope (group, `#created`). When they differ, the stream is a new one:
+//! its checkpoints (or leases) are keyed by `{stream}@{creation ms}` instead of the name, so it starts at the initial
+//! position with a warning, and the old stream's checkpoints are left as they were. Checkpoints written before the
+//! marker existed are taken as the stream's (there is no way to tell), and the marker is written then. A stream
+//! created again while a consumer runs is seen at the next start (the running one stops with
+//! [`ErrorKind::StreamNotFound`] when the old stream goes away). A [`KinesisApi`](api::KinesisApi) that does not
+//! tell the creation time (the trait's default) keeps the plain key. The MySQL lease table's `stream_name` column
+//! holds 128 characters: a stream created again whose name is longer than 114 characters cannot be keyed there.
+//!
 //! [`CheckpointStore::flush`]: kc_checkpoint::CheckpointStore::flush
 
 // Modules point one way (see ARCHITECTURE.md): data and seams at the bottom (`config`, `api`, `error`, `record`,
@@ -108,6 +123,7 @@ mod discovery;
 mod error;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+mod generation;
 mod group;
 mod handler;
 mod lifecycle;

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use kc_checkpoint::lease::LeaseTable;
 use kc_checkpoint::{Checkpoint, CheckpointStore, SequenceNumber, ShardKey};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
@@ -12,6 +13,7 @@ use crate::config::{Config, InitialPosition};
 use crate::deliver::{Deliver, Delivered, Progress};
 use crate::discovery::{self, Listing};
 use crate::error::{Error, ErrorKind};
+use crate::generation::{self, MarkerAt};
 use crate::lifecycle::Lifecycle;
 use crate::record::Record;
 use crate::shard::{ShardExit, StartHint};
@@ -26,16 +28,32 @@ pub(crate) struct Shared {
     pub(crate) lifecycle: Arc<dyn Lifecycle>,
     /// The fan-out consumer's ARN when records come by SubscribeToShard; `None` for polling.
     pub(crate) consumer_arn: Option<Arc<str>>,
+    /// The stream's key in the checkpoints and leases: its name, or `{name}@{creation ms}` for a stream created
+    /// again under the name (see [`generation`]).
+    pub(crate) stream_key: Arc<str>,
 }
 
 impl Shared {
-    /// Resolves the fan-out consumer when fan-out is on (registered if needed, then waited for until ACTIVE); `None`
-    /// if `cancel` fired meanwhile.
-    pub(crate) async fn prepare(mut self, cancel: &CancellationToken) -> Result<Option<Self>, Error> {
+    /// Resolves the fan-out consumer when fan-out is on (registered if needed, then waited for until ACTIVE) and the
+    /// stream's key (in `group`'s lease table for a group's worker: the table and the group's name); `None` if
+    /// `cancel` fired meanwhile.
+    pub(crate) async fn prepare(
+        mut self,
+        cancel: &CancellationToken,
+        group: Option<(&dyn LeaseTable, &str)>,
+    ) -> Result<Option<Self>, Error> {
         self.consumer_arn = fan_out::resolve(&self.cfg, &self.api, cancel).await?;
         if self.cfg.fan_out.is_some() && self.consumer_arn.is_none() {
             return Ok(None);
         }
+        let at = match group {
+            Some((table, name)) => MarkerAt::Leases(table, name),
+            None => MarkerAt::Store(&*self.store),
+        };
+        let Some(key) = generation::stream_key(&self.cfg, &*self.api, cancel, at).await? else {
+            return Ok(None);
+        };
+        self.stream_key = key;
         Ok(Some(self))
     }
 
@@ -95,7 +113,7 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
             shared,
             deliver,
             cx: Context::new(Arc::clone(cfg), Arc::clone(&shared.api), shard_id, cancel.clone()),
-            key: ShardKey::new(cfg.app.as_str(), cfg.stream.as_str(), shard_id),
+            key: ShardKey::new(cfg.app.as_str(), &*shared.stream_key, shard_id),
             progress: Progress::default(),
             drop_until: None,
         }

@@ -21,7 +21,7 @@ type ShardResult = (String, Result<ShardExit, Error>);
 pub(crate) async fn run<D: Deliver>(shared: Shared, deliver: Arc<D>, stop: CancellationToken) -> Result<(), Error> {
     let span = tracing::info_span!("scan", stream = %shared.cfg.stream, app = %shared.cfg.app);
     async move {
-        let Some(shared) = shared.prepare(&stop).await? else {
+        let Some(shared) = shared.prepare(&stop, None).await? else {
             return Ok(()); // cancelled while waiting for the fan-out consumer
         };
         let mut supervisor =

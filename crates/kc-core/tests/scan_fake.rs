@@ -624,7 +624,10 @@ async fn a_failing_checkpoint_store_stops_the_scan() {
         async fn get(&self, _key: &ShardKey) -> Result<Option<Checkpoint>, kc_checkpoint::Error> {
             Ok(None)
         }
-        async fn set(&self, _key: &ShardKey, _cp: Checkpoint) -> Result<(), kc_checkpoint::Error> {
+        async fn set(&self, key: &ShardKey, _cp: Checkpoint) -> Result<(), kc_checkpoint::Error> {
+            if key.shard() == "#created" {
+                return Ok(()); // the stream's creation marker, written at the start (see the next test)
+            }
             Err(kc_checkpoint::Error::new(kc_checkpoint::ErrorKind::Permanent, "table dropped"))
         }
         async fn flush(&self) -> Result<(), kc_checkpoint::Error> {
@@ -642,4 +645,39 @@ async fn a_failing_checkpoint_store_stops_the_scan() {
     assert_eq!(err.kind(), ErrorKind::Checkpoint);
     assert_eq!(err.shard(), Some(fake.shard_ids(STREAM)[0].as_str()));
     assert!(std::error::Error::source(&err).is_some_and(|s| s.to_string().contains("table dropped")));
+}
+
+/// A store that cannot be written at all stops the scan at its start, when the stream's creation marker is written,
+/// with a checkpoint error that says so.
+#[tokio::test(start_paused = true)]
+async fn a_store_that_refuses_every_write_stops_the_scan_at_its_start() {
+    struct Broken;
+    #[async_trait::async_trait]
+    impl CheckpointStore for Broken {
+        async fn get(&self, _key: &ShardKey) -> Result<Option<Checkpoint>, kc_checkpoint::Error> {
+            Ok(None)
+        }
+        async fn set(&self, _key: &ShardKey, _cp: Checkpoint) -> Result<(), kc_checkpoint::Error> {
+            Err(kc_checkpoint::Error::new(kc_checkpoint::ErrorKind::Permanent, "table dropped"))
+        }
+        async fn flush(&self) -> Result<(), kc_checkpoint::Error> {
+            Ok(())
+        }
+    }
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 1);
+    put_many(&fake, 0..5, "r");
+    let consumer = builder(&fake, &MemoryStore::new()).store(Broken).build().await.expect("build");
+    let handled = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&handled);
+    let err = consumer
+        .scan(move |_r: Record| {
+            count.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, std::io::Error>(Outcome::Checkpoint) }
+        })
+        .await
+        .expect_err("the store's error stops the scan");
+    assert_eq!(err.kind(), ErrorKind::Checkpoint);
+    assert!(err.to_string().contains("creation marker"), "{err}");
+    assert_eq!(handled.load(Ordering::SeqCst), 0, "nothing read");
 }
