@@ -8,7 +8,7 @@
 //! when sqlx's acquire timeout (30 s) ended it: far past the bounds asserted here. The same on the in-process fake,
 //! on a paused clock: kc-core's tests/stalled_database.rs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use sqlx::pool::PoolOptions;
 use sqlx::Pool;
 use tokio::time::Instant;
 
+const SHARDS: usize = 2;
 const STORE_TIMEOUT: Duration = Duration::from_secs(1);
 const LEASE: Duration = Duration::from_secs(3);
 /// How many times the documented bound a stop may take here: the machine is shared and noisy, and a stop that is not
@@ -118,12 +119,23 @@ async fn proxied_pool<Db: sqlx::Database>(url: &str) -> (HoldProxy, Pool<Db>) {
     (proxy, pool)
 }
 
-/// Waits until the handler saw every record of `data`.
+/// A stream of [`SHARDS`] shards with records on each; returns its name and the records' data.
+async fn stream_with_records(prefix: &str) -> (String, Vec<String>) {
+    let (client, stream) = new_stream(prefix, SHARDS as i32).await;
+    // 20 partition keys: records on both shards.
+    let data = put_numbered(&client, &stream, "r", 0..20, 20).await.expect("put");
+    (stream, data)
+}
+
+/// Waits until the handler saw every record of `data`, from every shard: each shard task is past its start (the
+/// checkpoint read), so that the stop finds only what the test means it to find in flight.
 async fn every_record(scan: &Collecting, data: &[String]) {
     Wait::real(Duration::from_secs(60))
-        .expect("every record", || {
-            let seen = scan.seen.data();
-            data.iter().all(|d| seen.contains(d)) || scan.task.is_finished()
+        .expect("every record from every shard", || {
+            let seen = scan.seen.all();
+            let shards: HashSet<&str> = seen.iter().map(|r| r.shard.as_str()).collect();
+            let all = data.iter().all(|d| seen.iter().any(|r| &r.data == d));
+            (all && shards.len() == SHARDS) || scan.task.is_finished()
         })
         .await;
 }
@@ -132,8 +144,7 @@ async fn every_record(scan: &Collecting, data: &[String]) {
 /// lands while a take cycle's call is held. It returns `Ok(())` within the lease duration plus the store timeout.
 async fn stop_during_a_take_cycle(db: &str, proxy: HoldProxy, table: Arc<dyn LeaseTable>) {
     let _serial = SERIAL.lock().await;
-    let (client, stream) = new_stream("stall-group", 2).await;
-    let data = put_numbered(&client, &stream, "r", 0..20, 4).await.expect("put");
+    let (stream, data) = stream_with_records("stall-group").await;
     let watch = Watch::default();
     let group = Group::new("g", Layered::new(table, watch.clone())).worker_id("w1").lease_duration(LEASE);
     let consumer =
@@ -180,8 +191,7 @@ async fn stop_during_the_final_flush<S: SqlStore>(db: &str) {
     // No background flush during the test: the checkpoints are still pending when the stop lands.
     let store = S::build(pool, &table, Some(Duration::from_secs(3600))).expect("store");
     store.create_table_if_missing().await.expect("create table");
-    let (client, stream) = new_stream("stall-store", 2).await;
-    let data = put_numbered(&client, &stream, "r", 0..20, 4).await.expect("put");
+    let (stream, data) = stream_with_records("stall-store").await;
     let watch = Watch::default();
     let consumer = consumer_builder(&stream)
         .await
