@@ -10,9 +10,11 @@ use bytes::Bytes;
 
 pub mod ddb;
 pub mod fault_proxy;
+pub mod hold_proxy;
 pub mod report;
 pub mod sql;
 pub use fault_proxy::{Fault, FaultCounts, FaultPlan, FaultProxy, SplitMix64};
+pub use hold_proxy::HoldProxy;
 // The helpers these tests share with kc-core's tests and xtask live once, in kc-test-support; re-exported under the
 // names the tests have always used.
 pub use kc_test_support::names::{unique_stream, unique_table};
@@ -163,6 +165,13 @@ pub fn postgres_url() -> String {
 /// The MySQL/MariaDB URL from `DATABASE_URL_MYSQL`; panics with a clear message when it is not set.
 pub fn mysql_url() -> String {
     kc_test_support::env::required("DATABASE_URL_MYSQL")
+}
+
+/// The `host:port` of a URL (`scheme://[user@]host:port[/path]`), e.g. to start a proxy to a database.
+pub fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    host_port.rsplit('@').next().unwrap_or(host_port)
 }
 
 /// The dynalite endpoint from `DYNAMODB_ENDPOINT`; panics with a clear message when it is not set.

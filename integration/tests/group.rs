@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use kc_integration::report::{tally, Row};
 use kc_integration::{
-    create_stream, dynamodb, dynamodb_endpoint, example_bin, kinesis, kinesis_endpoint, mysql_url, postgres_url,
-    put_numbered, unique_stream, CutProxy,
+    authority, create_stream, dynamodb, dynamodb_endpoint, example_bin, kinesis, kinesis_endpoint, mysql_url,
+    postgres_url, put_numbered, unique_stream, CutProxy,
 };
 use kc_test_support::check::number;
 use kinesis_consumer::checkpoint::lease::{Lease, LeaseScope, LeaseTable};
@@ -53,13 +53,6 @@ impl Backend {
             Self::Ddb => dynamodb_endpoint(),
         }
     }
-}
-
-/// The `host:port` of a URL (`scheme://[user@]host:port[/path]`).
-fn authority(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let host_port = rest.split('/').next().unwrap_or(rest);
-    host_port.rsplit('@').next().unwrap_or(host_port)
 }
 
 /// One line a worker printed: `worker shard data`, and when the test read it.

@@ -117,3 +117,25 @@ async fn a_group_worker_stopped_while_its_final_checkpoints_are_held_returns_wit
     assert!(stall.calls_held.load(Ordering::SeqCst) >= 1, "the final checkpoint or release was held");
     assert!(elapsed <= LEASE + Duration::from_secs(1), "stopped after {elapsed:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_while_a_shard_reads_its_checkpoint_waits_for_that_call_then_the_flush_twice_the_store_timeout() {
+    let fake = stream_with_records();
+    // The database holds every call from the start: each shard's first call, the read of its checkpoint, is held.
+    let stall = Stall { stalled: Arc::new(AtomicBool::new(true)), ..Stall::default() };
+    let consumer =
+        builder(&fake).store(Layered::new(Arc::new(MemoryStore::new()), stall.clone())).build().await.expect("build");
+    let scan = spawn_collecting(consumer, Duration::ZERO, checkpoint);
+    Wait::PAUSED.expect("every shard's checkpoint read held", || stall.calls_held.load(Ordering::SeqCst) >= 4).await;
+    let stopped = Instant::now();
+    let (seen, result) = scan.stop(STORE_TIMEOUT * 4).await;
+    let elapsed = stopped.elapsed();
+    let err = result.expect_err("the checkpoint reads timed out");
+    assert_eq!(err.kind(), ErrorKind::Checkpoint, "{err}");
+    // The shards' error, not the flush's (which is logged): what ConsumerBuilder::store_timeout's docs say.
+    assert!(err.to_string().contains("reading the checkpoint failed"), "{err}");
+    assert!(seen.is_empty());
+    // Each shard finishes its call in flight (up to the store timeout), then the final flush is held too.
+    assert!(elapsed > STORE_TIMEOUT, "stopped after {elapsed:?}");
+    assert!(elapsed <= STORE_TIMEOUT * 2 + Duration::from_secs(1), "stopped after {elapsed:?}");
+}
