@@ -247,13 +247,13 @@ impl ConsumerBuilder {
     /// hold a call, and a graceful stop waiting for it, until the operating system gives up on the connection.
     ///
     /// A graceful stop therefore returns in bounded time whatever the database does: a single consumer within this
-    /// timeout when no store call is in flight as the stop lands (the final flush), within twice it when one is (a
-    /// shard still reading its checkpoint finishes that call first); a group worker within the lease duration plus
-    /// this timeout. With the database unreachable, [`scan`](Consumer::scan) then returns an
-    /// [`ErrorKind::Checkpoint`](crate::ErrorKind::Checkpoint) error: "flush failed" (the last checkpoints were not
-    /// saved, so their records are delivered again after a restart), or the failure of the call in flight ("reading
-    /// the checkpoint failed"); a group worker's leases are left to expire and its stop returns `Ok(())` (their
-    /// checkpoints stay at the last write that succeeded).
+    /// timeout (the final flush; a shard still reading its checkpoint at its start, and the stream's creation marker
+    /// being read, are abandoned by the stop: nothing was handled yet), plus one more for a `set` in flight if the
+    /// store's `set` itself writes to the database (this crate's stores buffer: their `set` does not); a group worker
+    /// within the lease duration plus this timeout. With the database unreachable, [`scan`](Consumer::scan) then
+    /// returns an [`ErrorKind::Checkpoint`](crate::ErrorKind::Checkpoint) error, "flush failed" (the last checkpoints
+    /// were not saved, so their records are delivered again after a restart); a group worker's leases are left to
+    /// expire and its stop returns `Ok(())` (their checkpoints stay at the last write that succeeded).
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
         self.cfg.store_timeout = timeout;
         self

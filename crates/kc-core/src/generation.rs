@@ -71,9 +71,17 @@ pub(crate) async fn stream_key(
             return Err(Error::new(kind, "DescribeStreamSummary failed").with_source(e).at(stream, None));
         }
     };
-    let first = match at {
-        MarkerAt::Store(store) => from_store(cfg, store, created).await?,
-        MarkerAt::Leases(table, group) => from_leases(cfg, table, group, created).await?,
+    // A stop does not wait for the marker's calls (each bounded by the store timeout): nothing started yet.
+    let marker = async {
+        match at {
+            MarkerAt::Store(store) => from_store(cfg, store, created).await,
+            MarkerAt::Leases(table, group) => from_leases(cfg, table, group, created).await,
+        }
+    };
+    let first = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Ok(None),
+        first = marker => first?,
     };
     if first == created {
         return Ok(Some(Arc::from(stream)));

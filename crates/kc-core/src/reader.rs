@@ -91,6 +91,8 @@ enum Start {
     AlreadyEnded,
     /// Nothing to read (closed, no checkpoint, LATEST).
     Skip,
+    /// Stopped before it started (nothing handled, nothing to checkpoint).
+    Cancelled,
 }
 
 /// Reads one shard until its end, cancellation, or an error: start position, fetching through its [`Source`],
@@ -150,7 +152,13 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
 
     async fn start_position(&mut self, hint: &StartHint) -> Result<Start, Error> {
         let store = &self.shared.store;
-        let checkpoint = store.get(&self.key).await.map_err(|e| self.store_err("reading the checkpoint", e))?;
+        // A stop does not wait for this read (bounded by the store timeout): nothing was handled yet, so the stop's
+        // bound stays one store timeout (the final flush) rather than two.
+        let checkpoint = tokio::select! {
+            biased;
+            _ = self.cx.cancel.cancelled() => return Ok(Start::Cancelled),
+            read = store.get(&self.key) => read.map_err(|e| self.store_err("reading the checkpoint", e))?,
+        };
         if let Some(checkpoint) = checkpoint {
             let Some((position, drop_until)) = resume_from(&checkpoint) else {
                 return Ok(Start::AlreadyEnded);
@@ -192,6 +200,7 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
                 debug!("closed shard with no checkpoint, initial position LATEST: nothing to read");
                 return Ok(ShardExit::Skipped);
             }
+            Start::Cancelled => return Ok(ShardExit::Stopped),
         };
         info!(position = ?start, "shard started");
         self.shared.lifecycle.shard_started(&self.cx.shard_id, &start);
