@@ -14,6 +14,7 @@ use crate::deliver::{Deliver, PerBatch, PerRecord};
 use crate::error::Error;
 use crate::handler::{BatchHandler, RecordHandler};
 use crate::lifecycle::{Lifecycle, NoLifecycle, OnShardClosed};
+use crate::limit::Limited;
 use crate::reader::{ShardReader, Shared};
 use crate::shard::StartHint;
 
@@ -234,9 +235,22 @@ impl ConsumerBuilder {
         self
     }
 
-    /// The longest one Kinesis call may take before it is abandoned and retried. Default: 10 s.
+    /// The longest one Kinesis call may take before it is abandoned and retried, counted from when it was sent (see
+    /// [`max_calls_in_flight`](Self::max_calls_in_flight): time spent waiting for a turn does not count). Default:
+    /// 10 s.
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.cfg.call_timeout = timeout;
+        self
+    }
+
+    /// The most Kinesis calls (GetRecords, GetShardIterator, ListShards, SubscribeToShard, ...) this consumer has in
+    /// flight at once, over all its shards; 1 to 100,000. Default: 64. Further calls wait in the consumer, in the
+    /// order they were made, so that a slow endpoint (or a process reading thousands of shards) queues work here
+    /// instead of timing calls out and retrying them into a congestion collapse. A call's
+    /// [`call_timeout`](Self::call_timeout) starts when it is sent. The same number bounds the calls to the
+    /// checkpoint store (on a count of its own): a start of many shards reads their checkpoints a few at a time.
+    pub fn max_calls_in_flight(mut self, max: usize) -> Self {
+        self.cfg.max_calls_in_flight = max;
         self
     }
 
@@ -339,13 +353,14 @@ impl ConsumerBuilder {
             ));
         }
         let group = self.group.map(Group::resolve).transpose()?.map(Arc::new);
-        let api = match self.api {
+        let api: Arc<dyn KinesisApi> = match self.api {
             Some(api) => api,
             None => {
                 let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
                 Arc::new(aws_sdk_kinesis::Client::new(&config))
             }
         };
+        let api = Arc::new(Limited::new(api, self.cfg.max_calls_in_flight, self.cfg.call_timeout));
         Ok(Consumer {
             cfg: Arc::new(self.cfg),
             api,
@@ -387,6 +402,10 @@ mod tests {
         check(|b| b.scan_interval(Duration::ZERO), Some("scan_interval must be greater than zero"));
         check(|b| b.discovery_interval(Duration::ZERO), Some("discovery_interval"));
         check(|b| b.call_timeout(Duration::ZERO), Some("call_timeout"));
+        check(|b| b.max_calls_in_flight(1), None);
+        check(|b| b.max_calls_in_flight(100_000), None);
+        check(|b| b.max_calls_in_flight(0), Some("max_calls_in_flight must be between 1 and 100000, got 0"));
+        check(|b| b.max_calls_in_flight(100_001), Some("got 100001"));
         check(|b| b.store_timeout(Duration::ZERO), Some("store_timeout must be greater than zero"));
         check(|b| b.store_timeout(Duration::MAX), Some("store_timeout must be at most"));
         check(|b| b.retry_backoff(Duration::from_secs(2), Duration::from_secs(1)), Some("backoff max"));

@@ -11,7 +11,7 @@ use crate::api::{ApiError, ApiErrorKind, KinesisApi, ShardInfo};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind};
-use crate::retry::{retry, Policy, Retried, RetryError};
+use crate::retry::{retry, Policy, Retried};
 use crate::shard::{ShardExit, StartHint};
 
 /// The outcome of listing the shards.
@@ -46,11 +46,8 @@ pub(crate) async fn list(
         let mut shards = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let call = api.list_shards(stream, token.as_deref());
-            let page = match tokio::time::timeout(cfg.call_timeout, call).await {
-                Ok(page) => page?,
-                Err(_) => return Err(ApiError::timed_out()),
-            };
+            // Each page is bounded by the call timeout in the API itself (see `limit`).
+            let page = api.list_shards(stream, token.as_deref()).await?;
             shards.extend(page.shards);
             match page.next_token {
                 Some(next) => token = Some(next),

@@ -40,6 +40,8 @@ pub(crate) struct Config {
     pub(crate) strict_deaggregation: bool,
     pub(crate) min_poll_interval: Duration,
     pub(crate) call_timeout: Duration,
+    /// The most Kinesis calls in flight at once, for the whole consumer.
+    pub(crate) max_calls_in_flight: usize,
     pub(crate) store_timeout: Duration,
     pub(crate) backoff_base: Duration,
     pub(crate) backoff_max: Duration,
@@ -53,6 +55,9 @@ pub(crate) struct Config {
 
 impl Config {
     const DEFAULT_APP: &'static str = "kinesis-consumer";
+    const DEFAULT_MAX_CALLS_IN_FLIGHT: usize = 64;
+    /// The largest `max_calls_in_flight` accepted.
+    const MAX_CALLS_IN_FLIGHT: usize = 100_000;
 
     pub(crate) fn new(stream: String) -> Self {
         Self {
@@ -66,6 +71,7 @@ impl Config {
             strict_deaggregation: false,
             min_poll_interval: Duration::from_millis(200),
             call_timeout: Duration::from_secs(10),
+            max_calls_in_flight: Self::DEFAULT_MAX_CALLS_IN_FLIGHT,
             store_timeout: Duration::from_secs(30),
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
@@ -84,6 +90,13 @@ impl Config {
             return Err(Error::config(format!(
                 "max_records must be between 1 and 10000 (the GetRecords limit), got {}",
                 self.max_records
+            )));
+        }
+        if !(1..=Self::MAX_CALLS_IN_FLIGHT).contains(&self.max_calls_in_flight) {
+            return Err(Error::config(format!(
+                "max_calls_in_flight must be between 1 and {}, got {}",
+                Self::MAX_CALLS_IN_FLIGHT,
+                self.max_calls_in_flight
             )));
         }
         let positive = [

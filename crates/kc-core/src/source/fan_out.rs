@@ -33,10 +33,9 @@ const RESUBSCRIBE_WINDOW: Duration = Duration::from_secs(5);
 /// even when no record was put) and replaced by a new one from the continuation.
 pub(crate) const EVENT_IDLE_LIMIT: Duration = Duration::from_secs(30);
 
-/// Makes one Kinesis call of the consumer set-up with the call timeout, retrying throttling and transient failures
+/// Makes one Kinesis call of the consumer set-up (bounded by the call timeout in the API itself, see `limit`), retrying throttling and transient failures
 /// with `backoff`; `None` when cancelled.
 async fn call<T, Fut>(
-    cfg: &Config,
     backoff: &mut Backoff,
     cancel: &CancellationToken,
     what: &str,
@@ -45,7 +44,7 @@ async fn call<T, Fut>(
 where
     Fut: std::future::Future<Output = Result<T, ApiError>>,
 {
-    let policy = Policy { cancel, timeout: Some(cfg.call_timeout), backoff };
+    let policy = Policy { cancel, timeout: None, backoff };
     retry(policy, f, |err: &ApiError, delay, _| {
         warn!(error = %err, ?delay, "{what} failed; retrying");
         Retried::Again
@@ -75,7 +74,7 @@ pub(crate) async fn resolve(
     let stream_arn = match fan_out {
         FanOutConfig::Arn(_) => None,
         FanOutConfig::Name(_) => {
-            match call(cfg, &mut backoff, cancel, "DescribeStreamSummary", || api.stream_arn(&cfg.stream)).await {
+            match call(&mut backoff, cancel, "DescribeStreamSummary", || api.stream_arn(&cfg.stream)).await {
                 Some(Ok(arn)) => Some(arn),
                 Some(Err(e)) => return Err(setup_error(cfg, "DescribeStreamSummary", e)),
                 None => return Ok(None),
@@ -90,7 +89,7 @@ pub(crate) async fn resolve(
             (FanOutConfig::Arn(arn), _) | (FanOutConfig::Name(arn), None) => ConsumerLookup::Arn(arn),
         };
         let described =
-            call(cfg, &mut backoff, cancel, "DescribeStreamConsumer", || api.describe_stream_consumer(lookup)).await;
+            call(&mut backoff, cancel, "DescribeStreamConsumer", || api.describe_stream_consumer(lookup)).await;
         match described {
             None => return Ok(None),
             Some(Ok(StreamConsumer { arn, status: ConsumerStatus::Active, name })) => {
@@ -105,7 +104,7 @@ pub(crate) async fn resolve(
                     return Err(setup_error(cfg, "DescribeStreamConsumer (the consumer ARN given)", e));
                 };
                 info!(consumer = %name, "registering the fan-out consumer");
-                let registered = call(cfg, &mut backoff, cancel, "RegisterStreamConsumer", || {
+                let registered = call(&mut backoff, cancel, "RegisterStreamConsumer", || {
                     api.register_stream_consumer(stream_arn, name)
                 })
                 .await;
@@ -136,7 +135,7 @@ pub(crate) async fn deregister(cfg: &Config, api: &Arc<dyn KinesisApi>, arn: &st
     let mut backoff = Backoff::new(cfg.backoff_base, cfg.backoff_max);
     // Not cancellable: the scan is already stopping, this is its last step. Bounded by a few attempts.
     let never = CancellationToken::new();
-    let attempt = call(cfg, &mut backoff, &never, "DeregisterStreamConsumer", || api.deregister_stream_consumer(arn));
+    let attempt = call(&mut backoff, &never, "DeregisterStreamConsumer", || api.deregister_stream_consumer(arn));
     match tokio::time::timeout(cfg.call_timeout * 3, attempt).await {
         Ok(Some(Ok(()))) => {
             info!(arn, "fan-out consumer deregistered");

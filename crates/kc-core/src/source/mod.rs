@@ -101,7 +101,7 @@ impl Context {
         self.err(Error::new(kind, format!("{call} failed")).with_source(e))
     }
 
-    /// Makes a Kinesis call with the call timeout, retrying throttling and transient failures with backoff until it
+    /// Makes a Kinesis call (bounded by the call timeout in the API itself, see `limit`), retrying throttling and transient failures with backoff until it
     /// succeeds, fails otherwise, or the shard is cancelled (`None`).
     pub(crate) async fn call<T, F, Fut>(&mut self, mut f: F) -> Option<Result<T, ApiError>>
     where
@@ -110,7 +110,7 @@ impl Context {
     {
         let api = &self.api;
         let metrics = &self.metrics;
-        let policy = Policy { cancel: &self.cancel, timeout: Some(self.cfg.call_timeout), backoff: &mut self.backoff };
+        let policy = Policy { cancel: &self.cancel, timeout: None, backoff: &mut self.backoff };
         retry(
             policy,
             || f(Arc::clone(api)),
