@@ -191,10 +191,24 @@ impl ConsumerBuilder {
 
     /// How long a shard waits before the next GetRecords when it is caught up. Default: 250 ms. A shard that is
     /// behind (a non-empty batch with MillisBehindLatest > 0, or a full batch) polls again at once, no sooner than
-    /// [`min_poll_interval`](Self::min_poll_interval) after the previous call.
+    /// [`min_poll_interval`](Self::min_poll_interval) after the previous call. An idle shard (empty answers, caught
+    /// up) waits longer and longer, up to [`max_idle_interval`](Self::max_idle_interval).
     pub fn scan_interval(mut self, interval: Duration) -> Self {
         self.cfg.scan_interval = interval;
         self.cfg.polling_options.push("scan_interval");
+        self
+    }
+
+    /// The longest wait between two GetRecords calls of an idle shard. Default: 1 s. After each empty answer with
+    /// MillisBehindLatest 0 the wait doubles from the [`scan_interval`](Self::scan_interval) (250 ms, 500 ms, 1 s,
+    /// ...) up to this; an answer with records brings it back to the scan interval at once (and a shard that is
+    /// behind polls at once). So a caught-up shard costs about one call per second, as AWS recommends, instead of
+    /// four of its five GetRecords per second, and a process of thousands of idle shards does not flood the endpoint;
+    /// the price is up to this much latency for the first record after a quiet spell. A value at or below the scan
+    /// interval turns the backoff off.
+    pub fn max_idle_interval(mut self, interval: Duration) -> Self {
+        self.cfg.max_idle_interval = interval;
+        self.cfg.polling_options.push("max_idle_interval");
         self
     }
 
@@ -422,6 +436,9 @@ mod tests {
             Some("deregister_on_shutdown cannot be used in a consumer group"),
         );
         check(|b| b.max_records(5).fan_out("c"), Some("max_records only apply to polling"));
+        check(|b| b.max_idle_interval(Duration::from_secs(2)).fan_out("c"), Some("max_idle_interval only apply"));
+        check(|b| b.max_idle_interval(Duration::ZERO), None);
+        check(|b| b.max_idle_interval(Duration::MAX), Some("max_idle_interval must be at most"));
         check(
             |b| b.fan_out("c").scan_interval(Duration::from_secs(1)).min_poll_interval(Duration::from_secs(1)),
             Some("scan_interval, min_poll_interval only apply to polling"),

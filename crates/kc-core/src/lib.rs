@@ -85,7 +85,8 @@
 //!   consumer read, start at TRIM_HORIZON.
 //! - A shard is polled again at once when its last batch was non-empty and it is behind (MillisBehindLatest > 0, or a
 //!   full batch: kinesalite always reports 0), never more often than every 200 ms (5 calls/s per shard); otherwise
-//!   after the scan interval.
+//!   after the scan interval, and an idle shard (empty answers, caught up) less and less often, up to once a second
+//!   ([`ConsumerBuilder::max_idle_interval`]), until records come again.
 //! - At most [`ConsumerBuilder::max_calls_in_flight`] Kinesis calls are in flight at once (64 by default); more wait
 //!   their turn in the consumer. Every call has a client-side timeout ([`ConsumerBuilder::call_timeout`]) counted
 //!   from when it was sent.

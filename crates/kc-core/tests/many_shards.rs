@@ -7,8 +7,9 @@ use std::time::Duration;
 use kc_core::api::ApiErrorKind;
 use kc_core::fake::{FakeKinesis, Op};
 use kc_core::{Consumer, ConsumerBuilder, InitialPosition, MemoryStore};
-use kc_test_support::fake::STREAM;
-use kc_test_support::Collect;
+use kc_test_support::fake::{put_to_shard, STREAM};
+use kc_test_support::{checkpoint, spawn_collecting, Collect, Wait};
+use tokio::time::Instant;
 
 fn builder(fake: &FakeKinesis) -> ConsumerBuilder {
     Consumer::builder(STREAM).api(fake.clone()).store(MemoryStore::new()).initial_position(InitialPosition::TrimHorizon)
@@ -52,4 +53,57 @@ async fn a_thousand_shards_with_faults_every_record_once_within_the_call_bound()
     let max = fake.max_in_flight();
     assert!(max <= 32, "{max} calls in flight, more than the bound of 32");
     assert!(max >= 16, "only {max} calls in flight: the bound is not used");
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_shards_poll_about_once_a_second() {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 1_000);
+    let consumer = builder(&fake).build().await.expect("build");
+    let scan = spawn_collecting(consumer, Duration::ZERO, checkpoint);
+    // The backoff reaches its cap (250 ms, 500 ms, 1 s) within seconds; measure a minute after that.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let before = fake.calls(Op::GetRecords);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let per_shard_per_second = (fake.calls(Op::GetRecords) - before) as f64 / 1_000.0 / 60.0;
+    let (seen, result) = scan.stop(Duration::from_secs(60)).await;
+    result.expect("scan ok after cancel");
+    assert!(seen.is_empty());
+    // Without the backoff: 4 per shard per second (every 250 ms).
+    assert!(
+        (0.9..=1.0).contains(&per_shard_per_second),
+        "{per_shard_per_second:.3} GetRecords per idle shard per second, want about 1"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_shard_that_gets_records_again_polls_at_once() {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 1);
+    let shard = fake.shard_ids(STREAM).remove(0);
+    let consumer = builder(&fake).max_records(5).build().await.expect("build");
+    let scan = spawn_collecting(consumer, Duration::ZERO, checkpoint);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+
+    // 12 records after 30 s of idleness: found within the idle interval (1 s), then the shard is behind (full
+    // batches of 5) and polls at once, every min_poll_interval (200 ms).
+    let put_at = Instant::now();
+    put_to_shard(&fake, STREAM, &shard, "a", 12);
+    Wait::PAUSED.expect("12 records", || scan.seen.len() >= 12).await;
+    let times = scan.seen.times();
+    let first = times[0] - put_at;
+    assert!(first <= Duration::from_secs(1), "the first batch came {first:?} after the put");
+    let batches: Vec<Duration> = [5, 10].iter().map(|&i| times[i] - times[0]).collect();
+    assert_eq!(batches, [Duration::from_millis(200), Duration::from_millis(400)], "behind: at once, 5 calls/s");
+
+    // Caught up again, the pace is back to the scan interval (250 ms), not the idle interval.
+    tokio::time::sleep_until(times[11] + Duration::from_millis(10)).await;
+    let put_at = Instant::now();
+    put_to_shard(&fake, STREAM, &shard, "b", 1);
+    Wait::new(Duration::from_millis(1), Duration::from_secs(2)).expect("1 more record", || scan.seen.len() >= 13).await;
+    let next = scan.seen.times()[12] - put_at;
+    assert!(next <= Duration::from_millis(250), "the next record came {next:?} after the put");
+
+    let (_, result) = scan.stop(Duration::from_secs(60)).await;
+    result.expect("scan ok after cancel");
 }

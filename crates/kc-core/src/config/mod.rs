@@ -34,6 +34,8 @@ pub(crate) struct Config {
     pub(crate) app: String,
     pub(crate) initial_position: InitialPosition,
     pub(crate) scan_interval: Duration,
+    /// The longest wait between two GetRecords of an idle shard.
+    pub(crate) max_idle_interval: Duration,
     pub(crate) max_records: i32,
     pub(crate) discovery_interval: Duration,
     pub(crate) aggregation: bool,
@@ -65,6 +67,7 @@ impl Config {
             app: Self::DEFAULT_APP.to_owned(),
             initial_position: InitialPosition::Latest,
             scan_interval: Duration::from_millis(250),
+            max_idle_interval: Duration::from_secs(1),
             max_records: 10_000,
             discovery_interval: Duration::from_secs(30),
             aggregation: false,
@@ -113,6 +116,7 @@ impl Config {
         }
         let bounded = [
             ("scan_interval", self.scan_interval),
+            ("max_idle_interval", self.max_idle_interval),
             ("discovery_interval", self.discovery_interval),
             ("min_poll_interval", self.min_poll_interval),
             ("call_timeout", self.call_timeout),
