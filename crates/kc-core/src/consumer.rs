@@ -8,7 +8,7 @@ use kc_checkpoint::{CheckpointStore, MemoryStore};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::KinesisApi;
-use crate::bounded::bounded;
+use crate::bounded::bounded_and_limited;
 use crate::config::{Config, FanOutConfig, Group, GroupConfig, InitialPosition};
 use crate::deliver::{Deliver, PerBatch, PerRecord};
 use crate::error::Error;
@@ -122,7 +122,7 @@ impl Consumer {
         Shared {
             cfg: Arc::clone(&self.cfg),
             api: Arc::clone(&self.api),
-            store: bounded(Arc::clone(&self.store), self.cfg.store_timeout),
+            store: bounded_and_limited(Arc::clone(&self.store), self.cfg.store_timeout, self.cfg.max_calls_in_flight),
             lifecycle: Arc::clone(&self.lifecycle),
             consumer_arn: None,
         }

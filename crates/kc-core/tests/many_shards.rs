@@ -2,11 +2,14 @@
 //! flight stay within the bound, every record comes once despite faults, idle shards back off, and start-up and
 //! relisting do not fan out into one call per shard.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use kc_core::api::ApiErrorKind;
 use kc_core::fake::{FakeKinesis, Op};
-use kc_core::{Consumer, ConsumerBuilder, InitialPosition, MemoryStore};
+use kc_core::{Checkpoint, CheckpointStore, Consumer, ConsumerBuilder, InitialPosition, MemoryStore, ShardKey};
 use kc_test_support::fake::{put_to_shard, STREAM};
 use kc_test_support::{checkpoint, spawn_collecting, Collect, Wait};
 use tokio::time::Instant;
@@ -106,4 +109,44 @@ async fn an_idle_shard_that_gets_records_again_polls_at_once() {
 
     let (_, result) = scan.stop(Duration::from_secs(60)).await;
     result.expect("scan ok after cancel");
+}
+
+/// A checkpoint store whose reads take 20 ms, counting the reads in flight and their maximum.
+#[derive(Clone, Default)]
+struct SlowReads {
+    inner: MemoryStore,
+    reads: Arc<(AtomicUsize, AtomicUsize)>,
+}
+
+#[async_trait]
+impl CheckpointStore for SlowReads {
+    async fn get(&self, key: &ShardKey) -> Result<Option<Checkpoint>, kc_checkpoint::Error> {
+        let (now, max) = &*self.reads;
+        max.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        now.fetch_sub(1, Ordering::SeqCst);
+        self.inner.get(key).await
+    }
+    async fn set(&self, key: &ShardKey, checkpoint: Checkpoint) -> Result<(), kc_checkpoint::Error> {
+        self.inner.set(key, checkpoint).await
+    }
+    async fn flush(&self) -> Result<(), kc_checkpoint::Error> {
+        self.inner.flush().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_of_a_thousand_shards_reads_checkpoints_and_iterators_within_the_bound() {
+    let fake = FakeKinesis::new();
+    let produced = stream_of(&fake, 1_000, 1);
+    fake.latency(Duration::from_millis(20));
+    let store = SlowReads::default();
+    let consumer = builder(&fake).store(store.clone()).max_calls_in_flight(16).build().await.expect("build");
+    let (seen, result) = Collect::PAUSED.run(consumer, produced.len()).await;
+    result.expect("scan ok after cancel");
+    seen.assert_exactly_once(&produced);
+    assert_eq!(fake.calls(Op::GetShardIterator), 1_000);
+    let reads = store.reads.1.load(Ordering::SeqCst);
+    assert!((8..=16).contains(&reads), "{reads} checkpoint reads at once, want up to the bound of 16");
+    assert!(fake.max_in_flight() <= 16, "{} Kinesis calls at once", fake.max_in_flight());
 }
