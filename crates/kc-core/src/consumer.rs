@@ -125,6 +125,7 @@ impl Consumer {
             store: bounded_and_limited(Arc::clone(&self.store), self.cfg.store_timeout, self.cfg.max_calls_in_flight),
             lifecycle: Arc::clone(&self.lifecycle),
             consumer_arn: None,
+            closed_shards: Arc::default(),
         }
     }
 }

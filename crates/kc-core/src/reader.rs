@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     pub(crate) lifecycle: Arc<dyn Lifecycle>,
     /// The fan-out consumer's ARN when records come by SubscribeToShard; `None` for polling.
     pub(crate) consumer_arn: Option<Arc<str>>,
+    /// The closed shards as the last fan-out probe listed them, for every shard task.
+    pub(crate) closed_shards: Arc<fan_out::ClosedShards>,
 }
 
 impl Shared {
@@ -94,7 +96,13 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
         Self {
             shared,
             deliver,
-            cx: Context::new(Arc::clone(cfg), Arc::clone(&shared.api), shard_id, cancel.clone()),
+            cx: Context::new(
+                Arc::clone(cfg),
+                Arc::clone(&shared.api),
+                Arc::clone(&shared.closed_shards),
+                shard_id,
+                cancel.clone(),
+            ),
             key: ShardKey::new(cfg.app.as_str(), cfg.stream.as_str(), shard_id),
             progress: Progress::default(),
             drop_until: None,

@@ -150,3 +150,51 @@ async fn a_start_of_a_thousand_shards_reads_checkpoints_and_iterators_within_the
     assert!((8..=16).contains(&reads), "{reads} checkpoint reads at once, want up to the bound of 16");
     assert!(fake.max_in_flight() <= 16, "{} Kinesis calls at once", fake.max_in_flight());
 }
+
+#[tokio::test(start_paused = true)]
+async fn shards_that_end_together_make_few_listings() {
+    // Like kinesalite: no ChildShards, so children are found by listing. Every call takes 20 ms and 16 are in flight
+    // at most, so the parents' ends spread over a while: one listing each, awaited in turn, made dozens.
+    let fake = FakeKinesis::new();
+    fake.hide_child_shards(true);
+    let mut produced = stream_of(&fake, 200, 5);
+    fake.latency(Duration::from_millis(20));
+    let consumer = builder(&fake).max_calls_in_flight(16).build().await.expect("build");
+    let scan = spawn_collecting(consumer, Duration::ZERO, checkpoint);
+    Wait::PAUSED.expect("the parents' records", || scan.seen.len() >= produced.len()).await;
+    assert_eq!(fake.calls(Op::ListShards), 1, "the first listing only");
+
+    // Split every shard while they are read: 200 ends, whose children the first listing after the split knows.
+    for shard in fake.open_shard_ids(STREAM) {
+        fake.split_shard(STREAM, &shard);
+    }
+    for (i, shard) in fake.open_shard_ids(STREAM).into_iter().enumerate() {
+        fake.put_to_shard(STREAM, &shard, "k", format!("r{}", 1_000 + i));
+        produced.push(format!("r{}", 1_000 + i));
+    }
+    Wait::PAUSED.expect("the children's records", || scan.seen.len() >= produced.len()).await;
+    let (seen, result) = scan.stop(Duration::from_secs(60)).await;
+    result.expect("scan ok after cancel");
+    seen.assert_exactly_once(&produced);
+    let listings = fake.calls(Op::ListShards);
+    assert!(listings <= 3, "{listings} listings for 200 shards that ended together");
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_fan_out_shards_share_one_end_probe_per_discovery_interval() {
+    // Like kinesis-mock: no subscription reports its shard's end, so idle shards probe with ListShards.
+    let fake = FakeKinesis::new();
+    fake.hide_subscription_end(true);
+    fake.create_stream(STREAM, 100);
+    let consumer = builder(&fake).fan_out("c").discovery_interval(Duration::from_secs(10)).build().await;
+    let scan = spawn_collecting(consumer.expect("build"), Duration::ZERO, checkpoint);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let before = fake.calls(Op::ListShards);
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    let listings = fake.calls(Op::ListShards) - before;
+    let (_, result) = scan.stop(Duration::from_secs(60)).await;
+    result.expect("scan ok after cancel");
+    // 10 intervals: the scan's own discovery and the shards' shared probe, each once an interval (before: the scan's
+    // 10 and one probe per shard and interval, 1,010).
+    assert!((11..=22).contains(&listings), "{listings} ListShards in 10 discovery intervals, want 20");
+}

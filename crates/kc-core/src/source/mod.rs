@@ -73,11 +73,20 @@ pub(crate) struct Context {
     pub(crate) cancel: CancellationToken,
     pub(crate) backoff: Backoff,
     pub(crate) metrics: ShardMetrics,
+    /// The consumer's shared listing of closed shards (fan-out's probe for an unreported end).
+    pub(crate) closed_shards: Arc<fan_out::ClosedShards>,
 }
 
 impl Context {
-    pub(crate) fn new(cfg: Arc<Config>, api: Arc<dyn KinesisApi>, shard_id: &str, cancel: CancellationToken) -> Self {
+    pub(crate) fn new(
+        cfg: Arc<Config>,
+        api: Arc<dyn KinesisApi>,
+        closed_shards: Arc<fan_out::ClosedShards>,
+        shard_id: &str,
+        cancel: CancellationToken,
+    ) -> Self {
         Self {
+            closed_shards,
             backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max),
             metrics: ShardMetrics::new(&cfg.app, &cfg.stream, shard_id),
             shard_id: Arc::from(shard_id),
