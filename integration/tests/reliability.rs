@@ -1,5 +1,5 @@
 //! The reliability suite (issue 7): faults injected between the consumer and kinesalite, kinesalite restarted, the
-//! checkpoint database cut off, consumer processes killed with SIGKILL, 200 shards, and bad input end to end.
+//! checkpoint database cut off, consumer processes killed with SIGKILL, 1,000 shards, and bad input end to end.
 //!
 //! Each scenario prints its figures and appends one row (scenario, faults injected, produced, handled, lost,
 //! duplicates, result) to the file named by `KC_RELIABILITY_REPORT`, which `cargo xtask reliability` prints as a
@@ -920,7 +920,7 @@ async fn s5b_kill_9_twenty_times_exactly_once_with_transactional_checkpoints() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// 6: 200 shards
+// 6: 1,000 shards
 
 /// The peak resident set of process `pid` (VmHWM), in KiB.
 fn peak_rss_kib(pid: u32) -> Option<u64> {
@@ -929,11 +929,11 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Scenario 6: one `consumer` process reads a 200-shard stream: every record arrives, the process stops gracefully
+/// Scenario 6: one `consumer` process reads a 1,000-shard stream (issue 13; 200 shards before): every record arrives, the process stops gracefully
 /// on SIGTERM (no deadlock), prints no panic; its peak RSS is reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s6_two_hundred_shards_on_one_consumer() {
-    let (client, stream) = new_stream("rel-200", 200).await;
+async fn s6_a_thousand_shards_on_one_consumer() {
+    let (client, stream) = new_stream("rel-1000", 1_000).await;
     let produced = put_numbered(&client, &stream, "s", 0..20_000, 20_000).await.expect("produce");
     let started = Instant::now();
     let mut child = Command::new(example_bin("consumer"))
@@ -969,17 +969,20 @@ async fn s6_two_hundred_shards_on_one_consumer() {
     let printed = lock(&lines).clone();
     let (lost, duplicates) = tally(&produced, &printed);
     let panicked = stderr.contains("panicked");
+    let timeouts = stderr.matches("client-side timeout").count();
+    // Its 1,000 shards count against kinesalite's shard limit for every later test.
+    let _ = client.delete_stream().stream_name(&stream).send().await;
     println!(
-        "6: 200 shards, {} records in {took:?}; peak RSS {} KiB; SIGTERM -> {status:?}; stderr lines {}",
+        "6: 1,000 shards, {} records in {took:?}; peak RSS {} KiB; SIGTERM -> {status:?}; stderr lines {}",
         printed.len(),
         peak.map_or_else(|| "?".to_owned(), |p| p.to_string()),
         stderr.lines().count()
     );
-    let ok = all && lost == 0 && duplicates == 0 && stopped && !panicked;
+    let ok = all && lost == 0 && duplicates == 0 && stopped && !panicked && timeouts == 0;
     Row {
-        scenario: "6 200 shards, one process".into(),
+        scenario: "6 1,000 shards, one process".into(),
         faults: format!(
-            "peak RSS {} MiB",
+            "peak RSS {} MiB; {timeouts} client-side timeouts",
             peak.map_or_else(|| "?".to_owned(), |p| format!("{:.1}", p as f64 / 1024.0))
         ),
         produced: produced.len(),
@@ -993,6 +996,7 @@ async fn s6_two_hundred_shards_on_one_consumer() {
     assert_eq!((lost, duplicates), (0, 0));
     assert!(stopped, "graceful stop within 30 s of SIGTERM (no deadlock): {status:?}");
     assert!(!panicked, "the consumer panicked:\n{stderr}");
+    assert_eq!(timeouts, 0, "client-side timeouts logged:\n{stderr}");
 }
 
 // ---------------------------------------------------------------------------------------------------------------

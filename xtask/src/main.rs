@@ -45,7 +45,7 @@ Commands:
   fuzz          Fuzz kc-deagg's decoder for a bounded time (`-- SECONDS`, default 60); installs cargo-fuzz
                 if missing. Not part of `ci`.
   reliability   Start the servers as `integration` does and run only integration/tests/reliability.rs
-                (faults through a proxy, kinesalite restarts, database outage, kill -9, 200 shards,
+                (faults through a proxy, kinesalite restarts, database outage, kill -9, 1,000 shards,
                 bad input) and integration/tests/group.rs (group workers killed, stopped, cut off
                 from the lease table); prints a table: scenario, faults injected, records produced, handled,
                 lost, duplicates, result. Arguments after `--` go to `cargo test`.

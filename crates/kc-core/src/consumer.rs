@@ -8,12 +8,13 @@ use kc_checkpoint::{CheckpointStore, MemoryStore};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::KinesisApi;
-use crate::bounded::bounded;
+use crate::bounded::bounded_and_limited;
 use crate::config::{Config, FanOutConfig, Group, GroupConfig, InitialPosition};
 use crate::deliver::{Deliver, PerBatch, PerRecord};
 use crate::error::Error;
 use crate::handler::{BatchHandler, RecordHandler};
 use crate::lifecycle::{Lifecycle, NoLifecycle, OnShardClosed};
+use crate::limit::Limited;
 use crate::reader::{ShardReader, Shared};
 use crate::shard::StartHint;
 
@@ -121,10 +122,11 @@ impl Consumer {
         Shared {
             cfg: Arc::clone(&self.cfg),
             api: Arc::clone(&self.api),
-            store: bounded(Arc::clone(&self.store), self.cfg.store_timeout),
+            store: bounded_and_limited(Arc::clone(&self.store), self.cfg.store_timeout, self.cfg.max_calls_in_flight),
             lifecycle: Arc::clone(&self.lifecycle),
             consumer_arn: None,
             stream_key: Arc::from(self.cfg.stream.as_str()),
+            closed_shards: Arc::default(),
         }
     }
 }
@@ -191,10 +193,24 @@ impl ConsumerBuilder {
 
     /// How long a shard waits before the next GetRecords when it is caught up. Default: 250 ms. A shard that is
     /// behind (a non-empty batch with MillisBehindLatest > 0, or a full batch) polls again at once, no sooner than
-    /// [`min_poll_interval`](Self::min_poll_interval) after the previous call.
+    /// [`min_poll_interval`](Self::min_poll_interval) after the previous call. An idle shard (empty answers, caught
+    /// up) waits longer and longer, up to [`max_idle_interval`](Self::max_idle_interval).
     pub fn scan_interval(mut self, interval: Duration) -> Self {
         self.cfg.scan_interval = interval;
         self.cfg.polling_options.push("scan_interval");
+        self
+    }
+
+    /// The longest wait between two GetRecords calls of an idle shard. Default: 1 s. After each empty answer with
+    /// MillisBehindLatest 0 the wait doubles from the [`scan_interval`](Self::scan_interval) (250 ms, 500 ms, 1 s,
+    /// ...) up to this; an answer with records brings it back to the scan interval at once (and a shard that is
+    /// behind polls at once). So a caught-up shard costs about one call per second, as AWS recommends, instead of
+    /// four of its five GetRecords per second, and a process of thousands of idle shards does not flood the endpoint;
+    /// the price is up to this much latency for the first record after a quiet spell. A value at or below the scan
+    /// interval turns the backoff off.
+    pub fn max_idle_interval(mut self, interval: Duration) -> Self {
+        self.cfg.max_idle_interval = interval;
+        self.cfg.polling_options.push("max_idle_interval");
         self
     }
 
@@ -235,9 +251,22 @@ impl ConsumerBuilder {
         self
     }
 
-    /// The longest one Kinesis call may take before it is abandoned and retried. Default: 10 s.
+    /// The longest one Kinesis call may take before it is abandoned and retried, counted from when it was sent (see
+    /// [`max_calls_in_flight`](Self::max_calls_in_flight): time spent waiting for a turn does not count). Default:
+    /// 10 s.
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.cfg.call_timeout = timeout;
+        self
+    }
+
+    /// The most Kinesis calls (GetRecords, GetShardIterator, ListShards, SubscribeToShard, ...) this consumer has in
+    /// flight at once, over all its shards; 1 to 100,000. Default: 64. Further calls wait in the consumer, in the
+    /// order they were made, so that a slow endpoint (or a process reading thousands of shards) queues work here
+    /// instead of timing calls out and retrying them into a congestion collapse. A call's
+    /// [`call_timeout`](Self::call_timeout) starts when it is sent. The same number bounds the calls to the
+    /// checkpoint store (on a count of its own): a start of many shards reads their checkpoints a few at a time.
+    pub fn max_calls_in_flight(mut self, max: usize) -> Self {
+        self.cfg.max_calls_in_flight = max;
         self
     }
 
@@ -343,13 +372,14 @@ impl ConsumerBuilder {
             ));
         }
         let group = self.group.map(Group::resolve).transpose()?.map(Arc::new);
-        let api = match self.api {
+        let api: Arc<dyn KinesisApi> = match self.api {
             Some(api) => api,
             None => {
                 let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
                 Arc::new(aws_sdk_kinesis::Client::new(&config))
             }
         };
+        let api = Arc::new(Limited::new(api, self.cfg.max_calls_in_flight, self.cfg.call_timeout));
         Ok(Consumer {
             cfg: Arc::new(self.cfg),
             api,
@@ -391,6 +421,10 @@ mod tests {
         check(|b| b.scan_interval(Duration::ZERO), Some("scan_interval must be greater than zero"));
         check(|b| b.discovery_interval(Duration::ZERO), Some("discovery_interval"));
         check(|b| b.call_timeout(Duration::ZERO), Some("call_timeout"));
+        check(|b| b.max_calls_in_flight(1), None);
+        check(|b| b.max_calls_in_flight(100_000), None);
+        check(|b| b.max_calls_in_flight(0), Some("max_calls_in_flight must be between 1 and 100000, got 0"));
+        check(|b| b.max_calls_in_flight(100_001), Some("got 100001"));
         check(|b| b.store_timeout(Duration::ZERO), Some("store_timeout must be greater than zero"));
         check(|b| b.store_timeout(Duration::MAX), Some("store_timeout must be at most"));
         check(|b| b.retry_backoff(Duration::from_secs(2), Duration::from_secs(1)), Some("backoff max"));
@@ -407,6 +441,9 @@ mod tests {
             Some("deregister_on_shutdown cannot be used in a consumer group"),
         );
         check(|b| b.max_records(5).fan_out("c"), Some("max_records only apply to polling"));
+        check(|b| b.max_idle_interval(Duration::from_secs(2)).fan_out("c"), Some("max_idle_interval only apply"));
+        check(|b| b.max_idle_interval(Duration::ZERO), None);
+        check(|b| b.max_idle_interval(Duration::MAX), Some("max_idle_interval must be at most"));
         check(
             |b| b.fan_out("c").scan_interval(Duration::from_secs(1)).min_poll_interval(Duration::from_secs(1)),
             Some("scan_interval, min_poll_interval only apply to polling"),

@@ -11,7 +11,7 @@ use crate::api::{ApiError, ApiErrorKind, KinesisApi, ShardInfo};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind};
-use crate::retry::{retry, Policy, Retried, RetryError};
+use crate::retry::{retry, Policy, Retried};
 use crate::shard::{ShardExit, StartHint};
 
 /// The outcome of listing the shards.
@@ -46,11 +46,8 @@ pub(crate) async fn list(
         let mut shards = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let call = api.list_shards(stream, token.as_deref());
-            let page = match tokio::time::timeout(cfg.call_timeout, call).await {
-                Ok(page) => page?,
-                Err(_) => return Err(ApiError::timed_out()),
-            };
+            // Each page is bounded by the call timeout in the API itself (see `limit`).
+            let page = api.list_shards(stream, token.as_deref()).await?;
             shards.extend(page.shards);
             match page.next_token {
                 Some(next) => token = Some(next),
@@ -87,6 +84,9 @@ pub(crate) async fn list(
 pub(crate) struct Shards {
     /// The shards of the last listing (plus children GetRecords reported since).
     known: HashMap<String, ShardInfo>,
+    /// Children GetRecords reported that no listing had yet: a listing that started before they were created (its
+    /// answer can arrive after a parent's end, the relist runs beside the shard tasks) does not drop them.
+    reported: HashMap<String, ShardInfo>,
     running: HashSet<String>,
     /// Read to their end (or skipped) in this run, or found ended in the store.
     finished: HashSet<String>,
@@ -100,6 +100,14 @@ impl Shards {
     /// Replaces the known shards with a new listing.
     pub(crate) fn update(&mut self, listing: Vec<ShardInfo>) {
         self.known = listing.into_iter().map(|s| (s.shard_id.clone(), s)).collect();
+        let known = &mut self.known;
+        self.reported.retain(|id, child| {
+            let listed = known.contains_key(id);
+            if !listed {
+                known.insert(id.clone(), child.clone());
+            }
+            !listed
+        });
         if self.initial.is_none() {
             info!(shards = self.known.len(), "shards listed");
             self.initial = Some(self.known.keys().cloned().collect());
@@ -109,8 +117,17 @@ impl Shards {
     /// Adds children that GetRecords reported at the end of a parent.
     pub(crate) fn add_children(&mut self, children: Vec<ShardInfo>) {
         for child in children {
-            self.known.entry(child.shard_id.clone()).or_insert(child);
+            if !self.known.contains_key(&child.shard_id) {
+                self.reported.insert(child.shard_id.clone(), child.clone());
+                self.known.insert(child.shard_id.clone(), child);
+            }
         }
+    }
+
+    /// Whether a known shard names `shard_id` as a parent (Kinesis lists a split's two children together, so then all
+    /// of its children are known).
+    pub(crate) fn children_known(&self, shard_id: &str) -> bool {
+        self.known.values().any(|s| s.parents().any(|p| p == shard_id))
     }
 
     /// The shards that can start now, with how they start: not running, not finished, and every parent finished or
@@ -239,6 +256,26 @@ mod tests {
         let later = s.take_ready();
         assert_eq!(ids(&later), ["brand-new"]);
         assert!(later[0].1.trim_horizon);
+    }
+
+    #[test]
+    fn a_listing_without_the_reported_children_keeps_them_until_one_lists_them() {
+        let mut s = Shards::default();
+        s.update(vec![shard("a", &[], false), shard("b", &[], false)]);
+        assert_eq!(ids(&s.take_ready()), ["a", "b"]);
+        assert!(!s.children_known("a"));
+        s.exited("a", &ended());
+        s.add_children(vec![shard("m", &["a", "b"], false)]);
+        assert!(s.children_known("a") && s.children_known("b"));
+        // A listing made before the merge answers late: m is kept.
+        s.update(vec![shard("a", &[], false), shard("b", &[], false)]);
+        assert!(s.children_known("b"));
+        s.exited("b", &ended());
+        assert_eq!(ids(&s.take_ready()), ["m"]);
+        // Once listed, m is the listing's like any shard: a later listing without it (past retention) drops it.
+        s.update(vec![shard("m", &["a", "b"], false)]);
+        s.update(vec![]);
+        assert!(!s.children_known("a"));
     }
 
     #[test]

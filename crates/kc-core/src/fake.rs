@@ -110,6 +110,13 @@ struct State {
     subscriptions: Vec<(String, StartingPosition)>,
     drop_generation: u64,
     stall_generation: u64,
+    /// How long ListShards, GetShardIterator and GetRecords take to answer.
+    latency: Duration,
+    /// Those calls being answered now, and the most at once so far.
+    in_flight: usize,
+    max_in_flight: usize,
+    /// Every `n`th call of an operation fails with this kind.
+    fail_every: HashMap<Op, (usize, ApiErrorKind)>,
 }
 
 const STREAM_ARN_PREFIX: &str = "arn:aws:kinesis:us-east-1:000000000000:stream/";
@@ -407,6 +414,43 @@ impl FakeKinesis {
         arn
     }
 
+    /// ListShards, GetShardIterator and GetRecords take `d` (on Tokio's clock) to answer, so that calls overlap and
+    /// [`max_in_flight`](Self::max_in_flight) means something. Default: no time at all.
+    pub fn latency(&self, d: Duration) {
+        self.lock().latency = d;
+    }
+
+    /// The most ListShards, GetShardIterator and GetRecords calls that were being answered at once so far.
+    pub fn max_in_flight(&self) -> usize {
+        self.lock().max_in_flight
+    }
+
+    /// Every `n`th call of `op` (counting all of them, from the first) fails with an error of `kind`: a fault rate of
+    /// 1/`n`, deterministic. `n` = 0 turns it off.
+    pub fn fail_every(&self, op: Op, kind: ApiErrorKind, n: usize) {
+        let mut st = self.lock();
+        if n == 0 {
+            st.fail_every.remove(&op);
+        } else {
+            st.fail_every.insert(op, (n, kind));
+        }
+    }
+
+    /// Counts a call in flight for the latency, until the guard is dropped.
+    async fn fly(&self) -> Flight {
+        let latency = {
+            let mut st = self.lock();
+            st.in_flight += 1;
+            st.max_in_flight = st.max_in_flight.max(st.in_flight);
+            st.latency
+        };
+        let flight = Flight(self.clone());
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        flight
+    }
+
     /// How many calls of `op` were made (failed ones included).
     pub fn calls(&self, op: Op) -> usize {
         self.lock().calls.get(&op).copied().unwrap_or(0)
@@ -414,11 +458,29 @@ impl FakeKinesis {
 
     fn begin(&self, op: Op) -> Result<MutexGuard<'_, State>, ApiError> {
         let mut st = self.lock();
-        *st.calls.entry(op).or_default() += 1;
+        let count = {
+            let calls = st.calls.entry(op).or_default();
+            *calls += 1;
+            *calls
+        };
         if let Some(kind) = st.faults.get_mut(&op).and_then(VecDeque::pop_front) {
             return Err(ApiError::new(kind, Some(format!("injected {kind:?}"))));
         }
+        if let Some(&(n, kind)) = st.fail_every.get(&op) {
+            if count % n == 0 {
+                return Err(ApiError::new(kind, Some(format!("injected {kind:?} (1 call in {n})"))));
+            }
+        }
         Ok(st)
+    }
+}
+
+/// A call in flight (see [`FakeKinesis::fly`]).
+struct Flight(FakeKinesis);
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.0.lock().in_flight -= 1;
     }
 }
 
@@ -553,6 +615,7 @@ fn not_found(what: String) -> ApiError {
 #[async_trait]
 impl KinesisApi for FakeKinesis {
     async fn list_shards(&self, stream: &str, next_token: Option<&str>) -> Result<ShardPage, ApiError> {
+        let _flight = self.fly().await;
         let st = self.begin(Op::ListShards)?;
         let (stream, start) = match next_token {
             Some(token) => {
@@ -575,6 +638,7 @@ impl KinesisApi for FakeKinesis {
         shard_id: &str,
         position: &StartingPosition,
     ) -> Result<String, ApiError> {
+        let _flight = self.fly().await;
         let st = self.begin(Op::GetShardIterator)?;
         let shard = st
             .streams
@@ -586,6 +650,7 @@ impl KinesisApi for FakeKinesis {
     }
 
     async fn get_records(&self, shard_iterator: &str, limit: i32) -> Result<RecordBatch, ApiError> {
+        let _flight = self.fly().await;
         let st = self.begin(Op::GetRecords)?;
         let (stream, shard_id, pos, generation) = parse_iterator(shard_iterator)
             .ok_or_else(|| ApiError::new(ApiErrorKind::Permanent, Some("InvalidArgumentException".to_owned())))?;

@@ -85,8 +85,11 @@
 //!   consumer read, start at TRIM_HORIZON.
 //! - A shard is polled again at once when its last batch was non-empty and it is behind (MillisBehindLatest > 0, or a
 //!   full batch: kinesalite always reports 0), never more often than every 200 ms (5 calls/s per shard); otherwise
-//!   after the scan interval.
-//! - Every Kinesis call has a client-side timeout ([`ConsumerBuilder::call_timeout`]).
+//!   after the scan interval, and an idle shard (empty answers, caught up) less and less often, up to once a second
+//!   ([`ConsumerBuilder::max_idle_interval`]), until records come again.
+//! - At most [`ConsumerBuilder::max_calls_in_flight`] Kinesis calls are in flight at once (64 by default); more wait
+//!   their turn in the consumer. Every call has a client-side timeout ([`ConsumerBuilder::call_timeout`]) counted
+//!   from when it was sent.
 //! - A checkpoint older than the stream's retention (the consumer was stopped for longer) is read from TRIM_HORIZON,
 //!   the oldest record left, with a warning (and the `kinesis_consumer_checkpoints_past_retention_total` metric).
 //! - A shard that left the stream (past its retention) before it was read to its end is finished with a warning
@@ -111,7 +114,7 @@
 //! [`CheckpointStore::flush`]: kc_checkpoint::CheckpointStore::flush
 
 // Modules point one way (see ARCHITECTURE.md): data and seams at the bottom (`config`, `api`, `error`, `record`,
-// `handler`, `lifecycle`, `metrics`, `backoff`, `retry`, `bounded`, `shard`), mechanisms above them (`source`, `discovery`,
+// `handler`, `lifecycle`, `metrics`, `backoff`, `retry`, `bounded`, `limit`, `shard`), mechanisms above them (`source`, `discovery`,
 // `deliver`, `reader`, `group::{plan, handle}`), orchestration on top (`scan`, `group`, `consumer`).
 pub mod api;
 mod backoff;
@@ -127,6 +130,7 @@ mod generation;
 mod group;
 mod handler;
 mod lifecycle;
+mod limit;
 pub mod metrics;
 mod reader;
 mod record;

@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     /// The stream's key in the checkpoints and leases: its name, or `{name}@{creation ms}` for a stream created
     /// again under the name (see [`generation`]).
     pub(crate) stream_key: Arc<str>,
+    /// The closed shards as the last fan-out probe listed them, for every shard task.
+    pub(crate) closed_shards: Arc<fan_out::ClosedShards>,
 }
 
 impl Shared {
@@ -114,7 +116,13 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
         Self {
             shared,
             deliver,
-            cx: Context::new(Arc::clone(cfg), Arc::clone(&shared.api), shard_id, cancel.clone()),
+            cx: Context::new(
+                Arc::clone(cfg),
+                Arc::clone(&shared.api),
+                Arc::clone(&shared.closed_shards),
+                shard_id,
+                cancel.clone(),
+            ),
             key: ShardKey::new(cfg.app.as_str(), &*shared.stream_key, shard_id),
             progress: Progress::default(),
             drop_until: None,

@@ -1,5 +1,7 @@
-//! The one way the consumer retries a call: each attempt bounded by a timeout, failures that can be retried retried
-//! after a capped, jittered backoff ([`Backoff`]), everything stopped when a cancellation token fires.
+//! The one way the consumer retries a call: each attempt bounded by a timeout if asked, failures that can be retried
+//! retried after a capped, jittered backoff ([`Backoff`]), everything stopped when a cancellation token fires. Kinesis
+//! calls bound themselves (`limit`: the call timeout from when a call is sent, not from when it queued for its turn)
+//! and store calls too (`bounded`), so no caller asks for a timeout here any more.
 //!
 //! Every retried call of the crate goes through [`retry`]: shard polling and iterators, SubscribeToShard and the
 //! stream-consumer set-up, ListShards, and the checkpoint writes to a group's leases. Callers differ only in what they

@@ -1,7 +1,11 @@
 //! The single consumer's scan of a whole stream: the supervisor that lists the shards, starts a task per shard whose
-//! parents are finished, re-lists on the discovery interval and as soon as shards end, stops every task on the first
-//! error, and flushes the store.
+//! parents are finished, re-lists on the discovery interval and as soon as shards end (unless their children are
+//! known: reported by GetRecords or in the last listing), stops every task on the first error, and flushes the store.
+//! At most one relist is in flight, beside the supervision of the tasks; requests made meanwhile are folded into one
+//! more relist after it (issue 13: shards ending together make a few listings, not one each).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::task::{JoinError, JoinSet};
@@ -15,6 +19,9 @@ use crate::reader::{ShardReader, Shared};
 use crate::shard::ShardExit;
 
 type ShardResult = (String, Result<ShardExit, Error>);
+
+/// A listing in flight.
+type Relist = Pin<Box<dyn Future<Output = Result<Listing, Error>> + Send>>;
 
 /// Reads every shard of the stream with `deliver` until `stop` is cancelled or an error (see
 /// [`Consumer::scan`](crate::Consumer::scan)).
@@ -69,50 +76,56 @@ struct Supervisor<'a, D> {
 impl<D: Deliver> Supervisor<'_, D> {
     /// Discovery and supervision until cancelled or an error.
     async fn run(&mut self) -> Result<(), Error> {
-        if !self.relist(true).await? {
-            return Ok(());
+        match discovery::list(&*self.shared.api, &self.shared.cfg, self.stop, true).await? {
+            Listing::Shards(listing) => self.shards.update(listing),
+            Listing::Unavailable | Listing::Cancelled => return Ok(()),
         }
+        self.spawn_ready();
         let mut discovery = discovery::ticker(self.shared.cfg.discovery_interval);
+        // The relist in flight, if any, and whether another one was asked for since it started.
+        let mut relisting: Option<Relist> = None;
+        let mut wanted = false;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return Ok(()),
-                _ = discovery.tick() => {
-                    if !self.relist(false).await? {
-                        return Ok(());
-                    }
-                }
+                _ = discovery.tick() => wanted = true,
                 Some(joined) = self.tasks.join_next() => {
-                    let mut ended = self.exited(joined)?;
-                    // Shards that ended together (a merge's parents, a scale-down) are listed again once.
+                    let mut relist = self.exited(joined)?;
                     while let Some(joined) = self.tasks.try_join_next() {
-                        ended |= self.exited(joined)?;
+                        relist |= self.exited(joined)?;
                     }
-                    // Find the children now rather than at the next discovery tick.
-                    if ended && !self.relist(false).await? {
-                        return Ok(());
+                    // Find the children now rather than at the next discovery tick, unless they are known.
+                    wanted |= relist;
+                }
+                listed = async {
+                    match relisting.as_mut() {
+                        Some(listing) => listing.await,
+                        None => std::future::pending().await,
+                    }
+                }, if relisting.is_some() => {
+                    relisting = None;
+                    match listed? {
+                        Listing::Shards(listing) => self.shards.update(listing),
+                        Listing::Unavailable => {}
+                        Listing::Cancelled => return Ok(()),
                     }
                 }
+            }
+            if wanted && relisting.is_none() {
+                wanted = false;
+                relisting = Some(self.relist());
             }
             self.spawn_ready();
         }
     }
 
-    /// Lists the shards and starts those that are ready; false when cancelled (or, at the `first` listing, when
-    /// there is nothing to start with).
-    async fn relist(&mut self, first: bool) -> Result<bool, Error> {
-        match discovery::list(&*self.shared.api, &self.shared.cfg, self.stop, first).await? {
-            Listing::Shards(listing) => self.shards.update(listing),
-            Listing::Unavailable if first => return Ok(false),
-            Listing::Unavailable => {}
-            Listing::Cancelled => return Ok(false),
-        }
-        if first {
-            self.spawn_ready();
-        }
-        Ok(true)
+    /// A listing of the shards (after the first), run beside the supervision.
+    fn relist(&self) -> Relist {
+        let (api, cfg, stop) = (Arc::clone(&self.shared.api), Arc::clone(&self.shared.cfg), self.stop.clone());
+        Box::pin(async move { discovery::list(&*api, &cfg, &stop, false).await })
     }
 
-    /// A shard task ended: whether the shard ended (its children may start), or its error.
+    /// A shard task ended: whether the shard ended and a listing is needed to find its children, or its error.
     fn exited(&mut self, joined: Result<ShardResult, JoinError>) -> Result<bool, Error> {
         let (shard_id, exit) = match joined {
             Ok((shard_id, Ok(exit))) => (shard_id, exit),
@@ -120,9 +133,13 @@ impl<D: Deliver> Supervisor<'_, D> {
         };
         self.shards.exited(&shard_id, &exit);
         match exit {
+            // Kinesalite reports no ChildShards, nor does a shard found ended in the store or gone from the stream:
+            // list the shards, unless the known ones already name it as a parent (Kinesis creates a split's two
+            // children at once, so one known child means all are).
+            ShardExit::Ended { children } if children.is_empty() => Ok(!self.shards.children_known(&shard_id)),
             ShardExit::Ended { children } => {
                 self.shards.add_children(children);
-                Ok(true)
+                Ok(false)
             }
             ShardExit::Skipped | ShardExit::Stopped => Ok(false),
         }

@@ -53,6 +53,7 @@ async fn duration_max_is_refused_with_a_clear_error() {
     let group = || Group::new("g", MemoryLeaseTable::new()).worker_id("w");
     let cases: Vec<(&str, Tweak)> = vec![
         ("scan_interval", Box::new(move |b| b.scan_interval(max))),
+        ("max_idle_interval", Box::new(move |b| b.max_idle_interval(max))),
         ("discovery_interval", Box::new(move |b| b.discovery_interval(max))),
         ("min_poll_interval", Box::new(move |b| b.min_poll_interval(max))),
         ("call_timeout", Box::new(move |b| b.call_timeout(max))),
@@ -75,7 +76,9 @@ async fn the_longest_accepted_durations_run_without_overflow() {
         .await
         .expect("the longest discovery interval, call timeout and backoff");
     assert_eq!(handled, 20);
-    scan_with(|b| b.scan_interval(max).min_poll_interval(max)).await.expect("the longest polling intervals");
+    scan_with(|b| b.scan_interval(max).min_poll_interval(max).max_idle_interval(max))
+        .await
+        .expect("the longest polling intervals");
     let group = Group::new("g", MemoryLeaseTable::new()).worker_id("w").lease_duration(max).take_interval(max);
     let handled = scan_with(|b| b.discovery_interval(max).group(group)).await.expect("the longest group durations");
     assert_eq!(handled, 20);

@@ -34,12 +34,16 @@ pub(crate) struct Config {
     pub(crate) app: String,
     pub(crate) initial_position: InitialPosition,
     pub(crate) scan_interval: Duration,
+    /// The longest wait between two GetRecords of an idle shard.
+    pub(crate) max_idle_interval: Duration,
     pub(crate) max_records: i32,
     pub(crate) discovery_interval: Duration,
     pub(crate) aggregation: bool,
     pub(crate) strict_deaggregation: bool,
     pub(crate) min_poll_interval: Duration,
     pub(crate) call_timeout: Duration,
+    /// The most Kinesis calls in flight at once, for the whole consumer.
+    pub(crate) max_calls_in_flight: usize,
     pub(crate) store_timeout: Duration,
     pub(crate) backoff_base: Duration,
     pub(crate) backoff_max: Duration,
@@ -53,6 +57,9 @@ pub(crate) struct Config {
 
 impl Config {
     const DEFAULT_APP: &'static str = "kinesis-consumer";
+    const DEFAULT_MAX_CALLS_IN_FLIGHT: usize = 64;
+    /// The largest `max_calls_in_flight` accepted.
+    const MAX_CALLS_IN_FLIGHT: usize = 100_000;
 
     pub(crate) fn new(stream: String) -> Self {
         Self {
@@ -60,12 +67,14 @@ impl Config {
             app: Self::DEFAULT_APP.to_owned(),
             initial_position: InitialPosition::Latest,
             scan_interval: Duration::from_millis(250),
+            max_idle_interval: Duration::from_secs(1),
             max_records: 10_000,
             discovery_interval: Duration::from_secs(30),
             aggregation: false,
             strict_deaggregation: false,
             min_poll_interval: Duration::from_millis(200),
             call_timeout: Duration::from_secs(10),
+            max_calls_in_flight: Self::DEFAULT_MAX_CALLS_IN_FLIGHT,
             store_timeout: Duration::from_secs(30),
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
@@ -86,6 +95,13 @@ impl Config {
                 self.max_records
             )));
         }
+        if !(1..=Self::MAX_CALLS_IN_FLIGHT).contains(&self.max_calls_in_flight) {
+            return Err(Error::config(format!(
+                "max_calls_in_flight must be between 1 and {}, got {}",
+                Self::MAX_CALLS_IN_FLIGHT,
+                self.max_calls_in_flight
+            )));
+        }
         let positive = [
             ("scan_interval", self.scan_interval),
             ("discovery_interval", self.discovery_interval),
@@ -100,6 +116,7 @@ impl Config {
         }
         let bounded = [
             ("scan_interval", self.scan_interval),
+            ("max_idle_interval", self.max_idle_interval),
             ("discovery_interval", self.discovery_interval),
             ("min_poll_interval", self.min_poll_interval),
             ("call_timeout", self.call_timeout),

@@ -9,6 +9,7 @@
 //! continuation) ends the shard. Events are taken from the connection one at a time, only after the previous one was
 //! delivered: the handler's pace is the read pace, and the HTTP flow control holds the rest at the server.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,10 +34,9 @@ const RESUBSCRIBE_WINDOW: Duration = Duration::from_secs(5);
 /// even when no record was put) and replaced by a new one from the continuation.
 pub(crate) const EVENT_IDLE_LIMIT: Duration = Duration::from_secs(30);
 
-/// Makes one Kinesis call of the consumer set-up with the call timeout, retrying throttling and transient failures
+/// Makes one Kinesis call of the consumer set-up (bounded by the call timeout in the API itself, see `limit`), retrying throttling and transient failures
 /// with `backoff`; `None` when cancelled.
 async fn call<T, Fut>(
-    cfg: &Config,
     backoff: &mut Backoff,
     cancel: &CancellationToken,
     what: &str,
@@ -45,7 +45,7 @@ async fn call<T, Fut>(
 where
     Fut: std::future::Future<Output = Result<T, ApiError>>,
 {
-    let policy = Policy { cancel, timeout: Some(cfg.call_timeout), backoff };
+    let policy = Policy { cancel, timeout: None, backoff };
     retry(policy, f, |err: &ApiError, delay, _| {
         warn!(error = %err, ?delay, "{what} failed; retrying");
         Retried::Again
@@ -75,7 +75,7 @@ pub(crate) async fn resolve(
     let stream_arn = match fan_out {
         FanOutConfig::Arn(_) => None,
         FanOutConfig::Name(_) => {
-            match call(cfg, &mut backoff, cancel, "DescribeStreamSummary", || api.stream_arn(&cfg.stream)).await {
+            match call(&mut backoff, cancel, "DescribeStreamSummary", || api.stream_arn(&cfg.stream)).await {
                 Some(Ok(arn)) => Some(arn),
                 Some(Err(e)) => return Err(setup_error(cfg, "DescribeStreamSummary", e)),
                 None => return Ok(None),
@@ -90,7 +90,7 @@ pub(crate) async fn resolve(
             (FanOutConfig::Arn(arn), _) | (FanOutConfig::Name(arn), None) => ConsumerLookup::Arn(arn),
         };
         let described =
-            call(cfg, &mut backoff, cancel, "DescribeStreamConsumer", || api.describe_stream_consumer(lookup)).await;
+            call(&mut backoff, cancel, "DescribeStreamConsumer", || api.describe_stream_consumer(lookup)).await;
         match described {
             None => return Ok(None),
             Some(Ok(StreamConsumer { arn, status: ConsumerStatus::Active, name })) => {
@@ -105,7 +105,7 @@ pub(crate) async fn resolve(
                     return Err(setup_error(cfg, "DescribeStreamConsumer (the consumer ARN given)", e));
                 };
                 info!(consumer = %name, "registering the fan-out consumer");
-                let registered = call(cfg, &mut backoff, cancel, "RegisterStreamConsumer", || {
+                let registered = call(&mut backoff, cancel, "RegisterStreamConsumer", || {
                     api.register_stream_consumer(stream_arn, name)
                 })
                 .await;
@@ -136,7 +136,7 @@ pub(crate) async fn deregister(cfg: &Config, api: &Arc<dyn KinesisApi>, arn: &st
     let mut backoff = Backoff::new(cfg.backoff_base, cfg.backoff_max);
     // Not cancellable: the scan is already stopping, this is its last step. Bounded by a few attempts.
     let never = CancellationToken::new();
-    let attempt = call(cfg, &mut backoff, &never, "DeregisterStreamConsumer", || api.deregister_stream_consumer(arn));
+    let attempt = call(&mut backoff, &never, "DeregisterStreamConsumer", || api.deregister_stream_consumer(arn));
     match tokio::time::timeout(cfg.call_timeout * 3, attempt).await {
         Ok(Some(Ok(()))) => {
             info!(arn, "fan-out consumer deregistered");
@@ -144,6 +144,61 @@ pub(crate) async fn deregister(cfg: &Config, api: &Arc<dyn KinesisApi>, arn: &st
         }
         Ok(Some(Err(e))) => Err(setup_error(cfg, "DeregisterStreamConsumer", e)),
         Ok(None) | Err(_) => Err(setup_error(cfg, "DeregisterStreamConsumer", ApiError::timed_out())),
+    }
+}
+
+/// The stream's closed shards as a ListShards found them, shared by every shard of a consumer, so that idle fan-out
+/// shards probing for an unreported end make one listing per discovery interval between them rather than one each
+/// (issue 13: O(shards²) calls on an idle stream).
+#[derive(Debug, Default)]
+pub(crate) struct ClosedShards {
+    /// When the last listing was made, and the closed shards it had. Locked while a listing is made: shards that probe
+    /// meanwhile wait for it and use it.
+    last: tokio::sync::Mutex<Option<(Instant, Arc<HashSet<String>>)>>,
+}
+
+impl ClosedShards {
+    /// Whether `r`'s shard is closed, after a listing at most `every` old (made now if there is none); `None` when
+    /// cancelled.
+    async fn closed(&self, r: &mut Context, every: Duration) -> Result<Option<bool>, Error> {
+        let mut last = tokio::select! {
+            biased;
+            _ = r.cancel.cancelled() => return Ok(None),
+            last = self.last.lock() => last,
+        };
+        let fresh = last.as_ref().filter(|(at, _)| at.elapsed() < every).map(|(_, closed)| Arc::clone(closed));
+        let closed = match fresh {
+            Some(closed) => closed,
+            None => {
+                let listed_at = Instant::now();
+                let stream = r.cfg.stream.clone();
+                let mut closed = HashSet::new();
+                let mut token: Option<String> = None;
+                loop {
+                    let (s, t) = (stream.clone(), token.clone());
+                    let page = match r
+                        .call(|api| {
+                            let (s, t) = (s.clone(), t.clone());
+                            async move { api.list_shards(&s, t.as_deref()).await }
+                        })
+                        .await
+                    {
+                        Some(Ok(page)) => page,
+                        Some(Err(e)) => return Err(r.api_error("ListShards", e)),
+                        None => return Ok(None),
+                    };
+                    closed.extend(page.shards.into_iter().filter(|s| s.closed).map(|s| s.shard_id));
+                    match page.next_token {
+                        Some(next) => token = Some(next),
+                        None => break,
+                    }
+                }
+                let closed = Arc::new(closed);
+                *last = Some((listed_at, Arc::clone(&closed)));
+                closed
+            }
+        };
+        Ok(Some(closed.contains(&*r.shard_id)))
     }
 }
 
@@ -247,8 +302,9 @@ impl Subscriber {
     }
 
     /// An idle subscription of a closed shard whose end no event reported (kinesis-mock never sends ChildShards; AWS
-    /// does): at most once per discovery interval of idleness, list the shards, and if this one is closed, read
-    /// after the continuation with GetRecords: no record and no next iterator means the shard was read to its end.
+    /// does): at most once per discovery interval of idleness, look the shard up in a listing at most a discovery
+    /// interval old ([`ClosedShards`]: one listing for every shard of the consumer), and if it is closed, read after
+    /// the continuation with GetRecords: no record and no next iterator means the shard was read to its end.
     async fn probe_end(&mut self, r: &mut Context) -> Result<Option<Vec<ShardInfo>>, Error> {
         let every = r.cfg.discovery_interval;
         let since = *self.probed_at.get_or_insert_with(Instant::now);
@@ -259,28 +315,10 @@ impl Subscriber {
         let StartingPosition::AfterSequenceNumber(_) = &self.position else {
             return Ok(None);
         };
-        let stream = r.cfg.stream.clone();
-        let mut token: Option<String> = None;
-        let closed = loop {
-            let (s, t) = (stream.clone(), token.clone());
-            let page = match r
-                .call(|api| {
-                    let (s, t) = (s.clone(), t.clone());
-                    async move { api.list_shards(&s, t.as_deref()).await }
-                })
-                .await
-            {
-                Some(Ok(page)) => page,
-                Some(Err(e)) => return Err(r.api_error("ListShards", e)),
-                None => return Ok(None),
-            };
-            if let Some(shard) = page.shards.iter().find(|s| *s.shard_id == *r.shard_id) {
-                break shard.closed;
-            }
-            match page.next_token {
-                Some(next) => token = Some(next),
-                None => break false,
-            }
+        let probe = Arc::clone(&r.closed_shards);
+        let closed = match probe.closed(r, every).await? {
+            Some(closed) => closed,
+            None => return Ok(None),
         };
         if !closed {
             return Ok(None);

@@ -73,11 +73,20 @@ pub(crate) struct Context {
     pub(crate) cancel: CancellationToken,
     pub(crate) backoff: Backoff,
     pub(crate) metrics: ShardMetrics,
+    /// The consumer's shared listing of closed shards (fan-out's probe for an unreported end).
+    pub(crate) closed_shards: Arc<fan_out::ClosedShards>,
 }
 
 impl Context {
-    pub(crate) fn new(cfg: Arc<Config>, api: Arc<dyn KinesisApi>, shard_id: &str, cancel: CancellationToken) -> Self {
+    pub(crate) fn new(
+        cfg: Arc<Config>,
+        api: Arc<dyn KinesisApi>,
+        closed_shards: Arc<fan_out::ClosedShards>,
+        shard_id: &str,
+        cancel: CancellationToken,
+    ) -> Self {
         Self {
+            closed_shards,
             backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max),
             metrics: ShardMetrics::new(&cfg.app, &cfg.stream, shard_id),
             shard_id: Arc::from(shard_id),
@@ -101,7 +110,7 @@ impl Context {
         self.err(Error::new(kind, format!("{call} failed")).with_source(e))
     }
 
-    /// Makes a Kinesis call with the call timeout, retrying throttling and transient failures with backoff until it
+    /// Makes a Kinesis call (bounded by the call timeout in the API itself, see `limit`), retrying throttling and transient failures with backoff until it
     /// succeeds, fails otherwise, or the shard is cancelled (`None`).
     pub(crate) async fn call<T, F, Fut>(&mut self, mut f: F) -> Option<Result<T, ApiError>>
     where
@@ -110,7 +119,7 @@ impl Context {
     {
         let api = &self.api;
         let metrics = &self.metrics;
-        let policy = Policy { cancel: &self.cancel, timeout: Some(self.cfg.call_timeout), backoff: &mut self.backoff };
+        let policy = Policy { cancel: &self.cancel, timeout: None, backoff: &mut self.backoff };
         retry(
             policy,
             || f(Arc::clone(api)),

@@ -1,7 +1,9 @@
-//! The polling source: a shard iterator and GetRecords, paced (at once when behind, else the scan interval, never
-//! under the 5 calls/s per shard limit), with expired iterators replaced after the last handled record.
+//! The polling source: a shard iterator and GetRecords, paced (at once when behind, else the scan interval, growing
+//! to the idle interval while answers are empty and caught up; never under the 5 calls/s per shard limit), with
+//! expired iterators replaced after the last handled record.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kc_checkpoint::Checkpoint;
 // Tokio's clock, which the pacing sleeps on: the same instant in production, paused time in the tests.
@@ -18,11 +20,20 @@ pub(crate) struct Polling {
     iterator: Option<String>,
     /// When the previous GetRecords started, and whether the shard was behind after it.
     previous: Option<(Instant, bool)>,
+    /// How many answers in a row were empty and caught up (MillisBehindLatest 0): the shard is idle.
+    empty: u32,
+}
+
+/// How long an idle shard waits before its next GetRecords after `empty` empty, caught-up answers in a row: the scan
+/// interval, doubled after each further empty answer up to `max_idle` (never below the scan interval).
+pub(crate) fn idle_wait(scan_interval: Duration, max_idle: Duration, empty: u32) -> Duration {
+    let doublings = empty.saturating_sub(1).min(31);
+    scan_interval.saturating_mul(1 << doublings).min(max_idle.max(scan_interval))
 }
 
 impl Polling {
     pub(crate) fn new(start: StartingPosition) -> Self {
-        Self { start, iterator: None, previous: None }
+        Self { start, iterator: None, previous: None, empty: 0 }
     }
 
     /// The next batch; `None` when cancelled.
@@ -33,7 +44,11 @@ impl Polling {
     ) -> Result<Option<Fetched>, Error> {
         if let Some((started, behind)) = self.previous {
             let floor = cx.cfg.min_poll_interval.saturating_sub(started.elapsed());
-            let wait = if behind { floor } else { cx.cfg.scan_interval.max(floor) };
+            let wait = if behind {
+                floor
+            } else {
+                idle_wait(cx.cfg.scan_interval, cx.cfg.max_idle_interval, self.empty).max(floor)
+            };
             if !wait.is_zero() && !cx.sleep(wait).await {
                 return Ok(None);
             }
@@ -74,6 +89,10 @@ impl Polling {
             let fetched = records.len();
             let behind = fetched > 0 && (millis_behind_latest.unwrap_or(0) > 0 || fetched >= limit as usize);
             self.previous = Some((call_started, behind));
+            // Empty and caught up: idle, poll less and less often. Records (or an empty answer that is behind,
+            // as AWS gives while it walks a shard) bring the pace back at once.
+            let caught_up = millis_behind_latest.unwrap_or(0) <= 0;
+            self.empty = if fetched == 0 && caught_up { self.empty.saturating_add(1) } else { 0 };
             let end = match next_shard_iterator {
                 Some(next) => {
                     self.iterator = Some(next);
@@ -82,6 +101,33 @@ impl Polling {
                 None => Some(child_shards),
             };
             return Ok(Some(Fetched { records, millis_behind_latest, end }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_waits_grow_from_the_scan_interval_to_the_cap() {
+        let ms = Duration::from_millis;
+        let cases = [
+            // (scan interval, cap, empty answers in a row, wait)
+            (ms(250), ms(1000), 0, ms(250)),
+            (ms(250), ms(1000), 1, ms(250)),
+            (ms(250), ms(1000), 2, ms(500)),
+            (ms(250), ms(1000), 3, ms(1000)),
+            (ms(250), ms(1000), 4, ms(1000)),
+            (ms(250), ms(1000), u32::MAX, ms(1000)),
+            (ms(300), ms(1000), 3, ms(1000)),
+            // A cap at or below the scan interval turns the backoff off.
+            (ms(250), ms(250), 5, ms(250)),
+            (ms(2000), ms(1000), 5, ms(2000)),
+            (crate::MAX_DURATION, crate::MAX_DURATION, u32::MAX, crate::MAX_DURATION),
+        ];
+        for (scan, cap, empty, want) in cases {
+            assert_eq!(idle_wait(scan, cap, empty), want, "scan {scan:?}, cap {cap:?}, {empty} empty");
         }
     }
 }

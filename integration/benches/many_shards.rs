@@ -1,0 +1,232 @@
+//! One process reading many shards (issue 13): the time to drain N shards × 10 records at TRIM_HORIZON on kinesalite,
+//! the consumer (default settings) next to a bare AWS SDK loop with bounded concurrency over the same stream in the
+//! same run; the calls the consumer abandoned at its client-side timeout while draining; and, once drained, the
+//! GetRecords calls per idle shard per second.
+//!
+//! Run by `cargo xtask bench` (which starts kinesalite and sets `KINESIS_ENDPOINT`); N = 100, 400, 1,000 (10 when run
+//! as a quick check by `cargo test --benches`). Records are put with spread partition keys, so each shard has about
+//! 10. Prints figures; asserts nothing about time. The issue's second part (N = 1,000 to 10,000 on a server that
+//! answers at memory speed, CPU seconds and peak RSS) is not here yet.
+
+#![allow(clippy::print_stdout, missing_docs)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use aws_sdk_kinesis::types::ShardIteratorType;
+use bytes::Bytes;
+use kc_test_support::check::quick_bench;
+use kc_test_support::time_scan;
+use kinesis_consumer::api::{ApiError, KinesisApi, RecordBatch, ShardPage, StartingPosition};
+use kinesis_consumer::{Consumer, InitialPosition, MemoryStore, Outcome, Record};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// The bare loop's concurrency (the issue's script ran 16 threads).
+const BARE_CONCURRENCY: usize = 16;
+const RECORDS_PER_SHARD: usize = 10;
+/// How long the idle consumer runs before its calls are counted, and for how long they are.
+const IDLE_WARM_UP: Duration = Duration::from_secs(5);
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+
+/// The consumer's default call timeout (less a little: the timer is not exact).
+const CALL_TIMEOUT: Duration = Duration::from_millis(9_900);
+
+/// The SDK client, counting GetRecords calls and the calls the consumer abandoned at its call timeout.
+#[derive(Clone)]
+struct Counting {
+    inner: aws_sdk_kinesis::Client,
+    get_records: Arc<AtomicU64>,
+    abandoned: Arc<AtomicU64>,
+}
+
+impl Counting {
+    fn new(inner: aws_sdk_kinesis::Client) -> Self {
+        Self { inner, get_records: Arc::default(), abandoned: Arc::default() }
+    }
+
+    /// Runs `call`; counts it as abandoned at the call timeout if it is dropped unanswered after 10 s (the default
+    /// call timeout; the drain's stop drops calls too, but younger ones).
+    async fn note<T>(&self, call: impl std::future::Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
+        struct Abandoned<'a>(&'a AtomicU64, Option<Instant>);
+        impl Drop for Abandoned<'_> {
+            fn drop(&mut self) {
+                if self.1.is_some_and(|sent| sent.elapsed() >= CALL_TIMEOUT) {
+                    self.0.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let mut guard = Abandoned(&self.abandoned, Some(Instant::now()));
+        let result = call.await;
+        guard.1 = None;
+        result
+    }
+}
+
+#[async_trait]
+impl KinesisApi for Counting {
+    async fn list_shards(&self, stream: &str, next_token: Option<&str>) -> Result<ShardPage, ApiError> {
+        self.note(KinesisApi::list_shards(&self.inner, stream, next_token)).await
+    }
+    async fn get_shard_iterator(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        position: &StartingPosition,
+    ) -> Result<String, ApiError> {
+        self.note(KinesisApi::get_shard_iterator(&self.inner, stream, shard_id, position)).await
+    }
+    async fn get_records(&self, shard_iterator: &str, limit: i32) -> Result<RecordBatch, ApiError> {
+        self.get_records.fetch_add(1, Ordering::Relaxed);
+        self.note(KinesisApi::get_records(&self.inner, shard_iterator, limit)).await
+    }
+}
+
+/// Every shard's id, following NextToken.
+async fn shard_ids(client: &aws_sdk_kinesis::Client, stream: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let request = match &token {
+            Some(t) => client.list_shards().next_token(t),
+            None => client.list_shards().stream_name(stream),
+        };
+        let page = request.send().await.expect("ListShards");
+        ids.extend(page.shards().iter().map(|s| s.shard_id().to_owned()));
+        match page.next_token {
+            Some(next) => token = Some(next),
+            None => return ids,
+        }
+    }
+}
+
+/// The bare loop: `BARE_CONCURRENCY` shards at a time, each GetShardIterator at TRIM_HORIZON then GetRecords until an
+/// empty answer; the time until `records` were read.
+async fn bare_sdk(client: &aws_sdk_kinesis::Client, stream: &str, shards: &[String], records: usize) -> Duration {
+    let start = Instant::now();
+    let permits = Arc::new(Semaphore::new(BARE_CONCURRENCY));
+    let mut tasks = JoinSet::new();
+    for shard in shards {
+        let (client, stream, shard, permits) = (client.clone(), stream.to_owned(), shard.clone(), Arc::clone(&permits));
+        tasks.spawn(async move {
+            let _permit = permits.acquire().await.expect("semaphore");
+            let mut it = client
+                .get_shard_iterator()
+                .stream_name(&stream)
+                .shard_id(&shard)
+                .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                .send()
+                .await
+                .expect("GetShardIterator")
+                .shard_iterator
+                .expect("iterator");
+            let mut seen = 0;
+            loop {
+                let out = client.get_records().shard_iterator(&it).limit(10_000).send().await.expect("GetRecords");
+                for r in &out.records {
+                    std::hint::black_box(r.data.as_ref());
+                }
+                seen += out.records.len();
+                match out.next_shard_iterator {
+                    Some(next) if !out.records.is_empty() => it = next,
+                    _ => return seen,
+                }
+            }
+        });
+    }
+    let mut seen = 0;
+    while let Some(read) = tasks.join_next().await {
+        seen += read.expect("bare loop task");
+    }
+    assert_eq!(seen, records, "the bare loop read every record");
+    start.elapsed()
+}
+
+/// The consumer with its default settings at TRIM_HORIZON: the time until its `records`th record, and the calls it
+/// abandoned at its call timeout meanwhile.
+async fn consumer(client: &aws_sdk_kinesis::Client, stream: &str, records: usize) -> (Duration, u64) {
+    let api = Counting::new(client.clone());
+    let consumer = Consumer::builder(stream)
+        .api(api.clone())
+        .store(MemoryStore::new())
+        .initial_position(InitialPosition::TrimHorizon)
+        .build()
+        .await
+        .expect("build");
+    let timed = time_scan(consumer, records).await;
+    (timed.to_nth, api.abandoned.load(Ordering::Relaxed))
+}
+
+/// GetRecords calls per shard per second of a consumer whose shards are all caught up.
+async fn idle_calls(client: &aws_sdk_kinesis::Client, stream: &str, shards: usize) -> f64 {
+    let api = Counting::new(client.clone());
+    let consumer = Consumer::builder(stream)
+        .api(api.clone())
+        .store(MemoryStore::new())
+        .initial_position(InitialPosition::Latest)
+        .build()
+        .await
+        .expect("build");
+    let token = consumer.shutdown_token();
+    let scan = tokio::spawn(async move {
+        consumer
+            .scan(|r: Record| {
+                std::hint::black_box(r);
+                std::future::ready(Ok::<_, std::convert::Infallible>(Outcome::Checkpoint))
+            })
+            .await
+    });
+    tokio::time::sleep(IDLE_WARM_UP).await;
+    let before = api.get_records.load(Ordering::Relaxed);
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let calls = api.get_records.load(Ordering::Relaxed) - before;
+    token.cancel();
+    scan.await.expect("idle scan task").expect("idle scan");
+    calls as f64 / shards as f64 / IDLE_WINDOW.as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let quick = quick_bench();
+    let Ok(endpoint) = std::env::var("KINESIS_ENDPOINT") else {
+        if quick {
+            println!("many_shards: KINESIS_ENDPOINT not set, skipped (run `cargo xtask bench`)");
+            return;
+        }
+        panic!("KINESIS_ENDPOINT is not set: run this bench with `cargo xtask bench`");
+    };
+    let sizes: &[usize] = if quick { &[10] } else { &[100, 400, 1_000] };
+    let client = kc_examples::kinesis_client(&endpoint).await;
+    println!(
+        "kinesalite, N shards x ~{RECORDS_PER_SHARD} records at TRIM_HORIZON: time to drain (bare SDK loop, \
+         {BARE_CONCURRENCY} shards at a time, vs the consumer with default settings); idle GetRecords per shard per \
+         second over {}s",
+        IDLE_WINDOW.as_secs()
+    );
+    println!(
+        "  {:>6}  {:>10}  {:>10}  {:>6}  {:>16}  {:>14}",
+        "N", "bare SDK", "consumer", "ratio", "call timeouts", "idle calls/s"
+    );
+    for &n in sizes {
+        let stream = format!("bench-many-{n}-{}", std::process::id());
+        let shards = i32::try_from(n).expect("shard count");
+        kc_examples::ensure_stream(&client, &stream, shards).await.expect("create stream");
+        let payload = Bytes::from(vec![b'x'; 100]);
+        let records = n * RECORDS_PER_SHARD;
+        let entries: Vec<(String, Bytes)> = (0..records).map(|i| (format!("k{i}"), payload.clone())).collect();
+        kc_examples::put_all(&client, &stream, entries).await.expect("put");
+        let ids = shard_ids(&client, &stream).await;
+        let bare = bare_sdk(&client, &stream, &ids, records).await;
+        let (ours, timeouts) = consumer(&client, &stream, records).await;
+        let idle = idle_calls(&client, &stream, n).await;
+        println!(
+            "  {n:>6}  {:>9.2}s  {:>9.2}s  {:>6.2}  {timeouts:>16}  {idle:>14.2}",
+            bare.as_secs_f64(),
+            ours.as_secs_f64(),
+            ours.as_secs_f64() / bare.as_secs_f64()
+        );
+        let _ = client.delete_stream().stream_name(&stream).send().await;
+    }
+}
