@@ -202,6 +202,10 @@ async fn latest_reads_only_new_records() {
     struct IteratorsTaken(aws_sdk_kinesis::Client, Arc<AtomicUsize>);
     #[async_trait::async_trait]
     impl KinesisApi for IteratorsTaken {
+        async fn stream_created_ms(&self, stream: &str) -> Result<Option<u64>, ApiError> {
+            KinesisApi::stream_created_ms(&self.0, stream).await
+        }
+
         async fn list_shards(&self, stream: &str, next_token: Option<&str>) -> Result<ShardPage, ApiError> {
             KinesisApi::list_shards(&self.0, stream, next_token).await
         }

@@ -46,6 +46,10 @@ impl Timeouts {
 
 #[async_trait]
 impl KinesisApi for Timeouts {
+    async fn stream_created_ms(&self, stream: &str) -> Result<Option<u64>, ApiError> {
+        self.note(KinesisApi::stream_created_ms(&self.inner, stream)).await
+    }
+
     async fn list_shards(&self, stream: &str, next_token: Option<&str>) -> Result<ShardPage, ApiError> {
         self.note(KinesisApi::list_shards(&self.inner, stream, next_token)).await
     }

@@ -105,6 +105,10 @@ impl Observed {
 
 #[async_trait]
 impl KinesisApi for Observed {
+    async fn stream_created_ms(&self, stream: &str) -> Result<Option<u64>, ApiError> {
+        self.note(KinesisApi::stream_created_ms(&self.inner, stream)).await
+    }
+
     async fn list_shards(&self, stream: &str, next_token: Option<&str>) -> Result<ShardPage, ApiError> {
         self.note(KinesisApi::list_shards(&self.inner, stream, next_token)).await
     }

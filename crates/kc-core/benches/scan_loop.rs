@@ -64,6 +64,9 @@ impl KinesisApi for Prebuilt {
             ..RecordBatch::default()
         }))
     }
+    async fn stream_created_ms(&self, _: &str) -> Result<Option<u64>, ApiError> {
+        Ok(None)
+    }
 }
 
 fn batches(records: usize, per_batch: usize) -> Vec<RecordBatch> {

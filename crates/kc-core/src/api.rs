@@ -117,12 +117,9 @@ pub trait KinesisApi: Send + Sync + 'static {
 
     /// When the stream was created (DescribeStreamSummary's `StreamCreationTimestamp`), in milliseconds since the
     /// Unix epoch. The consumer uses it to tell a stream deleted and created again under the same name from the one
-    /// its checkpoints were written for (see [the crate docs](crate#a-stream-created-again)). The default
-    /// answers `None` (unknown): an implementation that does not override it gets no such detection.
-    async fn stream_created_ms(&self, stream: &str) -> Result<Option<u64>, ApiError> {
-        let _ = stream;
-        Ok(None)
-    }
+    /// its checkpoints were written for (see [the crate docs](crate#a-stream-created-again)). `None` (unknown) turns
+    /// that detection off. Required (no default), so that a wrapper cannot turn it off by forgetting to forward it.
+    async fn stream_created_ms(&self, stream: &str) -> Result<Option<u64>, ApiError>;
 
     /// Registers a fan-out consumer named `name` on the stream `stream_arn` (RegisterStreamConsumer).
     async fn register_stream_consumer(&self, stream_arn: &str, name: &str) -> Result<StreamConsumer, ApiError> {

@@ -107,7 +107,7 @@
 //! position with a warning, and the old stream's checkpoints are left as they were. Checkpoints written before the
 //! marker existed are taken as the stream's (there is no way to tell), and the marker is written then. A stream
 //! created again while a consumer runs is seen at the next start (the running one stops with
-//! [`ErrorKind::StreamNotFound`] when the old stream goes away). A [`KinesisApi`](api::KinesisApi) that does not
+//! [`ErrorKind::StreamNotFound`] when the old stream goes away). A [`api::KinesisApi`] that does not
 //! tell the creation time (the trait's default) keeps the plain key. The MySQL lease table's `stream_name` column
 //! holds 128 characters: a stream created again whose name is longer than 114 characters cannot be keyed there.
 //!

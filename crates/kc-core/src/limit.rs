@@ -70,6 +70,10 @@ impl KinesisApi for Limited {
         self.call(self.inner.stream_arn(stream)).await
     }
 
+    async fn stream_created_ms(&self, stream: &str) -> Result<Option<u64>, ApiError> {
+        self.call(self.inner.stream_created_ms(stream)).await
+    }
+
     async fn register_stream_consumer(&self, stream_arn: &str, name: &str) -> Result<StreamConsumer, ApiError> {
         self.call(self.inner.register_stream_consumer(stream_arn, name)).await
     }
@@ -120,6 +124,9 @@ mod tests {
             tokio::time::sleep(self.latency).await;
             self.now.fetch_sub(1, Ordering::SeqCst);
             Ok(RecordBatch::default())
+        }
+        async fn stream_created_ms(&self, _: &str) -> Result<Option<u64>, ApiError> {
+            Ok(None)
         }
     }
 

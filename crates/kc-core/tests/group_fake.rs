@@ -226,7 +226,12 @@ async fn graceful_stop_moves_the_shards_with_nothing_handled_twice() {
     let w1 = start(&fake, table.clone(), "w1", &seen);
     let w2 = start(&fake, table.clone(), "w2", &seen);
     let w3 = start(&fake, table.clone(), "w3", &seen);
-    wait_until("3/3/2", || async { spread(&table).await == [2, 3, 3] }).await;
+    // Settled: 3/3/2 and no handoff in flight (a lease handed to a worker that stops meanwhile is reserved for it
+    // until it expires: see Group's Limits).
+    wait_until("3/3/2, no request pending", || async {
+        spread(&table).await == [2, 3, 3] && leases(&table).await.iter().all(|l| l.next_owner.is_none())
+    })
+    .await;
     let stopped_at = Instant::now();
     w2.stop().await;
     let released = leases(&table).await;
@@ -336,7 +341,9 @@ async fn a_worker_cut_off_from_the_table_stops_within_a_lease_duration_and_other
         last_w1.saturating_duration_since(cut_at)
     );
     assert!(last_w1 < cut_at + LEASE, "w1 stopped within one lease duration of losing the table");
-    assert!(taken_over >= LEASE, "nobody takes a lease before it expired");
+    // w1's last successful renewal came at most a renew interval (a third of the lease) before the cut, and its
+    // leases expire a lease duration after the others first saw that renewal: not before.
+    assert!(taken_over >= LEASE - LEASE / 3, "nobody takes a lease before it expired: {taken_over:?}");
     assert!(taken_over <= LEASE * 2 + Duration::from_secs(1), "taken over within about two lease durations");
     assert_eq!(w1.events.lost.load(Ordering::SeqCst), w1_leases.len(), "every lease of w1 was lost");
 

@@ -123,6 +123,9 @@ const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// # Limits
 /// - A lease that is lost (taken after expiry) may have had records handled by both workers: the old owner's last
 ///   handled records after its last checkpoint, as after a crash. Handoffs and graceful stops repeat nothing.
+/// - A lease handed over to a worker that stopped before it took the lease (its request was answered after it left)
+///   stays reserved for that worker until it expires: the shard waits about a lease duration instead of being taken
+///   at once. There is no call to withdraw a request yet.
 /// - A shard whose last records were handled with [`Outcome::SkipCheckpoint`](crate::Outcome::SkipCheckpoint) is not
 ///   finished; the worker that read it releases it and does not take it again in this run.
 #[derive(Clone)]
