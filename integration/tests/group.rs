@@ -507,8 +507,16 @@ async fn rolling_restart(backend: Backend) {
         let status =
             tokio::time::timeout(Duration::from_secs(20), stopping.wait()).await.expect("stops").expect("wait");
         assert!(status.success(), "{old} exited with {status}");
+        eprintln!("[{}] {old} stopped after {:?}: {:?}", backend.name(), began.elapsed(), run.owners().await);
         run.start(new, None);
-        run.wait_spread(&[2, 3, 3], LEASE * 30).await;
+        run.wait_leases(&format!("{new} reads its share, {old} holds nothing"), LEASE * 30, |leases| {
+            let held = |id: &str| owned_by(leases, id).count();
+            (2..=3).contains(&held(new))
+                && held(old) == 0
+                && leases.iter().all(|l| l.is_finished() || l.owner.is_some())
+        })
+        .await;
+        eprintln!("[{}] {new} has its share after {:?}: {:?}", backend.name(), began.elapsed(), run.owners().await);
     }
     let restarted = began.elapsed();
     // The longest a shard went without a handled record while the restarts ran (records keep coming throughout).
