@@ -10,16 +10,14 @@
 
 #![allow(clippy::print_stdout, missing_docs)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
+use kc_integration::{observed, Observed};
 use kc_test_support::check::quick_bench;
 use kc_test_support::time_scan;
-use kinesis_consumer::api::{ApiError, KinesisApi, RecordBatch, ShardPage, StartingPosition};
 use kinesis_consumer::{Consumer, InitialPosition, MemoryStore, Outcome, Record};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -33,60 +31,6 @@ const IDLE_WINDOW: Duration = Duration::from_secs(10);
 
 /// The consumer's default call timeout (less a little: the timer is not exact).
 const CALL_TIMEOUT: Duration = Duration::from_millis(9_900);
-
-/// The SDK client, counting GetRecords calls and the calls the consumer abandoned at its call timeout.
-#[derive(Clone)]
-struct Counting {
-    inner: aws_sdk_kinesis::Client,
-    get_records: Arc<AtomicU64>,
-    abandoned: Arc<AtomicU64>,
-}
-
-impl Counting {
-    fn new(inner: aws_sdk_kinesis::Client) -> Self {
-        Self { inner, get_records: Arc::default(), abandoned: Arc::default() }
-    }
-
-    /// Runs `call`; counts it as abandoned at the call timeout if it is dropped unanswered after 10 s (the default
-    /// call timeout; the drain's stop drops calls too, but younger ones).
-    async fn note<T>(&self, call: impl std::future::Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
-        struct Abandoned<'a>(&'a AtomicU64, Option<Instant>);
-        impl Drop for Abandoned<'_> {
-            fn drop(&mut self) {
-                if self.1.is_some_and(|sent| sent.elapsed() >= CALL_TIMEOUT) {
-                    self.0.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        let mut guard = Abandoned(&self.abandoned, Some(Instant::now()));
-        let result = call.await;
-        guard.1 = None;
-        result
-    }
-}
-
-#[async_trait]
-impl KinesisApi for Counting {
-    async fn stream_created_ms(&self, stream: &str) -> Result<Option<u64>, ApiError> {
-        self.note(KinesisApi::stream_created_ms(&self.inner, stream)).await
-    }
-
-    async fn list_shards(&self, stream: &str, next_token: Option<&str>) -> Result<ShardPage, ApiError> {
-        self.note(KinesisApi::list_shards(&self.inner, stream, next_token)).await
-    }
-    async fn get_shard_iterator(
-        &self,
-        stream: &str,
-        shard_id: &str,
-        position: &StartingPosition,
-    ) -> Result<String, ApiError> {
-        self.note(KinesisApi::get_shard_iterator(&self.inner, stream, shard_id, position)).await
-    }
-    async fn get_records(&self, shard_iterator: &str, limit: i32) -> Result<RecordBatch, ApiError> {
-        self.get_records.fetch_add(1, Ordering::Relaxed);
-        self.note(KinesisApi::get_records(&self.inner, shard_iterator, limit)).await
-    }
-}
 
 /// Every shard's id, following NextToken.
 async fn shard_ids(client: &aws_sdk_kinesis::Client, stream: &str) -> Vec<String> {
@@ -151,7 +95,7 @@ async fn bare_sdk(client: &aws_sdk_kinesis::Client, stream: &str, shards: &[Stri
 /// The consumer with its default settings at TRIM_HORIZON: the time until its `records`th record, and the calls it
 /// abandoned at its call timeout meanwhile.
 async fn consumer(client: &aws_sdk_kinesis::Client, stream: &str, records: usize) -> (Duration, u64) {
-    let api = Counting::new(client.clone());
+    let api = Observed::new(client.clone()).timeout_at_least(CALL_TIMEOUT);
     let consumer = Consumer::builder(stream)
         .api(api.clone())
         .store(MemoryStore::new())
@@ -160,12 +104,12 @@ async fn consumer(client: &aws_sdk_kinesis::Client, stream: &str, records: usize
         .await
         .expect("build");
     let timed = time_scan(consumer, records).await;
-    (timed.to_nth, api.abandoned.load(Ordering::Relaxed))
+    (timed.to_nth, api.count(observed::CALL_TIMEOUT))
 }
 
 /// GetRecords calls per shard per second of a consumer whose shards are all caught up.
 async fn idle_calls(client: &aws_sdk_kinesis::Client, stream: &str, shards: usize) -> f64 {
-    let api = Counting::new(client.clone());
+    let api = Observed::new(client.clone());
     let consumer = Consumer::builder(stream)
         .api(api.clone())
         .store(MemoryStore::new())
@@ -183,9 +127,9 @@ async fn idle_calls(client: &aws_sdk_kinesis::Client, stream: &str, shards: usiz
             .await
     });
     tokio::time::sleep(IDLE_WARM_UP).await;
-    let before = api.get_records.load(Ordering::Relaxed);
+    let before = api.get_records();
     tokio::time::sleep(IDLE_WINDOW).await;
-    let calls = api.get_records.load(Ordering::Relaxed) - before;
+    let calls = api.get_records() - before;
     token.cancel();
     scan.await.expect("idle scan task").expect("idle scan");
     calls as f64 / shards as f64 / IDLE_WINDOW.as_secs_f64()

@@ -11,10 +11,12 @@ use bytes::Bytes;
 pub mod ddb;
 pub mod fault_proxy;
 pub mod hold_proxy;
+pub mod observed;
 pub mod report;
 pub mod sql;
 pub use fault_proxy::{Fault, FaultCounts, FaultPlan, FaultProxy, SplitMix64};
 pub use hold_proxy::HoldProxy;
+pub use observed::Observed;
 // The helpers these tests share with kc-core's tests and xtask live once, in kc-test-support; re-exported under the
 // names the tests have always used.
 pub use kc_test_support::names::{unique_stream, unique_table};

@@ -14,17 +14,15 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use kc_integration::report::{tally, Row};
 use kc_integration::{
     create_stream, example_bin, kinesis, kinesis_endpoint, new_stream, postgres_url, put_numbered, unique_stream,
-    unique_table, CutProxy, Fault, FaultPlan, FaultProxy, SplitMix64,
+    unique_table, CutProxy, Fault, FaultPlan, FaultProxy, Observed, SplitMix64,
 };
 use kc_test_support::check::lock;
 use kc_test_support::emulator::{Emulator, Launch, KINESALITE};
 use kc_test_support::{checkpoint, spawn_collecting, Collecting, Seen, Wait};
-use kinesis_consumer::api::{ApiError, KinesisApi, RecordBatch, ShardPage, StartingPosition};
 use kinesis_consumer::{
     Checkpoint, CheckpointStore, Consumer, ErrorKind, InitialPosition, MemoryStore, Outcome, Record, SequenceNumber,
     ShardKey,
@@ -58,70 +56,6 @@ async fn stop(consumer: &Consumer, task: ScanTask) -> Result<(), kinesis_consume
     match tokio::time::timeout(Duration::from_secs(30), task).await {
         Ok(joined) => joined.expect("scan task panicked"),
         Err(_) => panic!("the scan did not stop within 30 s of its cancellation"),
-    }
-}
-
-/// The Kinesis client with the errors the consumer received counted: the faults that got past the SDK's retries.
-#[derive(Clone)]
-struct Observed {
-    inner: aws_sdk_kinesis::Client,
-    errors: Arc<Mutex<BTreeMap<String, u64>>>,
-    /// Set before the scan is cancelled: calls abandoned from then on were stopped, not timed out.
-    stopping: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Observed {
-    fn new(inner: aws_sdk_kinesis::Client) -> Self {
-        Self { inner, errors: Arc::default(), stopping: Arc::default() }
-    }
-    fn count(&self, key: &str) {
-        *lock(&self.errors).entry(key.to_owned()).or_default() += 1;
-    }
-    /// Runs `call`, counting its error, or counting it as `CallTimeout` if the consumer abandons it (its call timeout).
-    async fn note<T>(&self, call: impl std::future::Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
-        struct Abandoned<'a>(&'a Observed, bool);
-        impl Drop for Abandoned<'_> {
-            fn drop(&mut self) {
-                if self.1 && !self.0.stopping.load(std::sync::atomic::Ordering::SeqCst) {
-                    self.0.count("CallTimeout");
-                }
-            }
-        }
-        let mut guard = Abandoned(self, true);
-        let r = call.await;
-        guard.1 = false;
-        if let Err(e) = &r {
-            self.count(&format!("{:?}", e.kind()));
-        }
-        r
-    }
-    fn total(&self) -> u64 {
-        lock(&self.errors).values().sum()
-    }
-    fn summary(&self) -> String {
-        format!("{:?}", lock(&self.errors))
-    }
-}
-
-#[async_trait]
-impl KinesisApi for Observed {
-    async fn stream_created_ms(&self, stream: &str) -> Result<Option<u64>, ApiError> {
-        self.note(KinesisApi::stream_created_ms(&self.inner, stream)).await
-    }
-
-    async fn list_shards(&self, stream: &str, next_token: Option<&str>) -> Result<ShardPage, ApiError> {
-        self.note(KinesisApi::list_shards(&self.inner, stream, next_token)).await
-    }
-    async fn get_shard_iterator(
-        &self,
-        stream: &str,
-        shard_id: &str,
-        position: &StartingPosition,
-    ) -> Result<String, ApiError> {
-        self.note(KinesisApi::get_shard_iterator(&self.inner, stream, shard_id, position)).await
-    }
-    async fn get_records(&self, shard_iterator: &str, limit: i32) -> Result<RecordBatch, ApiError> {
-        self.note(KinesisApi::get_records(&self.inner, shard_iterator, limit)).await
     }
 }
 
@@ -169,7 +103,7 @@ async fn consume_through_faults(run: ProxyRun) {
     let consume_time = consume_started.elapsed();
     // Duplicates would come now.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    api.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    api.stopping();
     let result = stop(&consumer, task).await;
 
     let counts = proxy.counts();
@@ -336,7 +270,7 @@ async fn s3a_kinesalite_restarted_with_its_state_kept() {
     produced.extend(put_numbered(&client, &stream, "b", 0..2000, 101).await.expect("produce after restart"));
     let all = until(Duration::from_secs(120), || log.len() >= produced.len() || task.is_finished()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    api.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    api.stopping();
     let result = stop(&consumer, task).await;
     server.kill().await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -614,30 +614,37 @@ async fn handler_error_stops_the_scan_even_while_list_shards_fails() {
     assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
 }
 
+/// A store whose writes fail for good (its table was dropped): every write, or (`marker_too` false) every write but
+/// the stream's creation marker's, written at the start.
+struct Broken {
+    marker_too: bool,
+}
+
+#[async_trait::async_trait]
+impl CheckpointStore for Broken {
+    async fn get(&self, _key: &ShardKey) -> Result<Option<Checkpoint>, kc_checkpoint::Error> {
+        Ok(None)
+    }
+    async fn set(&self, key: &ShardKey, _cp: Checkpoint) -> Result<(), kc_checkpoint::Error> {
+        if key.shard() == "#created" && !self.marker_too {
+            return Ok(());
+        }
+        Err(kc_checkpoint::Error::new(kc_checkpoint::ErrorKind::Permanent, "table dropped"))
+    }
+    async fn flush(&self) -> Result<(), kc_checkpoint::Error> {
+        Ok(())
+    }
+}
+
 /// A store whose writes fail for good (say its table was dropped): the scan stops with a checkpoint error naming
 /// the shard, instead of running on while nothing is saved.
 #[tokio::test(start_paused = true)]
 async fn a_failing_checkpoint_store_stops_the_scan() {
-    struct Broken;
-    #[async_trait::async_trait]
-    impl CheckpointStore for Broken {
-        async fn get(&self, _key: &ShardKey) -> Result<Option<Checkpoint>, kc_checkpoint::Error> {
-            Ok(None)
-        }
-        async fn set(&self, key: &ShardKey, _cp: Checkpoint) -> Result<(), kc_checkpoint::Error> {
-            if key.shard() == "#created" {
-                return Ok(()); // the stream's creation marker, written at the start (see the next test)
-            }
-            Err(kc_checkpoint::Error::new(kc_checkpoint::ErrorKind::Permanent, "table dropped"))
-        }
-        async fn flush(&self) -> Result<(), kc_checkpoint::Error> {
-            Ok(())
-        }
-    }
     let fake = FakeKinesis::new();
     fake.create_stream(STREAM, 1);
     put_many(&fake, 0..5, "r");
-    let consumer = builder(&fake, &MemoryStore::new()).store(Broken).build().await.expect("build");
+    let consumer =
+        builder(&fake, &MemoryStore::new()).store(Broken { marker_too: false }).build().await.expect("build");
     let err = consumer
         .scan(|_r: Record| async { Ok::<_, std::io::Error>(Outcome::Checkpoint) })
         .await
@@ -651,23 +658,10 @@ async fn a_failing_checkpoint_store_stops_the_scan() {
 /// with a checkpoint error that says so.
 #[tokio::test(start_paused = true)]
 async fn a_store_that_refuses_every_write_stops_the_scan_at_its_start() {
-    struct Broken;
-    #[async_trait::async_trait]
-    impl CheckpointStore for Broken {
-        async fn get(&self, _key: &ShardKey) -> Result<Option<Checkpoint>, kc_checkpoint::Error> {
-            Ok(None)
-        }
-        async fn set(&self, _key: &ShardKey, _cp: Checkpoint) -> Result<(), kc_checkpoint::Error> {
-            Err(kc_checkpoint::Error::new(kc_checkpoint::ErrorKind::Permanent, "table dropped"))
-        }
-        async fn flush(&self) -> Result<(), kc_checkpoint::Error> {
-            Ok(())
-        }
-    }
     let fake = FakeKinesis::new();
     fake.create_stream(STREAM, 1);
     put_many(&fake, 0..5, "r");
-    let consumer = builder(&fake, &MemoryStore::new()).store(Broken).build().await.expect("build");
+    let consumer = builder(&fake, &MemoryStore::new()).store(Broken { marker_too: true }).build().await.expect("build");
     let handled = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&handled);
     let err = consumer
