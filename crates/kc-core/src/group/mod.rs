@@ -39,6 +39,9 @@ fn lease_error(what: &str, e: kc_checkpoint::Error) -> Error {
 
 type ShardResult = (String, Result<ShardExit, Error>);
 
+/// Takes of one cycle sent at once.
+const TAKES_IN_FLIGHT: usize = 8;
+
 struct Held {
     handle: Arc<LeaseHandle>,
     store: Arc<LeaseStore>,
@@ -275,12 +278,22 @@ impl<D: Deliver> Worker<'_, D> {
                 Err(e) => warn!(shard = %parent, error = %e, "deleting a finished parent's lease failed"),
             }
         }
+        // A few takes at a time: a worker taking over a failed worker's share (or joining) does not wait a round
+        // trip per lease; every call is awaited (a take applied but not seen would leave its lease to expire).
         let took = !plan.take.is_empty();
-        for (shard_id, counter) in plan.take {
-            if self.stop.is_cancelled() {
+        let mut to_take = plan.take.into_iter();
+        while !self.stop.is_cancelled() {
+            let batch: Vec<(String, u64)> = to_take.by_ref().take(TAKES_IN_FLIGHT).collect();
+            if batch.is_empty() {
                 break;
             }
-            self.take(&shard_id, counter, &leases).await?;
+            let started = Instant::now();
+            let calls =
+                batch.iter().map(|(id, counter)| self.table.take(&self.scope, id, *counter, &self.cfg.worker_id));
+            let results = futures_util::future::join_all(calls).await;
+            for ((shard_id, _), result) in batch.iter().zip(results) {
+                self.taken(shard_id, result, started, &leases)?;
+            }
         }
         // The owner side of requests made by others: renew those leases now, which finds the request and starts the
         // handoff, instead of at the next renew interval.
@@ -309,9 +322,15 @@ impl<D: Deliver> Worker<'_, D> {
         Ok((took || requested || plan.request_pending, plan.next_expiry))
     }
 
-    async fn take(&mut self, shard_id: &str, counter: u64, leases: &[Lease]) -> Result<(), Error> {
-        let started = Instant::now();
-        match self.table.take(&self.scope, shard_id, counter, &self.cfg.worker_id).await {
+    /// What a take of `shard_id` (sent at `started`) answered: the shard starts, or the lease stays with others.
+    fn taken(
+        &mut self,
+        shard_id: &str,
+        result: Result<Lease, kc_checkpoint::Error>,
+        started: Instant,
+        leases: &[Lease],
+    ) -> Result<(), Error> {
+        match result {
             Ok(lease) => {
                 let previous = leases.iter().find(|l| l.shard_id == shard_id).and_then(|l| l.owner.clone());
                 info!(shard = %shard_id, from = ?previous, "lease taken");
