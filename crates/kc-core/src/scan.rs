@@ -146,6 +146,10 @@ impl<D: Deliver> Supervisor<'_, D> {
     }
 
     fn spawn_ready(&mut self) {
+        // Stopping: a shard whose task returned because of the stop looks ready again; it is not started again.
+        if self.stop.is_cancelled() {
+            return;
+        }
         for (shard_id, hint) in self.shards.take_ready() {
             let (shared, deliver, stop) = (self.shared.clone(), Arc::clone(&self.deliver), self.stop.clone());
             self.tasks.spawn(async move {

@@ -119,6 +119,32 @@ async fn skip_checkpoint_records_are_delivered_again() {
     assert_eq!(again.data(), ["skip-2", "skip-3"]);
 }
 
+/// A graceful stop stops each shard once: a shard task that returned because of the stop is not started again
+/// (the supervisor could see the task's exit before the stop, and found the shard ready to start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_stops_each_shard_once() {
+    struct Stops(Arc<AtomicUsize>);
+    impl Lifecycle for Stops {
+        fn shard_stopped(&self, _: &str) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    // The supervisor's select picks among ready branches at random: several rounds.
+    for round in 0..12 {
+        let fake = FakeKinesis::new();
+        fake.create_stream(STREAM, 4);
+        let produced = put_many(&fake, 0..40, "r");
+        let stopped = Arc::new(AtomicUsize::new(0));
+        let consumer =
+            builder(&fake, &MemoryStore::new()).lifecycle(Stops(stopped.clone())).build().await.expect("build");
+        // Real time on two threads: the shard tasks end while the supervisor runs, as in a process.
+        let (seen, result) = Collect::REAL.settle(Duration::ZERO).run(consumer, produced.len()).await;
+        result.expect("scan");
+        seen.assert_exactly_once(&produced);
+        assert_eq!(stopped.load(Ordering::SeqCst), 4, "round {round}: each of the 4 shards stopped once");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn handler_error_stops_every_shard_and_is_returned() {
     #[derive(Debug, thiserror::Error)]
