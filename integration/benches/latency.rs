@@ -65,12 +65,8 @@ fn report(what: &str, latencies: &Latencies, records: usize) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = kc_test_support::check::quick_bench();
-    let Ok(endpoint) = std::env::var("KINESIS_LOCAL_ENDPOINT") else {
-        if quick {
-            println!("latency: KINESIS_LOCAL_ENDPOINT not set, skipped (run `cargo xtask bench`)");
-            return;
-        }
-        panic!("KINESIS_LOCAL_ENDPOINT is not set: run this bench with `cargo xtask bench`");
+    let Some(endpoint) = kc_test_support::check::bench_endpoint("latency", "KINESIS_LOCAL_ENDPOINT") else {
+        return;
     };
     let records = if quick { 40 } else { 400 };
     let spacing = Duration::from_millis(if quick { 50 } else { 37 });

@@ -138,12 +138,8 @@ async fn idle_calls(client: &aws_sdk_kinesis::Client, stream: &str, shards: usiz
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = quick_bench();
-    let Ok(endpoint) = std::env::var("KINESIS_ENDPOINT") else {
-        if quick {
-            println!("many_shards: KINESIS_ENDPOINT not set, skipped (run `cargo xtask bench`)");
-            return;
-        }
-        panic!("KINESIS_ENDPOINT is not set: run this bench with `cargo xtask bench`");
+    let Some(endpoint) = kc_test_support::check::bench_endpoint("many_shards", "KINESIS_ENDPOINT") else {
+        return;
     };
     let sizes: &[usize] = if quick { &[10] } else { &[100, 400, 1_000] };
     let client = kc_examples::kinesis_client(&endpoint).await;

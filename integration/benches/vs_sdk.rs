@@ -52,12 +52,8 @@ async fn consumer(client: &aws_sdk_kinesis::Client, stream: &str, records: usize
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = quick_bench();
-    let Ok(endpoint) = std::env::var("KINESIS_ENDPOINT") else {
-        if quick {
-            println!("vs_sdk: KINESIS_ENDPOINT not set, skipped (run `cargo xtask bench`)");
-            return;
-        }
-        panic!("KINESIS_ENDPOINT is not set: run this bench with `cargo xtask bench`");
+    let Some(endpoint) = kc_test_support::check::bench_endpoint("vs_sdk", "KINESIS_ENDPOINT") else {
+        return;
     };
     let records = if quick { 2_000 } else { 100_000 };
     let rounds = if quick { 1 } else { 5 };

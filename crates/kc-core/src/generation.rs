@@ -24,11 +24,11 @@ use kc_checkpoint::{Checkpoint, CheckpointStore, SequenceNumber, ShardKey};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::api::{ApiError, ApiErrorKind, KinesisApi};
+use crate::api::{ApiErrorKind, KinesisApi};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind};
-use crate::retry::{retry, Policy, Retried};
+use crate::retry::setup_call;
 
 /// The shard id of the marker in a checkpoint store, and the stream name of its scope in a lease table (`#` is not
 /// allowed in shard ids or stream names).
@@ -52,16 +52,8 @@ pub(crate) async fn stream_key(
 ) -> Result<Option<Arc<str>>, Error> {
     let stream = cfg.stream.as_str();
     let mut backoff = Backoff::new(cfg.backoff_base, cfg.backoff_max);
-    let policy = Policy { cancel, timeout: Some(cfg.call_timeout), backoff: &mut backoff };
-    let created = retry(
-        policy,
-        || api.stream_created_ms(stream),
-        |e: &ApiError, delay, _| {
-            warn!(error = %e, ?delay, "DescribeStreamSummary failed; retrying");
-            Retried::Again
-        },
-    )
-    .await;
+    // Bounded by the call timeout in the API itself (`limit`: from when the call is sent, not queued).
+    let created = setup_call(&mut backoff, cancel, "DescribeStreamSummary", || api.stream_created_ms(stream)).await;
     let created = match created {
         None => return Ok(None),
         Some(Ok(Some(created))) => created,

@@ -106,6 +106,26 @@ where
     }
 }
 
+/// Makes one Kinesis call of the consumer's set-up (the fan-out consumer, the stream's creation time), retrying
+/// throttling and transient failures with `backoff` and a warning; `None` when cancelled. The call timeout is the
+/// API's own (see `limit`: it counts from when the call is sent).
+pub(crate) async fn setup_call<T, Fut>(
+    backoff: &mut Backoff,
+    cancel: &CancellationToken,
+    what: &str,
+    f: impl FnMut() -> Fut,
+) -> Option<Result<T, ApiError>>
+where
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    let policy = Policy { cancel, timeout: None, backoff };
+    retry(policy, f, |err: &ApiError, delay, _| {
+        tracing::warn!(error = %err, ?delay, "{what} failed; retrying");
+        Retried::Again
+    })
+    .await
+}
+
 /// Sleeps for `d` unless `cancel` fires first; false when it did.
 pub(crate) async fn sleep(cancel: &CancellationToken, d: Duration) -> bool {
     tokio::select! {

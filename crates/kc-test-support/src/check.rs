@@ -38,6 +38,23 @@ pub fn quick_bench() -> bool {
     !std::env::args().any(|a| a == "--bench")
 }
 
+/// The endpoint benchmark `bench` reads from the environment variable `var` (set by `cargo xtask bench`); `None`,
+/// after saying so, when it is run as a quick check without it.
+///
+/// # Panics
+/// When `var` is not set in a real run (`--bench`).
+#[allow(clippy::print_stdout)] // A skipped benchmark says so where its figures would be.
+pub fn bench_endpoint(bench: &str, var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(endpoint) => Some(endpoint),
+        Err(_) if quick_bench() => {
+            println!("{bench}: {var} not set, skipped (run `cargo xtask bench`)");
+            None
+        }
+        Err(_) => panic!("{var} is not set: run this bench with `cargo xtask bench`"),
+    }
+}
+
 /// Locks `m`, also when a panicking thread poisoned it (a test's own assertion is the failure to report).
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)

@@ -26,32 +26,13 @@ use crate::api::{
 use crate::backoff::Backoff;
 use crate::config::{Config, FanOutConfig};
 use crate::error::{Error, ErrorKind};
-use crate::retry::{retry, sleep, Policy, Retried, RetryError};
+use crate::retry::{setup_call as call, sleep, RetryError};
 
 /// Kinesis accepts one SubscribeToShard per consumer and shard every 5 seconds.
 const RESUBSCRIBE_WINDOW: Duration = Duration::from_secs(5);
 /// A subscription that delivered no event for this long is taken as dead (Kinesis sends an event at least every 5 s,
 /// even when no record was put) and replaced by a new one from the continuation.
 pub(crate) const EVENT_IDLE_LIMIT: Duration = Duration::from_secs(30);
-
-/// Makes one Kinesis call of the consumer set-up (bounded by the call timeout in the API itself, see `limit`), retrying throttling and transient failures
-/// with `backoff`; `None` when cancelled.
-async fn call<T, Fut>(
-    backoff: &mut Backoff,
-    cancel: &CancellationToken,
-    what: &str,
-    f: impl FnMut() -> Fut,
-) -> Option<Result<T, ApiError>>
-where
-    Fut: std::future::Future<Output = Result<T, ApiError>>,
-{
-    let policy = Policy { cancel, timeout: None, backoff };
-    retry(policy, f, |err: &ApiError, delay, _| {
-        warn!(error = %err, ?delay, "{what} failed; retrying");
-        Retried::Again
-    })
-    .await
-}
 
 fn setup_error(cfg: &Config, what: &str, e: ApiError) -> Error {
     let kind = match e.kind() {
