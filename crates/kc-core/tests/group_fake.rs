@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use kc_checkpoint::lease::{Lease, LeaseScope, LeaseTable, MemoryLeaseTable};
 use kc_checkpoint::{Checkpoint, Error as StoreError, ErrorKind as StoreErrorKind};
 use kc_core::api::StartingPosition;
-use kc_core::fake::FakeKinesis;
+use kc_core::fake::{FakeKinesis, Op};
 use kc_core::{Consumer, ErrorKind, Group, InitialPosition, Lifecycle, Outcome, Record};
 use kc_test_support::{Seen, Wait};
 use tokio::task::JoinHandle;
@@ -251,11 +251,12 @@ async fn graceful_stop_moves_the_shards_with_nothing_handled_twice() {
     w3.stop().await;
 }
 
-/// A lease table that fails (transiently) while `cut` is set: a worker cut off from the table.
+/// A lease table that fails (transiently) while `cut` is set: a worker cut off from the table. Counts listings.
 #[derive(Clone)]
 struct Cuttable {
     inner: MemoryLeaseTable,
     cut: Arc<AtomicBool>,
+    lists: Arc<AtomicUsize>,
 }
 
 impl Cuttable {
@@ -271,6 +272,7 @@ impl Cuttable {
 impl LeaseTable for Cuttable {
     async fn list(&self, scope: &LeaseScope) -> Result<Vec<Lease>, StoreError> {
         self.check()?;
+        self.lists.fetch_add(1, Ordering::SeqCst);
         self.inner.list(scope).await
     }
     async fn get(&self, scope: &LeaseScope, shard_id: &str) -> Result<Option<Lease>, StoreError> {
@@ -322,7 +324,7 @@ async fn a_worker_cut_off_from_the_table_stops_within_a_lease_duration_and_other
     let cut = Arc::new(AtomicBool::new(false));
     let seen = Seen::default();
     let producer = produce(&fake, 1500, "c", Duration::from_millis(100));
-    let w1 = start(&fake, Cuttable { inner: table.clone(), cut: Arc::clone(&cut) }, "w1", &seen);
+    let w1 = start(&fake, Cuttable { inner: table.clone(), cut: Arc::clone(&cut), lists: Arc::default() }, "w1", &seen);
     let w2 = start(&fake, table.clone(), "w2", &seen);
     let w3 = start(&fake, table.clone(), "w3", &seen);
     wait_until("3/3/2", || async { spread(&table).await == [2, 3, 3] }).await;
@@ -408,6 +410,110 @@ async fn split_and_merge_while_the_group_runs_keep_per_key_order() {
     for w in [w1, w2, w3] {
         w.stop().await;
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_steady_group_lists_the_leases_once_per_take_interval_and_a_crashed_workers_are_taken_within_two_lease_durations(
+) {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 30);
+    let table = MemoryLeaseTable::new();
+    let lists = Arc::new(AtomicUsize::new(0));
+    let counted = || Cuttable { inner: table.clone(), cut: Arc::default(), lists: Arc::clone(&lists) };
+    let seen = Seen::default();
+    let producer = produce(&fake, 1_500, "c", Duration::from_millis(100));
+    let (w1, w2, w3) = (
+        start(&fake, counted(), "w1", &seen),
+        start(&fake, counted(), "w2", &seen),
+        start(&fake, counted(), "w3", &seen),
+    );
+    wait_until("10/10/10", || async { spread(&table).await == [10, 10, 10] }).await;
+    // Settled: a full take cycle every take interval (2 lease durations) per worker, one lease of each other worker
+    // read in between. Before the sentinels every worker listed every lease every half lease duration.
+    tokio::time::sleep(LEASE * 2).await;
+    let before = lists.load(Ordering::SeqCst);
+    let window = LEASE * 6;
+    tokio::time::sleep(window).await;
+    let listed = lists.load(Ordering::SeqCst) - before;
+    let per_take_interval = 3 * 3; // 3 workers, 3 take intervals, none running late
+    eprintln!("steady group: {listed} listings of the leases in {window:?} (3 workers)");
+    assert!(listed <= per_take_interval + 3, "{listed} listings in {window:?}, want about {per_take_interval}");
+
+    // w3 crashes (its task dropped: no release, no more renewals).
+    let w3_leases = leases(&table).await.into_iter().filter(|l| l.owner.as_deref() == Some("w3")).count();
+    assert_eq!(w3_leases, 10);
+    let crashed_at = Instant::now();
+    w3.task.abort();
+    wait_until("w3's leases taken over", || async { spread(&table).await == [15, 15] }).await;
+    let taken_over = crashed_at.elapsed();
+    eprintln!("crashed worker: its leases taken over after {taken_over:?}");
+    assert!(taken_over <= LEASE * 2, "taken over within two lease durations: {taken_over:?}");
+    let produced = producer.await.expect("producer");
+    wait_until("every record", || async { seen.distinct() == produced.len() }).await;
+    seen.assert_all_handled(&produced);
+    for w in [w1, w2] {
+        w.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shard_ends_in_a_group_make_no_listing_per_shard() {
+    for hidden in [false, true] {
+        shard_ends_without_listings(hidden).await;
+    }
+}
+
+/// 200 shards split one by one while a worker reads them: it takes the children of the parents it finished, a few
+/// lease-table calls each, without listing every lease (a take cycle) nor the shards per shard end; with `hidden`
+/// ChildShards (kinesalite), the shards are listed only when an ended shard's children are not known yet, and a
+/// listing finds the children of every split made before it. (One worker: with several, the balancing that the
+/// split children cause makes take cycles of its own.)
+async fn shard_ends_without_listings(hidden: bool) {
+    let fake = FakeKinesis::new();
+    fake.hide_child_shards(hidden);
+    fake.create_stream(STREAM, 200);
+    let table = MemoryLeaseTable::new();
+    let lists = Arc::new(AtomicUsize::new(0));
+    let counted = Cuttable { inner: table.clone(), cut: Arc::default(), lists: Arc::clone(&lists) };
+    let seen = Seen::default();
+    // Take cycles far apart (every 30 s, a full one every 120 s) and no discovery tick: what happens within a few
+    // seconds after the splits is the shard ends' doing. Calls of 20 ms, 16 in flight.
+    let group = Group::new(GROUP, counted.clone()).worker_id("w1").lease_duration(Duration::from_secs(60));
+    let worker = start_with(&fake, counted, "w1", &seen, |b| {
+        b.max_records(10).discovery_interval(Duration::from_secs(600)).max_calls_in_flight(16).group(group)
+    });
+    let mut produced = Vec::new();
+    for (i, shard) in fake.open_shard_ids(STREAM).into_iter().enumerate() {
+        produced.push(format!("p{i}"));
+        fake.put_to_shard(STREAM, &shard, "k", format!("p{i}"));
+    }
+    wait_until("every parent's record", || async { seen.distinct() == produced.len() }).await;
+
+    let (lists_before, listings_before, started) =
+        (lists.load(Ordering::SeqCst), fake.calls(Op::ListShards), Instant::now());
+    fake.latency(Duration::from_millis(20));
+    // One split every 10 ms: the parents end one by one, as they would on a stream being scaled.
+    for shard in fake.open_shard_ids(STREAM) {
+        fake.split_shard(STREAM, &shard);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (i, shard) in fake.open_shard_ids(STREAM).into_iter().enumerate() {
+        produced.push(format!("c{i}"));
+        fake.put_to_shard(STREAM, &shard, "k", format!("c{i}"));
+    }
+    wait_until("every child's record", || async { seen.distinct() == produced.len() }).await;
+    let elapsed = started.elapsed();
+    let (lists, listings) = (lists.load(Ordering::SeqCst) - lists_before, fake.calls(Op::ListShards) - listings_before);
+    assert!(elapsed < Duration::from_secs(20), "children read {elapsed:?} after the splits (hidden: {hidden})");
+    assert_eq!(lists, 0, "listings of the leases for 200 shard ends (hidden: {hidden})");
+    // Without ChildShards: one listing per batch of ends whose children are not known yet (the splits go on for 2 s).
+    let most = if hidden { 20 } else { 0 };
+    assert!(listings <= most, "{listings} ListShards for 200 shard ends, want up to {most} (hidden: {hidden})");
+    assert_eq!(seen.duplicates(), 0);
+    seen.assert_all_handled(&produced);
+    seen.assert_shard_order();
+    assert!(leases(&table).await.iter().filter(|l| !l.is_finished()).all(|l| l.owner.as_deref() == Some("w1")));
+    worker.stop().await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -51,12 +51,19 @@ const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
 ///   checkpoint is the shard's end.
 /// - **Expiry, the KCL way.** A lease is expired when this worker saw its counter unchanged for the lease duration
 ///   on its own monotonic clock: clock skew between hosts does not matter. Leases without an owner are free.
-/// - **Taking**, every take interval (and at once when a shard of this worker ended, or when another worker bumped
-///   the group's change marker, below; after a renew interval while the group settles: this worker took leases or
-///   waits for a handoff). Free and expired leases are also taken every half lease duration, and when the first
-///   lease of another worker would expire if its counter did not change meanwhile, so that a failed worker's leases
-///   are taken within about one to one and a half lease durations of its last renewal (up to half a duration to see
-///   its last counter, one to judge it unchanged) while a healthy group lists no more often. The leases to read are
+/// - **Taking**, every take interval (and at once when another worker bumped the group's change marker, below;
+///   after a renew interval while the group settles: this worker took leases or waits for a handoff; when the
+///   shards' listing has shards without a lease). A take cycle lists every lease of the scope. Between take cycles,
+///   every half renew interval, a worker reads one lease of each other worker (its *sentinel*, one `get` each)
+///   instead: a live worker renews its leases every renew interval, so a sentinel unchanged for one and a half renew
+///   intervals makes a take cycle list the leases, and the first deadline of that worker's leases (a lease duration
+///   after their counters were first seen) schedules the cycle that takes them: a failed worker's leases are taken
+///   about one and a half lease durations after its last renewal (the suspicion, then a lease duration to judge
+///   each lease unchanged). A sentinel that changed owner or finished also starts a take cycle. So a group in a
+///   steady state lists the leases once per take interval per worker, not every half lease duration (issue 12:
+///   reads proportional to what a worker needs). A lease that expires while its owner lives (its renewals failed
+///   for a lease duration) is taken by the next take cycle. When a shard of this worker ends, this worker takes the
+///   shard's children itself, without a take cycle (see Resharding). The leases to read are
 ///   the unfinished ones whose
 ///   parents are finished or gone; the live workers are the owners of unexpired leases, the workers that asked for
 ///   one, and this one; each aims at `ceil(leases to read / live workers)`, capped by `max_leases`. A lease on its way
@@ -69,7 +76,8 @@ const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
 ///   cycle comes after one renew interval.
 /// - **The change marker.** One more entry of the lease table, in a scope of its own (the stream name `#changes`
 ///   beside the group's name, which no stream can have), whose counter a worker bumps after it released leases
-///   (graceful stop, handoff, a finished shard) or asked for some. Every worker reads it every
+///   (graceful stop, handoff; not a finished shard's, which nobody can take), created leases (new shards) or asked
+///   for some. Every worker reads it every
 ///   [`watch_interval`](Self::watch_interval) (one small read) and runs a take cycle when another worker bumped it,
 ///   renewing at once the leases it was asked for: a released lease is taken, and a request starts its handoff,
 ///   within about the watch interval instead of at the next take cycle. A joining worker gets its whole share in
@@ -87,7 +95,10 @@ const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// - **Checkpoints** are written to the lease at the end of each GetRecords batch and when a shard stops, as
 ///   without a group; transient failures are retried until the write succeeds or the lease is lost.
 /// - **Resharding.** A child's lease is taken only when all its parents are finished (or their leases gone); a
-///   child with no checkpoint starts at TRIM_HORIZON (under `Latest`, see below). A finished parent's lease is
+///   child with no checkpoint starts at TRIM_HORIZON (under `Latest`, see below). The worker that finishes a
+///   shard takes its children at once (a few calls per child: create its lease, read its parents' and its own,
+///   take it), listing the shards again only when it does not know them (no ChildShards reported); a merged child
+///   is taken by whoever finishes its last parent. Balancing then moves leases as usual. A finished parent's lease is
 ///   deleted once every child has an owner or a checkpoint, and is not created again. A lease records only the
 ///   parents still in the stream: a child of parents past the retention is a root.
 /// - **Shutdown.** Cancelling the shutdown token stops every shard after the record in hand; each checkpoints and

@@ -7,6 +7,7 @@
 mod changes;
 mod handle;
 mod plan;
+mod sentinel;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use crate::shard::{ShardExit, StartHint};
 use changes::Changes;
 use handle::{renew_loop, LeaseHandle, LeaseStore};
 use plan::{Expiry, Me};
+use sentinel::{Check, Sentinels};
 
 fn lease_error(what: &str, e: kc_checkpoint::Error) -> Error {
     Error::new(ErrorKind::Checkpoint, format!("lease table: {what} failed")).with_source(e)
@@ -74,6 +76,9 @@ pub(crate) async fn run<D: Deliver>(
             tasks: JoinSet::new(),
             renewers: JoinSet::new(),
             expiry: Expiry::default(),
+            sentinels: Sentinels::default(),
+            last_leases: Vec::new(),
+            created: false,
             ended_here: HashSet::new(),
             listing: Vec::new(),
             // On the grid of the leases' creation stamps (whole milliseconds), so that a lease this worker creates
@@ -115,6 +120,12 @@ struct Worker<'a, D> {
     tasks: JoinSet<ShardResult>,
     renewers: JoinSet<()>,
     expiry: Expiry,
+    /// One lease of each other worker, read between take cycles instead of every lease.
+    sentinels: Sentinels,
+    /// The leases as the last take cycle listed them: which shards of a new listing need a lease.
+    last_leases: Vec<Lease>,
+    /// Leases were created since the marker was last bumped: the others take their share at once.
+    created: bool,
     ended_here: HashSet<String>,
     listing: Vec<ShardInfo>,
     /// When this worker started: where a shard taken over without a checkpoint starts under `Latest`.
@@ -130,14 +141,19 @@ impl<D: Deliver> Worker<'_, D> {
         }
         info!(shards = self.listing.len(), "shards listed; joining the group");
         // Full cycles (taking and balancing) every take interval, and at once when another worker bumped the change
-        // marker (it released leases or asked for some); in between, every half lease duration, a check that takes
-        // free and expired leases, so that a failed worker's leases are taken within about one and a half to two
-        // lease durations.
+        // marker (it released or created leases, or asked for some). In between, every half renew interval, one
+        // lease of each other worker is read (`sentinel.rs`); a take cycle lists every lease only when one of them
+        // was not renewed lately (a worker may have failed: its leases' deadlines then schedule the cycles that take
+        // them) or changed hands, or when the shards' listing has shards without a lease.
         let mut next_take = Instant::now();
         let mut next_full = next_take;
         let mut discovery = discovery::ticker(self.shared.cfg.discovery_interval);
         let mut watch = tokio::time::interval(self.cfg.watch_interval);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sentinel_check = tokio::time::interval(self.cfg.renew_interval / 2);
+        sentinel_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A live worker's sentinel changes at least every renew interval (plus a slow write).
+        let stale_after = self.cfg.renew_interval.saturating_mul(3) / 2;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return Ok(()),
@@ -151,26 +167,46 @@ impl<D: Deliver> Worker<'_, D> {
                         self.cycle(true, &mut next_take, &mut next_full).await?;
                     }
                 }
+                _ = sentinel_check.tick() => {
+                    if self.stop.is_cancelled() || self.sentinels.len() == 0 {
+                        continue;
+                    }
+                    match self.sentinels.check(&*self.table, &self.scope, stale_after).await {
+                        Check::Quiet => {}
+                        Check::Changed => next_take = Instant::now(),
+                        Check::Stale(workers) => {
+                            info!(?workers, "no renewal seen from these workers lately; looking at their leases");
+                            next_take = Instant::now();
+                        }
+                    }
+                }
                 _ = discovery.tick() => {
                     if !self.discover().await? {
                         return Ok(());
                     }
+                    if !plan::to_create(&self.listing, &self.last_leases).is_empty() {
+                        next_take = Instant::now();
+                    }
                 }
                 Some(joined) = self.tasks.join_next() => {
-                    let mut ended = self.exited(joined).await?;
-                    // Shards that ended together are listed again once.
+                    let mut ended: Vec<String> = self.exited(joined).await?.into_iter().collect();
+                    // Shards that ended together are dealt with together (one listing at most).
                     while let Some(joined) = self.tasks.try_join_next() {
-                        ended |= self.exited(joined).await?;
+                        ended.extend(self.exited(joined).await?);
                     }
-                    self.announce_releases().await;
-                    if ended {
-                        // A shard ended: its children may be ready now rather than at the next cycle.
-                        if !self.discover().await? {
+                    if !ended.is_empty() {
+                        // Their children are ready now rather than at the next cycle. The listing is asked again
+                        // only when it does not know a child (kinesalite reports no ChildShards; nor does a shard
+                        // found ended in its lease); then this worker takes them itself, a few calls per child
+                        // instead of a take cycle (a listing of every lease) per shard end.
+                        if ended.iter().any(|p| !self.children_known(p)) && !self.discover().await? {
                             return Ok(());
                         }
-                        next_take = Instant::now();
-                        next_full = next_take;
+                        if !self.continue_into_children(&ended).await? {
+                            next_take = Instant::now();
+                        }
                     }
+                    self.announce_releases().await;
                 }
                 Some(_) = self.renewers.join_next() => {}
             }
@@ -188,7 +224,7 @@ impl<D: Deliver> Worker<'_, D> {
         } else if pending {
             *next_full = (*next_full).min(now + self.cfg.renew_interval);
         }
-        let mut next = (*next_full).min(now + self.cfg.lease_duration / 2);
+        let mut next = *next_full;
         if let Some(at) = next_expiry {
             // Just after the deadline (this worker's clock judges it there), and never a busy loop.
             next = next.min((at + Duration::from_millis(10)).max(now + Duration::from_millis(100)));
@@ -214,8 +250,83 @@ impl<D: Deliver> Worker<'_, D> {
         Ok(true)
     }
 
+    /// Whether the listing names a child of `shard_id` (Kinesis creates a split's two children at once, so then all of
+    /// them are known).
+    fn children_known(&self, shard_id: &str) -> bool {
+        self.listing.iter().any(|s| s.parents().any(|p| p == shard_id))
+    }
+
+    /// Takes the listed children of shards this worker just read to their end, where their parents are all finished
+    /// and nobody took them yet (up to `max_leases`). Returns false when a call failed and a take cycle should come
+    /// soon instead; children left to others (a merge's other parent still read, taken meanwhile) are not failures:
+    /// the worker that finishes the last parent takes the child, and take cycles remain the safety net.
+    async fn continue_into_children(&mut self, ended: &[String]) -> Result<bool, Error> {
+        let ended: HashSet<&str> = ended.iter().map(String::as_str).collect();
+        let children: Vec<ShardInfo> = self
+            .listing
+            .iter()
+            .filter(|s| s.parents().any(|p| ended.contains(p)) && !self.held.contains_key(&s.shard_id))
+            .cloned()
+            .collect();
+        let mut settled = true;
+        for child in children {
+            if self.stop.is_cancelled() {
+                break;
+            }
+            if self.cfg.max_leases.is_some_and(|max| self.held.len() >= max) {
+                // Left to the others: tell them now rather than at their next take cycle.
+                self.released = true;
+                break;
+            }
+            match self.take_child(&child).await {
+                Ok(()) => {}
+                Err(e) if e.is_retryable() || e.kind() == StoreErrorKind::Fenced => {
+                    debug!(shard = %child.shard_id, error = %e, "taking a child lease failed; left to a take cycle");
+                    settled = false;
+                }
+                Err(e) => return Err(lease_error("taking a child's lease", e)),
+            }
+        }
+        Ok(settled)
+    }
+
+    /// Creates `child`'s lease if needed and takes it if every listed parent is finished (or its lease is gone) and
+    /// it is free.
+    async fn take_child(&mut self, child: &ShardInfo) -> Result<(), kc_checkpoint::Error> {
+        let parents: Vec<String> =
+            child.parents().filter(|p| self.listing.iter().any(|s| s.shard_id == *p)).map(str::to_owned).collect();
+        if self.table.create(&self.scope, &child.shard_id, &parents).await? {
+            debug!(shard = %child.shard_id, ?parents, "lease created");
+        }
+        // The parents' leases: checked finished, and where a child under `Latest` starts from (`parents_created`).
+        let mut leases = Vec::with_capacity(parents.len() + 1);
+        for parent in &parents {
+            match self.table.get(&self.scope, parent).await? {
+                Some(lease) if lease.is_finished() => leases.push(lease),
+                Some(_) => return Ok(()), // another parent still read: whoever finishes it takes the child
+                None => {}
+            }
+        }
+        let Some(lease) = self.table.get(&self.scope, &child.shard_id).await? else { return Ok(()) };
+        let free = lease.owner.is_none() && lease.next_owner.as_deref().is_none_or(|n| n == self.cfg.worker_id);
+        if lease.is_finished() || !free {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let result = self.table.take(&self.scope, &child.shard_id, lease.counter, &self.cfg.worker_id).await;
+        leases.push(lease);
+        match result {
+            Ok(taken) => {
+                info!(shard = %child.shard_id, "child lease taken (its parent ended here)");
+                self.start(taken, started, &leases);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Creates the leases of listed shards that have none. Returns whether every lease needed exists.
-    async fn create_leases(&self, leases: &[Lease]) -> Result<bool, Error> {
+    async fn create_leases(&mut self, leases: &[Lease]) -> Result<bool, Error> {
         let listed: HashSet<&str> = self.listing.iter().map(|s| s.shard_id.as_str()).collect();
         for shard in plan::to_create(&self.listing, leases) {
             if self.stop.is_cancelled() {
@@ -229,6 +340,7 @@ impl<D: Deliver> Worker<'_, D> {
                 Ok(created) => {
                     if created {
                         debug!(shard = %shard.shard_id, ?parents, "lease created");
+                        self.created = true;
                     }
                 }
                 Err(e) if e.is_retryable() => {
@@ -266,9 +378,16 @@ impl<D: Deliver> Worker<'_, D> {
         }
         let now = Instant::now();
         self.expiry.observe(&leases, now);
+        self.sentinels.choose(&leases, &self.expiry, now, self.cfg.lease_duration, &self.cfg.worker_id);
         let held: HashSet<String> = self.held.keys().cloned().collect();
-        let me =
-            Me { id: &self.cfg.worker_id, held: &held, ended_here: &self.ended_here, max_leases: self.cfg.max_leases };
+        let watched: HashSet<String> = self.sentinels.suspects().map(str::to_owned).collect();
+        let me = Me {
+            id: &self.cfg.worker_id,
+            held: &held,
+            ended_here: &self.ended_here,
+            max_leases: self.cfg.max_leases,
+            watched: &watched,
+        };
         let plan = plan::plan(&leases, &self.expiry, now, self.cfg.lease_duration, &me);
         self.metrics.workers(plan.workers);
         debug!(workers = plan.workers, target = plan.target, held = held.len(), "take cycle");
@@ -316,9 +435,10 @@ impl<D: Deliver> Worker<'_, D> {
                 Err(e) => warn!(shard = %shard_id, error = %e, "asking for a lease failed"),
             }
         }
-        if requested {
+        if requested || std::mem::take(&mut self.created) {
             self.changes.bump().await;
         }
+        self.last_leases = leases;
         Ok((took || requested || plan.request_pending, plan.next_expiry))
     }
 
@@ -393,16 +513,17 @@ impl<D: Deliver> Worker<'_, D> {
         self.shared.lifecycle.lease_gained(&shard_id);
     }
 
-    /// A shard task ended: release its lease (or note that it was lost). Returns whether the shard ended.
-    async fn exited(&mut self, joined: Result<ShardResult, tokio::task::JoinError>) -> Result<bool, Error> {
+    /// A shard task ended: release its lease (or note that it was lost). Returns the shard's id if it ended (read to
+    /// its end, or skipped: finished either way).
+    async fn exited(&mut self, joined: Result<ShardResult, tokio::task::JoinError>) -> Result<Option<String>, Error> {
         let (shard_id, result) = match joined {
             Ok(r) => r,
             Err(e) if e.is_panic() => {
                 return Err(Error::new(ErrorKind::Handler, "a shard task panicked (in the handler?)"));
             }
-            Err(_) => return Ok(false),
+            Err(_) => return Ok(None),
         };
-        let Some(held) = self.held.remove(&shard_id) else { return Ok(false) };
+        let Some(held) = self.held.remove(&shard_id) else { return Ok(None) };
         self.metrics.held(self.held.len());
         let handle = &held.handle;
         if handle.is_lost() {
@@ -410,16 +531,21 @@ impl<D: Deliver> Worker<'_, D> {
             self.shared.lifecycle.lease_lost(&shard_id);
             return match result {
                 Err(e) if e.kind() != ErrorKind::Checkpoint => Err(e),
-                _ => Ok(false),
+                _ => Ok(None),
             };
         }
         match result {
-            Ok(ShardExit::Ended { .. }) => {
+            Ok(ShardExit::Ended { children }) => {
                 if !handle.is_finished() {
                     self.ended_here.insert(shard_id.clone());
                 }
-                self.release(handle).await;
-                Ok(true)
+                self.release(handle, false).await;
+                for child in children {
+                    if !self.listing.iter().any(|s| s.shard_id == child.shard_id) {
+                        self.listing.push(child);
+                    }
+                }
+                Ok(Some(shard_id))
             }
             Ok(ShardExit::Skipped) => {
                 // Nothing to read (closed, no checkpoint, LATEST): finished, so that its children can start.
@@ -427,28 +553,30 @@ impl<D: Deliver> Worker<'_, D> {
                 if let Err(e) = held.store.set(&key, Checkpoint::ShardEnd).await {
                     warn!(shard = %shard_id, error = %e, "recording a skipped shard as finished failed");
                 }
-                self.release(handle).await;
-                Ok(true)
+                self.release(handle, false).await;
+                Ok(Some(shard_id))
             }
             Ok(ShardExit::Stopped) => {
                 if handle.handoff_asked() {
                     info!(shard = %shard_id, "lease handed over");
                 }
-                self.release(handle).await;
-                Ok(false)
+                self.release(handle, true).await;
+                Ok(None)
             }
             Err(e) => {
                 // What was handled is checkpointed (the reader saves it even on an error); let others go on.
-                self.release(handle).await;
+                self.release(handle, true).await;
                 Err(e)
             }
         }
     }
 
-    async fn release(&mut self, handle: &LeaseHandle) {
+    /// Releases a held lease; `announce`: the other workers are told (the change marker) that it is free to take. A
+    /// finished shard's lease is not announced: nobody takes it; its children are taken here or announced then.
+    async fn release(&mut self, handle: &LeaseHandle, announce: bool) {
         match handle.release().await {
             Ok(()) => {
-                self.released = true;
+                self.released |= announce;
                 debug!(shard = %handle.shard_id(), "lease released");
             }
             Err(e) => warn!(shard = %handle.shard_id(), error = %e, "releasing a lease failed; it will expire"),
@@ -470,7 +598,7 @@ impl<D: Deliver> Worker<'_, D> {
         }
         // Leases whose task panicked.
         for (_, held) in std::mem::take(&mut self.held) {
-            self.release(&held.handle).await;
+            self.release(&held.handle, true).await;
         }
         self.metrics.held(0);
         self.announce_releases().await;

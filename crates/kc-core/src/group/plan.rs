@@ -56,6 +56,9 @@ pub(crate) struct Me<'a> {
     /// Shards read to their end here without being marked finished (last records skipped): not taken again.
     pub(crate) ended_here: &'a HashSet<String>,
     pub(crate) max_leases: Option<usize>,
+    /// Workers whose leases' deadlines schedule the next cycle ([`Plan::next_expiry`]): the ones suspected of having
+    /// failed (their sentinel lease was not renewed lately).
+    pub(crate) watched: &'a HashSet<String>,
 }
 
 /// The outcome of a cycle's decisions.
@@ -76,9 +79,9 @@ pub(crate) struct Plan {
     pub(crate) workers: usize,
     /// The number of leases each worker aims at.
     pub(crate) target: usize,
-    /// When the first lease another worker owns expires if it is not renewed meanwhile: a cycle then takes it
-    /// (failover within about one and a half lease durations of the last renewal) rather than up to half a lease
-    /// duration later. A renewed lease moves its deadline at the next listing, so a healthy group never cycles for it.
+    /// When the first lease of a watched worker ([`Me::watched`]) expires if it is not renewed meanwhile: a cycle then
+    /// takes it (failover about one lease duration after the suspicion). Leases of workers not suspected schedule
+    /// nothing: their sentinels are watched instead.
     pub(crate) next_expiry: Option<Instant>,
 }
 
@@ -216,7 +219,7 @@ pub(crate) fn plan(leases: &[Lease], expiry: &Expiry, now: Instant, duration: Du
 
     let next_expiry = readable
         .iter()
-        .filter(|l| l.owner.as_deref().is_some_and(|o| o != me.id) && !expired(l))
+        .filter(|l| l.owner.as_deref().is_some_and(|o| o != me.id && me.watched.contains(o)) && !expired(l))
         .filter_map(|l| expiry.deadline(l, duration))
         .min();
 
@@ -271,10 +274,12 @@ mod tests {
         out
     }
 
+    /// `plan` for worker `me`, which watches every other owner's deadlines.
     fn run(leases: &[Lease], expiry: &Expiry, now: Instant, me: &str, held: &[&str]) -> Plan {
         let held: HashSet<String> = held.iter().map(|s| (*s).to_owned()).collect();
         let none = HashSet::new();
-        plan(leases, expiry, now, D, &Me { id: me, held: &held, ended_here: &none, max_leases: None })
+        let all: HashSet<String> = leases.iter().filter_map(|l| l.owner.clone()).collect();
+        plan(leases, expiry, now, D, &Me { id: me, held: &held, ended_here: &none, max_leases: None, watched: &all })
     }
 
     #[test]
@@ -351,6 +356,11 @@ mod tests {
         let free = [lease("f", None, 0)];
         e.observe(&free, t0);
         assert_eq!(run(&free, &e, t0, "w1", &[]).next_expiry, None, "free leases have no deadline");
+        // Only the watched workers' leases schedule a cycle.
+        e.observe(&leases, t0 + D / 2);
+        let (held, none, watched) = (HashSet::from(["mine".to_owned()]), HashSet::new(), HashSet::new());
+        let me = Me { id: "w1", held: &held, ended_here: &none, max_leases: None, watched: &watched };
+        assert_eq!(plan(&leases, &e, t0 + D / 2, D, &me).next_expiry, None, "w2 not suspected");
     }
 
     #[test]
@@ -458,7 +468,13 @@ mod tests {
         e.observe(&leases, t0);
         let held = HashSet::new();
         let none = HashSet::new();
-        let p = plan(&leases, &e, t0, D, &Me { id: "w1", held: &held, ended_here: &none, max_leases: Some(2) });
+        let p = plan(
+            &leases,
+            &e,
+            t0,
+            D,
+            &Me { id: "w1", held: &held, ended_here: &none, max_leases: Some(2), watched: &none },
+        );
         assert_eq!((p.target, p.take.len()), (2, 2));
     }
 
