@@ -274,6 +274,11 @@ impl ApiError {
         self.code.as_deref()
     }
 
+    /// A call the consumer gave up on at its client-side timeout (transient: retried).
+    pub(crate) fn timed_out() -> Self {
+        Self::new(ApiErrorKind::Transient, Some("client-side timeout".to_owned()))
+    }
+
     /// Whether the scan loop retries this error after a backoff.
     pub fn is_retryable(&self) -> bool {
         matches!(self.kind, ApiErrorKind::Throttled | ApiErrorKind::Transient)

@@ -55,7 +55,7 @@ pub(crate) async fn list(
             }
         }
     };
-    let policy = Policy { cancel: stop, timeout: None, backoff: &mut backoff };
+    let policy = Policy { cancel: stop, backoff: &mut backoff };
     let listed = retry(policy, all_pages, |err: &ApiError, delay, _| {
         if first {
             warn!(error = %err, ?delay, "ListShards failed; retrying");

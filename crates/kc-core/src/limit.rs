@@ -20,7 +20,6 @@ use crate::api::{
     ApiError, ApiErrorKind, ConsumerLookup, KinesisApi, RecordBatch, ShardPage, ShardSubscription, StartingPosition,
     StreamConsumer,
 };
-use crate::retry::RetryError;
 
 /// `inner` with at most `permits` calls in flight, each bounded by `timeout` once sent.
 pub(crate) struct Limited {

@@ -1,7 +1,7 @@
-//! The one way the consumer retries a call: each attempt bounded by a timeout if asked, failures that can be retried
-//! retried after a capped, jittered backoff ([`Backoff`]), everything stopped when a cancellation token fires. Kinesis
-//! calls bound themselves (`limit`: the call timeout from when a call is sent, not from when it queued for its turn)
-//! and store calls too (`bounded`), so no caller asks for a timeout here any more.
+//! The one way the consumer retries a call: failures that can be retried retried after a capped, jittered backoff
+//! ([`Backoff`]), everything stopped when a cancellation token fires. Calls bound themselves: Kinesis calls in `limit`
+//! (the call timeout from when a call is sent, not from when it queued for its turn), store and lease-table calls in
+//! `bounded`; a call that timed out there is a transient failure, retried here.
 //!
 //! Every retried call of the crate goes through [`retry`]: shard polling and iterators, SubscribeToShard and the
 //! stream-consumer set-up, ListShards, and the checkpoint writes to a group's leases. Callers differ only in what they
@@ -14,32 +14,24 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{ApiError, ApiErrorKind};
+use crate::api::ApiError;
 use crate::backoff::Backoff;
 
 /// An error of a call that [`retry`] makes.
 pub(crate) trait RetryError: Sized {
     /// Whether another attempt may succeed (throttling, a transient failure, a timeout).
     fn is_retryable(&self) -> bool;
-    /// The error of an attempt that took longer than the timeout.
-    fn timed_out() -> Self;
 }
 
 impl RetryError for ApiError {
     fn is_retryable(&self) -> bool {
         ApiError::is_retryable(self)
     }
-    fn timed_out() -> Self {
-        ApiError::new(ApiErrorKind::Transient, Some("client-side timeout".to_owned()))
-    }
 }
 
 impl RetryError for kc_checkpoint::Error {
     fn is_retryable(&self) -> bool {
         kc_checkpoint::Error::is_retryable(self)
-    }
-    fn timed_out() -> Self {
-        kc_checkpoint::Error::new(kc_checkpoint::ErrorKind::Transient, "client-side timeout")
     }
 }
 
@@ -56,8 +48,6 @@ pub(crate) enum Retried {
 pub(crate) struct Policy<'a> {
     /// Stops the retries: [`retry`] returns `None` as soon as it fires, also in the middle of an attempt or a sleep.
     pub(crate) cancel: &'a CancellationToken,
-    /// The longest one attempt may take (`None`: the call bounds itself); a timed-out attempt is a retryable failure.
-    pub(crate) timeout: Option<Duration>,
     /// The delays between attempts; reset after a success (so a backoff shared by several calls starts over).
     pub(crate) backoff: &'a mut Backoff,
 }
@@ -75,18 +65,13 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let Policy { cancel, timeout, backoff } = policy;
+    let Policy { cancel, backoff } = policy;
     loop {
-        let attempt = async {
-            match timeout {
-                Some(limit) => tokio::time::timeout(limit, f()).await.unwrap_or_else(|_elapsed| Err(E::timed_out())),
-                None => f().await,
-            }
-        };
         let result = tokio::select! {
             biased;
             _ = cancel.cancelled() => return None,
-            r = attempt => r,
+            // In a block: `f` is called only if the token had not fired.
+            r = async { f().await } => r,
         };
         let err = match result {
             Ok(v) => {
@@ -118,7 +103,7 @@ pub(crate) async fn setup_call<T, Fut>(
 where
     Fut: Future<Output = Result<T, ApiError>>,
 {
-    let policy = Policy { cancel, timeout: None, backoff };
+    let policy = Policy { cancel, backoff };
     retry(policy, f, |err: &ApiError, delay, _| {
         tracing::warn!(error = %err, ?delay, "{what} failed; retrying");
         Retried::Again
@@ -140,6 +125,7 @@ mod tests {
     use std::cell::{Cell, RefCell};
 
     use super::*;
+    use crate::api::ApiErrorKind;
 
     const BASE: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(1);
@@ -152,7 +138,6 @@ mod tests {
     /// delays `on_retry` was told.
     async fn run(
         results: Vec<Result<u32, ApiError>>,
-        timeout: Option<Duration>,
         give_up_after: usize,
         cancel: &CancellationToken,
     ) -> (Option<Result<u32, ApiError>>, usize, Vec<Duration>) {
@@ -160,7 +145,7 @@ mod tests {
         let attempts = Cell::new(0);
         let mut delays = Vec::new();
         let mut backoff = Backoff::new(BASE, MAX);
-        let policy = Policy { cancel, timeout, backoff: &mut backoff };
+        let policy = Policy { cancel, backoff: &mut backoff };
         let answer = retry(
             policy,
             || {
@@ -169,7 +154,7 @@ mod tests {
                 async move {
                     match next {
                         Some(r) => r,
-                        None => std::future::pending().await, // hangs: only a timeout or a cancel ends it
+                        None => std::future::pending().await, // hangs: only a cancel ends it
                     }
                 }
             },
@@ -192,7 +177,7 @@ mod tests {
         let script =
             vec![Err(transient()), Err(transient()), Err(transient()), Err(transient()), Err(transient()), Ok(7)];
         let started = tokio::time::Instant::now();
-        let (answer, attempts, delays) = run(script, None, usize::MAX, &cancel).await;
+        let (answer, attempts, delays) = run(script, usize::MAX, &cancel).await;
         assert_eq!(answer.map(|r| r.ok()), Some(Some(7)));
         assert_eq!(attempts, 6);
         let ceilings = [100u64, 200, 400, 800, 1000].map(Duration::from_millis);
@@ -212,7 +197,7 @@ mod tests {
     async fn an_error_that_cannot_be_retried_is_returned_at_once() {
         let cancel = CancellationToken::new();
         let permanent = ApiError::new(ApiErrorKind::Permanent, Some("no".to_owned()));
-        let (answer, attempts, delays) = run(vec![Err(transient()), Err(permanent), Ok(1)], None, 9, &cancel).await;
+        let (answer, attempts, delays) = run(vec![Err(transient()), Err(permanent), Ok(1)], 9, &cancel).await;
         let err = answer.expect("not cancelled").expect_err("permanent");
         assert_eq!(err.kind(), ApiErrorKind::Permanent);
         assert_eq!((attempts, delays.len()), (2, 1));
@@ -221,41 +206,33 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_caller_may_give_up_on_a_retryable_error() {
         let cancel = CancellationToken::new();
-        let (answer, attempts, _) = run(vec![Err(transient()), Err(transient()), Ok(1)], None, 2, &cancel).await;
+        let (answer, attempts, _) = run(vec![Err(transient()), Err(transient()), Ok(1)], 2, &cancel).await;
         assert_eq!(answer.expect("not cancelled").expect_err("gave up").kind(), ApiErrorKind::Transient);
         assert_eq!(attempts, 2);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_timed_out_attempt_is_retried_and_the_backoff_resets_after_a_success() {
+    async fn the_backoff_resets_after_a_success() {
         let cancel = CancellationToken::new();
-        // The first attempt hangs (the script has nothing for it until the second).
-        let results = RefCell::new(vec![None, Some(Ok(3))].into_iter());
+        let results = RefCell::new(vec![Err(transient()), Ok(3)].into_iter());
         let mut backoff = Backoff::new(BASE, MAX);
         backoff.next_delay();
-        let policy = Policy { cancel: &cancel, timeout: Some(Duration::from_secs(2)), backoff: &mut backoff };
+        let policy = Policy { cancel: &cancel, backoff: &mut backoff };
         let mut told = Vec::new();
         let answer = retry(
             policy,
             || {
-                let next = results.borrow_mut().next().flatten();
-                async move {
-                    match next {
-                        Some(r) => r,
-                        None => std::future::pending().await,
-                    }
-                }
+                let next = results.borrow_mut().next();
+                async move { next.expect("scripted") }
             },
-            |e: &ApiError, _, attempt| {
-                told.push((e.to_string(), attempt));
+            |_: &ApiError, _, attempt| {
+                told.push(attempt);
                 Retried::Again
             },
         )
         .await;
         assert_eq!(answer.map(|r| r.ok()), Some(Some(3)));
-        assert_eq!(told.len(), 1);
-        assert!(told[0].0.contains("client-side timeout"), "{told:?}");
-        assert_eq!(told[0].1, 2, "the backoff's own count goes on");
+        assert_eq!(told, [2], "the backoff's own count goes on");
         assert_eq!(backoff.attempts(), 0, "reset after the success");
     }
 
@@ -268,11 +245,11 @@ mod tests {
             canceller.cancel();
         });
         // Hangs in its first attempt (no timeout): the cancel ends it.
-        let (answer, attempts, _) = run(Vec::new(), None, usize::MAX, &cancel).await;
+        let (answer, attempts, _) = run(Vec::new(), usize::MAX, &cancel).await;
         assert!(answer.is_none());
         assert_eq!(attempts, 1);
         // Already cancelled: no attempt at all.
-        let (answer, attempts, _) = run(vec![Ok(1)], None, usize::MAX, &cancel).await;
+        let (answer, attempts, _) = run(vec![Ok(1)], usize::MAX, &cancel).await;
         assert!(answer.is_none());
         assert_eq!(attempts, 0);
         // Cancelled while sleeping between attempts.
@@ -282,7 +259,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
             canceller.cancel();
         });
-        let (answer, attempts, delays) = run(vec![Err(transient()), Ok(1)], None, usize::MAX, &cancel).await;
+        let (answer, attempts, delays) = run(vec![Err(transient()), Ok(1)], usize::MAX, &cancel).await;
         assert!(answer.is_none());
         assert_eq!((attempts, delays.len()), (1, 1));
     }

@@ -243,7 +243,7 @@ impl CheckpointStore for LeaseStore {
         let mut backoff = Backoff::new(self.backoff.0, self.backoff.1);
         // No timeout of its own: a write is bounded by the lease's deadline. Retried until the lease is retired
         // (lost or released): then the shard stops at once, and the write is refused as fenced.
-        let policy = Policy { cancel: handle.retired(), timeout: None, backoff: &mut backoff };
+        let policy = Policy { cancel: handle.retired(), backoff: &mut backoff };
         let written = retry(
             policy,
             || handle.checkpoint(&checkpoint),

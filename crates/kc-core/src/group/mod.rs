@@ -150,7 +150,7 @@ impl<D: Deliver> Worker<'_, D> {
         let mut discovery = discovery::ticker(self.shared.cfg.discovery_interval);
         let mut watch = tokio::time::interval(self.cfg.watch_interval);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sentinel_check = tokio::time::interval(self.cfg.renew_interval / 2);
+        let mut sentinel_check = tokio::time::interval((self.cfg.renew_interval / 2).max(Duration::from_millis(1)));
         sentinel_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A live worker's sentinel changes at least every renew interval (plus a slow write).
         let stale_after = self.cfg.renew_interval.saturating_mul(3) / 2;

@@ -26,7 +26,7 @@ use crate::api::{
 use crate::backoff::Backoff;
 use crate::config::{Config, FanOutConfig};
 use crate::error::{Error, ErrorKind};
-use crate::retry::{setup_call as call, sleep, RetryError};
+use crate::retry::{setup_call as call, sleep};
 
 /// Kinesis accepts one SubscribeToShard per consumer and shard every 5 seconds.
 const RESUBSCRIBE_WINDOW: Duration = Duration::from_secs(5);

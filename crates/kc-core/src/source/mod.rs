@@ -119,7 +119,7 @@ impl Context {
     {
         let api = &self.api;
         let metrics = &self.metrics;
-        let policy = Policy { cancel: &self.cancel, timeout: None, backoff: &mut self.backoff };
+        let policy = Policy { cancel: &self.cancel, backoff: &mut self.backoff };
         retry(
             policy,
             || f(Arc::clone(api)),
