@@ -6,7 +6,7 @@
 //! Run by `cargo xtask bench` (which starts kinesalite and sets `KINESIS_ENDPOINT`); N = 100, 400, 1,000 (10 when run
 //! as a quick check by `cargo test --benches`). Records are put with spread partition keys, so each shard has about
 //! 10. Prints figures; asserts nothing about time. The second part (N = 1,000 to 10,000 on a server that
-//! answers at memory speed, CPU seconds and peak RSS) is not here yet.
+//! answers at memory speed, CPU seconds and peak RSS) is `memory_shards.rs`.
 
 #![allow(clippy::print_stdout, missing_docs)]
 
