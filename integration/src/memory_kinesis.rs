@@ -415,7 +415,7 @@ mod tests {
             .await;
         assert!(unknown.is_err(), "no shard 2500");
         let calls = server.calls();
-        assert_eq!(calls["GetRecords"], 10);
+        assert_eq!(calls["GetRecords"], 9);
         assert_eq!(calls["Other"], 0);
     }
 }
