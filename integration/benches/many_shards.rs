@@ -6,21 +6,17 @@
 //! Run by `cargo xtask bench` (which starts kinesalite and sets `KINESIS_ENDPOINT`); N = 100, 400, 1,000 (10 when run
 //! as a quick check by `cargo test --benches`). Records are put with spread partition keys, so each shard has about
 //! 10. Prints figures; asserts nothing about time. The second part (N = 1,000 to 10,000 on a server that
-//! answers at memory speed, CPU seconds and peak RSS) is not here yet.
+//! answers at memory speed, CPU seconds and peak RSS) is `memory_shards.rs`.
 
 #![allow(clippy::print_stdout, missing_docs)]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
-use kc_integration::{observed, Observed};
+use kc_integration::{bare, observed, Observed};
 use kc_test_support::check::quick_bench;
 use kc_test_support::time_scan;
 use kinesis_consumer::{Consumer, InitialPosition, MemoryStore, Outcome, Record};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 /// The bare loop's concurrency (the script ran 16 threads).
 const BARE_CONCURRENCY: usize = 16;
@@ -32,62 +28,10 @@ const IDLE_WINDOW: Duration = Duration::from_secs(10);
 /// The consumer's default call timeout (less a little: the timer is not exact).
 const CALL_TIMEOUT: Duration = Duration::from_millis(9_900);
 
-/// Every shard's id, following NextToken.
-async fn shard_ids(client: &aws_sdk_kinesis::Client, stream: &str) -> Vec<String> {
-    let mut ids = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let request = match &token {
-            Some(t) => client.list_shards().next_token(t),
-            None => client.list_shards().stream_name(stream),
-        };
-        let page = request.send().await.expect("ListShards");
-        ids.extend(page.shards().iter().map(|s| s.shard_id().to_owned()));
-        match page.next_token {
-            Some(next) => token = Some(next),
-            None => return ids,
-        }
-    }
-}
-
-/// The bare loop: `BARE_CONCURRENCY` shards at a time, each GetShardIterator at TRIM_HORIZON then GetRecords until an
-/// empty answer; the time until `records` were read.
+/// The bare loop (`kc_integration::bare`), `BARE_CONCURRENCY` shards at a time: the time until `records` were read.
 async fn bare_sdk(client: &aws_sdk_kinesis::Client, stream: &str, shards: &[String], records: usize) -> Duration {
     let start = Instant::now();
-    let permits = Arc::new(Semaphore::new(BARE_CONCURRENCY));
-    let mut tasks = JoinSet::new();
-    for shard in shards {
-        let (client, stream, shard, permits) = (client.clone(), stream.to_owned(), shard.clone(), Arc::clone(&permits));
-        tasks.spawn(async move {
-            let _permit = permits.acquire().await.expect("semaphore");
-            let mut it = client
-                .get_shard_iterator()
-                .stream_name(&stream)
-                .shard_id(&shard)
-                .shard_iterator_type(ShardIteratorType::TrimHorizon)
-                .send()
-                .await
-                .expect("GetShardIterator")
-                .shard_iterator
-                .expect("iterator");
-            let mut seen = 0;
-            loop {
-                let out = client.get_records().shard_iterator(&it).limit(10_000).send().await.expect("GetRecords");
-                for r in &out.records {
-                    std::hint::black_box(r.data.as_ref());
-                }
-                seen += out.records.len();
-                match out.next_shard_iterator {
-                    Some(next) if !out.records.is_empty() => it = next,
-                    _ => return seen,
-                }
-            }
-        });
-    }
-    let mut seen = 0;
-    while let Some(read) = tasks.join_next().await {
-        seen += read.expect("bare loop task");
-    }
+    let seen = bare::drain(client, stream, shards, BARE_CONCURRENCY).await;
     assert_eq!(seen, records, "the bare loop read every record");
     start.elapsed()
 }
@@ -161,7 +105,7 @@ async fn main() {
         let records = n * RECORDS_PER_SHARD;
         let entries: Vec<(String, Bytes)> = (0..records).map(|i| (format!("k{i}"), payload.clone())).collect();
         kc_examples::put_all(&client, &stream, entries).await.expect("put");
-        let ids = shard_ids(&client, &stream).await;
+        let ids = bare::shard_ids(&client, &stream).await;
         let bare = bare_sdk(&client, &stream, &ids, records).await;
         let (ours, timeouts) = consumer(&client, &stream, records).await;
         let idle = idle_calls(&client, &stream, n).await;

@@ -8,14 +8,17 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 
+pub mod bare;
 pub mod ddb;
 pub mod fault_proxy;
 pub mod hold_proxy;
+pub mod memory_kinesis;
 pub mod observed;
 pub mod report;
 pub mod sql;
 pub use fault_proxy::{Fault, FaultCounts, FaultPlan, FaultProxy, SplitMix64};
 pub use hold_proxy::HoldProxy;
+pub use memory_kinesis::MemoryKinesis;
 pub use observed::Observed;
 // The helpers these tests share with kc-core's tests and xtask live once, in kc-test-support; re-exported under the
 // names the tests have always used.

@@ -28,6 +28,8 @@ const BENCHES: &[Bench] = &[
     Bench { package: "kc-integration", bench: Some("vs_sdk"), features: &[], needs_kinesalite: true, needs_kinesis_local: false },
     // Issue 13: N = 100, 400, 1,000 shards, the consumer next to a bare SDK loop; idle calls per shard.
     Bench { package: "kc-integration", bench: Some("many_shards"), features: &[], needs_kinesalite: true, needs_kinesis_local: false },
+    // Issue 13 at memory speed: N = 1,000, 4,000, 10,000 shards on a server of its own; CPU seconds and peak RSS.
+    Bench { package: "kc-integration", bench: Some("memory_shards"), features: &[], needs_kinesalite: false, needs_kinesis_local: false },
     Bench { package: "kc-integration", bench: Some("stores"), features: &[], needs_kinesalite: true, needs_kinesis_local: false },
     // 16 workers x 4,096 leases over the in-process fake Kinesis, against PostgreSQL, MariaDB and dynalite.
     Bench { package: "kc-integration", bench: Some("group"), features: &[], needs_kinesalite: true, needs_kinesis_local: false },
