@@ -270,8 +270,11 @@ async fn main() {
         );
         let detail: Vec<String> =
             f.per_call.iter().map(|(what, r)| format!("{} {r:.0}", what.trim_start_matches("lease table "))).collect();
+        // Leases read: a listing returns every lease of the scope, a `get` one (the change marker or a sentinel).
+        let rate = |what: &str| f.per_call.get(what).copied().unwrap_or(0.0);
+        let read = rate("lease table list") * shards as f64 + rate("lease table get");
         println!(
-            "    steady state: {:.0} lease-table calls/s ({}), CPU per worker {:.1}% of a core",
+            "    steady state: {:.0} lease-table calls/s ({}), {read:.0} leases read/s, CPU per worker {:.1}% of a core",
             f.calls_per_s,
             detail.join(", "),
             f.cpu_per_worker * 100.0

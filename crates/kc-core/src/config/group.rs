@@ -54,8 +54,8 @@ const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// - **Taking**, every take interval (and at once when another worker bumped the group's change marker, below;
 ///   after a renew interval while the group settles: this worker took leases or waits for a handoff; when the
 ///   shards' listing has shards without a lease). A take cycle lists every lease of the scope. Between take cycles,
-///   every half renew interval, a worker reads one lease of each other worker (its *sentinel*, one `get` each)
-///   instead: a live worker renews its leases every renew interval, so a sentinel unchanged for one and a half renew
+///   every quarter renew interval, a worker reads one lease of each other worker (its *sentinel*, one `get` each)
+///   instead: a live worker renews its leases every renew interval, so a sentinel unchanged for one and a quarter renew
 ///   intervals makes a take cycle list the leases, and the first deadline of that worker's leases (a lease duration
 ///   after their counters were first seen) schedules the cycle that takes them: a failed worker's leases are taken
 ///   about one and a half lease durations after its last renewal (the suspicion, then a lease duration to judge

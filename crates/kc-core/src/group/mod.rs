@@ -141,7 +141,7 @@ impl<D: Deliver> Worker<'_, D> {
         }
         info!(shards = self.listing.len(), "shards listed; joining the group");
         // Full cycles (taking and balancing) every take interval, and at once when another worker bumped the change
-        // marker (it released or created leases, or asked for some). In between, every half renew interval, one
+        // marker (it released or created leases, or asked for some). In between, every quarter renew interval, one
         // lease of each other worker is read (`sentinel.rs`); a take cycle lists every lease only when one of them
         // was not renewed lately (a worker may have failed: its leases' deadlines then schedule the cycles that take
         // them) or changed hands, or when the shards' listing has shards without a lease.
@@ -150,10 +150,11 @@ impl<D: Deliver> Worker<'_, D> {
         let mut discovery = discovery::ticker(self.shared.cfg.discovery_interval);
         let mut watch = tokio::time::interval(self.cfg.watch_interval);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sentinel_check = tokio::time::interval((self.cfg.renew_interval / 2).max(Duration::from_millis(1)));
+        let mut sentinel_check = tokio::time::interval((self.cfg.renew_interval / 4).max(Duration::from_millis(1)));
         sentinel_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // A live worker's sentinel changes at least every renew interval (plus a slow write).
-        let stale_after = self.cfg.renew_interval.saturating_mul(3) / 2;
+        // A live worker's sentinel changes every renew interval plus the write's time (its renew loop sleeps the
+        // interval after each write): a quarter more is late. A wrong suspicion costs one listing.
+        let stale_after = self.cfg.renew_interval.saturating_mul(5) / 4;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return Ok(()),
