@@ -8,6 +8,7 @@
 
 mod bench;
 mod ci;
+mod codegen;
 mod databases;
 mod demo;
 mod emulators;
@@ -42,6 +43,8 @@ Commands:
                 `cargo test`, e.g. `cargo xtask integration -- --test kinesalite -- --nocapture`.
   ci            What CI runs, stopping at the first failure: fmt, clippy, unit and doc tests,
                 integration, rustdoc, cargo-deny (bans, licenses, sources). Prints a timing table.
+  codegen       Generate kc-deagg's prost types (crates/kc-deagg/src/kpl_generated.rs) from its .proto with a
+                vendored protoc; a test fails when the checked-in file is stale.
   fuzz          Fuzz kc-deagg's decoder for a bounded time (`-- SECONDS`, default 60); installs cargo-fuzz
                 if missing. Not part of `ci`.
   reliability   Start the servers as `integration` does and run only integration/tests/reliability.rs
@@ -66,6 +69,7 @@ enum Task {
     Demo,
     Integration { extra: Vec<String> },
     Ci,
+    Codegen,
     Bench { extra: Vec<String> },
     Fuzz { extra: Vec<String> },
     Reliability { extra: Vec<String> },
@@ -96,6 +100,7 @@ fn parse_args(args: &[String]) -> Result<Task> {
         "kinesis-local" => no_extra(Task::Serve(&emulators::KINESIS_LOCAL)),
         "demo" => no_extra(Task::Demo),
         "ci" => no_extra(Task::Ci),
+        "codegen" => no_extra(Task::Codegen),
         "integration" => Ok(Task::Integration { extra: extra.unwrap_or_default() }),
         "bench" => Ok(Task::Bench { extra: extra.unwrap_or_default() }),
         "fuzz" => Ok(Task::Fuzz { extra: extra.unwrap_or_default() }),
@@ -131,6 +136,7 @@ fn run() -> Result<()> {
         Task::Demo => demo::run(&sh),
         Task::Integration { extra } => integration::run(&sh, &extra),
         Task::Ci => ci::run(&sh),
+        Task::Codegen => codegen::run(&project_root()),
         Task::Bench { extra } => bench::run(&sh, &extra),
         Task::Fuzz { extra } => fuzz::run(&sh, &extra),
         Task::Reliability { extra } => reliability::run(&sh, &extra),

@@ -85,8 +85,9 @@
 //! The decoder is a hand-rolled protobuf reader (`src/wire.rs`), not the code prost generates: prost's decoder
 //! would copy every key into a `String` and every table into a `Vec<String>`, and would not check `required` fields,
 //! while this one keeps offsets only, and reads the whole aggregate in one pass after the digest. The types
-//! `prost-build` generates from `proto/kpl_aggregation.proto` (with a vendored `protoc`, in `build.rs`) are the
-//! reference the tests hold the hand-rolled reader and the [`Aggregator`] to.
+//! `prost-build` generates from `proto/kpl_aggregation.proto` (`src/kpl_generated.rs`, written by `cargo xtask codegen`
+//! with a vendored `protoc` and checked in, so that building the crate compiles neither prost-build nor protoc) are
+//! the reference the tests hold the hand-rolled reader and the [`Aggregator`] to.
 //!
 //! Decoding costs little beyond the MD5 digest it has to compute: `cargo bench -p kc-deagg` prints both.
 //!
