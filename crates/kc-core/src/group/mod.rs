@@ -357,7 +357,8 @@ impl<D: Deliver> Worker<'_, D> {
 
     /// One take cycle (with balancing when `full`). Returns whether the next full cycle should come soon (after a
     /// renew interval): leases were taken (the group is still settling), a handoff this worker asked for is pending,
-    /// or the lease table could not be read; and when the first lease of another worker expires if not renewed.
+    /// or the lease table could not be read; and when the next cycle is due at the latest: the first deadline of a
+    /// suspected worker's leases, or one watch interval on when a take was missed.
     async fn take_cycle(&mut self, full: bool) -> Result<(bool, Option<Instant>), Error> {
         let mut leases = match self.table.list(&self.scope).await {
             Ok(leases) => leases,
@@ -401,6 +402,9 @@ impl<D: Deliver> Worker<'_, D> {
         // A few takes at a time: a worker taking over a failed worker's share (or joining) does not wait a round
         // trip per lease; every call is awaited (a take applied but not seen would leave its lease to expire).
         let took = !plan.take.is_empty();
+        // A take that another worker won (several take a failed worker's leases at once) or that failed: this worker
+        // is still below its share, the next cycle comes soon rather than after a renew interval.
+        let mut missed = false;
         let mut to_take = plan.take.into_iter();
         while !self.stop.is_cancelled() {
             let batch: Vec<(String, u64)> = to_take.by_ref().take(TAKES_IN_FLIGHT).collect();
@@ -412,7 +416,7 @@ impl<D: Deliver> Worker<'_, D> {
                 batch.iter().map(|(id, counter)| self.table.take(&self.scope, id, *counter, &self.cfg.worker_id));
             let results = futures_util::future::join_all(calls).await;
             for ((shard_id, _), result) in batch.iter().zip(results) {
-                self.taken(shard_id, result, started, &leases)?;
+                missed |= !self.taken(shard_id, result, started, &leases)?;
             }
         }
         // The owner side of requests made by others: renew those leases now, which finds the request and starts the
@@ -440,31 +444,34 @@ impl<D: Deliver> Worker<'_, D> {
             self.changes.bump().await;
         }
         self.last_leases = leases;
-        Ok((took || requested || plan.request_pending, plan.next_expiry))
+        let soon = missed.then(|| Instant::now() + self.cfg.watch_interval);
+        let next = [plan.next_expiry, soon].into_iter().flatten().min();
+        Ok((took || requested || plan.request_pending, next))
     }
 
-    /// What a take of `shard_id` (sent at `started`) answered: the shard starts, or the lease stays with others.
+    /// What a take of `shard_id` (sent at `started`) answered: the shard starts (true), or the lease stays with others
+    /// (another worker took it first, or the call failed).
     fn taken(
         &mut self,
         shard_id: &str,
         result: Result<Lease, kc_checkpoint::Error>,
         started: Instant,
         leases: &[Lease],
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         match result {
             Ok(lease) => {
                 let previous = leases.iter().find(|l| l.shard_id == shard_id).and_then(|l| l.owner.clone());
                 info!(shard = %shard_id, from = ?previous, "lease taken");
                 self.start(lease, started, leases);
-                Ok(())
+                Ok(true)
             }
             Err(e) if e.kind() == StoreErrorKind::Fenced => {
                 debug!(shard = %shard_id, "lease changed; not taken");
-                Ok(())
+                Ok(false)
             }
             Err(e) if e.is_retryable() => {
                 warn!(shard = %shard_id, error = %e, "taking a lease failed");
-                Ok(())
+                Ok(false)
             }
             Err(e) => Err(lease_error("taking a lease", e)),
         }
