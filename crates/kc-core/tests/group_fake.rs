@@ -457,6 +457,36 @@ async fn a_steady_group_lists_the_leases_once_per_take_interval_and_a_crashed_wo
 }
 
 #[tokio::test(start_paused = true)]
+async fn in_a_larger_group_a_crashed_worker_noticed_by_its_watchers_is_taken_over_by_all() {
+    // Six workers: each watches two others (a ring), so the crash is noticed by two, who tell the rest through the
+    // change marker; the live workers take the crashed worker's leases (each up to its share; balancing evens them
+    // out afterwards).
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 36);
+    let table = MemoryLeaseTable::new();
+    let seen = Seen::default();
+    let producer = produce(&fake, 800, "c", Duration::from_millis(100));
+    let mut workers: Vec<Worker> = (1..=6).map(|i| start(&fake, table.clone(), &format!("w{i}"), &seen)).collect();
+    wait_until("6 each", || async { spread(&table).await == [6; 6] }).await;
+    tokio::time::sleep(LEASE * 2).await;
+    let crashed_at = Instant::now();
+    workers.remove(2).task.abort();
+    wait_until("w3's leases taken over", || async {
+        leases(&table).await.iter().all(|l| l.owner.is_some() && l.owner.as_deref() != Some("w3"))
+    })
+    .await;
+    let taken_over = crashed_at.elapsed();
+    eprintln!("crashed worker among six: its leases taken over after {taken_over:?}");
+    assert!(taken_over <= LEASE * 2, "taken over within two lease durations: {taken_over:?}");
+    let produced = producer.await.expect("producer");
+    wait_until("every record", || async { seen.distinct() == produced.len() }).await;
+    seen.assert_all_handled(&produced);
+    for w in workers {
+        w.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn shard_ends_in_a_group_make_no_listing_per_shard() {
     for hidden in [false, true] {
         shard_ends_without_listings(hidden).await;

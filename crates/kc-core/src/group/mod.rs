@@ -79,6 +79,7 @@ pub(crate) async fn run<D: Deliver>(
             sentinels: Sentinels::default(),
             last_leases: Vec::new(),
             created: false,
+            suspected: false,
             ended_here: HashSet::new(),
             listing: Vec::new(),
             // On the grid of the leases' creation stamps (whole milliseconds), so that a lease this worker creates
@@ -126,6 +127,8 @@ struct Worker<'a, D> {
     last_leases: Vec<Lease>,
     /// Leases were created since the marker was last bumped: the others take their share at once.
     created: bool,
+    /// A watched worker looked failed: after the next listing the marker is bumped, so that every worker looks.
+    suspected: bool,
     ended_here: HashSet<String>,
     listing: Vec<ShardInfo>,
     /// When this worker started: where a shard taken over without a checkpoint starts under `Latest`.
@@ -160,12 +163,13 @@ impl<D: Deliver> Worker<'_, D> {
                 _ = self.stop.cancelled() => return Ok(()),
                 _ = tokio::time::sleep_until(next_take) => {
                     let full = Instant::now() >= next_full;
-                    self.cycle(full, &mut next_take, &mut next_full).await?;
+                    self.cycle(full, false, &mut next_take, &mut next_full).await?;
                 }
                 _ = watch.tick() => {
                     if !self.stop.is_cancelled() && self.changes.changed().await {
                         debug!("the group changed; take cycle");
-                        self.cycle(true, &mut next_take, &mut next_full).await?;
+                        // Watching every owner's deadlines this once: the change may be another worker's suspicion.
+                        self.cycle(true, true, &mut next_take, &mut next_full).await?;
                     }
                 }
                 _ = sentinel_check.tick() => {
@@ -178,6 +182,8 @@ impl<D: Deliver> Worker<'_, D> {
                         Check::Stale(workers) => {
                             info!(?workers, "no renewal seen from these workers lately; looking at their leases");
                             next_take = Instant::now();
+                            // The others watch other workers: tell them to look too (after this worker's listing).
+                            self.suspected = true;
                         }
                     }
                 }
@@ -215,10 +221,16 @@ impl<D: Deliver> Worker<'_, D> {
     }
 
     /// A take cycle, then when the next ones come.
-    async fn cycle(&mut self, full: bool, next_take: &mut Instant, next_full: &mut Instant) -> Result<(), Error> {
+    async fn cycle(
+        &mut self,
+        full: bool,
+        watch_all: bool,
+        next_take: &mut Instant,
+        next_full: &mut Instant,
+    ) -> Result<(), Error> {
         // Not abandoned on a stop (a take applied but not seen would leave a lease to expire instead of being
         // released): the cycle looks at the stop between its calls, each bounded by the store timeout.
-        let (pending, next_expiry) = self.take_cycle(full).await?;
+        let (pending, next_expiry) = self.take_cycle(full, watch_all).await?;
         let now = Instant::now();
         if full {
             *next_full = now + if pending { self.cfg.renew_interval } else { self.cfg.take_interval };
@@ -359,7 +371,7 @@ impl<D: Deliver> Worker<'_, D> {
     /// renew interval): leases were taken (the group is still settling), a handoff this worker asked for is pending,
     /// or the lease table could not be read; and when the next cycle is due at the latest: the first deadline of a
     /// suspected worker's leases, or one watch interval on when a take was missed.
-    async fn take_cycle(&mut self, full: bool) -> Result<(bool, Option<Instant>), Error> {
+    async fn take_cycle(&mut self, full: bool, watch_all: bool) -> Result<(bool, Option<Instant>), Error> {
         let mut leases = match self.table.list(&self.scope).await {
             Ok(leases) => leases,
             Err(e) if e.is_retryable() => {
@@ -382,7 +394,11 @@ impl<D: Deliver> Worker<'_, D> {
         self.expiry.observe(&leases, now);
         self.sentinels.choose(&leases, &self.expiry, now, self.cfg.lease_duration, &self.cfg.worker_id);
         let held: HashSet<String> = self.held.keys().cloned().collect();
-        let watched: HashSet<String> = self.sentinels.suspects().map(str::to_owned).collect();
+        let watched: HashSet<String> = if watch_all {
+            leases.iter().filter_map(|l| l.owner.clone()).collect()
+        } else {
+            self.sentinels.suspects().map(str::to_owned).collect()
+        };
         let me = Me {
             id: &self.cfg.worker_id,
             held: &held,
@@ -440,7 +456,7 @@ impl<D: Deliver> Worker<'_, D> {
                 Err(e) => warn!(shard = %shard_id, error = %e, "asking for a lease failed"),
             }
         }
-        if requested || std::mem::take(&mut self.created) {
+        if requested || std::mem::take(&mut self.created) || std::mem::take(&mut self.suspected) {
             self.changes.bump().await;
         }
         self.last_leases = leases;

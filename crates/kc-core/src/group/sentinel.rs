@@ -1,15 +1,21 @@
-//! Between take cycles, a worker watches the others through one lease of each (its **sentinel**), read with `get`,
-//! instead of listing every lease: a live worker renews each of its leases every renew interval, so a sentinel whose
-//! counter stays the same for longer points at a worker that may have failed, and only then is the whole scope
+//! Between take cycles, a worker watches a few others through one lease of each (its **sentinel**), read with
+//! `get`, instead of listing every lease: a live worker renews each of its leases every renew interval, so a sentinel
+//! whose counter stays the same for longer points at a worker that may have failed, and only then is the whole scope
 //! listed (a take cycle, which judges every lease's expiry). A sentinel that changed owner, finished or went away
-//! asks for a take cycle too. So a group in a steady state reads, per check, one lease per other worker, and lists
-//! every lease only on its take interval (and on the change marker, new shards, or a suspect).
+//! asks for a take cycle too.
+//!
+//! The watchers form a ring: the owners sorted by id, each worker watches the [`WATCHED`] owners after it (wrapping),
+//! so every owner is watched by that many others whatever the group's size, and a check costs a worker [`WATCHED`]
+//! reads. A worker that finds a stale sentinel lists the leases and bumps the group's change marker; the others then
+//! list too, and for that one cycle watch the deadlines of every owner's leases, so they all take the failed worker's
+//! leases at about the same time. So a group in a steady state reads, per check and worker, a constant number of
+//! leases, and lists every lease only on its take interval (and on the change marker, new shards, or a suspect).
 //!
 //! A lease that expires while its owner lives (its renewals failed for a lease duration, so the owner let it go
 //! without a release) is not seen by the sentinels unless it is one: it is taken by the next full take cycle, within
 //! the take interval plus a lease duration.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use kc_checkpoint::lease::{Lease, LeaseScope, LeaseTable};
@@ -17,6 +23,9 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::plan::Expiry;
+
+/// How many other owners each worker watches (the ones after it in the ring of owners sorted by id).
+pub(crate) const WATCHED: usize = 2;
 
 #[derive(Debug)]
 struct Sentinel {
@@ -41,19 +50,29 @@ pub(crate) enum Check {
     Stale(Vec<String>),
 }
 
-/// One sentinel per other worker that holds unexpired leases.
+/// One sentinel per watched worker.
 #[derive(Debug, Default)]
 pub(crate) struct Sentinels {
     by_worker: HashMap<String, Sentinel>,
 }
 
 impl Sentinels {
-    /// After a listing of every lease: one unfinished, unexpired lease per other owner. A worker's sentinel is kept
-    /// while that worker still owns it (with when its counter was first seen, and whether it was reported).
+    /// After a listing of every lease: one unfinished, unexpired lease of each of the [`WATCHED`] owners after `me`
+    /// in the ring. A worker's sentinel is kept while that worker still owns it (with when its counter was first seen,
+    /// and whether it was reported).
     pub(crate) fn choose(&mut self, leases: &[Lease], expiry: &Expiry, now: Instant, duration: Duration, me: &str) {
+        let live = |l: &&Lease| !l.is_finished() && !expiry.expired(l, now, duration);
+        let owners: BTreeSet<&str> =
+            leases.iter().filter(live).filter_map(|l| l.owner.as_deref()).filter(|o| *o != me).collect();
+        let watched: Vec<&str> = owners
+            .range::<str, _>((std::ops::Bound::Excluded(me), std::ops::Bound::Unbounded))
+            .chain(&owners)
+            .copied()
+            .take(WATCHED)
+            .collect();
         let mut chosen: HashMap<String, Sentinel> = HashMap::new();
-        for lease in leases.iter().filter(|l| !l.is_finished() && !expiry.expired(l, now, duration)) {
-            let Some(owner) = lease.owner.as_deref().filter(|o| *o != me) else { continue };
+        for lease in leases.iter().filter(live) {
+            let Some(owner) = lease.owner.as_deref().filter(|o| watched.contains(o)) else { continue };
             let since = expiry.deadline(lease, duration).map_or(now, |deadline| deadline - duration);
             match (chosen.get(owner), self.by_worker.get(owner)) {
                 // This owner's sentinel so far is still its lease: keep it.
@@ -143,6 +162,22 @@ mod tests {
         expiry.observe(&leases, Instant::now());
         sentinels.choose(&leases, &expiry, Instant::now(), D, "w1");
         assert_eq!(sentinels.len(), 2, "w2 and w3, not this worker nor the free lease");
+        // In a ring of five owners, each watches the two after it.
+        let ring: Vec<Lease> = ["w1", "w2", "w3", "w4", "w5"]
+            .iter()
+            .map(|w| Lease::new(format!("s-{w}"), Some((*w).to_owned()), 1, None, Vec::new()))
+            .collect();
+        let mut e = Expiry::default();
+        e.observe(&ring, Instant::now());
+        for (me, want) in [("w1", ["w2", "w3"]), ("w4", ["w5", "w1"]), ("w5", ["w1", "w2"])] {
+            let mut s = Sentinels::default();
+            s.choose(&ring, &e, Instant::now(), D, me);
+            let mut watched: Vec<&str> = s.by_worker.keys().map(String::as_str).collect();
+            watched.sort_unstable();
+            let mut want = want.to_vec();
+            want.sort_unstable();
+            assert_eq!(watched, want, "{me}");
+        }
         let stale_after = Duration::from_secs(5);
         assert_eq!(sentinels.check(&table, &scope, stale_after).await, Check::Quiet);
 
