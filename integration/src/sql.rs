@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kc_checkpoint::test_util::store_suite::{Capabilities, StoreBackend};
 use kinesis_consumer::checkpoint::{Checkpoint, CheckpointStore, Error, ErrorKind, SequenceNumber, ShardKey};
-use kinesis_consumer::mysql::MySqlStore;
+use kinesis_consumer::mysql::{MySqlStore, MAX_SEQUENCE_DIGITS};
 use kinesis_consumer::postgres::PostgresStore;
 use sqlx::pool::PoolOptions;
 use sqlx::{Database, MySql, Pool, Postgres};
@@ -123,6 +123,23 @@ macro_rules! sql_store {
 sql_store!(PostgresStore, Postgres, "PostgreSQL", "DATABASE_URL_POSTGRES", postgres_url, count: "SELECT count(*) FROM {table}");
 sql_store!(MySqlStore, MySql, "MySQL", "DATABASE_URL_MYSQL", mysql_url,
     count: "SELECT CAST(count(*) AS SIGNED) FROM {table}");
+
+/// What the PostgreSQL store supports in the conformance suite (tests/postgres.rs, tests/tls.rs).
+pub fn postgres_capabilities() -> Capabilities {
+    // sub_sequence_number is a bigint.
+    let max_sub = u64::try_from(i64::MAX).expect("i64::MAX fits u64");
+    Capabilities::new().breakable(true).background_flush(true).table_names(true).max_sub_sequence(max_sub)
+}
+
+/// What the MySQL store supports in the conformance suite (tests/mysql.rs, tests/tls.rs).
+pub fn mysql_capabilities() -> Capabilities {
+    // sequence_number is a DECIMAL(65,0); sub_sequence_number a bigint unsigned (any u64).
+    Capabilities::new()
+        .breakable(true)
+        .background_flush(true)
+        .table_names(true)
+        .max_sequence_digits(MAX_SEQUENCE_DIGITS)
+}
 
 /// A pool with room for the suite's concurrent stores; a generous acquire timeout, so that a loaded machine makes
 /// tests slower, not failed.

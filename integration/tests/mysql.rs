@@ -8,19 +8,14 @@ use kc_checkpoint::test_util::store_suite::{self, Capabilities};
 use kc_integration::sql::{self, at, at_sub, drop_table, key, new_table, pool, stored, SuiteBackend, BIG};
 use kc_integration::{mysql_url, unique_table};
 use kinesis_consumer::checkpoint::{Checkpoint, CheckpointStore, ErrorKind};
-use kinesis_consumer::mysql::{MySqlStore, MAX_SEQUENCE_DIGITS};
+use kinesis_consumer::mysql::MySqlStore;
 use sqlx::mysql::MySqlPoolOptions;
 
 /// The store under test (see `kc_integration::sql` for what both SQL stores' tests share).
 type Store = MySqlStore;
 
 fn capabilities() -> Capabilities {
-    // sequence_number is a DECIMAL(65,0); sub_sequence_number a bigint unsigned (any u64).
-    Capabilities::new()
-        .breakable(true)
-        .background_flush(true)
-        .table_names(true)
-        .max_sequence_digits(MAX_SEQUENCE_DIGITS)
+    sql::mysql_capabilities()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

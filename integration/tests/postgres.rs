@@ -16,9 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 type Store = PostgresStore;
 
 fn capabilities() -> Capabilities {
-    // sub_sequence_number is a bigint.
-    let max_sub = u64::try_from(i64::MAX).expect("i64::MAX fits u64");
-    Capabilities::new().breakable(true).background_flush(true).table_names(true).max_sub_sequence(max_sub)
+    sql::postgres_capabilities()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

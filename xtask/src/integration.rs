@@ -7,10 +7,11 @@ use crate::{
     cargo, databases, emulator_aws_env,
     emulators::{self, DYNALITE, KINESALITE, KINESIS_LOCAL},
     target_dir,
+    tls_databases::TlsDatabases,
 };
 
-/// Starts the emulators, checks the databases, runs `cargo test -p kc-integration <extra>`,
-/// and stops the emulators again (also when the tests fail).
+/// Starts the emulators and the TLS-only databases, checks the databases, runs `cargo test -p kc-integration
+/// <extra>`, and stops the emulators and the TLS-only databases again (also when the tests fail).
 pub(crate) fn run(sh: &Shell, extra: &[String]) -> Result<()> {
     run_with(sh, extra, &[])
 }
@@ -27,6 +28,8 @@ pub(crate) fn run_with(sh: &Shell, extra: &[String], more_env: &[(&str, String)]
     let dynalite = emulators::start(&DYNALITE)?;
     // Enhanced fan-out (tests/fan_out.rs): kinesalite has no SubscribeToShard.
     let kinesis_local = emulators::start(&KINESIS_LOCAL)?;
+    // tests/tls.rs: a second PostgreSQL and MariaDB that require TLS, removed when this returns.
+    let tls_databases = TlsDatabases::start()?;
 
     let env = [
         ("KINESIS_ENDPOINT", kinesalite.endpoint()),
@@ -38,7 +41,7 @@ pub(crate) fn run_with(sh: &Shell, extra: &[String], more_env: &[(&str, String)]
         // Where `require('kinesalite')` works: tests/reliability.rs starts, kills and restarts its own kinesalite.
         ("KC_EMULATORS_DIR", emulators::emulators_dir().display().to_string()),
     ];
-    let env: Vec<(&str, String)> = env.into_iter().chain(more_env.iter().cloned()).collect();
+    let env: Vec<(&str, String)> = env.into_iter().chain(tls_databases.env()).chain(more_env.iter().cloned()).collect();
     println!("running the integration tests with:");
     for (key, value) in &env {
         println!("  {key}={value}");

@@ -15,6 +15,7 @@ mod emulators;
 mod fuzz;
 mod integration;
 mod reliability;
+mod tls_databases;
 
 use std::{
     path::{Path, PathBuf},
@@ -37,9 +38,11 @@ Commands:
   demo          Build the examples, produce examples/users.txt into kinesalite with `producer`,
                 read it back with `consumer` (TRIM_HORIZON), stop it with SIGINT, check every line.
   integration   Start kinesalite, dynalite and kinesis-local, make sure PostgreSQL (5432) and MariaDB (3306) are up,
-                then `cargo test -p kc-integration` with KINESIS_ENDPOINT, DYNAMODB_ENDPOINT,
-                KINESIS_LOCAL_ENDPOINT,
-                DATABASE_URL_POSTGRES and DATABASE_URL_MYSQL set. Arguments after `--` go to
+                start a second PostgreSQL and MariaDB that require TLS (temporary folders, a throwaway CA made
+                with `openssl`, free 127.0.0.1 ports; removed afterwards), then `cargo test -p kc-integration`
+                with KINESIS_ENDPOINT, DYNAMODB_ENDPOINT, KINESIS_LOCAL_ENDPOINT,
+                DATABASE_URL_POSTGRES, DATABASE_URL_MYSQL, DATABASE_URL_POSTGRES_TLS, DATABASE_URL_MYSQL_TLS,
+                KC_TLS_CA and KC_TLS_OTHER_CA set. Arguments after `--` go to
                 `cargo test`, e.g. `cargo xtask integration -- --test kinesalite -- --nocapture`.
   ci            What CI runs, stopping at the first failure: fmt, clippy, unit and doc tests,
                 integration, rustdoc, cargo-deny (bans, licenses, sources). Prints a timing table.

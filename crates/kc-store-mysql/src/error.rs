@@ -50,6 +50,7 @@ fn number(err: &sqlx::Error) -> Option<u16> {
 
 fn kind_of(err: &sqlx::Error) -> ErrorKind {
     match err {
+        sqlx::Error::Io(io) if tls_refused(io) => ErrorKind::Permanent,
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_) => {
             ErrorKind::Transient
         }
@@ -66,9 +67,32 @@ fn kind_of(err: &sqlx::Error) -> ErrorKind {
     }
 }
 
+/// Whether `io` is the TLS handshake refusing the server (rustls's error inside sqlx's IO error): its certificate
+/// (another CA, another host name, expired, none), or nothing in common (protocol versions, cipher suites). The same
+/// server gives the same answer, so this is `Permanent`: a retry cannot fix it, a person must (the CA, the URL).
+#[cfg(feature = "tls")]
+fn tls_refused(io: &std::io::Error) -> bool {
+    use rustls::Error as Tls;
+    io.get_ref().and_then(|e| e.downcast_ref::<Tls>()).is_some_and(|e| {
+        matches!(e, Tls::InvalidCertificate(_) | Tls::NoCertificatesPresented | Tls::PeerIncompatible(_))
+    })
+}
+
+/// Without TLS there is no handshake to refuse.
+#[cfg(not(feature = "tls"))]
+fn tls_refused(_: &std::io::Error) -> bool {
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A TLS error as sqlx reports it: rustls's error inside an IO error.
+    #[cfg(feature = "tls")]
+    fn refused(err: rustls::Error) -> sqlx::Error {
+        sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, err))
+    }
 
     #[test]
     fn kinds() {
@@ -78,6 +102,13 @@ mod tests {
             (sqlx::Error::PoolClosed, ErrorKind::Permanent),
             (sqlx::Error::RowNotFound, ErrorKind::Permanent),
             (sqlx::Error::Configuration("bad url".into()), ErrorKind::InvalidInput),
+            #[cfg(feature = "tls")]
+            (refused(rustls::CertificateError::UnknownIssuer.into()), ErrorKind::Permanent),
+            #[cfg(feature = "tls")]
+            (refused(rustls::CertificateError::NotValidForName.into()), ErrorKind::Permanent),
+            // A connection broken mid-stream is not a refusal.
+            #[cfg(feature = "tls")]
+            (refused(rustls::Error::DecryptError), ErrorKind::Transient),
         ];
         for (err, want) in cases {
             let text = err.to_string();

@@ -149,7 +149,9 @@ impl MySqlLeaseTable {
 
     /// Connects to `url` (`mysql://user@host:3306/db`) with a small pool and returns the lease table in `table`: 6
     /// connections ([`DEFAULT_CHECKPOINT_CONNECTIONS`] for checkpoint writes, [`DEFAULT_OWNERSHIP_RESERVE`] kept for
-    /// the other calls), 5 s acquire timeout. Build a `MySqlPool` yourself for other pool settings or TLS.
+    /// the other calls), 5 s acquire timeout. The URL's options apply (TLS with the feature
+    /// `tls`): see the [crate docs](crate#connecting-tls-pool-timeouts-database);
+    /// build a `MySqlPool` yourself for other pool settings.
     pub async fn connect(url: &str, table: &str) -> Result<Self, Error> {
         let table = TableName::parse(table)?;
         let pool = small_pool(url, DEFAULT_CHECKPOINT_CONNECTIONS + DEFAULT_OWNERSHIP_RESERVE)

@@ -181,6 +181,71 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Connecting: TLS, pool, timeouts, database
+//! [`MySqlStore::connect`] and [`MySqlLeaseTable::connect`] take a URL and build a small pool (4 and 6 connections,
+//! 5 s acquire timeout). Whatever else a shared database needs comes from the URL (sqlx's
+//! [`MySqlConnectOptions`](sqlx::mysql::MySqlConnectOptions) reads it, also for `connect`), or from a pool you build
+//! with [`MySqlPoolOptions`](sqlx::mysql::MySqlPoolOptions) and pass to `new` or `builder`:
+//!
+//! | Need | How |
+//! |---|---|
+//! | TLS | the feature `tls` and `ssl-mode=` in the URL (below) |
+//! | pool size, acquire timeout, idle and max lifetime | your own pool: `MySqlPoolOptions::max_connections`, `acquire_timeout`, `idle_timeout`, `max_lifetime` |
+//! | statement timeout | a session variable set by `MySqlPoolOptions::after_connect`: MariaDB's `max_statement_time` (seconds, every statement), MySQL's `max_execution_time` (milliseconds, `SELECT` only) |
+//! | a database (schema) | the URL's path, or the table name `database.table` |
+//!
+//! The consumer bounds each call to the store or lease table by its `store_timeout` besides.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use kc_store_mysql::MySqlLeaseTable;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let url = "mysql://kc:secret@db.example.com:3306/app?ssl-mode=VERIFY_IDENTITY&ssl-ca=/etc/ssl/rds-ca.pem";
+//! let pool = sqlx::mysql::MySqlPoolOptions::new()
+//!     .max_connections(12)
+//!     .acquire_timeout(Duration::from_secs(3))
+//!     .after_connect(|conn, _| {
+//!         Box::pin(async move {
+//!             // MariaDB; on MySQL: SET SESSION max_execution_time = 5000
+//!             sqlx::query("SET SESSION max_statement_time = 5").execute(&mut *conn).await.map(drop)
+//!         })
+//!     })
+//!     .connect(url)
+//!     .await?;
+//! let leases = MySqlLeaseTable::new(pool, "kinesis_leases")?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## TLS
+//! With the feature `tls` (`kinesis-consumer`'s `tls` beside `mysql`) connections use TLS as the URL says, with
+//! rustls on aws-lc-rs (the AWS SDK's provider: no system OpenSSL, no second crypto library). Without it a URL that
+//! requires TLS fails to connect ("TLS upgrade required by connect options but SQLx was built without TLS support
+//! enabled").
+//!
+//! | `ssl-mode=` | Encrypted | The server's certificate |
+//! |---|---|---|
+//! | `DISABLED` | no | not asked for |
+//! | `PREFERRED` (the default) | if the server offers TLS | not verified |
+//! | `REQUIRED` | yes | not verified |
+//! | `VERIFY_CA` | yes | signed by a trusted CA; with sqlx 0.8.6 the host name is checked too (as `VERIFY_IDENTITY`: [sqlx#3793](https://github.com/launchbadge/sqlx/issues/3793)) |
+//! | `VERIFY_IDENTITY` | yes | signed by a trusted CA, for the URL's host name (a DNS name or an IP address in its subjectAltName) |
+//!
+//! `ssl-ca=/path/ca.pem` adds a CA (PEM, one or more certificates: a managed database's bundle, e.g. Amazon RDS's)
+//! to the Mozilla roots of webpki-roots; it does not replace them, so a certificate from a public CA for the host
+//! name passes too. `ssl-cert=` and `ssl-key=` give a client certificate. A certificate the client refuses (another
+//! CA, another host name, expired) fails the connection with an
+//! [`ErrorKind::Permanent`](kc_checkpoint::ErrorKind::Permanent) error whose source says why ("invalid peer
+//! certificate: UnknownIssuer"): retrying cannot fix it. integration/tests/tls.rs runs the store's and the lease
+//! table's conformance suites over `VERIFY_IDENTITY` against a MariaDB with `require_secure_transport=ON`.
+//!
+//! If another dependency of your program enables rustls's `ring` feature, rustls has two providers and cannot pick
+//! one by itself: sqlx's `VERIFY_CA` then panics ("Could not automatically determine the process-level
+//! CryptoProvider"). Install one first thing in `main`: `rustls::crypto::aws_lc_rs::default_provider()
+//! .install_default()`.
 
 mod error;
 mod lease;

@@ -88,7 +88,9 @@ impl MySqlStore {
     }
 
     /// Connects to `url` (`mysql://user@host:3306/db`) with a small pool (4 connections, 5 s acquire timeout) and
-    /// returns a store in `table` with default options. Build a `MySqlPool` yourself for other pool settings or TLS.
+    /// returns a store in `table` with default options. The URL's options apply (TLS with the feature
+    /// `tls`): see the [crate docs](crate#connecting-tls-pool-timeouts-database);
+    /// build a `MySqlPool` yourself for other pool settings.
     pub async fn connect(url: &str, table: &str) -> Result<Self, Error> {
         let table = TableName::parse(table)?;
         let pool = small_pool(url, 4).await.map_err(|e| error::map("connecting to MySQL", table.as_str(), e))?;

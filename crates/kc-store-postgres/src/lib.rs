@@ -205,6 +205,67 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Connecting: TLS, pool, timeouts, schema
+//! [`PostgresStore::connect`] and [`PostgresLeaseTable::connect`] take a URL and build a small pool (4 and 6
+//! connections, 5 s acquire timeout). Whatever else a shared database needs comes from the URL (sqlx's
+//! [`PgConnectOptions`](sqlx::postgres::PgConnectOptions) reads it, also for `connect`), or from a pool you build
+//! with [`PgPoolOptions`](sqlx::postgres::PgPoolOptions) and pass to `new` or `builder`:
+//!
+//! | Need | How |
+//! |---|---|
+//! | TLS | the feature `tls` and `sslmode=` in the URL (below) |
+//! | pool size, acquire timeout, idle and max lifetime | your own pool: `PgPoolOptions::max_connections`, `acquire_timeout`, `idle_timeout`, `max_lifetime` |
+//! | statement timeout | `options[statement_timeout]=5s` in the URL (a statement cancelled by it, 57014, is [`Transient`](kc_checkpoint::ErrorKind::Transient) and retried) |
+//! | a schema | the table name `schema.table`, or `options[search_path]=my_schema` in the URL |
+//! | credentials | in the URL, or `PgConnectOptions` (which also reads `PGHOST`, `PGUSER`, `PGPASSWORD`, ...) and `PgPoolOptions::connect_with` |
+//!
+//! The consumer bounds each call to the store or lease table by its `store_timeout` besides.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use kc_store_postgres::PostgresLeaseTable;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let url = "postgres://kc:secret@db.example.com:5432/app?sslmode=verify-full&sslrootcert=/etc/ssl/rds-ca.pem\
+//!            &options[search_path]=kinesis&options[statement_timeout]=5s";
+//! let pool = sqlx::postgres::PgPoolOptions::new()
+//!     .max_connections(12)
+//!     .acquire_timeout(Duration::from_secs(3))
+//!     .connect(url)
+//!     .await?;
+//! let leases = PostgresLeaseTable::new(pool, "kinesis_leases")?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## TLS
+//! With the feature `tls` (`kinesis-consumer`'s `tls` beside `postgres`) connections use TLS as the URL says, with
+//! rustls on aws-lc-rs (the AWS SDK's provider: no system OpenSSL, no second crypto library). Without it a URL that
+//! requires TLS fails to connect ("TLS upgrade required by connect options but SQLx was built without TLS support
+//! enabled").
+//!
+//! | `sslmode=` | Encrypted | The server's certificate |
+//! |---|---|---|
+//! | `disable` | no | not asked for |
+//! | `prefer` (the default) | if the server offers TLS | not verified |
+//! | `require` | yes | not verified |
+//! | `verify-ca` | yes | signed by a trusted CA; with sqlx 0.8.6 the host name is checked too (as `verify-full`: [sqlx#3793](https://github.com/launchbadge/sqlx/issues/3793)) |
+//! | `verify-full` | yes | signed by a trusted CA, for the URL's host name (a DNS name or an IP address in its subjectAltName) |
+//!
+//! `sslrootcert=/path/ca.pem` adds a CA (PEM, one or more certificates: a managed database's bundle, e.g. Amazon
+//! RDS's) to the Mozilla roots of webpki-roots; it does not replace them, so a certificate from a public CA for the
+//! host name passes too. `sslcert=` and `sslkey=` give a client certificate. A certificate the client refuses
+//! (another CA, another host name, expired) fails the connection with an
+//! [`ErrorKind::Permanent`](kc_checkpoint::ErrorKind::Permanent) error whose source says why ("invalid peer
+//! certificate: UnknownIssuer"): retrying cannot fix it. integration/tests/tls.rs runs the store's and the lease
+//! table's conformance suites over `verify-full` against a PostgreSQL that refuses connections without TLS.
+//!
+//! If another dependency of your program enables rustls's `ring` feature, rustls has two providers and cannot pick
+//! one by itself: sqlx's `verify-ca` then panics ("Could not automatically determine the process-level
+//! CryptoProvider"). Install one first thing in `main`: `rustls::crypto::aws_lc_rs::default_provider()
+//! .install_default()`.
 
 mod ddl;
 mod error;

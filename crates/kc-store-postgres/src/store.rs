@@ -90,7 +90,9 @@ impl PostgresStore {
     }
 
     /// Connects to `url` (`postgres://user@host:5432/db`) with a small pool (4 connections, 5 s acquire timeout) and
-    /// returns a store in `table` with default options. Build a `PgPool` yourself for other pool settings or TLS.
+    /// returns a store in `table` with default options. The URL's options apply (TLS with the feature
+    /// `tls`): see the [crate docs](crate#connecting-tls-pool-timeouts-schema);
+    /// build a `PgPool` yourself for other pool settings.
     pub async fn connect(url: &str, table: &str) -> Result<Self, Error> {
         let table = TableName::parse(table)?;
         let pool = small_pool(url, 4).await.map_err(|e| error::map("connecting to PostgreSQL", table.as_str(), e))?;

@@ -8,7 +8,9 @@
 //! - [`checkpoint`] (`kc-checkpoint`): the [`CheckpointStore`] trait and the in-memory [`MemoryStore`];
 //! - [`deagg`] (`kc-deagg`): the KPL aggregated-record decoder and encoder;
 //! - checkpoint stores behind features: [`ddb`] (`kc-store-ddb`, feature `ddb`), [`postgres`]
-//!   (`kc-store-postgres`, feature `postgres`) and [`mysql`] (`kc-store-mysql`, feature `mysql`);
+//!   (`kc-store-postgres`, feature `postgres`) and [`mysql`] (`kc-store-mysql`, feature `mysql`); the feature `tls`
+//!   adds TLS (rustls) to the PostgreSQL and MySQL connections, configured by the URL (`sslmode=verify-full`,
+//!   `ssl-mode=VERIFY_IDENTITY`: see their crate docs, "TLS");
 //! - lease tables of consumer groups: the trait [`checkpoint::lease::LeaseTable`] and the in-memory
 //!   [`checkpoint::lease::MemoryLeaseTable`], and a backend in each store module, behind the same features:
 //!   `ddb::DynamoDbLeaseTable`, `postgres::PostgresLeaseTable`, `mysql::MySqlLeaseTable` (each store crate's docs
