@@ -54,18 +54,17 @@ const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// - **Taking**, every take interval (and at once when another worker bumped the group's change marker, below;
 ///   after a renew interval while the group settles: this worker took leases or waits for a handoff; when the
 ///   shards' listing has shards without a lease). A take cycle lists every lease of the scope. Between take cycles,
-///   every quarter renew interval, a worker reads one lease of each other worker (its *sentinel*, one `get` each)
-///   instead: a live worker renews its leases every renew interval, so a sentinel unchanged for one and a quarter renew
-///   intervals makes a take cycle list the leases, and the first deadline of that worker's leases (a lease duration
-///   after their counters were first seen) schedules the cycle that takes them: a failed worker's leases are taken
-///   about one and a half lease durations after its last renewal (the suspicion, then a lease duration to judge
-///   each lease unchanged). A sentinel that changed owner or finished also starts a take cycle. So a group in a
-///   steady state lists the leases once per take interval per worker, not every half lease duration (issue 12:
-///   reads proportional to what a worker needs). A lease that expires while its owner lives (its renewals failed
-///   for a lease duration) is taken by the next take cycle. When a shard of this worker ends, this worker takes the
-///   shard's children itself, without a take cycle (see Resharding). The leases to read are
-///   the unfinished ones whose
-///   parents are finished or gone; the live workers are the owners of unexpired leases, the workers that asked for
+///   every quarter renew interval, a worker reads one lease (its *sentinel*, one `get`) of each of the two owners
+///   after it in the ring of owners sorted by id, instead of listing: a live worker renews its leases every renew
+///   interval, so a sentinel unchanged for one and a half renew intervals makes the watcher list the leases and
+///   bump the change marker; every worker then lists too and schedules a cycle at the first deadline of the leases
+///   (a lease duration after their counters were first seen), which takes the failed worker's leases: about one and
+///   a half lease durations after its last renewal. A sentinel that changed owner or finished also starts a take
+///   cycle. So a group in a steady state lists the leases once per take interval per worker, and reads two more
+///   leases per worker every quarter renew interval, whatever its size (issue 12: reads proportional to what a
+///   worker needs). A lease that expires while its owner lives (its renewals failed for a lease duration) is taken
+///   by the next take cycle. When a shard of this worker ends, this worker takes the shard's children itself,
+///   without a take cycle (see Resharding). The leases to read are the unfinished ones whose parents are finished or gone; the live workers are the owners of unexpired leases, the workers that asked for
 ///   one, and this one; each aims at `ceil(leases to read / live workers)`, capped by `max_leases`. A lease on its way
 ///   (asked for by a live worker, or released for it) counts as the requester's. Free leases are taken first (those
 ///   released to this worker, then unowned, then expired ones). When none is left and this worker is still below

@@ -156,8 +156,9 @@ impl<D: Deliver> Worker<'_, D> {
         let mut sentinel_check = tokio::time::interval((self.cfg.renew_interval / 4).max(Duration::from_millis(1)));
         sentinel_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A live worker's sentinel changes every renew interval plus the write's time (its renew loop sleeps the
-        // interval after each write): a quarter more is late. A wrong suspicion costs one listing.
-        let stale_after = self.cfg.renew_interval.saturating_mul(5) / 4;
+        // interval after each write): half more is late (a busy database delays writes). A wrong suspicion costs a
+        // listing by every worker.
+        let stale_after = self.cfg.renew_interval.saturating_mul(3) / 2;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return Ok(()),
@@ -456,7 +457,9 @@ impl<D: Deliver> Worker<'_, D> {
                 Err(e) => warn!(shard = %shard_id, error = %e, "asking for a lease failed"),
             }
         }
-        if requested || std::mem::take(&mut self.created) || std::mem::take(&mut self.suspected) {
+        // A suspicion is announced only if the listing still shows the suspect's sentinel unchanged.
+        let suspected = std::mem::take(&mut self.suspected) && self.sentinels.suspects().next().is_some();
+        if requested || std::mem::take(&mut self.created) || suspected {
             self.changes.bump().await;
         }
         self.last_leases = leases;
