@@ -1,15 +1,17 @@
 //! Delivery: how a shard's records reach the user's handler (one at a time or one batch at a time), and the
-//! [`Progress`] the handler's outcomes make (what to checkpoint, where to resume).
+//! [`Progress`] the handler's outcomes make (what to checkpoint, where to resume). A failed handler call goes to the
+//! [`FailurePolicy`] (`failure.rs`), which settles the record before the progress moves past it.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use kc_checkpoint::Checkpoint;
-use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
+use crate::failure::{FailurePolicy, Settled};
 use crate::handler::{Batch, BatchHandler, Outcome, RecordHandler};
 use crate::record::Record;
+use crate::shard::ShardCx;
 
 /// What happened to a batch.
 pub(crate) enum Delivered {
@@ -82,59 +84,104 @@ impl Progress {
 pub(crate) trait Deliver: Send + Sync + 'static {
     fn deliver(
         &self,
-        shard_id: &Arc<str>,
+        shard: &ShardCx<'_>,
         records: Vec<Record>,
         millis_behind_latest: Option<i64>,
         progress: &mut Progress,
-        cancel: &CancellationToken,
     ) -> impl Future<Output = Result<Delivered, Error>> + Send;
 }
 
-fn handler_error(e: impl Into<crate::error::BoxError>) -> Error {
-    Error::new(ErrorKind::Handler, "the handler returned an error").with_source(e)
+/// Records one at a time, with the failure policy for the ones whose handler call fails.
+pub(crate) struct PerRecord<H> {
+    pub(crate) handler: H,
+    pub(crate) failure: Arc<FailurePolicy>,
 }
-
-pub(crate) struct PerRecord<H>(pub(crate) H);
 
 impl<H: RecordHandler> Deliver for PerRecord<H> {
     async fn deliver(
         &self,
-        _shard_id: &Arc<str>,
+        shard: &ShardCx<'_>,
         records: Vec<Record>,
         _millis_behind_latest: Option<i64>,
         progress: &mut Progress,
-        cancel: &CancellationToken,
     ) -> Result<Delivered, Error> {
+        // Decided once per batch: the default policy keeps no copy of a record.
+        let keep = self.failure.keeps_records();
         for record in records {
             // Between records only: the record in hand is always finished.
-            if cancel.is_cancelled() {
+            if shard.cancel.is_cancelled() {
                 return Ok(Delivered::Cancelled);
             }
             let position = record.checkpoint();
-            let outcome = self.0.handle(record).await.map_err(handler_error)?;
-            progress.handled(position, outcome);
+            let kept = keep.then(|| record.clone());
+            let error = match self.handler.handle(record).await {
+                Ok(outcome) => {
+                    progress.handled(position, outcome);
+                    continue;
+                }
+                Err(e) => e.into(),
+            };
+            let kept = kept.as_slice();
+            let again = || {
+                let record = kept.first().cloned();
+                async move {
+                    match record {
+                        Some(record) => self.handler.handle(record).await.map_err(Into::into),
+                        None => Err("the failure policy kept no copy of the record".into()), // not reached
+                    }
+                }
+            };
+            match self.failure.after_failure(shard, kept, &position, error, again).await? {
+                Settled::Handled(outcome) => progress.handled(position, outcome),
+                Settled::Given => progress.handled(position, Outcome::Checkpoint),
+                Settled::Cancelled => return Ok(Delivered::Cancelled),
+            }
         }
         Ok(Delivered::All)
     }
 }
 
-pub(crate) struct PerBatch<H>(pub(crate) H);
+/// One batch at a time, with the failure policy for a batch whose handler call fails (applied to the whole batch).
+pub(crate) struct PerBatch<H> {
+    pub(crate) handler: H,
+    pub(crate) failure: Arc<FailurePolicy>,
+}
 
 impl<H: BatchHandler> Deliver for PerBatch<H> {
     async fn deliver(
         &self,
-        shard_id: &Arc<str>,
+        shard: &ShardCx<'_>,
         records: Vec<Record>,
         millis_behind_latest: Option<i64>,
         progress: &mut Progress,
-        _cancel: &CancellationToken,
     ) -> Result<Delivered, Error> {
         let Some(position) = records.last().map(Record::checkpoint) else {
             return Ok(Delivered::All);
         };
-        let batch = Batch { shard_id: Arc::clone(shard_id), records, millis_behind_latest };
-        let outcome = self.0.handle_batch(batch).await.map_err(handler_error)?;
-        progress.handled(position, outcome);
+        let batch = Batch { shard_id: Arc::clone(shard.id), records, millis_behind_latest };
+        let kept = self.failure.keeps_records().then(|| batch.clone());
+        let error = match self.handler.handle_batch(batch).await {
+            Ok(outcome) => {
+                progress.handled(position, outcome);
+                return Ok(Delivered::All);
+            }
+            Err(e) => e.into(),
+        };
+        let records = kept.as_ref().map(Batch::records).unwrap_or_default();
+        let again = || {
+            let batch = kept.clone();
+            async move {
+                match batch {
+                    Some(batch) => self.handler.handle_batch(batch).await.map_err(Into::into),
+                    None => Err("the failure policy kept no copy of the batch".into()), // not reached
+                }
+            }
+        };
+        match self.failure.after_failure(shard, records, &position, error, again).await? {
+            Settled::Handled(outcome) => progress.handled(position, outcome),
+            Settled::Given => progress.handled(position, Outcome::Checkpoint),
+            Settled::Cancelled => return Ok(Delivered::Cancelled),
+        }
         Ok(Delivered::All)
     }
 }
