@@ -12,7 +12,7 @@ use crate::bounded::bounded_and_limited;
 use crate::config::{Config, FanOutConfig, Group, GroupConfig, InitialPosition};
 use crate::deliver::{Deliver, PerBatch, PerRecord};
 use crate::error::Error;
-use crate::failure::FailurePolicy;
+use crate::failure::{FailurePolicy, HandlerTimeout};
 use crate::handler::{BatchHandler, RecordHandler};
 use crate::lifecycle::{Lifecycle, NoLifecycle, OnShardClosed};
 use crate::limit::Limited;
@@ -145,6 +145,7 @@ pub struct ConsumerBuilder {
     shutdown: Option<CancellationToken>,
     group: Option<Group>,
     failure: FailurePolicy,
+    handler_timeout: Option<HandlerTimeout>,
 }
 
 impl std::fmt::Debug for ConsumerBuilder {
@@ -163,6 +164,7 @@ impl ConsumerBuilder {
             shutdown: None,
             group: None,
             failure: FailurePolicy::default(),
+            handler_timeout: None,
         }
     }
 
@@ -334,6 +336,15 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Watches each handler call for stalls: one that runs longer than the timeout is logged (stream, shard, sequence
+    /// number, time elapsed) and counted (`kinesis_consumer_handler_stalls_total`), and with
+    /// [`HandlerTimeout::cancel_after`] cancelled and treated as a failure, to which the
+    /// [failure policy](Self::on_handler_error) applies. Default: none (no timer per call).
+    pub fn handler_timeout(mut self, timeout: HandlerTimeout) -> Self {
+        self.handler_timeout = Some(timeout);
+        self
+    }
+
     // --- Enhanced fan-out (issue 6) ---
 
     /// Reads with enhanced fan-out (SubscribeToShard) as the stream consumer `name` instead of polling with
@@ -376,8 +387,9 @@ impl ConsumerBuilder {
     }
 
     /// Validates the settings and builds the consumer. Without a client, one is built from `aws_config` defaults.
-    pub async fn build(self) -> Result<Consumer, Error> {
+    pub async fn build(mut self) -> Result<Consumer, Error> {
         self.cfg.validate()?;
+        self.failure.stall = self.handler_timeout;
         self.failure.validate()?;
         if self.group.is_some() && self.store.is_some() {
             return Err(Error::config(
@@ -472,6 +484,14 @@ mod tests {
         check(|b| b.fan_out_consumer_arn("arn:aws:kinesis:us-east-1:123456789012:stream/s/consumer/c:1"), None);
         check(|b| b.fan_out_consumer_arn("c"), Some("not a stream consumer ARN"));
         check(|b| b.on_handler_error(crate::FailurePolicy::skip().max_attempts(3)), None);
+        check(
+            |b| b.handler_timeout(HandlerTimeout::log_after(Duration::ZERO)),
+            Some("handler_timeout must be greater"),
+        );
+        check(
+            |b| b.handler_timeout(HandlerTimeout::cancel_after(Duration::MAX)),
+            Some("handler_timeout must be at most"),
+        );
         check(
             |b| b.on_handler_error(crate::FailurePolicy::skip().max_attempts(0)),
             Some("max_attempts must be at least 1"),

@@ -7,12 +7,18 @@
 //! retried with backoff for as long as it takes (a destination that is down holds its shard, it never lets a record
 //! go missing; a graceful stop or a lost lease ends the wait, the record is then not checkpointed and comes again); any
 //! other error stops the scan with an [`ErrorKind::DeadLetter`](crate::ErrorKind::DeadLetter) error.
+//!
+//! Shipped destinations: [`KinesisDeadLetter`] (another Kinesis stream) here; a table in PostgreSQL or MySQL in the
+//! store crates.
 
 use std::fmt;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
+use crate::api::KinesisApi;
 use crate::error::BoxError;
 use crate::record::Record;
 
@@ -62,6 +68,101 @@ impl FailedRecord {
     /// When the handler failed on it the first time.
     pub fn first_failure(&self) -> SystemTime {
         self.first_failure
+    }
+
+    /// The record and its failure as one JSON object, the format of [`KinesisDeadLetter`]'s records:
+    ///
+    /// ```json
+    /// {"stream": "orders", "shard": "shardId-000000000001", "sequence_number": "4959...", "sub_sequence_number": null,
+    ///  "partition_key": "k", "explicit_hash_key": null, "approximate_arrival_ms": 1733300000000,
+    ///  "error": "the handler's error: its source", "attempts": 5, "first_failure_ms": 1733300000100,
+    ///  "data": "aGVsbG8="}
+    /// ```
+    ///
+    /// `data` is the payload in standard base64; times are milliseconds since the Unix epoch (`null` when unknown).
+    pub fn to_json(&self) -> String {
+        let r = &self.record;
+        serde_json::json!({
+            "stream": self.stream,
+            "shard": r.shard_id(),
+            "sequence_number": r.sequence_number().to_string(),
+            "sub_sequence_number": r.sub_sequence_number(),
+            "partition_key": r.partition_key(),
+            "explicit_hash_key": r.explicit_hash_key(),
+            "approximate_arrival_ms": r.approximate_arrival_timestamp().and_then(epoch_ms),
+            "error": self.error,
+            "attempts": self.attempts,
+            "first_failure_ms": epoch_ms(self.first_failure),
+            "data": aws_smithy_types::base64::encode(r.data()),
+        })
+        .to_string()
+    }
+}
+
+/// Milliseconds since the Unix epoch; `None` before it.
+fn epoch_ms(t: SystemTime) -> Option<u64> {
+    t.duration_since(UNIX_EPOCH).ok().and_then(|d| u64::try_from(d.as_millis()).ok())
+}
+
+/// A dead-letter destination that puts each failed record on another Kinesis stream (PutRecord with the record's
+/// partition key, so the records of a key keep their order there), as [`FailedRecord::to_json`].
+///
+/// ```no_run
+/// # async fn run(client: aws_sdk_kinesis::Client) -> Result<(), kc_core::Error> {
+/// use kc_core::{deadletter::KinesisDeadLetter, Consumer, FailurePolicy};
+///
+/// let dead_letters = KinesisDeadLetter::new(client.clone(), "orders-dead-letters");
+/// let consumer = Consumer::builder("orders")
+///     .client(client)
+///     .on_handler_error(FailurePolicy::dead_letter(dead_letters).max_attempts(3))
+///     .build()
+///     .await?;
+/// # drop(consumer);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Throttling, 5xx answers and timeouts are retried (the record is never dropped); any other error (no such stream,
+/// access denied, a record over the 1 MiB limit once wrapped: base64 makes the payload a third larger) stops the
+/// scan. The stream is not created: create it beforehand.
+#[derive(Clone)]
+pub struct KinesisDeadLetter {
+    api: Arc<dyn KinesisApi>,
+    stream: String,
+}
+
+impl fmt::Debug for KinesisDeadLetter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KinesisDeadLetter").field("stream", &self.stream).finish_non_exhaustive()
+    }
+}
+
+impl KinesisDeadLetter {
+    /// Puts the failed records on `stream` with `api` (an `aws_sdk_kinesis::Client`, usually the consumer's).
+    pub fn new(api: impl KinesisApi, stream: impl Into<String>) -> Self {
+        Self::shared(Arc::new(api), stream)
+    }
+
+    /// Like [`new`](Self::new), with a shared client.
+    pub fn shared(api: Arc<dyn KinesisApi>, stream: impl Into<String>) -> Self {
+        Self { api, stream: stream.into() }
+    }
+
+    /// The dead-letter stream.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+}
+
+#[async_trait]
+impl DeadLetter for KinesisDeadLetter {
+    async fn send(&self, record: &FailedRecord) -> Result<(), DeadLetterError> {
+        let data = Bytes::from(record.to_json());
+        match self.api.put_record(&self.stream, record.record().partition_key(), data).await {
+            Ok(_sequence) => Ok(()),
+            Err(e) if e.is_retryable() => Err(DeadLetterError::transient(e)),
+            Err(e) => Err(DeadLetterError::permanent(e)),
+        }
     }
 }
 

@@ -114,20 +114,28 @@ impl<H: RecordHandler> Deliver for PerRecord<H> {
             }
             let position = record.checkpoint();
             let kept = keep.then(|| record.clone());
-            let error = match self.handler.handle(record).await {
+            let result = match self.failure.stall {
+                None => self.handler.handle(record).await.map_err(Into::into),
+                Some(stall) => FailurePolicy::watched(stall, shard, &position, self.handler.handle(record)).await,
+            };
+            let error = match result {
                 Ok(outcome) => {
                     progress.handled(position, outcome);
                     continue;
                 }
-                Err(e) => e.into(),
+                Err(e) => e,
             };
             let kept = kept.as_slice();
             let again = || {
                 let record = kept.first().cloned();
+                let position = &position;
                 async move {
-                    match record {
-                        Some(record) => self.handler.handle(record).await.map_err(Into::into),
-                        None => Err("the failure policy kept no copy of the record".into()), // not reached
+                    match (record, self.failure.stall) {
+                        (Some(record), None) => self.handler.handle(record).await.map_err(Into::into),
+                        (Some(record), Some(stall)) => {
+                            FailurePolicy::watched(stall, shard, position, self.handler.handle(record)).await
+                        }
+                        (None, _) => Err("the failure policy kept no copy of the record".into()), // not reached
                     }
                 }
             };
@@ -160,20 +168,28 @@ impl<H: BatchHandler> Deliver for PerBatch<H> {
         };
         let batch = Batch { shard_id: Arc::clone(shard.id), records, millis_behind_latest };
         let kept = self.failure.keeps_records().then(|| batch.clone());
-        let error = match self.handler.handle_batch(batch).await {
+        let result = match self.failure.stall {
+            None => self.handler.handle_batch(batch).await.map_err(Into::into),
+            Some(stall) => FailurePolicy::watched(stall, shard, &position, self.handler.handle_batch(batch)).await,
+        };
+        let error = match result {
             Ok(outcome) => {
                 progress.handled(position, outcome);
                 return Ok(Delivered::All);
             }
-            Err(e) => e.into(),
+            Err(e) => e,
         };
         let records = kept.as_ref().map(Batch::records).unwrap_or_default();
         let again = || {
             let batch = kept.clone();
+            let position = &position;
             async move {
-                match batch {
-                    Some(batch) => self.handler.handle_batch(batch).await.map_err(Into::into),
-                    None => Err("the failure policy kept no copy of the batch".into()), // not reached
+                match (batch, self.failure.stall) {
+                    (Some(batch), None) => self.handler.handle_batch(batch).await.map_err(Into::into),
+                    (Some(batch), Some(stall)) => {
+                        FailurePolicy::watched(stall, shard, position, self.handler.handle_batch(batch)).await
+                    }
+                    (None, _) => Err("the failure policy kept no copy of the batch".into()), // not reached
                 }
             }
         };

@@ -72,6 +72,32 @@ pub struct FailurePolicy {
     backoff_base: Duration,
     backoff_max: Duration,
     then: Exhausted,
+    /// The builder's [`handler_timeout`](crate::ConsumerBuilder::handler_timeout), set by `build()`.
+    pub(crate) stall: Option<HandlerTimeout>,
+}
+
+/// What the consumer does about a handler call that runs long
+/// ([`ConsumerBuilder::handler_timeout`](crate::ConsumerBuilder::handler_timeout)): it is logged (a warning naming
+/// stream, shard, sequence number and the time elapsed) and counted (`kinesis_consumer_handler_stalls_total`), and
+/// optionally cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HandlerTimeout {
+    after: Duration,
+    cancel: bool,
+}
+
+impl HandlerTimeout {
+    /// Log and count a call still running after `after`, and let it run (its end is logged too).
+    pub fn log_after(after: Duration) -> Self {
+        Self { after, cancel: false }
+    }
+
+    /// Log and count a call still running after `after`, and cancel it (its future is dropped): a failure of the
+    /// handler, to which the [`FailurePolicy`] applies (retried, stopped, skipped or dead-lettered). The handler must
+    /// then tolerate being stopped at any `.await`.
+    pub fn cancel_after(after: Duration) -> Self {
+        Self { after, cancel: true }
+    }
 }
 
 /// What happens to a record whose attempts are used up.
@@ -113,6 +139,7 @@ impl FailurePolicy {
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             then,
+            stall: None,
         }
     }
 
@@ -179,6 +206,12 @@ impl FailurePolicy {
         at_most_max("the failure policy's backoff max", self.backoff_max)?;
         if let Some(age) = self.max_record_age {
             at_most_max("the failure policy's max_record_age", age)?;
+        }
+        if let Some(stall) = self.stall {
+            if stall.after.is_zero() {
+                return Err(Error::config("handler_timeout must be greater than zero"));
+            }
+            at_most_max("handler_timeout", stall.after)?;
         }
         Ok(())
     }
@@ -345,6 +378,34 @@ impl FailurePolicy {
                 Ok(Settled::Given)
             }
         }
+    }
+
+    /// A handler call (`call`, for the record or batch ending at `position`) under the
+    /// [`HandlerTimeout`] `stall`: logged and counted when it runs longer, and cancelled as a failure if asked.
+    pub(crate) async fn watched<T, E: Into<BoxError>>(
+        stall: HandlerTimeout,
+        shard: &ShardCx<'_>,
+        position: &Checkpoint,
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, BoxError> {
+        let started = tokio::time::Instant::now();
+        let mut call = std::pin::pin!(call);
+        tokio::select! {
+            biased;
+            result = &mut call => return result.map_err(Into::into),
+            _ = tokio::time::sleep(stall.after) => {}
+        }
+        shard.metrics.stall();
+        let what = Failed { records: &[], position };
+        let elapsed = started.elapsed();
+        if stall.cancel {
+            warn!(stream = %shard.stream, shard = %shard.id, sequence = %what, ?elapsed, "the handler did not return in time; cancelled");
+            return Err(format!("the handler did not return within {:?} (cancelled)", stall.after).into());
+        }
+        warn!(stream = %shard.stream, shard = %shard.id, sequence = %what, ?elapsed, "the handler has not returned yet (stalled?)");
+        let result = call.await;
+        warn!(sequence = %what, elapsed = ?started.elapsed(), "the stalled handler call returned");
+        result.map_err(Into::into)
     }
 
     fn retrying(&self, shard: &ShardCx<'_>, what: &Failed<'_>, e: &BoxError, delay: Duration, attempts: u32) {

@@ -75,6 +75,8 @@
 //! attempts and/or the record's age, then stop, skip (logged and counted) or a [`DeadLetter`] destination. The
 //! checkpoint moves past a failed record only once its fate is settled (skipped, or accepted by the destination); a
 //! stop, or in a group a lost lease, ends the retries at once and leaves the record to be delivered again.
+//! [`ConsumerBuilder::handler_timeout`] watches for stalled handler calls: logged and counted, and optionally
+//! cancelled as failures ([`HandlerTimeout`]).
 //!
 //! ```no_run
 //! use kc_core::{Consumer, FailurePolicy, Outcome, Record};
@@ -178,9 +180,9 @@ mod source;
 pub use api::{KinesisApi, StartingPosition};
 pub use config::{Group, InitialPosition, MAX_DURATION};
 pub use consumer::{Consumer, ConsumerBuilder};
-pub use deadletter::{DeadLetter, DeadLetterError, FailedRecord};
+pub use deadletter::{DeadLetter, DeadLetterError, FailedRecord, KinesisDeadLetter};
 pub use error::{BoxError, Error, ErrorKind};
-pub use failure::{FailurePolicy, DEAD_LETTER_TIMEOUT};
+pub use failure::{FailurePolicy, HandlerTimeout, DEAD_LETTER_TIMEOUT};
 pub use handler::{Batch, BatchHandler, Outcome, RecordHandler};
 pub use kc_checkpoint::{Checkpoint, CheckpointStore, MemoryStore, SequenceNumber, ShardKey};
 pub use lifecycle::{Lifecycle, NoLifecycle};

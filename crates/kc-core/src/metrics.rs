@@ -9,6 +9,7 @@
 //! | `kinesis_consumer_handler_errors_total` | counter | app, stream, shard | handler calls that returned an error (every attempt) |
 //! | `kinesis_consumer_skipped_total` | counter | app, stream, shard | records skipped by the failure policy after their attempts were used up |
 //! | `kinesis_consumer_dead_lettered_total` | counter | app, stream, shard | records a dead-letter destination accepted |
+//! | `kinesis_consumer_handler_stalls_total` | counter | app, stream, shard | handler calls that ran longer than the [handler timeout](crate::ConsumerBuilder::handler_timeout) |
 //! | `kinesis_consumer_deaggregation_errors_total` | counter | app, stream, shard | corrupt KPL aggregates delivered as one record |
 //! | `kinesis_consumer_checkpoints_past_retention_total` | counter | app, stream, shard | checkpoints (or positions) no longer in the shard (past the retention): read from TRIM_HORIZON instead |
 //! | `kinesis_consumer_shards_gone_total` | counter | app, stream, shard | shards finished because they left the stream (past its retention) before they were read to their end |
@@ -44,6 +45,8 @@ pub mod names {
     pub const SKIPPED: &str = "kinesis_consumer_skipped_total";
     /// Records a dead-letter destination accepted.
     pub const DEAD_LETTERED: &str = "kinesis_consumer_dead_lettered_total";
+    /// Handler calls that ran longer than the handler timeout.
+    pub const HANDLER_STALLS: &str = "kinesis_consumer_handler_stalls_total";
     /// Leases a group worker holds.
     pub const LEASES_HELD: &str = "kinesis_consumer_leases_held";
     /// Leases a group worker took.
@@ -150,6 +153,11 @@ impl ShardMetrics {
     /// A record went to the dead-letter destination (rare: the handle is looked up).
     pub(crate) fn dead_lettered(&self) {
         metrics::counter!(names::DEAD_LETTERED, &self.labels).increment(1);
+    }
+
+    /// A handler call ran longer than the handler timeout (rare: the handle is looked up).
+    pub(crate) fn stall(&self) {
+        metrics::counter!(names::HANDLER_STALLS, &self.labels).increment(1);
     }
 
     /// Retries are rare: the handle is looked up each time.

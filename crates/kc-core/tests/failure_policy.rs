@@ -337,7 +337,7 @@ async fn a_record_older_than_max_record_age_is_not_retried() {
     let token = consumer.shutdown_token();
     let log = Log::default();
     let task = spawn_failing(consumer, &log);
-    Wait::PAUSED.expect("the record after", || log.seen.len() >= 2).await;
+    Wait::PAUSED.expect("the record after", || log.seen.data().contains(&"after0".to_owned())).await;
     token.cancel();
     task.await.expect("task").expect("scan");
     assert_eq!(log.attempts().len(), 1, "too old to retry: straight to the destination");
@@ -458,4 +458,140 @@ async fn a_skipped_last_record_is_checkpointed_itself() {
     task.await.expect("task").expect("scan");
     assert_eq!(log.attempts().len(), 1, "no retries without a bound");
     assert_eq!(checkpoint_of(&store, &shard).await, Some(at(&poison)), "the skipped record is settled: checkpointed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_kinesis_destination_puts_the_record_with_its_key_and_retries_throttling() {
+    use kc_core::api::{ApiErrorKind, KinesisApi, StartingPosition};
+    use kc_core::fake::Op;
+    use kc_core::KinesisDeadLetter;
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 1);
+    fake.create_stream("dlq", 1);
+    let shard = fake.shard_ids(STREAM).remove(0);
+    let (poison, _) = put_poisoned(&fake, &shard, 1, 1);
+    fake.inject(Op::PutRecord, ApiErrorKind::Throttled, 3);
+    let store = MemoryStore::new();
+    let policy = FailurePolicy::dead_letter(KinesisDeadLetter::new(fake.clone(), "dlq"));
+    let consumer = builder(&fake, &store, policy).build().await.expect("build");
+    let token = consumer.shutdown_token();
+    let log = Log::default();
+    let task = spawn_failing(consumer, &log);
+    Wait::PAUSED.expect("the record after", || log.seen.data().contains(&"after0".to_owned())).await;
+    token.cancel();
+    task.await.expect("task").expect("scan");
+    assert_eq!(fake.calls(Op::PutRecord), 4, "three throttled, then put");
+    let dlq_shard = fake.shard_ids("dlq").remove(0);
+    let it = fake.get_shard_iterator("dlq", &dlq_shard, &StartingPosition::TrimHorizon).await.expect("iterator");
+    let letters = fake.get_records(&it, 10).await.expect("records").records;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].partition_key, "k");
+    let json = String::from_utf8(letters[0].data.to_vec()).expect("text");
+    for part in [
+        format!("\"sequence_number\":\"{poison}\""),
+        "\"attempts\":1".to_owned(),
+        "\"error\":\"poisoned\"".to_owned(),
+        format!("\"shard\":\"{shard}\""),
+        "\"data\":\"cG9pc29u\"".to_owned(), // base64 of "poison"
+    ] {
+        assert!(json.contains(&part), "{part} not in {json}");
+    }
+
+    // A missing dead-letter stream is permanent: the scan stops, the record is not checkpointed.
+    let store = MemoryStore::new();
+    let policy = FailurePolicy::dead_letter(KinesisDeadLetter::new(fake.clone(), "no-such-stream"));
+    let consumer = builder(&fake, &store, policy).build().await.expect("build");
+    let err = spawn_failing(consumer, &Log::default()).await.expect("task").expect_err("stopped");
+    assert_eq!(err.kind(), ErrorKind::DeadLetter);
+    let text = error_chain(&err);
+    assert!(text.contains("stream no-such-stream"), "{text}");
+    assert!(checkpoint_of(&store, &shard).await.expect("checkpoint") < at(&poison));
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// Scans in a task with a handler that takes `slow` on records whose data is [`POISON`] (recorded as attempts).
+fn spawn_slow(consumer: Consumer, log: &Log, slow: Duration) -> JoinHandle<Result<(), kc_core::Error>> {
+    let log = log.clone();
+    tokio::spawn(async move {
+        consumer
+            .scan(move |r: Record| {
+                let log = log.clone();
+                async move {
+                    if r.data() == POISON.as_bytes() {
+                        log.poison_attempts.lock().expect("lock").push(Instant::now());
+                        tokio::time::sleep(slow).await;
+                    }
+                    log.seen.push(&r);
+                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
+                }
+            })
+            .await
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_handler_is_only_logged_by_default_and_cancelled_then_skipped_when_asked() {
+    use kc_core::HandlerTimeout;
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 1);
+    let shard = fake.shard_ids(STREAM).remove(0);
+    let (poison, _) = put_poisoned(&fake, &shard, 1, 1);
+
+    // Logged: the call runs to its end (60 s) and the record is handled once.
+    let store = MemoryStore::new();
+    let consumer = builder(&fake, &store, FailurePolicy::stop())
+        .handler_timeout(HandlerTimeout::log_after(Duration::from_secs(5)))
+        .build()
+        .await
+        .expect("build");
+    let token = consumer.shutdown_token();
+    let log = Log::default();
+    let started = Instant::now();
+    let task = spawn_slow(consumer, &log, Duration::from_secs(60));
+    Wait::PAUSED.expect("the record after", || log.seen.data().contains(&"after0".to_owned())).await;
+    assert!(started.elapsed() >= Duration::from_secs(60), "not cut short");
+    token.cancel();
+    task.await.expect("task").expect("scan");
+    assert_eq!(log.attempts().len(), 1);
+    assert_eq!(log.seen.data(), ["before0", "marker", POISON, "after0"]);
+
+    // Cancelled after 5 s: a failure, retried once (cancelled again), then skipped.
+    let store = MemoryStore::new();
+    let consumer = builder(&fake, &store, FailurePolicy::skip().max_attempts(2))
+        .handler_timeout(HandlerTimeout::cancel_after(Duration::from_secs(5)))
+        .build()
+        .await
+        .expect("build");
+    let token = consumer.shutdown_token();
+    let log = Log::default();
+    let task = spawn_slow(consumer, &log, Duration::from_secs(3600));
+    Wait::PAUSED.expect("the record after", || log.seen.data().contains(&"after0".to_owned())).await;
+    token.cancel();
+    task.await.expect("task").expect("scan");
+    let attempts = log.attempts();
+    assert_eq!(attempts.len(), 2, "two attempts, each cancelled");
+    assert!(attempts[1] - attempts[0] >= Duration::from_secs(5), "the first ran its 5 s");
+    assert_eq!(log.seen.data(), ["before0", "marker", "after0"], "the poison never returned");
+    assert!(checkpoint_of(&store, &shard).await.expect("checkpoint") > at(&poison));
+
+    // Cancelled under the default policy: the scan stops with a handler error.
+    let store = MemoryStore::new();
+    let consumer = builder(&fake, &store, FailurePolicy::stop())
+        .handler_timeout(HandlerTimeout::cancel_after(Duration::from_secs(5)))
+        .build()
+        .await
+        .expect("build");
+    let err = spawn_slow(consumer, &Log::default(), Duration::from_secs(3600)).await.expect("task").expect_err("stop");
+    assert_eq!(err.kind(), ErrorKind::Handler);
+    let source = err.into_handler_error().expect("source").to_string();
+    assert!(source.contains("did not return within 5s"), "{source}");
 }
