@@ -165,3 +165,108 @@ async fn a_poison_record_on_one_shard_of_four_goes_to_the_dead_letter_stream_and
     log.seen.assert_exactly_once(&after);
     assert_eq!(read_all(&client, &dead_letters).await.len(), 1, "nothing more dead-lettered");
 }
+
+/// Scans `stream` with `policy` until the record after the poison was handled, then stops; returns the poison's
+/// shard and sequence number. Then scans again (the same store) with `policy`: the poison must not come again.
+async fn dead_letter_once(stream: &str, policy: FailurePolicy) -> (String, String) {
+    let store = MemoryStore::new();
+    let consumer = consumer_builder(stream).await.store(store.clone()).on_handler_error(policy.clone());
+    let log = Log::default();
+    let running = spawn_failing(consumer.build().await.expect("build"), &log);
+    wait_for("the record after the poison", WAIT, || log.seen.data().contains(&"after".to_owned())).await;
+    running.stop().await;
+    let attempts = log.attempts();
+    assert_eq!(attempts.len(), 2, "max_attempts");
+    let (_, shard, sequence) = attempts[0].clone();
+    let consumer = consumer_builder(stream).await.store(store).on_handler_error(policy);
+    let log = Log::default();
+    let client = kc_integration::kinesis().await;
+    put_numbered(&client, stream, "later", 0..1, 1).await.expect("put");
+    let running = spawn_failing(consumer.build().await.expect("build"), &log);
+    wait_for("the record put later", WAIT, || log.seen.data().contains(&"later0".to_owned())).await;
+    running.stop().await;
+    assert!(log.attempts().is_empty(), "the dead-lettered record came again");
+    (shard, sequence)
+}
+
+/// A stream of one shard: a record, the poison (key "the-poisoned-key"), a record "after".
+async fn poisoned_stream(prefix: &str) -> String {
+    let (client, stream) = new_stream(prefix, 1).await;
+    for (key, data) in [("k", "before"), ("the-poisoned-key", POISON), ("k", "after")] {
+        let blob = aws_sdk_kinesis::primitives::Blob::new(data);
+        client.put_record().stream_name(&stream).partition_key(key).data(blob).send().await.expect("put");
+    }
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_dead_letter_table_is_created_once_under_concurrent_calls_and_holds_the_poison() {
+    use kinesis_consumer::postgres::{PostgresDeadLetter, PostgresStore};
+    let pool = kc_integration::sql::pool::<PostgresStore>().await;
+    let table = kc_integration::unique_table("dl_pg");
+    let destination = PostgresDeadLetter::new(pool.clone(), &table).expect("valid name");
+    let creations: Vec<_> = (0..8)
+        .map(|_| {
+            let d = destination.clone();
+            tokio::spawn(async move { d.create_table_if_missing().await })
+        })
+        .collect();
+    for c in creations {
+        c.await.expect("task").expect("created (or found) under concurrency");
+    }
+    let stream = poisoned_stream("dl-pg").await;
+    let policy = FailurePolicy::dead_letter(destination).max_attempts(2);
+    let (shard, sequence) = dead_letter_once(&stream, policy).await;
+    let sql = format!(
+        "SELECT stream_name, shard_id, sequence_number::text, sub_sequence_number, partition_key, data, error, \
+         attempts, approximate_arrival_ms, first_failure_ms FROM {table}"
+    );
+    type Row = (String, String, String, Option<i64>, String, Vec<u8>, String, i32, Option<i64>, i64);
+    let rows: Vec<Row> = sqlx::query_as(&sql).fetch_all(&pool).await.expect("select");
+    assert_eq!(rows.len(), 1, "one dead letter");
+    let (s, sh, seq, sub, key, data, error, attempts, arrived, first) = rows[0].clone();
+    assert_eq!(
+        (s.as_str(), sh.as_str(), seq.as_str(), sub),
+        (stream.as_str(), shard.as_str(), sequence.as_str(), None)
+    );
+    assert_eq!((key.as_str(), data.as_slice()), ("the-poisoned-key", POISON.as_bytes()));
+    assert_eq!((error.as_str(), attempts), ("poisoned: no such customer", 2));
+    assert!(arrived.is_some_and(|a| a > 0 && first + 1_000 >= a), "{arrived:?} {first}");
+    sqlx::query(&format!("DROP TABLE {table}")).execute(&pool).await.expect("drop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mysql_dead_letter_table_is_created_once_under_concurrent_calls_and_holds_the_poison() {
+    use kinesis_consumer::mysql::{MySqlDeadLetter, MySqlStore};
+    let pool = kc_integration::sql::pool::<MySqlStore>().await;
+    let table = kc_integration::unique_table("dl_my");
+    let destination = MySqlDeadLetter::new(pool.clone(), &table).expect("valid name");
+    let creations: Vec<_> = (0..8)
+        .map(|_| {
+            let d = destination.clone();
+            tokio::spawn(async move { d.create_table_if_missing().await })
+        })
+        .collect();
+    for c in creations {
+        c.await.expect("task").expect("created (or found) under concurrency");
+    }
+    let stream = poisoned_stream("dl-my").await;
+    let policy = FailurePolicy::dead_letter(destination).max_attempts(2);
+    let (shard, sequence) = dead_letter_once(&stream, policy).await;
+    let sql = format!(
+        "SELECT stream_name, shard_id, sequence_number, sub_sequence_number, partition_key, data, error, attempts, \
+         approximate_arrival_ms, first_failure_ms FROM {table}"
+    );
+    type Row = (String, String, String, Option<u64>, String, Vec<u8>, String, u32, Option<i64>, i64);
+    let rows: Vec<Row> = sqlx::query_as(&sql).fetch_all(&pool).await.expect("select");
+    assert_eq!(rows.len(), 1, "one dead letter");
+    let (s, sh, seq, sub, key, data, error, attempts, arrived, first) = rows[0].clone();
+    assert_eq!(
+        (s.as_str(), sh.as_str(), seq.as_str(), sub),
+        (stream.as_str(), shard.as_str(), sequence.as_str(), None)
+    );
+    assert_eq!((key.as_str(), data.as_slice()), ("the-poisoned-key", POISON.as_bytes()));
+    assert_eq!((error.as_str(), attempts), ("poisoned: no such customer", 2));
+    assert!(arrived.is_some_and(|a| a > 0 && first + 1_000 >= a), "{arrived:?} {first}");
+    sqlx::query(&format!("DROP TABLE {table}")).execute(&pool).await.expect("drop");
+}

@@ -8,8 +8,9 @@
 //! go missing; a graceful stop or a lost lease ends the wait, the record is then not checkpointed and comes again); any
 //! other error stops the scan with an [`ErrorKind::DeadLetter`](crate::ErrorKind::DeadLetter) error.
 //!
-//! Shipped destinations: [`KinesisDeadLetter`] (another Kinesis stream) here; a table in PostgreSQL or MySQL in the
-//! store crates.
+//! The trait and its types are defined in `kc-checkpoint` (re-exported here), so that the store crates implement
+//! destinations without depending on the consumer. Shipped destinations: [`KinesisDeadLetter`] (another Kinesis
+//! stream) here; a table in PostgreSQL or MySQL in the store crates (`PostgresDeadLetter`, `MySqlDeadLetter`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -19,84 +20,58 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::api::KinesisApi;
-use crate::error::BoxError;
 use crate::record::Record;
 
-/// A record the handler failed on, as a [`DeadLetter`] destination receives it.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct FailedRecord {
-    stream: String,
-    record: Record,
-    error: String,
+pub use kc_checkpoint::deadletter::{DeadLetter, DeadLetterError, FailedRecord};
+
+/// `record` of `stream`, failed with `error` after `attempts` attempts, the first at `first_failure`.
+pub(crate) fn failed_record(
+    stream: &str,
+    record: &Record,
+    error: &str,
     attempts: u32,
     first_failure: SystemTime,
+) -> FailedRecord {
+    FailedRecord::new(
+        stream,
+        record.shard_id(),
+        record.sequence_number().clone(),
+        record.partition_key(),
+        record.data().clone(),
+        error,
+        attempts,
+        first_failure,
+    )
+    .with_sub_sequence_number(record.sub_sequence_number())
+    .with_approximate_arrival_timestamp(record.approximate_arrival_timestamp())
+    .with_explicit_hash_key(record.explicit_hash_key().map(str::to_owned))
 }
 
-impl FailedRecord {
-    /// A failed record (for tests of destinations; the consumer makes its own).
-    pub fn new(
-        stream: impl Into<String>,
-        record: Record,
-        error: impl Into<String>,
-        attempts: u32,
-        first_failure: SystemTime,
-    ) -> Self {
-        Self { stream: stream.into(), record, error: error.into(), attempts, first_failure }
-    }
-
-    /// The stream the record was read from.
-    pub fn stream(&self) -> &str {
-        &self.stream
-    }
-
-    /// The record: data, partition key, sequence and sub-sequence number, shard, approximate arrival time.
-    pub fn record(&self) -> &Record {
-        &self.record
-    }
-
-    /// The handler's last error, as text (the error and its sources, separated by `": "`).
-    pub fn error(&self) -> &str {
-        &self.error
-    }
-
-    /// How many times the handler was called with the record (with its batch, for `scan_batches`).
-    pub fn attempts(&self) -> u32 {
-        self.attempts
-    }
-
-    /// When the handler failed on it the first time.
-    pub fn first_failure(&self) -> SystemTime {
-        self.first_failure
-    }
-
-    /// The record and its failure as one JSON object, the format of [`KinesisDeadLetter`]'s records:
-    ///
-    /// ```json
-    /// {"stream": "orders", "shard": "shardId-000000000001", "sequence_number": "4959...", "sub_sequence_number": null,
-    ///  "partition_key": "k", "explicit_hash_key": null, "approximate_arrival_ms": 1733300000000,
-    ///  "error": "the handler's error: its source", "attempts": 5, "first_failure_ms": 1733300000100,
-    ///  "data": "aGVsbG8="}
-    /// ```
-    ///
-    /// `data` is the payload in standard base64; times are milliseconds since the Unix epoch (`null` when unknown).
-    pub fn to_json(&self) -> String {
-        let r = &self.record;
-        serde_json::json!({
-            "stream": self.stream,
-            "shard": r.shard_id(),
-            "sequence_number": r.sequence_number().to_string(),
-            "sub_sequence_number": r.sub_sequence_number(),
-            "partition_key": r.partition_key(),
-            "explicit_hash_key": r.explicit_hash_key(),
-            "approximate_arrival_ms": r.approximate_arrival_timestamp().and_then(epoch_ms),
-            "error": self.error,
-            "attempts": self.attempts,
-            "first_failure_ms": epoch_ms(self.first_failure),
-            "data": aws_smithy_types::base64::encode(r.data()),
-        })
-        .to_string()
-    }
+/// A failed record as one JSON object, the format of [`KinesisDeadLetter`]'s records:
+///
+/// ```json
+/// {"stream": "orders", "shard": "shardId-000000000001", "sequence_number": "4959...", "sub_sequence_number": null,
+///  "partition_key": "k", "explicit_hash_key": null, "approximate_arrival_ms": 1733300000000,
+///  "error": "the handler's error: its source", "attempts": 5, "first_failure_ms": 1733300000100,
+///  "data": "aGVsbG8="}
+/// ```
+///
+/// `data` is the payload in standard base64; times are milliseconds since the Unix epoch (`null` when unknown).
+pub fn to_json(r: &FailedRecord) -> String {
+    serde_json::json!({
+        "stream": r.stream(),
+        "shard": r.shard_id(),
+        "sequence_number": r.sequence_number().to_string(),
+        "sub_sequence_number": r.sub_sequence_number(),
+        "partition_key": r.partition_key(),
+        "explicit_hash_key": r.explicit_hash_key(),
+        "approximate_arrival_ms": r.approximate_arrival_timestamp().and_then(epoch_ms),
+        "error": r.error(),
+        "attempts": r.attempts(),
+        "first_failure_ms": epoch_ms(r.first_failure()),
+        "data": aws_smithy_types::base64::encode(r.data()),
+    })
+    .to_string()
 }
 
 /// Milliseconds since the Unix epoch; `None` before it.
@@ -105,7 +80,7 @@ fn epoch_ms(t: SystemTime) -> Option<u64> {
 }
 
 /// A dead-letter destination that puts each failed record on another Kinesis stream (PutRecord with the record's
-/// partition key, so the records of a key keep their order there), as [`FailedRecord::to_json`].
+/// partition key, so the records of a key keep their order there), as [`to_json`].
 ///
 /// ```no_run
 /// # async fn run(client: aws_sdk_kinesis::Client) -> Result<(), kc_core::Error> {
@@ -157,8 +132,8 @@ impl KinesisDeadLetter {
 #[async_trait]
 impl DeadLetter for KinesisDeadLetter {
     async fn send(&self, record: &FailedRecord) -> Result<(), DeadLetterError> {
-        let data = Bytes::from(record.to_json());
-        match self.api.put_record(&self.stream, record.record().partition_key(), data).await {
+        let data = Bytes::from(to_json(record));
+        match self.api.put_record(&self.stream, record.partition_key(), data).await {
             Ok(_sequence) => Ok(()),
             Err(e) if e.is_retryable() => Err(DeadLetterError::transient(e)),
             Err(e) => Err(DeadLetterError::permanent(e)),
@@ -166,57 +141,9 @@ impl DeadLetter for KinesisDeadLetter {
     }
 }
 
-/// A dead-letter destination (object safe: the consumer holds an `Arc<dyn DeadLetter>`).
-#[async_trait]
-pub trait DeadLetter: Send + Sync + 'static {
-    /// Stores `record`. `Ok` means it is stored for good: the consumer then checkpoints past it. The consumer calls
-    /// this for one record of a shard at a time, and again with the same record after a retryable error.
-    async fn send(&self, record: &FailedRecord) -> Result<(), DeadLetterError>;
-}
-
-/// Why a [`DeadLetter`] destination did not store a record.
-#[derive(Debug)]
-pub struct DeadLetterError {
-    retryable: bool,
-    source: BoxError,
-}
-
-impl DeadLetterError {
-    /// A failure that may go away (the destination is unreachable, throttled, timed out): the record is sent again.
-    pub fn transient(source: impl Into<BoxError>) -> Self {
-        Self { retryable: true, source: source.into() }
-    }
-
-    /// A failure retrying does not fix (access denied, no such stream or table, a record too large): the scan stops.
-    pub fn permanent(source: impl Into<BoxError>) -> Self {
-        Self { retryable: false, source: source.into() }
-    }
-
-    /// Whether sending again may succeed.
-    pub fn is_retryable(&self) -> bool {
-        self.retryable
-    }
-}
-
-impl fmt::Display for DeadLetterError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.retryable {
-            "the dead-letter destination failed (transient)"
-        } else {
-            "the dead-letter destination refused the record"
-        })
-    }
-}
-
-impl std::error::Error for DeadLetterError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.source)
-    }
-}
-
 impl crate::retry::RetryError for DeadLetterError {
     fn is_retryable(&self) -> bool {
-        self.retryable
+        DeadLetterError::is_retryable(self)
     }
     fn timed_out() -> Self {
         Self::transient("client-side timeout")

@@ -18,7 +18,7 @@ use tracing::{error, warn};
 
 use crate::backoff::Backoff;
 use crate::config::at_most_max;
-use crate::deadletter::{error_text, DeadLetter, DeadLetterError, FailedRecord};
+use crate::deadletter::{error_text, failed_record, DeadLetter, DeadLetterError, FailedRecord};
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::record::Record;
 use crate::retry::{self, retry, retry_finishing, Policy, Retried, RetryError};
@@ -367,8 +367,7 @@ impl FailurePolicy {
             Exhausted::DeadLetter(destination) => {
                 let text = error_text(&*error);
                 for record in records {
-                    let failed =
-                        FailedRecord::new(shard.stream, record.clone(), text.as_str(), attempts, first_failure);
+                    let failed = failed_record(shard.stream, record, &text, attempts, first_failure);
                     if !self.send(shard, &**destination, &failed).await? {
                         return Ok(Settled::Cancelled);
                     }
@@ -436,8 +435,11 @@ impl FailurePolicy {
             None => Ok(false),
             Some(Ok(())) => Ok(true),
             Some(Err(e)) => {
-                let record = failed.record();
-                let what = Failed { records: std::slice::from_ref(record), position: &Checkpoint::ShardEnd };
+                let position = Checkpoint::At {
+                    sequence: failed.sequence_number().clone(),
+                    sub_sequence: failed.sub_sequence_number(),
+                };
+                let what = Failed { records: &[], position: &position };
                 Err(Error::new(
                     ErrorKind::DeadLetter,
                     format!("the dead-letter destination refused record {what}; stopping (it is not checkpointed)"),

@@ -228,9 +228,13 @@ impl DeadLetter for Letters {
     async fn send(&self, failed: &FailedRecord) -> Result<(), DeadLetterError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if let Some(store) = &self.store {
-            let key = ShardKey::new(APP, failed.stream(), failed.record().shard_id());
+            let key = ShardKey::new(APP, failed.stream(), failed.shard_id());
             let saved = store.get(&key).await.map_err(DeadLetterError::transient)?;
-            assert!(saved.is_none_or(|c| c < failed.record().checkpoint()), "checkpointed past an unsettled record");
+            let position = Checkpoint::At {
+                sequence: failed.sequence_number().clone(),
+                sub_sequence: failed.sub_sequence_number(),
+            };
+            assert!(saved.is_none_or(|c| c < position), "checkpointed past an unsettled record");
         }
         if self.down.load(Ordering::SeqCst) {
             let e = std::io::Error::other("destination down");
@@ -291,11 +295,11 @@ async fn a_dead_letter_is_checkpointed_past_only_once_accepted_and_a_stop_meanwh
     assert_eq!(accepted.len(), 1);
     let letter = &accepted[0];
     assert_eq!(letter.stream(), STREAM);
-    assert_eq!(letter.record().data().as_ref(), POISON.as_bytes());
-    assert_eq!(letter.record().partition_key(), "k");
-    assert_eq!(letter.record().shard_id(), shards[0]);
-    assert_eq!(letter.record().sequence_number().to_string(), poison);
-    assert!(letter.record().approximate_arrival_timestamp().is_some());
+    assert_eq!(letter.data().as_ref(), POISON.as_bytes());
+    assert_eq!(letter.partition_key(), "k");
+    assert_eq!(letter.shard_id(), shards[0]);
+    assert_eq!(letter.sequence_number().to_string(), poison);
+    assert!(letter.approximate_arrival_timestamp().is_some());
     assert_eq!(letter.error(), "poisoned");
     assert_eq!(letter.attempts(), 2);
     assert!(letter.first_failure() <= SystemTime::now());
@@ -343,7 +347,7 @@ async fn a_record_older_than_max_record_age_is_not_retried() {
     assert_eq!(log.attempts().len(), 1, "too old to retry: straight to the destination");
     let accepted = letters.accepted.lock().expect("lock").clone();
     assert_eq!(accepted.len(), 1);
-    assert_eq!(accepted[0].record().sequence_number().to_string(), poison);
+    assert_eq!(accepted[0].sequence_number().to_string(), poison);
     assert_eq!(accepted[0].attempts(), 1);
 }
 
