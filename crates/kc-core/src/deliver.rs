@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use kc_checkpoint::Checkpoint;
 
-use crate::error::Error;
+use crate::error::{BoxError, Error};
 use crate::failure::{FailurePolicy, Settled};
-use crate::handler::{Batch, BatchHandler, Outcome, RecordHandler};
+use crate::handler::{Batch, BatchFailure, BatchHandler, Outcome, RecordHandler};
 use crate::record::Record;
 use crate::shard::ShardCx;
 
@@ -155,6 +155,117 @@ pub(crate) struct PerBatch<H> {
     pub(crate) failure: Arc<FailurePolicy>,
 }
 
+impl<H: BatchHandler> PerBatch<H> {
+    /// One handler call with `records` (never empty), under the handler timeout if there is one.
+    async fn call(&self, shard: &ShardCx<'_>, records: Vec<Record>, mbl: Option<i64>) -> Result<Outcome, BoxError> {
+        let position = records.last().map(Record::checkpoint).unwrap_or(Checkpoint::ShardEnd);
+        let batch = Batch { shard_id: Arc::clone(shard.id), records, millis_behind_latest: mbl };
+        match self.failure.stall {
+            None => self.handler.handle_batch(batch).await.map_err(Into::into),
+            Some(stall) => FailurePolicy::watched(stall, shard, &position, self.handler.handle_batch(batch)).await,
+        }
+    }
+
+    /// After the batch `rest` failed with `error` (its first call): partial responses, bisection and the policy's
+    /// retries, until every record of `rest` is settled, or the shard is cancelled.
+    async fn settle(
+        &self,
+        shard: &ShardCx<'_>,
+        mut rest: Vec<Record>,
+        mbl: Option<i64>,
+        error: BoxError,
+        progress: &mut Progress,
+    ) -> Result<Delivered, Error> {
+        // `rest[..window]` is what the last call had; it failed after handling its first `done` records.
+        let mut window = rest.len();
+        let (mut done, mut error) = partial(error, window);
+        loop {
+            if done > 0 {
+                progress.handled(rest[done - 1].checkpoint(), Outcome::Checkpoint);
+                rest.drain(..done);
+                window -= done;
+            }
+            // The failure is at `rest[0]`, inside `rest[..window]`.
+            let failed = if self.failure.bisects() && window > 1 {
+                window /= 2;
+                match self.call(shard, rest[..window].to_vec(), mbl).await {
+                    Ok(outcome) => {
+                        progress.handled(rest[window - 1].checkpoint(), outcome);
+                        rest.drain(..window);
+                        None
+                    }
+                    Err(e) => Some(partial(e, window)),
+                }
+            } else {
+                let records = &rest[..window];
+                let position = records[window - 1].checkpoint();
+                let again = || {
+                    let records = records.to_vec();
+                    async move {
+                        let len = records.len();
+                        match self.call(shard, records, mbl).await {
+                            Ok(outcome) => Ok(Step::Done(outcome)),
+                            Err(e) => match partial(e, len) {
+                                (0, e) => Err(e),
+                                (done, e) => Ok(Step::Partial(done, e)),
+                            },
+                        }
+                    }
+                };
+                match self.failure.after_failure(shard, records, &position, error, again).await? {
+                    Settled::Handled(Step::Done(outcome)) => {
+                        progress.handled(position, outcome);
+                        rest.drain(..window);
+                        None
+                    }
+                    Settled::Handled(Step::Partial(done, e)) => Some((done, e)),
+                    Settled::Given => {
+                        progress.handled(position, Outcome::Checkpoint);
+                        rest.drain(..window);
+                        None
+                    }
+                    Settled::Cancelled => return Ok(Delivered::Cancelled),
+                }
+            };
+            if let Some(failed) = failed {
+                (done, error) = failed;
+                continue;
+            }
+            // What was left before the failure is settled: the rest of the batch in one call again.
+            if rest.is_empty() {
+                return Ok(Delivered::All);
+            }
+            if shard.cancel.is_cancelled() {
+                return Ok(Delivered::Cancelled);
+            }
+            window = rest.len();
+            match self.call(shard, rest.clone(), mbl).await {
+                Ok(outcome) => {
+                    progress.handled(rest[window - 1].checkpoint(), outcome);
+                    return Ok(Delivered::All);
+                }
+                Err(e) => (done, error) = partial(e, window),
+            }
+        }
+    }
+}
+
+/// A retried call's result: handled, or a partial batch response that got past the first record.
+enum Step {
+    Done(Outcome),
+    Partial(usize, BoxError),
+}
+
+/// A failed call of a batch of `len` records: how many of its first records it handled (a [`BatchFailure`] inside the
+/// batch), and the error.
+fn partial(error: BoxError, len: usize) -> (usize, BoxError) {
+    match error.downcast::<BatchFailure>() {
+        Ok(failure) if failure.index() < len => (failure.index(), failure),
+        Ok(failure) => (0, failure),
+        Err(error) => (0, error),
+    }
+}
+
 impl<H: BatchHandler> Deliver for PerBatch<H> {
     async fn deliver(
         &self,
@@ -179,26 +290,20 @@ impl<H: BatchHandler> Deliver for PerBatch<H> {
             }
             Err(e) => e,
         };
-        let records = kept.as_ref().map(Batch::records).unwrap_or_default();
-        let again = || {
-            let batch = kept.clone();
-            let position = &position;
-            async move {
-                match (batch, self.failure.stall) {
-                    (Some(batch), None) => self.handler.handle_batch(batch).await.map_err(Into::into),
-                    (Some(batch), Some(stall)) => {
-                        FailurePolicy::watched(stall, shard, position, self.handler.handle_batch(batch)).await
-                    }
-                    (None, _) => Err("the failure policy kept no copy of the batch".into()), // not reached
+        match kept {
+            Some(kept) => self.settle(shard, kept.records, millis_behind_latest, error, progress).await,
+            // Nothing kept (the default policy): no retries, the policy ends the batch whole.
+            None => {
+                let never =
+                    || async { Err::<Outcome, BoxError>("the failure policy kept no copy of the batch".into()) };
+                match self.failure.after_failure(shard, &[], &position, error, never).await? {
+                    Settled::Handled(outcome) => progress.handled(position, outcome),
+                    Settled::Given => progress.handled(position, Outcome::Checkpoint),
+                    Settled::Cancelled => return Ok(Delivered::Cancelled),
                 }
+                Ok(Delivered::All)
             }
-        };
-        match self.failure.after_failure(shard, records, &position, error, again).await? {
-            Settled::Handled(outcome) => progress.handled(position, outcome),
-            Settled::Given => progress.handled(position, Outcome::Checkpoint),
-            Settled::Cancelled => return Ok(Delivered::Cancelled),
         }
-        Ok(Delivered::All)
     }
 }
 

@@ -72,6 +72,7 @@ pub struct FailurePolicy {
     backoff_base: Duration,
     backoff_max: Duration,
     then: Exhausted,
+    bisect: bool,
     /// The builder's [`handler_timeout`](crate::ConsumerBuilder::handler_timeout), set by `build()`.
     pub(crate) stall: Option<HandlerTimeout>,
 }
@@ -127,6 +128,7 @@ impl std::fmt::Debug for FailurePolicy {
             .field("max_record_age", &self.max_record_age)
             .field("backoff", &(self.backoff_base, self.backoff_max))
             .field("then", &then)
+            .field("bisect", &self.bisect)
             .finish()
     }
 }
@@ -139,6 +141,7 @@ impl FailurePolicy {
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             then,
+            bisect: false,
             stall: None,
         }
     }
@@ -185,6 +188,17 @@ impl FailurePolicy {
         self
     }
 
+    /// With [`scan_batches`](crate::Consumer::scan_batches): a batch that fails (whole) is split in halves, the first
+    /// half handed to the handler alone, and so on until the failing record is alone; only then do the attempts and
+    /// the end of this policy apply, to that record alone. The records before it are handled (and checkpointed) in the
+    /// halves that succeed; a record after it may have been in a failed call (Lambda's `BisectBatchOnFunctionError`).
+    /// Default: off. ([`scan`](crate::Consumer::scan) hands records one at a time: each failing record is already
+    /// alone.)
+    pub fn bisect_batches(mut self) -> Self {
+        self.bisect = true;
+        self
+    }
+
     /// The backoff between attempts (and between the sends to a dead-letter destination that failed): exponential
     /// from `base`, capped at `max`, with jitter. Default: 100 ms to 10 s.
     pub fn retry_backoff(mut self, base: Duration, max: Duration) -> Self {
@@ -221,6 +235,12 @@ impl FailurePolicy {
     pub(crate) fn keeps_records(&self) -> bool {
         self.max_attempts.unwrap_or(if self.max_record_age.is_some() { u32::MAX } else { 1 }) > 1
             || matches!(self.then, Exhausted::DeadLetter(_))
+            || self.bisect
+    }
+
+    /// Whether failed batches are bisected.
+    pub(crate) fn bisects(&self) -> bool {
+        self.bisect
     }
 
     /// Whether a record (batch) whose oldest record arrived at `oldest` is used up after `attempts` calls.

@@ -183,7 +183,7 @@ pub use consumer::{Consumer, ConsumerBuilder};
 pub use deadletter::{DeadLetter, DeadLetterError, FailedRecord, KinesisDeadLetter};
 pub use error::{BoxError, Error, ErrorKind};
 pub use failure::{FailurePolicy, HandlerTimeout, DEAD_LETTER_TIMEOUT};
-pub use handler::{Batch, BatchHandler, Outcome, RecordHandler};
+pub use handler::{Batch, BatchFailure, BatchHandler, Outcome, RecordHandler};
 pub use kc_checkpoint::{Checkpoint, CheckpointStore, MemoryStore, SequenceNumber, ShardKey};
 pub use lifecycle::{Lifecycle, NoLifecycle};
 pub use record::Record;

@@ -599,3 +599,108 @@ async fn a_stalled_handler_is_only_logged_by_default_and_cancelled_then_skipped_
     let source = err.into_handler_error().expect("source").to_string();
     assert!(source.contains("did not return within 5s"), "{source}");
 }
+
+/// Scans with a batch handler that handles a batch up to the poison: with `partial`, it answers
+/// `BatchFailure::at(index of the poison)` after recording the records before it; without, it fails the whole batch
+/// (recording nothing). Returns the handled data (in order) and how many calls had the poison.
+fn spawn_batches(consumer: Consumer, partial: bool) -> (Arc<Mutex<Vec<String>>>, Arc<AtomicUsize>, Scan) {
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let poisoned = Arc::new(AtomicUsize::new(0));
+    let (h, p) = (Arc::clone(&handled), Arc::clone(&poisoned));
+    let task = tokio::spawn(async move {
+        consumer
+            .scan_batches(move |batch: Batch| {
+                let (h, p) = (Arc::clone(&h), Arc::clone(&p));
+                async move {
+                    let data: Vec<String> =
+                        batch.records().iter().map(|r| String::from_utf8_lossy(r.data()).into_owned()).collect();
+                    match data.iter().position(|d| d == POISON) {
+                        None => {
+                            h.lock().expect("lock").extend(data);
+                            Ok(Outcome::Checkpoint)
+                        }
+                        Some(i) => {
+                            p.fetch_add(1, Ordering::SeqCst);
+                            if partial {
+                                h.lock().expect("lock").extend(data[..i].iter().cloned());
+                                Err(kc_core::BatchFailure::at(i, "poisoned"))
+                            } else {
+                                Err(kc_core::BatchFailure::at(usize::MAX, "poisoned"))
+                                // a whole-batch failure
+                            }
+                        }
+                    }
+                }
+            })
+            .await
+    });
+    (handled, poisoned, task)
+}
+
+/// A scan running in a task of its own.
+type Scan = JoinHandle<Result<(), kc_core::Error>>;
+
+fn numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix}{i}")).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_batch_response_checkpoints_the_records_before_and_retries_from_the_failed_one() {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 1);
+    let shard = fake.shard_ids(STREAM).remove(0);
+    let (poison, before) = put_poisoned(&fake, &shard, 4, 5); // one batch: before0..3, marker, poison, after0..4
+    let store = MemoryStore::new();
+    let letters = Letters::default();
+    let policy = FailurePolicy::dead_letter(letters.clone()).max_attempts(3);
+    let consumer = builder(&fake, &store, policy).build().await.expect("build");
+    let token = consumer.shutdown_token();
+    let (handled, poisoned, task) = spawn_batches(consumer, true);
+    Wait::PAUSED.expect("three attempts", || poisoned.load(Ordering::SeqCst) >= 3).await;
+    // During the retries the records before the poison are handled once, and checkpointed at the stop.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    token.cancel();
+    task.await.expect("task").expect("scan");
+    let mut want = numbered("before", 0..4);
+    want.push("marker".to_owned());
+    assert_eq!(*handled.lock().expect("lock"), want, "the records before the poison, once");
+    assert_eq!(poisoned.load(Ordering::SeqCst), 3);
+    // Without bisection, what the last call had from the poison on went to the destination: the poison and after.
+    let sent: Vec<String> =
+        letters.accepted.lock().expect("lock").iter().map(|l| String::from_utf8_lossy(l.data()).into_owned()).collect();
+    let mut from_poison = vec![POISON.to_owned()];
+    from_poison.extend(numbered("after", 0..5));
+    assert_eq!(sent, from_poison);
+    assert!(letters.accepted.lock().expect("lock").iter().all(|l| l.attempts() == 3));
+    let saved = checkpoint_of(&store, &shard).await.expect("checkpoint");
+    assert!(saved > at(&poison), "settled: {saved:?}");
+    assert!(saved > at(&before));
+}
+
+#[tokio::test(start_paused = true)]
+async fn bisection_brings_the_failing_record_alone_to_the_policy_and_every_other_record_is_handled_once() {
+    for partial in [false, true] {
+        let fake = FakeKinesis::new();
+        fake.create_stream(STREAM, 1);
+        let shard = fake.shard_ids(STREAM).remove(0);
+        put_poisoned(&fake, &shard, 10, 9); // 21 records in one batch, the poison 12th
+        let store = MemoryStore::new();
+        let letters = Letters::default();
+        let policy = FailurePolicy::dead_letter(letters.clone()).max_attempts(2).bisect_batches();
+        let consumer = builder(&fake, &store, policy).build().await.expect("build");
+        let token = consumer.shutdown_token();
+        let (handled, _, task) = spawn_batches(consumer, partial);
+        Wait::PAUSED.expect("every other record", || handled.lock().expect("lock").len() >= 20).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        token.cancel();
+        task.await.expect("task").expect("scan");
+        let mut want = numbered("before", 0..10);
+        want.push("marker".to_owned());
+        want.extend(numbered("after", 0..9));
+        assert_eq!(*handled.lock().expect("lock"), want, "partial {partial}: every other record once, in order");
+        let sent = letters.accepted.lock().expect("lock").clone();
+        assert_eq!(sent.len(), 1, "partial {partial}: the poison alone");
+        assert_eq!(sent[0].data().as_ref(), POISON.as_bytes());
+        assert_eq!(sent[0].attempts(), 2, "the policy's attempts, for the record alone");
+    }
+}
