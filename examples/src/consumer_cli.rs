@@ -117,8 +117,8 @@ impl ConsumerArgs {
     }
 }
 
-/// The flags of the failure policy (the `consumer` example).
-#[derive(Debug, Default, clap::Args)]
+/// The flags of the failure policy (the `consumer` and `consumer-postgres` examples).
+#[derive(Debug, clap::Args)]
 pub struct FailureArgs {
     /// Make the handler fail on every record whose data contains SUBSTRING (to watch the failure policy).
     #[arg(long, value_name = "SUBSTRING")]
@@ -133,6 +133,13 @@ pub struct FailureArgs {
     /// When the attempts are used up: put the record (as JSON) on the stream NAME (which must exist), and go on.
     #[arg(long, value_name = "NAME")]
     pub dead_letter_stream: Option<String>,
+}
+
+impl Default for FailureArgs {
+    /// What no flag asks for: the default policy (stop at the first error), no failing records.
+    fn default() -> Self {
+        Self { fail_on: None, max_attempts: 1, skip_failed: false, dead_letter_stream: None }
+    }
 }
 
 impl FailureArgs {
@@ -160,4 +167,28 @@ pub async fn print_record(record: Record) -> Result<Outcome, std::io::Error> {
     out.write_all(b"\n")?;
     out.flush()?;
     Ok(Outcome::Checkpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        failure: FailureArgs,
+    }
+
+    #[test]
+    fn the_default_failure_flags_are_what_no_flag_gives() {
+        let parsed = Flags::parse_from(["consumer"]).failure;
+        let default = FailureArgs::default();
+        assert_eq!(
+            (parsed.fail_on, parsed.max_attempts, parsed.skip_failed, parsed.dead_letter_stream),
+            (default.fail_on, default.max_attempts, default.skip_failed, default.dead_letter_stream)
+        );
+        assert!(Flags::try_parse_from(["consumer", "--max-attempts", "0"]).is_err());
+        assert!(Flags::try_parse_from(["consumer", "--skip-failed", "--dead-letter-stream", "d"]).is_err());
+    }
 }
