@@ -270,3 +270,59 @@ async fn a_mysql_dead_letter_table_is_created_once_under_concurrent_calls_and_ho
     assert!(arrived.is_some_and(|a| a > 0 && first + 1_000 >= a), "{arrived:?} {first}");
     sqlx::query(&format!("DROP TABLE {table}")).execute(&pool).await.expect("drop");
 }
+
+/// The dead-letter table unreachable (a proxy cut) for 10 s: the shard holds at the poison, nothing is checkpointed
+/// past it until the row is written, then everything goes on and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_table_unreachable_for_10_s_holds_the_shard_until_the_record_is_written() {
+    use kc_integration::CutProxy;
+    use kinesis_consumer::postgres::{PostgresDeadLetter, PostgresStore};
+    use kinesis_consumer::{Checkpoint, CheckpointStore, SequenceNumber, ShardKey};
+    let direct = kc_integration::sql::pool::<PostgresStore>().await;
+    let table = kc_integration::unique_table("dl_cut");
+    PostgresDeadLetter::new(direct.clone(), &table).expect("name").create_table_if_missing().await.expect("create");
+    let url = kc_integration::postgres_url();
+    let authority = url.split('@').nth(1).and_then(|rest| rest.split('/').next()).expect("host:port in the URL");
+    let proxy = CutProxy::start(authority).await.expect("proxy");
+    let proxied_url = url.replacen(authority, &proxy.addr().to_string(), 1);
+    let proxied = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy(&proxied_url)
+        .expect("pool");
+    let destination = PostgresDeadLetter::new(proxied, &table).expect("name");
+    proxy.cut();
+
+    let stream = poisoned_stream("dl-cut").await;
+    let store = MemoryStore::new();
+    let policy = FailurePolicy::dead_letter(destination)
+        .max_attempts(1)
+        .retry_backoff(Duration::from_millis(200), Duration::from_secs(1));
+    let consumer = consumer_builder(&stream).await.store(store.clone()).on_handler_error(policy);
+    let log = Log::default();
+    let running = spawn_failing(consumer.build().await.expect("build"), &log);
+    wait_for("the poison", WAIT, || !log.attempts().is_empty()).await;
+    let (_, shard, sequence) = log.attempts()[0].clone();
+    let poison_at = Checkpoint::at(SequenceNumber::parse(&sequence).expect("sequence"));
+    let key = ShardKey::new("it", stream.as_str(), shard.as_str());
+    let cut_until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < cut_until {
+        let saved = store.get(&key).await.expect("get");
+        assert!(saved.as_ref().is_none_or(|c| *c < poison_at), "checkpointed past the unsettled record: {saved:?}");
+        assert!(!log.seen.data().contains(&"after".to_owned()), "handled past the unsettled record");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    proxy.restore();
+    wait_for("the record after the poison", WAIT, || log.seen.data().contains(&"after".to_owned())).await;
+    running.stop().await;
+    assert_eq!(log.seen.data(), ["before", "after"], "nothing lost, nothing twice");
+    assert_eq!(log.attempts().len(), 1, "the handler was not called again: the destination was");
+    let saved = store.get(&key).await.expect("get").expect("checkpoint");
+    assert!(saved > poison_at, "checkpointed past it once written: {saved:?}");
+    let (rows,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM {table} WHERE error LIKE 'poisoned%'"))
+        .fetch_one(&direct)
+        .await
+        .expect("count");
+    assert_eq!(rows, 1, "written once");
+    sqlx::query(&format!("DROP TABLE {table}")).execute(&direct).await.expect("drop");
+}
