@@ -704,3 +704,43 @@ async fn bisection_brings_the_failing_record_alone_to_the_policy_and_every_other
         assert_eq!(sent[0].attempts(), 2, "the policy's attempts, for the record alone");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_enhanced_fan_out_a_poison_record_is_retried_then_dead_lettered_and_its_shard_goes_on() {
+    // 100 to 200 s between attempts: longer than a subscription's 30 s idle limit and than its 5 minutes.
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 2);
+    let shards = fake.shard_ids(STREAM);
+    let (poison, _) = put_poisoned(&fake, &shards[0], 3, 3);
+    put_to_shard(&fake, STREAM, &shards[1], "other", 5);
+    let store = MemoryStore::new();
+    let letters = Letters::default();
+    let policy = FailurePolicy::dead_letter(letters.clone())
+        .max_attempts(3)
+        .retry_backoff(Duration::from_secs(200), Duration::from_secs(200));
+    let consumer = Consumer::builder(STREAM)
+        .api(fake.clone())
+        .store(store.clone())
+        .app_name(APP)
+        .initial_position(InitialPosition::TrimHorizon)
+        .fan_out("efo")
+        .on_handler_error(policy)
+        .build()
+        .await
+        .expect("build");
+    let token = consumer.shutdown_token();
+    let log = Log::default();
+    let task = spawn_failing(consumer, &log);
+    Wait::PAUSED.expect("every other record", || log.seen.len() >= 3 + 1 + 3 + 5).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    token.cancel();
+    task.await.expect("task").expect("scan");
+    assert!(!fake.subscriptions().is_empty(), "read with SubscribeToShard");
+    assert_eq!(log.attempts().len(), 3);
+    let accepted = letters.accepted.lock().expect("lock").clone();
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(accepted[0].sequence_number().to_string(), poison);
+    let after: Vec<_> = log.seen.all().into_iter().filter(|r| r.data.starts_with("after")).collect();
+    assert!(after.iter().all(|r| r.at >= log.attempts()[2]), "the shard held during the retries");
+    assert!(checkpoint_of(&store, &shards[0]).await.expect("checkpoint") > at(&poison));
+}
