@@ -131,12 +131,28 @@ async fn a_poison_record_on_one_shard_of_four_goes_to_the_dead_letter_stream_and
     }
     let mut produced = before.clone();
     produced.extend(during.iter().cloned());
+    running.stop().await;
+    let letters = read_all(&client, &dead_letters).await;
+    // The row of the reliability table: every record but the poison handled once, the poison dead-lettered.
+    let (lost, duplicates) = kc_integration::report::tally(&produced, &log.seen.data());
+    let dead_lettered = letters.len();
+    kc_integration::report::Row {
+        scenario: "P1 poison record".to_owned(),
+        faults: format!(
+            "1 poison record on 1 of 4 shards, {} attempts, dead-lettered to a Kinesis stream: {dead_lettered}",
+            attempts.len()
+        ),
+        produced: produced.len() + 1,
+        handled: log.seen.len() + attempts.len(),
+        lost: lost + usize::from(dead_lettered == 0),
+        duplicates,
+        ok: lost == 0 && duplicates == 0 && dead_lettered == 1,
+    }
+    .report();
     log.seen.assert_exactly_once(&produced);
     log.seen.assert_shard_order();
-    running.stop().await;
 
     // The dead-letter stream holds the poison, with its error and attempts.
-    let letters = read_all(&client, &dead_letters).await;
     assert_eq!(letters.len(), 1, "one dead letter");
     let letter = &letters[0];
     assert_eq!(letter.partition_key(), Some("the-poisoned-key"), "the original partition key");
