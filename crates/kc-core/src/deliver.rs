@@ -139,7 +139,8 @@ impl<H: RecordHandler> Deliver for PerRecord<H> {
                     }
                 }
             };
-            match self.failure.after_failure(shard, kept, &position, error, again).await? {
+            // Boxed: the rare slow path stays out of this loop's state machine.
+            match Box::pin(self.failure.after_failure(shard, kept, &position, error, again)).await? {
                 Settled::Handled(outcome) => progress.handled(position, outcome),
                 Settled::Given => progress.handled(position, Outcome::Checkpoint),
                 Settled::Cancelled => return Ok(Delivered::Cancelled),
@@ -291,12 +292,13 @@ impl<H: BatchHandler> Deliver for PerBatch<H> {
             Err(e) => e,
         };
         match kept {
-            Some(kept) => self.settle(shard, kept.records, millis_behind_latest, error, progress).await,
+            // Boxed: the rare slow path stays out of the hot path's state machine.
+            Some(kept) => Box::pin(self.settle(shard, kept.records, millis_behind_latest, error, progress)).await,
             // Nothing kept (the default policy): no retries, the policy ends the batch whole.
             None => {
                 let never =
                     || async { Err::<Outcome, BoxError>("the failure policy kept no copy of the batch".into()) };
-                match self.failure.after_failure(shard, &[], &position, error, never).await? {
+                match Box::pin(self.failure.after_failure(shard, &[], &position, error, never)).await? {
                     Settled::Handled(outcome) => progress.handled(position, outcome),
                     Settled::Given => progress.handled(position, Outcome::Checkpoint),
                     Settled::Cancelled => return Ok(Delivered::Cancelled),
