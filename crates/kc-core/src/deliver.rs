@@ -97,6 +97,39 @@ pub(crate) struct PerRecord<H> {
     pub(crate) failure: Arc<FailurePolicy>,
 }
 
+impl<H: RecordHandler> PerRecord<H> {
+    /// After the first call for the record at `position` failed with `error`: the failure policy (`kept` is the copy
+    /// of the record, if the policy keeps one). `Some(Delivered::Cancelled)` when the shard was cancelled first.
+    async fn settle(
+        &self,
+        shard: &ShardCx<'_>,
+        kept: &[Record],
+        position: Checkpoint,
+        error: BoxError,
+        progress: &mut Progress,
+    ) -> Result<Option<Delivered>, Error> {
+        let again = || {
+            let record = kept.first().cloned();
+            let position = &position;
+            async move {
+                match (record, self.failure.stall) {
+                    (Some(record), None) => self.handler.handle(record).await.map_err(Into::into),
+                    (Some(record), Some(stall)) => {
+                        FailurePolicy::watched(stall, shard, position, self.handler.handle(record)).await
+                    }
+                    (None, _) => Err("the failure policy kept no copy of the record".into()), // not reached
+                }
+            }
+        };
+        match self.failure.after_failure(shard, kept, &position, error, again).await? {
+            Settled::Handled(outcome) => progress.handled(position, outcome),
+            Settled::Given => progress.handled(position, Outcome::Checkpoint),
+            Settled::Cancelled => return Ok(Some(Delivered::Cancelled)),
+        }
+        Ok(None)
+    }
+}
+
 impl<H: RecordHandler> Deliver for PerRecord<H> {
     async fn deliver(
         &self,
@@ -105,10 +138,30 @@ impl<H: RecordHandler> Deliver for PerRecord<H> {
         _millis_behind_latest: Option<i64>,
         progress: &mut Progress,
     ) -> Result<Delivered, Error> {
-        // Decided once per batch: the default policy keeps no copy of a record.
+        // Decided once per batch. The slow path (`settle`) is awaited boxed: it stays out of the loops' state.
         let keep = self.failure.keeps_records();
+        if !keep && self.failure.stall.is_none() {
+            // The hot path of the default policy: no copy of a record, no timer, as before there was a policy.
+            for record in records {
+                // Between records only: the record in hand is always finished.
+                if shard.cancel.is_cancelled() {
+                    return Ok(Delivered::Cancelled);
+                }
+                let position = record.checkpoint();
+                let error: BoxError = match self.handler.handle(record).await {
+                    Ok(outcome) => {
+                        progress.handled(position, outcome);
+                        continue;
+                    }
+                    Err(e) => e.into(),
+                };
+                if let Some(stop) = Box::pin(self.settle(shard, &[], position, error, progress)).await? {
+                    return Ok(stop);
+                }
+            }
+            return Ok(Delivered::All);
+        }
         for record in records {
-            // Between records only: the record in hand is always finished.
             if shard.cancel.is_cancelled() {
                 return Ok(Delivered::Cancelled);
             }
@@ -118,32 +171,13 @@ impl<H: RecordHandler> Deliver for PerRecord<H> {
                 None => self.handler.handle(record).await.map_err(Into::into),
                 Some(stall) => FailurePolicy::watched(stall, shard, &position, self.handler.handle(record)).await,
             };
-            let error = match result {
-                Ok(outcome) => {
-                    progress.handled(position, outcome);
-                    continue;
-                }
-                Err(e) => e,
-            };
-            let kept = kept.as_slice();
-            let again = || {
-                let record = kept.first().cloned();
-                let position = &position;
-                async move {
-                    match (record, self.failure.stall) {
-                        (Some(record), None) => self.handler.handle(record).await.map_err(Into::into),
-                        (Some(record), Some(stall)) => {
-                            FailurePolicy::watched(stall, shard, position, self.handler.handle(record)).await
-                        }
-                        (None, _) => Err("the failure policy kept no copy of the record".into()), // not reached
+            match result {
+                Ok(outcome) => progress.handled(position, outcome),
+                Err(e) => {
+                    if let Some(stop) = Box::pin(self.settle(shard, kept.as_slice(), position, e, progress)).await? {
+                        return Ok(stop);
                     }
                 }
-            };
-            // Boxed: the rare slow path stays out of this loop's state machine.
-            match Box::pin(self.failure.after_failure(shard, kept, &position, error, again)).await? {
-                Settled::Handled(outcome) => progress.handled(position, outcome),
-                Settled::Given => progress.handled(position, Outcome::Checkpoint),
-                Settled::Cancelled => return Ok(Delivered::Cancelled),
             }
         }
         Ok(Delivered::All)
