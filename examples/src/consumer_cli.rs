@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::ValueEnum;
-use kinesis_consumer::{CheckpointStore, Consumer, ConsumerBuilder, InitialPosition, Outcome, Record};
+use kinesis_consumer::{
+    CheckpointStore, Consumer, ConsumerBuilder, FailurePolicy, InitialPosition, KinesisDeadLetter, Outcome, Record,
+};
 
 /// `--iterator-type`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -82,19 +84,80 @@ impl ConsumerArgs {
 
     /// Scans until SIGINT/SIGTERM, printing each record's data on its own line, checkpointing in `store`.
     pub async fn print_records(&self, store: Arc<dyn CheckpointStore>) -> anyhow::Result<()> {
-        let consumer = self.builder().await?.shared_store(store).build().await.context("configuring the consumer")?;
+        self.print_records_failing(store, &FailureArgs::default()).await
+    }
+
+    /// Like [`print_records`](Self::print_records), with a handler that fails as `failure` says and the failure
+    /// policy it asks for.
+    pub async fn print_records_failing(
+        &self,
+        store: Arc<dyn CheckpointStore>,
+        failure: &FailureArgs,
+    ) -> anyhow::Result<()> {
+        let builder = failure.apply(self.builder().await?, &self.endpoint).await;
+        let consumer = builder.shared_store(store).build().await.context("configuring the consumer")?;
         let delay = Duration::from_millis(self.delay_ms);
-        let handler = move |record: Record| async move {
-            let outcome = print_record(record).await?;
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+        let fail_on: Option<Arc<str>> = failure.fail_on.as_deref().map(Arc::from);
+        let handler = move |record: Record| {
+            let fail_on = fail_on.clone();
+            async move {
+                if let Some(needle) = fail_on.as_deref().filter(|n| contains(record.data(), n.as_bytes())) {
+                    return Err(std::io::Error::other(format!("--fail-on {needle:?}: the record contains it")));
+                }
+                let outcome = print_record(record).await?;
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                Ok::<_, std::io::Error>(outcome)
             }
-            Ok::<_, std::io::Error>(outcome)
         };
         consumer.scan(handler).await.context("scanning the stream")?;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The flags of the failure policy (the `consumer` and `consumer-postgres` examples).
+#[derive(Debug, clap::Args)]
+pub struct FailureArgs {
+    /// Make the handler fail on every record whose data contains SUBSTRING (to watch the failure policy).
+    #[arg(long, value_name = "SUBSTRING")]
+    pub fail_on: Option<String>,
+    /// The most handler calls per record, the first included (retries with backoff, 100 ms to 10 s); then the
+    /// record is dead-lettered (--dead-letter-stream), skipped (--skip-failed) or the consumer stops.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+    /// When the attempts are used up: log, count and skip the record instead of stopping.
+    #[arg(long, conflicts_with = "dead_letter_stream")]
+    pub skip_failed: bool,
+    /// When the attempts are used up: put the record (as JSON) on the stream NAME (which must exist), and go on.
+    #[arg(long, value_name = "NAME")]
+    pub dead_letter_stream: Option<String>,
+}
+
+impl Default for FailureArgs {
+    /// What no flag asks for: the default policy (stop at the first error), no failing records.
+    fn default() -> Self {
+        Self { fail_on: None, max_attempts: 1, skip_failed: false, dead_letter_stream: None }
+    }
+}
+
+impl FailureArgs {
+    /// `builder` with the failure policy the flags ask for (a Kinesis client of `endpoint` for a dead-letter stream).
+    pub async fn apply(&self, builder: ConsumerBuilder, endpoint: &str) -> ConsumerBuilder {
+        let policy = match (&self.dead_letter_stream, self.skip_failed) {
+            (Some(stream), _) => {
+                FailurePolicy::dead_letter(KinesisDeadLetter::new(crate::kinesis_client(endpoint).await, stream))
+            }
+            (None, true) => FailurePolicy::skip(),
+            (None, false) => FailurePolicy::stop(),
+        };
+        builder.on_handler_error(policy.max_attempts(self.max_attempts))
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Writes the record's data and a newline to stdout, flushed: a reader sees each record as soon as it was handled.
@@ -104,4 +167,28 @@ pub async fn print_record(record: Record) -> Result<Outcome, std::io::Error> {
     out.write_all(b"\n")?;
     out.flush()?;
     Ok(Outcome::Checkpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        failure: FailureArgs,
+    }
+
+    #[test]
+    fn the_default_failure_flags_are_what_no_flag_gives() {
+        let parsed = Flags::parse_from(["consumer"]).failure;
+        let default = FailureArgs::default();
+        assert_eq!(
+            (parsed.fail_on, parsed.max_attempts, parsed.skip_failed, parsed.dead_letter_stream),
+            (default.fail_on, default.max_attempts, default.skip_failed, default.dead_letter_stream)
+        );
+        assert!(Flags::try_parse_from(["consumer", "--max-attempts", "0"]).is_err());
+        assert!(Flags::try_parse_from(["consumer", "--skip-failed", "--dead-letter-stream", "d"]).is_err());
+    }
 }

@@ -226,3 +226,123 @@ async fn kpl_restart_mid_aggregate_across_processes() {
     let pool = sqlx::PgPool::connect(&url).await.expect("connect");
     sqlx::query(&format!("DROP TABLE {table}")).execute(&pool).await.expect("drop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_example_sends_records_it_fails_on_to_a_dead_letter_stream() {
+    let stream = unique_stream("ex-fail");
+    let (client, dead_letters) = kc_integration::new_stream("ex-dlq", 1).await;
+    let mut lines: Vec<String> = (0..20).map(|i| format!("line {i}")).collect();
+    lines.insert(7, "a bad line".to_owned());
+    produce(&stream, &lines, &["--partition-key-from-line"]).await;
+    let flags = ["--fail-on", "bad", "--max-attempts", "2", "--dead-letter-stream", dead_letters.as_str()];
+    let printed = read_then_stop(consumer(&stream, &flags), lines.len() - 1, "-INT").await;
+    let good: Vec<String> = lines.iter().filter(|l| !l.contains("bad")).cloned().collect();
+    assert_eq!(multiset(&printed), multiset(&good), "every other line printed once");
+    let shard = client.list_shards().stream_name(&dead_letters).send().await.expect("list").shards.unwrap_or_default();
+    let iterator = client
+        .get_shard_iterator()
+        .stream_name(&dead_letters)
+        .shard_id(shard[0].shard_id.clone())
+        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .expect("iterator")
+        .shard_iterator
+        .expect("an iterator");
+    let records = client.get_records().shard_iterator(iterator).send().await.expect("get records").records;
+    assert_eq!(records.len(), 1, "the bad line, dead-lettered once");
+    let json = String::from_utf8(records[0].data.clone().into_inner()).expect("text");
+    assert!(json.contains("\"attempts\":2"), "{json}");
+    assert!(json.contains("contains it"), "the handler's error: {json}");
+}
+
+/// `consumer-postgres` killed with SIGKILL while it retries a record (issue 14): nothing after the record was
+/// checkpointed, and the next process delivers it again (at least once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_retries_checkpoints_nothing_past_the_record_and_the_restart_delivers_it() {
+    use kc_integration::sql::{pool, stored};
+    use kinesis_consumer::postgres::PostgresStore;
+    use kinesis_consumer::{Checkpoint, SequenceNumber, ShardKey};
+    let url = postgres_url();
+    let stream = unique_stream("ex-kill");
+    let table = format!("kc_ex_{}", stream.replace('-', "_"));
+    let good: Vec<String> = (0..30).map(|i| format!("good-{i}")).collect();
+    let mut lines = good.clone();
+    lines.push("the bad one".to_owned());
+    produce(&stream, &lines, &[]).await;
+    let run = |extra: &[&str]| {
+        Command::new(example_bin("consumer-postgres"))
+            .args(["--stream", &stream, "--endpoint", &kinesis_endpoint(), "--iterator-type", "TRIM_HORIZON"])
+            .args(["--database-url", &url, "--table", &table, "--flush-interval-ms", "100"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn")
+    };
+    let mut child = run(&["--fail-on", "bad", "--max-attempts", "1000000"]);
+    let stdout = child.stdout.take().expect("stdout");
+    let mut out = BufReader::new(stdout).lines();
+    let mut printed = Vec::new();
+    let read = async {
+        while printed.len() < good.len() {
+            printed.push(out.next_line().await.expect("read").expect("a line"));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read).await.expect("the good lines");
+    // Retrying the bad one (100 ms to 10 s apart); flushes every 100 ms.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = child.id().expect("running").to_string();
+    assert!(std::process::Command::new("kill").args(["-9", &pid]).status().expect("kill").success());
+    let _ = child.wait().await;
+
+    // Where the bad record is, read with the SDK.
+    let client = kc_integration::kinesis().await;
+    let mut bad = None;
+    let shards = client.list_shards().stream_name(&stream).send().await.expect("list").shards.unwrap_or_default();
+    for shard in &shards {
+        let iterator = client
+            .get_shard_iterator()
+            .stream_name(&stream)
+            .shard_id(shard.shard_id.clone())
+            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .expect("iterator")
+            .shard_iterator
+            .expect("an iterator");
+        let records = client.get_records().shard_iterator(iterator).send().await.expect("records").records;
+        for r in records {
+            if r.data.as_ref() == b"the bad one" {
+                bad = Some((shard.shard_id.clone(), r.sequence_number.clone()));
+            }
+        }
+    }
+    let (bad_shard, bad_sequence) = bad.expect("the bad record in the stream");
+    let bad_at = Checkpoint::at(SequenceNumber::parse(&bad_sequence).expect("sequence"));
+    let pool = pool::<PostgresStore>().await;
+    let key = ShardKey::new("kc-example-consumer", stream.as_str(), bad_shard.as_str());
+    let saved = stored::<PostgresStore>(&pool, &table, &key).await;
+    assert!(saved.as_ref().is_none_or(|c| *c < bad_at), "checkpointed past the record being retried: {saved:?}");
+
+    // The next process (without --fail-on) delivers it (after the records of its batch before it: they were not
+    // checkpointed either).
+    let mut child = run(&[]);
+    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let until_bad = async {
+        while let Some(line) = out.next_line().await.expect("read") {
+            if line == "the bad one" {
+                return true;
+            }
+        }
+        false
+    };
+    let delivered = tokio::time::timeout(Duration::from_secs(60), until_bad).await.expect("in time");
+    assert!(delivered, "the record being retried at the kill was delivered again");
+    let pid = child.id().expect("running").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.expect("stops").expect("wait");
+    assert!(status.success(), "{status}");
+    sqlx::query(&format!("DROP TABLE {table}")).execute(&pool).await.expect("drop");
+}

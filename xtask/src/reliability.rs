@@ -1,5 +1,6 @@
-//! `cargo xtask reliability`: the fault, crash and bad-input scenarios of `integration/tests/reliability.rs` and the
-//! consumer-group fault scenarios of `integration/tests/group.rs`, with their figures in one table;
+//! `cargo xtask reliability`: the fault, crash and bad-input scenarios of `integration/tests/reliability.rs`, the
+//! consumer-group fault scenarios of `integration/tests/group.rs` and the poison records of
+//! `integration/tests/dead_letter.rs`, with their figures in one table;
 //! `cargo xtask nightly`: that, then the fuzzer for a bounded time.
 
 use std::time::Instant;
@@ -18,8 +19,10 @@ pub(crate) fn run(sh: &Shell, extra: &[String]) -> Result<()> {
     if report.exists() {
         std::fs::remove_file(&report)?;
     }
-    // The single-consumer scenarios, and the consumer-group ones (rows `G…`: a worker killed, stopped, cut off).
-    let mut args: Vec<String> = vec!["--test".into(), "reliability".into(), "--test".into(), "group".into()];
+    // The single-consumer scenarios, the consumer-group ones (rows `G…`: a worker killed, stopped, cut off), and the
+    // poison records of the failure policy (row `P1`).
+    let mut args: Vec<String> =
+        ["--test", "reliability", "--test", "group", "--test", "dead_letter"].map(String::from).into();
     args.extend(extra.iter().cloned());
     if !extra.iter().any(|a| a == "--") {
         args.extend(["--".into(), "--nocapture".into()]);

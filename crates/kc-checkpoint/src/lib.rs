@@ -55,6 +55,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub mod buffered;
+pub mod deadletter;
 pub mod layer;
 pub mod lease;
 pub mod sql;

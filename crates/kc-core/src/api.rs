@@ -106,6 +106,19 @@ pub trait KinesisApi: Send + Sync + 'static {
     /// Up to `limit` records from `shard_iterator`.
     async fn get_records(&self, shard_iterator: &str, limit: i32) -> Result<RecordBatch, ApiError>;
 
+    /// Puts one record on `stream` (PutRecord) with `partition_key`; returns its sequence number. The consumer does
+    /// not read with it: the [Kinesis dead-letter destination](crate::deadletter::KinesisDeadLetter) writes with it.
+    /// The default fails with a permanent error (an implementation made for reading only keeps compiling, and a
+    /// dead-letter destination on it stops the scan with a clear error).
+    async fn put_record(&self, stream: &str, partition_key: &str, data: Bytes) -> Result<String, ApiError> {
+        let _ = (stream, partition_key, data);
+        Err(ApiError::with_source(
+            ApiErrorKind::Permanent,
+            Some("UnsupportedOperation".to_owned()),
+            "this KinesisApi implementation does not implement PutRecord",
+        ))
+    }
+
     // Enhanced fan-out. The defaults fail with a permanent error, so that an implementation made for polling only
     // keeps compiling and a consumer configured for fan-out on it stops with a clear error.
 
@@ -540,6 +553,18 @@ impl KinesisApi for aws_sdk_kinesis::Client {
             millis_behind_latest: out.millis_behind_latest,
             child_shards,
         })
+    }
+
+    async fn put_record(&self, stream: &str, partition_key: &str, data: Bytes) -> Result<String, ApiError> {
+        let out = self
+            .put_record()
+            .stream_name(stream)
+            .partition_key(partition_key)
+            .data(aws_smithy_types::Blob::new(data))
+            .send()
+            .await
+            .map_err(ApiError::from_sdk)?;
+        Ok(out.sequence_number)
     }
 
     async fn stream_arn(&self, stream: &str) -> Result<String, ApiError> {

@@ -12,6 +12,7 @@ use crate::bounded::bounded_and_limited;
 use crate::config::{Config, FanOutConfig, Group, GroupConfig, InitialPosition};
 use crate::deliver::{Deliver, PerBatch, PerRecord};
 use crate::error::Error;
+use crate::failure::{FailurePolicy, HandlerTimeout};
 use crate::handler::{BatchHandler, RecordHandler};
 use crate::lifecycle::{Lifecycle, NoLifecycle, OnShardClosed};
 use crate::limit::Limited;
@@ -30,6 +31,7 @@ pub struct Consumer {
     pub(crate) lifecycle: Arc<dyn Lifecycle>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) group: Option<Arc<GroupConfig>>,
+    pub(crate) failure: Arc<FailurePolicy>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -77,12 +79,12 @@ impl Consumer {
     /// Shards that appear while scanning (resharding) are read too, each only after its parents were read to their
     /// end.
     pub async fn scan<H: RecordHandler>(&self, handler: H) -> Result<(), Error> {
-        self.scan_with(Arc::new(PerRecord(handler))).await
+        self.scan_with(Arc::new(PerRecord { handler, failure: Arc::clone(&self.failure) })).await
     }
 
     /// Like [`scan`](Self::scan), with one handler call per GetRecords batch of a shard.
     pub async fn scan_batches<H: BatchHandler>(&self, handler: H) -> Result<(), Error> {
-        self.scan_with(Arc::new(PerBatch(handler))).await
+        self.scan_with(Arc::new(PerBatch { handler, failure: Arc::clone(&self.failure) })).await
     }
 
     /// Reads the one shard `shard_id` (and not its children) until its end, cancellation or a handler error.
@@ -93,7 +95,7 @@ impl Consumer {
             return Err(Error::config("scan_shard reads a shard without a lease: not available in a consumer group")
                 .at(&self.cfg.stream, Some(shard_id)));
         }
-        let deliver = PerRecord(handler);
+        let deliver = PerRecord { handler, failure: Arc::clone(&self.failure) };
         let cancel = self.shutdown.child_token();
         let Some(shared) = self.shared().prepare(&cancel, None).await? else {
             return Ok(()); // cancelled while waiting for the fan-out consumer
@@ -142,6 +144,8 @@ pub struct ConsumerBuilder {
     lifecycle: Option<Arc<dyn Lifecycle>>,
     shutdown: Option<CancellationToken>,
     group: Option<Group>,
+    failure: FailurePolicy,
+    handler_timeout: Option<HandlerTimeout>,
 }
 
 impl std::fmt::Debug for ConsumerBuilder {
@@ -152,7 +156,16 @@ impl std::fmt::Debug for ConsumerBuilder {
 
 impl ConsumerBuilder {
     pub(crate) fn new(stream: String) -> Self {
-        Self { cfg: Config::new(stream), api: None, store: None, lifecycle: None, shutdown: None, group: None }
+        Self {
+            cfg: Config::new(stream),
+            api: None,
+            store: None,
+            lifecycle: None,
+            shutdown: None,
+            group: None,
+            failure: FailurePolicy::default(),
+            handler_timeout: None,
+        }
     }
 
     /// The Kinesis client. Default: one built from `aws_config`'s defaults (environment, profile, IMDS, ...).
@@ -315,6 +328,23 @@ impl ConsumerBuilder {
         self
     }
 
+    /// What happens when the handler returns an error: retries (bounded by attempts and/or the record's age), then
+    /// stop, skip or a dead-letter destination; applied to the failing record's shard alone, the other shards keep
+    /// going. See [`FailurePolicy`]. Default: [`FailurePolicy::stop`], the first error stops the scan.
+    pub fn on_handler_error(mut self, policy: FailurePolicy) -> Self {
+        self.failure = policy;
+        self
+    }
+
+    /// Watches each handler call for stalls: one that runs longer than the timeout is logged (stream, shard, sequence
+    /// number, time elapsed) and counted (`kinesis_consumer_handler_stalls_total`), and with
+    /// [`HandlerTimeout::cancel_after`] cancelled and treated as a failure, to which the
+    /// [failure policy](Self::on_handler_error) applies. Default: none (no timer per call).
+    pub fn handler_timeout(mut self, timeout: HandlerTimeout) -> Self {
+        self.handler_timeout = Some(timeout);
+        self
+    }
+
     // --- Enhanced fan-out (issue 6) ---
 
     /// Reads with enhanced fan-out (SubscribeToShard) as the stream consumer `name` instead of polling with
@@ -357,8 +387,10 @@ impl ConsumerBuilder {
     }
 
     /// Validates the settings and builds the consumer. Without a client, one is built from `aws_config` defaults.
-    pub async fn build(self) -> Result<Consumer, Error> {
+    pub async fn build(mut self) -> Result<Consumer, Error> {
         self.cfg.validate()?;
+        self.failure.stall = self.handler_timeout;
+        self.failure.validate()?;
         if self.group.is_some() && self.store.is_some() {
             return Err(Error::config(
                 "a consumer group keeps its checkpoints in the lease table: give either a group or a store, not both",
@@ -387,6 +419,7 @@ impl ConsumerBuilder {
             lifecycle: self.lifecycle.unwrap_or_else(|| Arc::new(NoLifecycle)),
             shutdown: self.shutdown.unwrap_or_default(),
             group,
+            failure: Arc::new(self.failure),
         })
     }
 }
@@ -450,6 +483,19 @@ mod tests {
         );
         check(|b| b.fan_out_consumer_arn("arn:aws:kinesis:us-east-1:123456789012:stream/s/consumer/c:1"), None);
         check(|b| b.fan_out_consumer_arn("c"), Some("not a stream consumer ARN"));
+        check(|b| b.on_handler_error(crate::FailurePolicy::skip().max_attempts(3)), None);
+        check(
+            |b| b.handler_timeout(HandlerTimeout::log_after(Duration::ZERO)),
+            Some("handler_timeout must be greater"),
+        );
+        check(
+            |b| b.handler_timeout(HandlerTimeout::cancel_after(Duration::MAX)),
+            Some("handler_timeout must be at most"),
+        );
+        check(
+            |b| b.on_handler_error(crate::FailurePolicy::skip().max_attempts(0)),
+            Some("max_attempts must be at least 1"),
+        );
         check(|b| b.fan_out_consumer_arn("arn:aws:kinesis:us-east-1:1:stream/s"), Some("not a stream consumer ARN"));
     }
 }

@@ -1,15 +1,17 @@
 //! Delivery: how a shard's records reach the user's handler (one at a time or one batch at a time), and the
-//! [`Progress`] the handler's outcomes make (what to checkpoint, where to resume).
+//! [`Progress`] the handler's outcomes make (what to checkpoint, where to resume). A failed handler call goes to the
+//! [`FailurePolicy`] (`failure.rs`), which settles the record before the progress moves past it.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use kc_checkpoint::Checkpoint;
-use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, ErrorKind};
-use crate::handler::{Batch, BatchHandler, Outcome, RecordHandler};
+use crate::error::{BoxError, Error};
+use crate::failure::{FailurePolicy, Settled};
+use crate::handler::{Batch, BatchFailure, BatchHandler, Outcome, RecordHandler};
 use crate::record::Record;
+use crate::shard::ShardCx;
 
 /// What happened to a batch.
 pub(crate) enum Delivered {
@@ -82,60 +84,262 @@ impl Progress {
 pub(crate) trait Deliver: Send + Sync + 'static {
     fn deliver(
         &self,
-        shard_id: &Arc<str>,
+        shard: &ShardCx<'_>,
         records: Vec<Record>,
         millis_behind_latest: Option<i64>,
         progress: &mut Progress,
-        cancel: &CancellationToken,
     ) -> impl Future<Output = Result<Delivered, Error>> + Send;
 }
 
-fn handler_error(e: impl Into<crate::error::BoxError>) -> Error {
-    Error::new(ErrorKind::Handler, "the handler returned an error").with_source(e)
+/// Records one at a time, with the failure policy for the ones whose handler call fails.
+pub(crate) struct PerRecord<H> {
+    pub(crate) handler: H,
+    pub(crate) failure: Arc<FailurePolicy>,
 }
 
-pub(crate) struct PerRecord<H>(pub(crate) H);
+impl<H: RecordHandler> PerRecord<H> {
+    /// After the first call for the record at `position` failed with `error`: the failure policy (`kept` is the copy
+    /// of the record, if the policy keeps one). `Some(Delivered::Cancelled)` when the shard was cancelled first.
+    async fn settle(
+        &self,
+        shard: &ShardCx<'_>,
+        kept: &[Record],
+        position: Checkpoint,
+        error: BoxError,
+        progress: &mut Progress,
+    ) -> Result<Option<Delivered>, Error> {
+        let again = || {
+            let record = kept.first().cloned();
+            let position = &position;
+            async move {
+                match (record, self.failure.stall) {
+                    (Some(record), None) => self.handler.handle(record).await.map_err(Into::into),
+                    (Some(record), Some(stall)) => {
+                        FailurePolicy::watched(stall, shard, position, self.handler.handle(record)).await
+                    }
+                    (None, _) => Err("the failure policy kept no copy of the record".into()), // not reached
+                }
+            }
+        };
+        match self.failure.after_failure(shard, kept, &position, error, again).await? {
+            Settled::Handled(outcome) => progress.handled(position, outcome),
+            Settled::Given => progress.handled(position, Outcome::Checkpoint),
+            Settled::Cancelled => return Ok(Some(Delivered::Cancelled)),
+        }
+        Ok(None)
+    }
+}
 
 impl<H: RecordHandler> Deliver for PerRecord<H> {
     async fn deliver(
         &self,
-        _shard_id: &Arc<str>,
+        shard: &ShardCx<'_>,
         records: Vec<Record>,
         _millis_behind_latest: Option<i64>,
         progress: &mut Progress,
-        cancel: &CancellationToken,
     ) -> Result<Delivered, Error> {
+        // Decided once per batch. The slow path (`settle`) is awaited boxed: it stays out of the loops' state.
+        let keep = self.failure.keeps_records();
+        if !keep && self.failure.stall.is_none() {
+            // The hot path of the default policy: no copy of a record, no timer, as before there was a policy.
+            for record in records {
+                // Between records only: the record in hand is always finished.
+                if shard.cancel.is_cancelled() {
+                    return Ok(Delivered::Cancelled);
+                }
+                let position = record.checkpoint();
+                let error: BoxError = match self.handler.handle(record).await {
+                    Ok(outcome) => {
+                        progress.handled(position, outcome);
+                        continue;
+                    }
+                    Err(e) => e.into(),
+                };
+                if let Some(stop) = Box::pin(self.settle(shard, &[], position, error, progress)).await? {
+                    return Ok(stop);
+                }
+            }
+            return Ok(Delivered::All);
+        }
         for record in records {
-            // Between records only: the record in hand is always finished.
-            if cancel.is_cancelled() {
+            if shard.cancel.is_cancelled() {
                 return Ok(Delivered::Cancelled);
             }
             let position = record.checkpoint();
-            let outcome = self.0.handle(record).await.map_err(handler_error)?;
-            progress.handled(position, outcome);
+            let kept = keep.then(|| record.clone());
+            let result = match self.failure.stall {
+                None => self.handler.handle(record).await.map_err(Into::into),
+                Some(stall) => FailurePolicy::watched(stall, shard, &position, self.handler.handle(record)).await,
+            };
+            match result {
+                Ok(outcome) => progress.handled(position, outcome),
+                Err(e) => {
+                    if let Some(stop) = Box::pin(self.settle(shard, kept.as_slice(), position, e, progress)).await? {
+                        return Ok(stop);
+                    }
+                }
+            }
         }
         Ok(Delivered::All)
     }
 }
 
-pub(crate) struct PerBatch<H>(pub(crate) H);
+/// One batch at a time, with the failure policy for a batch whose handler call fails (applied to the whole batch).
+pub(crate) struct PerBatch<H> {
+    pub(crate) handler: H,
+    pub(crate) failure: Arc<FailurePolicy>,
+}
+
+impl<H: BatchHandler> PerBatch<H> {
+    /// One handler call with `records` (never empty), under the handler timeout if there is one.
+    async fn call(&self, shard: &ShardCx<'_>, records: Vec<Record>, mbl: Option<i64>) -> Result<Outcome, BoxError> {
+        let position = records.last().map(Record::checkpoint).unwrap_or(Checkpoint::ShardEnd);
+        let batch = Batch { shard_id: Arc::clone(shard.id), records, millis_behind_latest: mbl };
+        match self.failure.stall {
+            None => self.handler.handle_batch(batch).await.map_err(Into::into),
+            Some(stall) => FailurePolicy::watched(stall, shard, &position, self.handler.handle_batch(batch)).await,
+        }
+    }
+
+    /// After the batch `rest` failed with `error` (its first call): partial responses, bisection and the policy's
+    /// retries, until every record of `rest` is settled, or the shard is cancelled.
+    async fn settle(
+        &self,
+        shard: &ShardCx<'_>,
+        mut rest: Vec<Record>,
+        mbl: Option<i64>,
+        error: BoxError,
+        progress: &mut Progress,
+    ) -> Result<Delivered, Error> {
+        // `rest[..window]` is what the last call had; it failed after handling its first `done` records.
+        let mut window = rest.len();
+        let (mut done, mut error) = partial(error, window);
+        loop {
+            if done > 0 {
+                progress.handled(rest[done - 1].checkpoint(), Outcome::Checkpoint);
+                rest.drain(..done);
+                window -= done;
+            }
+            // The failure is at `rest[0]`, inside `rest[..window]`.
+            let failed = if self.failure.bisects() && window > 1 {
+                window /= 2;
+                match self.call(shard, rest[..window].to_vec(), mbl).await {
+                    Ok(outcome) => {
+                        progress.handled(rest[window - 1].checkpoint(), outcome);
+                        rest.drain(..window);
+                        None
+                    }
+                    Err(e) => Some(partial(e, window)),
+                }
+            } else {
+                let records = &rest[..window];
+                let position = records[window - 1].checkpoint();
+                let again = || {
+                    let records = records.to_vec();
+                    async move {
+                        let len = records.len();
+                        match self.call(shard, records, mbl).await {
+                            Ok(outcome) => Ok(Step::Done(outcome)),
+                            Err(e) => match partial(e, len) {
+                                (0, e) => Err(e),
+                                (done, e) => Ok(Step::Partial(done, e)),
+                            },
+                        }
+                    }
+                };
+                match self.failure.after_failure(shard, records, &position, error, again).await? {
+                    Settled::Handled(Step::Done(outcome)) => {
+                        progress.handled(position, outcome);
+                        rest.drain(..window);
+                        None
+                    }
+                    Settled::Handled(Step::Partial(done, e)) => Some((done, e)),
+                    Settled::Given => {
+                        progress.handled(position, Outcome::Checkpoint);
+                        rest.drain(..window);
+                        None
+                    }
+                    Settled::Cancelled => return Ok(Delivered::Cancelled),
+                }
+            };
+            if let Some(failed) = failed {
+                (done, error) = failed;
+                continue;
+            }
+            // What was left before the failure is settled: the rest of the batch in one call again.
+            if rest.is_empty() {
+                return Ok(Delivered::All);
+            }
+            if shard.cancel.is_cancelled() {
+                return Ok(Delivered::Cancelled);
+            }
+            window = rest.len();
+            match self.call(shard, rest.clone(), mbl).await {
+                Ok(outcome) => {
+                    progress.handled(rest[window - 1].checkpoint(), outcome);
+                    return Ok(Delivered::All);
+                }
+                Err(e) => (done, error) = partial(e, window),
+            }
+        }
+    }
+}
+
+/// A retried call's result: handled, or a partial batch response that got past the first record.
+enum Step {
+    Done(Outcome),
+    Partial(usize, BoxError),
+}
+
+/// A failed call of a batch of `len` records: how many of its first records it handled (a [`BatchFailure`] inside the
+/// batch), and the error.
+fn partial(error: BoxError, len: usize) -> (usize, BoxError) {
+    match error.downcast::<BatchFailure>() {
+        Ok(failure) if failure.index() < len => (failure.index(), failure),
+        Ok(failure) => (0, failure),
+        Err(error) => (0, error),
+    }
+}
 
 impl<H: BatchHandler> Deliver for PerBatch<H> {
     async fn deliver(
         &self,
-        shard_id: &Arc<str>,
+        shard: &ShardCx<'_>,
         records: Vec<Record>,
         millis_behind_latest: Option<i64>,
         progress: &mut Progress,
-        _cancel: &CancellationToken,
     ) -> Result<Delivered, Error> {
         let Some(position) = records.last().map(Record::checkpoint) else {
             return Ok(Delivered::All);
         };
-        let batch = Batch { shard_id: Arc::clone(shard_id), records, millis_behind_latest };
-        let outcome = self.0.handle_batch(batch).await.map_err(handler_error)?;
-        progress.handled(position, outcome);
-        Ok(Delivered::All)
+        let batch = Batch { shard_id: Arc::clone(shard.id), records, millis_behind_latest };
+        let kept = self.failure.keeps_records().then(|| batch.clone());
+        let result = match self.failure.stall {
+            None => self.handler.handle_batch(batch).await.map_err(Into::into),
+            Some(stall) => FailurePolicy::watched(stall, shard, &position, self.handler.handle_batch(batch)).await,
+        };
+        let error = match result {
+            Ok(outcome) => {
+                progress.handled(position, outcome);
+                return Ok(Delivered::All);
+            }
+            Err(e) => e,
+        };
+        match kept {
+            // Boxed: the rare slow path stays out of the hot path's state machine.
+            Some(kept) => Box::pin(self.settle(shard, kept.records, millis_behind_latest, error, progress)).await,
+            // Nothing kept (the default policy): no retries, the policy ends the batch whole.
+            None => {
+                let never =
+                    || async { Err::<Outcome, BoxError>("the failure policy kept no copy of the batch".into()) };
+                match Box::pin(self.failure.after_failure(shard, &[], &position, error, never)).await? {
+                    Settled::Handled(outcome) => progress.handled(position, outcome),
+                    Settled::Given => progress.handled(position, Outcome::Checkpoint),
+                    Settled::Cancelled => return Ok(Delivered::Cancelled),
+                }
+                Ok(Delivered::All)
+            }
+        }
     }
 }
 

@@ -21,6 +21,9 @@ pub enum ErrorKind {
     Checkpoint,
     /// A KPL aggregate could not be decoded and strict deaggregation is on.
     Deaggregation,
+    /// A dead-letter destination refused a record for a reason retrying does not fix (its error is the
+    /// [`source`](std::error::Error::source)); the record was not checkpointed.
+    DeadLetter,
     /// Kinesis returned something the consumer cannot use (e.g. a sequence number that is not a number).
     InvalidResponse,
 }

@@ -56,6 +56,8 @@ pub enum Op {
     SubscribeToShard,
     /// Taking the next event of a subscription (a fault here breaks the subscription, like a dropped connection).
     SubscribeEvent,
+    /// PutRecord (the Kinesis dead-letter destination's call).
+    PutRecord,
 }
 
 #[derive(Debug)]
@@ -614,6 +616,16 @@ fn not_found(what: String) -> ApiError {
 
 #[async_trait]
 impl KinesisApi for FakeKinesis {
+    async fn put_record(&self, stream: &str, partition_key: &str, data: Bytes) -> Result<String, ApiError> {
+        {
+            let st = self.begin(Op::PutRecord)?;
+            if !st.streams.contains_key(stream) {
+                return Err(not_found(format!("stream {stream}")));
+            }
+        }
+        Ok(self.put(stream, partition_key, data).1)
+    }
+
     async fn list_shards(&self, stream: &str, next_token: Option<&str>) -> Result<ShardPage, ApiError> {
         let _flight = self.fly().await;
         let st = self.begin(Op::ListShards)?;

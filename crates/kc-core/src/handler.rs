@@ -73,6 +73,45 @@ impl Batch {
     }
 }
 
+/// A [`BatchHandler`]'s error saying where its batch failed (a partial batch response, as Lambda's
+/// `ReportBatchItemFailures`): the records before `index` were handled, the one at `index` failed (and those after it
+/// were not handled). The consumer checkpoints the records before it, and the [`FailurePolicy`](crate::FailurePolicy)
+/// retries from it: the next call's batch starts at that record. An `index` not inside the batch is a failure of the
+/// whole batch.
+///
+/// Under the default policy (stop at the first error, nothing kept) it stops the scan like any error, without
+/// checkpointing the records before `index` (they come again after a restart); a policy with retries, a
+/// dead-letter destination or [bisection](crate::FailurePolicy::bisect_batches) keeps the batch and honours it.
+#[derive(Debug)]
+pub struct BatchFailure {
+    index: usize,
+    source: BoxError,
+}
+
+impl BatchFailure {
+    /// The batch failed at its record `index` (records before it handled) with `source`.
+    pub fn at(index: usize, source: impl Into<BoxError>) -> Self {
+        Self { index, source: source.into() }
+    }
+
+    /// The index of the record that failed, in the batch the handler was given.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
+impl std::fmt::Display for BatchFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the batch failed at its record {}", self.index)
+    }
+}
+
+impl std::error::Error for BatchFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
 /// Handles the records of a shard one GetRecords batch at a time; [`Outcome::Checkpoint`] checkpoints the whole
 /// batch. Implemented for every `Fn(Batch) -> impl Future<Output = Result<Outcome, E>>`.
 ///

@@ -65,7 +65,36 @@
 //! - **Parents before children.** After a split or merge, a child shard starts only when all its parents were read to
 //!   their end (or are past the stream's retention); a child with no checkpoint starts at its oldest record.
 //! - **Graceful stop.** Cancelling the shutdown token finishes the record in hand, checkpoints, flushes the store, and
-//!   `scan` returns `Ok(())`. A handler error stops every shard the same way and `scan` returns that error.
+//!   `scan` returns `Ok(())`. A handler error stops every shard the same way and `scan` returns that error (unless a
+//!   [`FailurePolicy`] says otherwise).
+//!
+//! # When the handler fails
+//! By default the first error of the handler stops every shard (the checkpoints made are flushed and `scan` returns
+//! the error). [`ConsumerBuilder::on_handler_error`] takes a [`FailurePolicy`] instead, applied to the failing
+//! record's shard alone while the other shards keep going: retries with a capped, jittered backoff, bounded by
+//! attempts and/or the record's age, then stop, skip (logged and counted) or a [`DeadLetter`] destination. The
+//! checkpoint moves past a failed record only once its fate is settled (skipped, or accepted by the destination); a
+//! stop, or in a group a lost lease, ends the retries at once and leaves the record to be delivered again.
+//! [`ConsumerBuilder::handler_timeout`] watches for stalled handler calls: logged and counted, and optionally
+//! cancelled as failures ([`HandlerTimeout`]).
+//!
+//! ```no_run
+//! use kc_core::{Consumer, FailurePolicy, Outcome, Record};
+//!
+//! # async fn run() -> Result<(), kc_core::Error> {
+//! let consumer = Consumer::builder("my-stream")
+//!     .on_handler_error(FailurePolicy::skip().max_attempts(5))
+//!     .build()
+//!     .await?;
+//! consumer
+//!     .scan(|record: Record| async move {
+//!         std::str::from_utf8(record.data())?; // a record that is not UTF-8 is retried 4 times, then skipped
+//!         Ok::<_, std::str::Utf8Error>(Outcome::Checkpoint)
+//!     })
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Consumer groups
 //! With [`ConsumerBuilder::group`], several processes share the stream's shards through a lease table (PostgreSQL,
@@ -92,6 +121,12 @@
 //!   from when it was sent.
 //! - A checkpoint older than the stream's retention (the consumer was stopped for longer) is read from TRIM_HORIZON,
 //!   the oldest record left, with a warning (and the `kinesis_consumer_checkpoints_past_retention_total` metric).
+//! - A handler call that fails under a [`FailurePolicy`] with retries holds its shard: nothing after the record is
+//!   handled until its fate is settled, and the records handled before it in its batch are checkpointed when the batch
+//!   ends (after that) or at a stop, as usual: after a crash during long retries they come again. The policy keeps a copy of each
+//!   record (no payload copied) only if it may call the handler again or send to a destination; the default keeps
+//!   none. With [`Consumer::scan_batches`] the policy applies to the whole batch (skipped whole, or each record sent
+//!   to the destination).
 //! - A shard that left the stream (past its retention) before it was read to its end is finished with a warning
 //!   (and the `kinesis_consumer_shards_gone_total` metric), and its children are read; only a missing stream stops
 //!   the scan ([`ErrorKind::StreamNotFound`]).
@@ -114,16 +149,19 @@
 //! [`CheckpointStore::flush`]: kc_checkpoint::CheckpointStore::flush
 
 // Modules point one way (see ARCHITECTURE.md): data and seams at the bottom (`config`, `api`, `error`, `record`,
-// `handler`, `lifecycle`, `metrics`, `backoff`, `retry`, `bounded`, `limit`, `shard`), mechanisms above them (`source`, `discovery`,
-// `deliver`, `reader`, `group::{plan, handle}`), orchestration on top (`scan`, `group`, `consumer`).
+// `handler`, `lifecycle`, `metrics`, `backoff`, `retry`, `bounded`, `limit`, `shard`, `deadletter`), mechanisms above them
+// (`source`, `discovery`, `failure`, `deliver`, `reader`, `group::{plan, handle}`), orchestration on top (`scan`,
+// `group`, `consumer`).
 pub mod api;
 mod backoff;
 mod bounded;
 mod config;
 mod consumer;
+pub mod deadletter;
 mod deliver;
 mod discovery;
 mod error;
+mod failure;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 mod generation;
@@ -142,8 +180,10 @@ mod source;
 pub use api::{KinesisApi, StartingPosition};
 pub use config::{Group, InitialPosition, MAX_DURATION};
 pub use consumer::{Consumer, ConsumerBuilder};
+pub use deadletter::{DeadLetter, DeadLetterError, FailedRecord, KinesisDeadLetter};
 pub use error::{BoxError, Error, ErrorKind};
-pub use handler::{Batch, BatchHandler, Outcome, RecordHandler};
+pub use failure::{FailurePolicy, HandlerTimeout, DEAD_LETTER_TIMEOUT};
+pub use handler::{Batch, BatchFailure, BatchHandler, Outcome, RecordHandler};
 pub use kc_checkpoint::{Checkpoint, CheckpointStore, MemoryStore, SequenceNumber, ShardKey};
 pub use lifecycle::{Lifecycle, NoLifecycle};
 pub use record::Record;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::api::{
@@ -63,6 +64,10 @@ impl KinesisApi for Limited {
 
     async fn get_records(&self, shard_iterator: &str, limit: i32) -> Result<RecordBatch, ApiError> {
         self.call(self.inner.get_records(shard_iterator, limit)).await
+    }
+
+    async fn put_record(&self, stream: &str, partition_key: &str, data: Bytes) -> Result<String, ApiError> {
+        self.call(self.inner.put_record(stream, partition_key, data)).await
     }
 
     async fn stream_arn(&self, stream: &str) -> Result<String, ApiError> {

@@ -5,7 +5,11 @@
 //! | `kinesis_consumer_records_total` | counter | app, stream, shard | records handed to the handler (the Go library's `records`) |
 //! | `kinesis_consumer_checkpoints_total` | counter | app, stream, shard | checkpoints written to the store (the Go library's `checkpoints`) |
 //! | `kinesis_consumer_millis_behind_latest` | gauge | app, stream, shard | MillisBehindLatest of the shard's last GetRecords |
-//! | `kinesis_consumer_retries_total` | counter | app, stream, shard, reason | Kinesis calls retried (`throttled`, `transient`, `expired_iterator`) |
+//! | `kinesis_consumer_retries_total` | counter | app, stream, shard, reason | Kinesis calls retried (`throttled`, `transient`, `expired_iterator`), handler calls retried by the [failure policy](crate::FailurePolicy) (`handler`), sends to a dead-letter destination retried (`dead_letter`) |
+//! | `kinesis_consumer_handler_errors_total` | counter | app, stream, shard | handler calls that returned an error (every attempt) |
+//! | `kinesis_consumer_skipped_total` | counter | app, stream, shard | records skipped by the failure policy after their attempts were used up |
+//! | `kinesis_consumer_dead_lettered_total` | counter | app, stream, shard | records a dead-letter destination accepted |
+//! | `kinesis_consumer_handler_stalls_total` | counter | app, stream, shard | handler calls that ran longer than the [handler timeout](crate::ConsumerBuilder::handler_timeout) |
 //! | `kinesis_consumer_deaggregation_errors_total` | counter | app, stream, shard | corrupt KPL aggregates delivered as one record |
 //! | `kinesis_consumer_checkpoints_past_retention_total` | counter | app, stream, shard | checkpoints (or positions) no longer in the shard (past the retention): read from TRIM_HORIZON instead |
 //! | `kinesis_consumer_shards_gone_total` | counter | app, stream, shard | shards finished because they left the stream (past its retention) before they were read to their end |
@@ -35,6 +39,14 @@ pub mod names {
     pub const CHECKPOINTS_PAST_RETENTION: &str = "kinesis_consumer_checkpoints_past_retention_total";
     /// Shards finished because they left the stream (past its retention) before they were read to their end.
     pub const SHARDS_GONE: &str = "kinesis_consumer_shards_gone_total";
+    /// Handler calls that returned an error.
+    pub const HANDLER_ERRORS: &str = "kinesis_consumer_handler_errors_total";
+    /// Records skipped by the failure policy.
+    pub const SKIPPED: &str = "kinesis_consumer_skipped_total";
+    /// Records a dead-letter destination accepted.
+    pub const DEAD_LETTERED: &str = "kinesis_consumer_dead_lettered_total";
+    /// Handler calls that ran longer than the handler timeout.
+    pub const HANDLER_STALLS: &str = "kinesis_consumer_handler_stalls_total";
     /// Leases a group worker holds.
     pub const LEASES_HELD: &str = "kinesis_consumer_leases_held";
     /// Leases a group worker took.
@@ -126,6 +138,26 @@ impl ShardMetrics {
     /// The shard left the stream before it was read to its end (rare: the handle is looked up).
     pub(crate) fn gone(&self) {
         metrics::counter!(names::SHARDS_GONE, &self.labels).increment(1);
+    }
+
+    /// A handler call failed (rare: the handle is looked up).
+    pub(crate) fn handler_error(&self) {
+        metrics::counter!(names::HANDLER_ERRORS, &self.labels).increment(1);
+    }
+
+    /// Records skipped by the failure policy (rare: the handle is looked up).
+    pub(crate) fn skipped(&self, n: u64) {
+        metrics::counter!(names::SKIPPED, &self.labels).increment(n);
+    }
+
+    /// A record went to the dead-letter destination (rare: the handle is looked up).
+    pub(crate) fn dead_lettered(&self) {
+        metrics::counter!(names::DEAD_LETTERED, &self.labels).increment(1);
+    }
+
+    /// A handler call ran longer than the handler timeout (rare: the handle is looked up).
+    pub(crate) fn stall(&self) {
+        metrics::counter!(names::HANDLER_STALLS, &self.labels).increment(1);
     }
 
     /// Retries are rare: the handle is looked up each time.

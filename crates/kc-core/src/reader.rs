@@ -16,7 +16,7 @@ use crate::error::{Error, ErrorKind};
 use crate::generation::{self, MarkerAt};
 use crate::lifecycle::Lifecycle;
 use crate::record::Record;
-use crate::shard::{ShardExit, StartHint};
+use crate::shard::{ShardCx, ShardExit, StartHint};
 use crate::source::{fan_out, resume_from, Context, Fetched, Source};
 
 /// What the consumer shares with every shard task.
@@ -227,10 +227,13 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
             }
             let records = self.expand(records, millis_behind_latest)?;
             let handled = records.len();
-            let delivered = self
-                .deliver
-                .deliver(&self.cx.shard_id, records, millis_behind_latest, &mut self.progress, &self.cx.cancel)
-                .await;
+            let shard = ShardCx {
+                stream: &self.shared.cfg.stream,
+                id: &self.cx.shard_id,
+                cancel: &self.cx.cancel,
+                metrics: &self.cx.metrics,
+            };
+            let delivered = self.deliver.deliver(&shard, records, millis_behind_latest, &mut self.progress).await;
             self.cx.metrics.records(handled as u64);
             let delivered = delivered.map_err(|e| self.err(e))?;
             self.save_pending().await?;

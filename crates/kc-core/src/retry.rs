@@ -57,6 +57,36 @@ pub(crate) struct Policy<'a> {
 /// and the backoff's retry count), or the policy's token is cancelled (`None`).
 pub(crate) async fn retry<T, E, F, Fut>(
     policy: Policy<'_>,
+    f: F,
+    on_retry: impl FnMut(&E, Duration, u32) -> Retried,
+) -> Option<Result<T, E>>
+where
+    E: RetryError,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    attempts(policy, true, f, on_retry).await
+}
+
+/// Like [`retry`], except that an attempt in flight when the token fires is finished and its success returned (the
+/// token still ends the sleeps at once, and no attempt starts after it fired): the retries of a handler call, whose
+/// record in hand is always finished.
+pub(crate) async fn retry_finishing<T, E, F, Fut>(
+    policy: Policy<'_>,
+    f: F,
+    on_retry: impl FnMut(&E, Duration, u32) -> Retried,
+) -> Option<Result<T, E>>
+where
+    E: RetryError,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    attempts(policy, false, f, on_retry).await
+}
+
+async fn attempts<T, E, F, Fut>(
+    policy: Policy<'_>,
+    abandon_on_cancel: bool,
     mut f: F,
     mut on_retry: impl FnMut(&E, Duration, u32) -> Retried,
 ) -> Option<Result<T, E>>
@@ -67,11 +97,19 @@ where
 {
     let Policy { cancel, backoff } = policy;
     loop {
-        let result = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return None,
-            // In a block: `f` is called only if the token had not fired.
-            r = async { f().await } => r,
+        if cancel.is_cancelled() {
+            return None;
+        }
+        // In a block: `f` is called only when the attempt is polled.
+        let attempt = async { f().await };
+        let result = if abandon_on_cancel {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return None,
+                r = attempt => r,
+            }
+        } else {
+            attempt.await
         };
         let err = match result {
             Ok(v) => {
@@ -262,5 +300,47 @@ mod tests {
         let (answer, attempts, delays) = run(vec![Err(transient()), Ok(1)], usize::MAX, &cancel).await;
         assert!(answer.is_none());
         assert_eq!((attempts, delays.len()), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_finishing_finishes_the_attempt_in_flight_but_starts_none_after_the_cancel() {
+        let cancel = CancellationToken::new();
+        let canceller = cancel.clone();
+        let attempts = Cell::new(0);
+        let mut backoff = Backoff::new(BASE, MAX);
+        let policy = Policy { cancel: &cancel, backoff: &mut backoff };
+        let answer = retry_finishing(
+            policy,
+            || {
+                attempts.set(attempts.get() + 1);
+                let (n, canceller) = (attempts.get(), canceller.clone());
+                async move {
+                    // The second attempt is cancelled in its middle, and succeeds.
+                    if n == 1 {
+                        return Err(transient());
+                    }
+                    canceller.cancel();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    Ok(n)
+                }
+            },
+            |_: &ApiError, _, _| Retried::Again,
+        )
+        .await;
+        assert_eq!(answer.map(|r| r.ok()), Some(Some(2)), "the attempt in flight finished");
+        // A failure of the attempt in flight: no sleep, no attempt after the cancel.
+        let attempts = Cell::new(0);
+        let policy = Policy { cancel: &cancel, backoff: &mut backoff };
+        let answer = retry_finishing(
+            policy,
+            || {
+                attempts.set(attempts.get() + 1);
+                async { Err::<u32, _>(transient()) }
+            },
+            |_: &ApiError, _, _| Retried::Again,
+        )
+        .await;
+        assert!(answer.is_none());
+        assert_eq!(attempts.get(), 0, "already cancelled: no attempt");
     }
 }

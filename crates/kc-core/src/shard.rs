@@ -27,3 +27,12 @@ pub(crate) enum ShardExit {
     /// Stopped before its end by cancellation.
     Stopped,
 }
+
+/// What delivery and the failure policy see of the shard they deliver: names for logs and errors, the shard's
+/// cancellation (a stop, or a lost lease) and its metrics.
+pub(crate) struct ShardCx<'a> {
+    pub(crate) stream: &'a str,
+    pub(crate) id: &'a std::sync::Arc<str>,
+    pub(crate) cancel: &'a tokio_util::sync::CancellationToken,
+    pub(crate) metrics: &'a crate::metrics::ShardMetrics,
+}

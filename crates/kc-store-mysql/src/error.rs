@@ -24,7 +24,7 @@ pub(crate) fn map_lease(what: &str, table: &str, err: sqlx::Error) -> Error {
 }
 
 /// A missing table (or column) is `Permanent` with the message `missing`; the rest is classified by [`kind_of`].
-fn map_or_missing(what: &str, err: sqlx::Error, missing: impl FnOnce() -> String) -> Error {
+pub(crate) fn map_or_missing(what: &str, err: sqlx::Error, missing: impl FnOnce() -> String) -> Error {
     if number(&err).is_some_and(|n| MISSING_TABLE_NUMBERS.contains(&n)) {
         return Error::with_source(ErrorKind::Permanent, missing(), err);
     }

@@ -246,11 +246,17 @@
 //! one by itself: sqlx's `VERIFY_CA` then panics ("Could not automatically determine the process-level
 //! CryptoProvider"). Install one first thing in `main`: `rustls::crypto::aws_lc_rs::default_provider()
 //! .install_default()`.
+//!
+//! # Dead letters
+//! [`MySqlDeadLetter`] is a destination for the consumer's failure policy (`FailurePolicy::dead_letter`): each
+//! record the handler gave up on becomes a row of a table of its own (see its docs for the DDL).
 
+mod deadletter;
 mod error;
 mod lease;
 mod store;
 mod table;
 
+pub use deadletter::MySqlDeadLetter;
 pub use lease::{MySqlLeaseTable, MySqlLeaseTableBuilder};
 pub use store::{MySqlStore, MySqlStoreBuilder, DEFAULT_FLUSH_INTERVAL, MAX_SEQUENCE_DIGITS};

@@ -24,7 +24,7 @@ pub(crate) fn map_lease(what: &str, table: &str, err: sqlx::Error) -> Error {
 }
 
 /// A missing table (or column) is `Permanent` with the message `missing`; the rest is classified by [`kind_of`].
-fn map_or_missing(what: &str, err: sqlx::Error, missing: impl FnOnce() -> String) -> Error {
+pub(crate) fn map_or_missing(what: &str, err: sqlx::Error, missing: impl FnOnce() -> String) -> Error {
     if matches!(&err, sqlx::Error::Database(db) if db.code().is_some_and(|c| MISSING_TABLE_CODES.contains(&c.as_ref())))
     {
         return Error::with_source(ErrorKind::Permanent, missing(), err);

@@ -266,12 +266,18 @@
 //! one by itself: sqlx's `verify-ca` then panics ("Could not automatically determine the process-level
 //! CryptoProvider"). Install one first thing in `main`: `rustls::crypto::aws_lc_rs::default_provider()
 //! .install_default()`.
+//!
+//! # Dead letters
+//! [`PostgresDeadLetter`] is a destination for the consumer's failure policy (`FailurePolicy::dead_letter`): each
+//! record the handler gave up on becomes a row of a table of its own (see its docs for the DDL).
 
 mod ddl;
+mod deadletter;
 mod error;
 mod lease;
 mod store;
 mod table;
 
+pub use deadletter::PostgresDeadLetter;
 pub use lease::{PostgresLeaseTable, PostgresLeaseTableBuilder};
 pub use store::{PostgresStore, PostgresStoreBuilder, DEFAULT_FLUSH_INTERVAL};

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use kc_examples::consumer_cli::ConsumerArgs;
+use kc_examples::consumer_cli::{ConsumerArgs, FailureArgs};
 use kinesis_consumer::postgres::PostgresStore;
 
 /// Prints every record of a Kinesis stream, checkpointing in PostgreSQL.
@@ -20,6 +20,8 @@ use kinesis_consumer::postgres::PostgresStore;
 struct Args {
     #[command(flatten)]
     consumer: ConsumerArgs,
+    #[command(flatten)]
+    failure: FailureArgs,
     /// The database.
     #[arg(long, env = "DATABASE_URL_POSTGRES", default_value = "postgres://postgres@127.0.0.1:5432/test")]
     database_url: String,
@@ -47,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
         .context("configuring the store")?;
     let store = Arc::new(store);
     store.create_table_if_missing().await.context("creating the checkpoint table")?;
-    let scanned = args.consumer.print_records(store.clone()).await;
+    let scanned = args.consumer.print_records_failing(store.clone(), &args.failure).await;
     store.shutdown().await.context("flushing the checkpoints")?;
     scanned
 }
