@@ -121,7 +121,8 @@ struct Worker<'a, D> {
     tasks: JoinSet<ShardResult>,
     renewers: JoinSet<()>,
     expiry: Expiry,
-    /// One lease of each other worker, read between take cycles instead of every lease.
+    /// One lease of each of the two owners after this worker in the ring, read between take cycles instead of every
+    /// lease.
     sentinels: Sentinels,
     /// The leases as the last take cycle listed them: which shards of a new listing need a lease.
     last_leases: Vec<Lease>,
@@ -144,10 +145,11 @@ impl<D: Deliver> Worker<'_, D> {
         }
         info!(shards = self.listing.len(), "shards listed; joining the group");
         // Full cycles (taking and balancing) every take interval, and at once when another worker bumped the change
-        // marker (it released or created leases, or asked for some). In between, every quarter renew interval, one
-        // lease of each other worker is read (`sentinel.rs`); a take cycle lists every lease only when one of them
-        // was not renewed lately (a worker may have failed: its leases' deadlines then schedule the cycles that take
-        // them) or changed hands, or when the shards' listing has shards without a lease.
+        // marker (it released or created leases, asked for some, or suspects a failed worker). In between, every
+        // quarter renew interval, one lease of each of two other workers (a ring) is read (`sentinel.rs`); a take
+        // cycle lists every lease only when one of them was not renewed lately (a worker may have failed: its
+        // leases' deadlines then schedule the cycles that take them) or changed hands, or when the shards' listing
+        // has shards without a lease.
         let mut next_take = Instant::now();
         let mut next_full = next_take;
         let mut discovery = discovery::ticker(self.shared.cfg.discovery_interval);
