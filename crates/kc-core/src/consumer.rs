@@ -234,6 +234,20 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Whether a shard fetches its next batch while the handler works through the current one (polling only).
+    /// Default: on. A shard is then at most one batch ahead (memory stays bounded to two batches per shard), and its
+    /// GetRecords calls keep to [`min_poll_interval`](Self::min_poll_interval) and the idle backoff as without
+    /// prefetch. Throughput becomes about the slower of fetching and handling rather than their sum. Nothing
+    /// changes in the guarantees: checkpoints follow handled records only; an expired iterator resumes after the last
+    /// record fetched (every record before it is handled or in hand); a stop finishes the record in hand and drops the
+    /// prefetched batch unhandled and uncheckpointed (it is read again after a restart). Turn it off to fetch only
+    /// when a batch is done (one GetRecords in flight per shard less).
+    pub fn prefetch(mut self, on: bool) -> Self {
+        self.cfg.prefetch = on;
+        self.cfg.polling_options.push("prefetch");
+        self
+    }
+
     /// How often the shard list is refreshed to find new shards. Default: 30 s. (The list is also refreshed at once
     /// whenever a shard ends, to start its children.)
     pub fn discovery_interval(mut self, interval: Duration) -> Self {

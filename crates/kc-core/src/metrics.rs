@@ -94,6 +94,7 @@ impl GroupMetrics {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct ShardMetrics {
     labels: [(&'static str, String); 3],
     records: Counter,

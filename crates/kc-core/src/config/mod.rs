@@ -37,6 +37,8 @@ pub(crate) struct Config {
     /// The longest wait between two GetRecords of an idle shard.
     pub(crate) max_idle_interval: Duration,
     pub(crate) max_records: i32,
+    /// Fetch a shard's next batch while the current one is handled (polling).
+    pub(crate) prefetch: bool,
     pub(crate) discovery_interval: Duration,
     pub(crate) aggregation: bool,
     pub(crate) strict_deaggregation: bool,
@@ -69,6 +71,7 @@ impl Config {
             scan_interval: Duration::from_millis(250),
             max_idle_interval: Duration::from_secs(1),
             max_records: 10_000,
+            prefetch: true,
             discovery_interval: Duration::from_secs(30),
             aggregation: false,
             strict_deaggregation: false,

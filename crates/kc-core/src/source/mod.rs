@@ -51,7 +51,8 @@ impl Source {
     }
 
     /// The next batch; `None` when cancelled. `last_handled` is the position of the last record the reader handled
-    /// (where a source that must start over continues).
+    /// (where a fan-out subscription that must start over continues; polling continues after the last record it
+    /// fetched, which is the same record unless a batch is prefetched).
     pub(crate) async fn next(
         &mut self,
         cx: &mut Context,
@@ -93,6 +94,20 @@ impl Context {
             cfg,
             api,
             cancel,
+        }
+    }
+
+    /// A second context of the same shard, for a fetch that runs beside delivery (prefetch): the same API, settings,
+    /// cancellation and metrics, its own retry backoff.
+    pub(crate) fn sibling(&self) -> Self {
+        Self {
+            cfg: Arc::clone(&self.cfg),
+            api: Arc::clone(&self.api),
+            shard_id: Arc::clone(&self.shard_id),
+            cancel: self.cancel.clone(),
+            backoff: Backoff::new(self.cfg.backoff_base, self.cfg.backoff_max),
+            metrics: self.metrics.clone(),
+            closed_shards: Arc::clone(&self.closed_shards),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The polling source: a shard iterator and GetRecords, paced (at once when behind, else the scan interval, growing
 //! to the idle interval while answers are empty and caught up; never under the 5 calls/s per shard limit), with
-//! expired iterators replaced after the last handled record.
+//! expired iterators replaced after the last record fetched (every record before it is handled, or in the reader's
+//! hands: the batch being delivered while the next is prefetched).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use kc_checkpoint::Checkpoint;
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::{resume_position, Context, Fetched};
+use super::{Context, Fetched};
 use crate::api::{ApiErrorKind, KinesisApi, RecordBatch, StartingPosition};
 use crate::error::Error;
 
@@ -22,6 +23,8 @@ pub(crate) struct Polling {
     previous: Option<(Instant, bool)>,
     /// How many answers in a row were empty and caught up (MillisBehindLatest 0): the shard is idle.
     empty: u32,
+    /// The sequence number of the last record fetched: where an expired iterator is replaced.
+    last_fetched: Option<kc_checkpoint::SequenceNumber>,
 }
 
 /// How long an idle shard waits before its next GetRecords after `empty` empty, caught-up answers in a row: the scan
@@ -33,14 +36,15 @@ pub(crate) fn idle_wait(scan_interval: Duration, max_idle: Duration, empty: u32)
 
 impl Polling {
     pub(crate) fn new(start: StartingPosition) -> Self {
-        Self { start, iterator: None, previous: None, empty: 0 }
+        Self { start, iterator: None, previous: None, empty: 0, last_fetched: None }
     }
 
-    /// The next batch; `None` when cancelled.
+    /// The next batch; `None` when cancelled. An expired iterator is replaced after the last record fetched, or at
+    /// the start when none was (the last handled record, `_last_handled`, is never later than that).
     pub(crate) async fn next(
         &mut self,
         cx: &mut Context,
-        last_handled: Option<&Checkpoint>,
+        _last_handled: Option<&Checkpoint>,
     ) -> Result<Option<Fetched>, Error> {
         if let Some((started, behind)) = self.previous {
             let floor = cx.cfg.min_poll_interval.saturating_sub(started.elapsed());
@@ -71,7 +75,10 @@ impl Polling {
             let batch = match cx.call(fetch).await {
                 Some(Ok(batch)) => batch,
                 Some(Err(e)) if e.kind() == ApiErrorKind::ExpiredIterator => {
-                    let position = resume_position(&self.start, last_handled);
+                    let position = match &self.last_fetched {
+                        Some(sequence) => StartingPosition::AfterSequenceNumber(sequence.clone()),
+                        None => self.start.clone(),
+                    };
                     warn!(position = ?position, "shard iterator expired; getting a new one");
                     cx.metrics.retry("expired_iterator");
                     match cx.iterator(&position).await? {
@@ -87,6 +94,12 @@ impl Polling {
             };
             let RecordBatch { records, next_shard_iterator, millis_behind_latest, child_shards } = batch;
             let fetched = records.len();
+            if let Some(last) = records.last() {
+                // Checked again (and reported) when the reader expands the batch; an invalid one is an error there.
+                if let Ok(sequence) = kc_checkpoint::SequenceNumber::parse(&last.sequence_number) {
+                    self.last_fetched = Some(sequence);
+                }
+            }
             let behind = fetched > 0 && (millis_behind_latest.unwrap_or(0) > 0 || fetched >= limit as usize);
             self.previous = Some((call_started, behind));
             // Empty and caught up: idle, poll less and less often. Records (or an empty answer that is behind,
