@@ -17,7 +17,7 @@ use crate::generation::{self, MarkerAt};
 use crate::lifecycle::Lifecycle;
 use crate::record::Record;
 use crate::shard::{ShardCx, ShardExit, StartHint};
-use crate::source::{fan_out, resume_from, Context, Fetched, Source};
+use crate::source::{fan_out, resume_from, Context, Fetch, Fetched, Source};
 
 /// What the consumer shares with every shard task.
 #[derive(Clone)]
@@ -75,44 +75,6 @@ impl Shared {
             None => Ok(()),
         }
     }
-}
-
-/// Runs `delivering` and `fetching` together. The fetch's result is kept unless the delivery failed: then the fetch is
-/// dropped at once rather than waited for (the scan stops on that error).
-async fn beside<D, F>(delivering: D, fetching: F) -> (Result<Delivered, Error>, Option<F::Output>)
-where
-    D: std::future::Future<Output = Result<Delivered, Error>>,
-    F: std::future::Future,
-{
-    tokio::pin!(delivering, fetching);
-    let mut fetched = None;
-    loop {
-        tokio::select! {
-            delivered = &mut delivering => {
-                if delivered.is_err() {
-                    return (delivered, None);
-                }
-                let fetched = match fetched {
-                    Some(fetched) => fetched,
-                    None => fetching.await,
-                };
-                return (delivered, Some(fetched));
-            }
-            next = &mut fetching, if fetched.is_none() => fetched = Some(next),
-        }
-    }
-}
-
-/// Gives the newest handled position not yet saved to the store (the parts of a [`ShardReader`] it needs, so that a
-/// prefetch can run beside it).
-async fn save_pending(shared: &Shared, key: &ShardKey, progress: &mut Progress, cx: &Context) -> Result<(), Error> {
-    if let Some(checkpoint) = progress.take_pending() {
-        shared.store.set(key, checkpoint).await.map_err(|e| {
-            cx.err(Error::new(ErrorKind::Checkpoint, "checkpoint store: writing a checkpoint failed").with_source(e))
-        })?;
-        cx.metrics.checkpoint();
-    }
-    Ok(())
 }
 
 /// Where a shard with no checkpoint and no reason to start elsewhere starts.
@@ -250,23 +212,11 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
         };
         info!(position = ?start, "shard started");
         self.shared.lifecycle.shard_started(&self.cx.shard_id, &start);
-        let mut source = Source::new(self.shared.consumer_arn.as_ref(), start);
-        // Prefetch (polling): the next batch is fetched, with a context of its own, while this one is delivered.
-        let mut ahead_cx = match source {
-            Source::Polling(_) if self.shared.cfg.prefetch => Some(self.cx.sibling()),
-            _ => None,
-        };
-        // The batch fetched while the previous one was delivered (prefetch), or the error that fetch ended in.
-        let mut ahead: Option<Result<Option<Fetched>, Error>> = None;
+        let source = Source::new(self.shared.consumer_arn.as_ref(), start);
+        // With prefetch (polling), the next batch is fetched in a task of its own while this one is delivered.
+        let mut fetch = Fetch::new(source, &self.cx, self.shared.cfg.prefetch);
         loop {
-            let fetched = match ahead.take() {
-                Some(fetched) => fetched,
-                None => match ahead_cx.as_mut() {
-                    Some(cx) => source.next(cx, None).await,
-                    None => source.next(&mut self.cx, self.progress.last_handled()).await,
-                },
-            };
-            let fetched = match fetched {
+            let fetched = match fetch.next(&mut self.cx, self.progress.last_handled()).await {
                 Ok(fetched) => fetched,
                 Err(e) if e.kind() == ErrorKind::StreamNotFound => return self.gone(e).await,
                 Err(e) => return Err(e),
@@ -279,29 +229,22 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
             }
             let records = self.expand(records, millis_behind_latest)?;
             let handled = records.len();
-            // Delivery, then the checkpoint of what it handled; the prefetch (if any) runs beside both.
-            let (shared, key, cx, deliver) = (self.shared, &self.key, &self.cx, self.deliver);
-            let progress = &mut self.progress;
-            let delivering = async move {
-                let shard =
-                    ShardCx { stream: &shared.cfg.stream, id: &cx.shard_id, cancel: &cx.cancel, metrics: &cx.metrics };
-                let delivered = deliver.deliver(&shard, records, millis_behind_latest, progress).await;
-                cx.metrics.records(handled as u64);
-                let delivered = delivered.map_err(|e| cx.err(e))?;
-                save_pending(shared, key, progress, cx).await?;
-                Ok(delivered)
+            // At most one batch ahead; none after the shard's last.
+            if end.is_none() {
+                fetch.start_ahead().await;
+            }
+            let shard = ShardCx {
+                stream: &self.shared.cfg.stream,
+                id: &self.cx.shard_id,
+                cancel: &self.cx.cancel,
+                metrics: &self.cx.metrics,
             };
-            let delivered = match ahead_cx.as_mut() {
-                // At most one batch ahead; none after the shard's last.
-                Some(fetch_cx) if end.is_none() => {
-                    let (delivered, next) = beside(delivering, source.next(fetch_cx, None)).await;
-                    ahead = next;
-                    delivered?
-                }
-                _ => delivering.await?,
-            };
+            let delivered = self.deliver.deliver(&shard, records, millis_behind_latest, &mut self.progress).await;
+            self.cx.metrics.records(handled as u64);
+            let delivered = delivered.map_err(|e| self.err(e))?;
+            self.save_pending().await?;
             if let Delivered::Cancelled = delivered {
-                // The prefetched batch, if any, is dropped: nothing of it was handled or checkpointed.
+                // The batch fetched ahead, if any, is dropped with `fetch`: nothing of it was handled or checkpointed.
                 return Ok(ShardExit::Stopped);
             }
             if let Some(children) = end {
@@ -353,7 +296,15 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
     }
 
     async fn save_pending(&mut self) -> Result<(), Error> {
-        save_pending(self.shared, &self.key, &mut self.progress, &self.cx).await
+        if let Some(checkpoint) = self.progress.take_pending() {
+            self.shared
+                .store
+                .set(&self.key, checkpoint)
+                .await
+                .map_err(|e| self.store_err("writing a checkpoint", e))?;
+            self.cx.metrics.checkpoint();
+        }
+        Ok(())
     }
 
     /// Turns a GetRecords batch into the records to deliver: sequence numbers checked, aggregates split, user records

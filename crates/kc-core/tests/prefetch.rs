@@ -196,3 +196,43 @@ async fn a_stop_drops_the_prefetched_batch_without_checkpointing_it() {
     result.expect("scan");
     seen.assert_exactly_once(&produced[5..]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_batch_is_fetched_even_while_the_handler_keeps_its_thread_busy() {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 1);
+    let produced = put_many(&fake, 0..20, "r");
+    let consumer = builder(&fake, &MemoryStore::new()).build().await.expect("build");
+    let token = consumer.shutdown_token();
+    let fetched_meanwhile = Arc::new(Mutex::new(Vec::<bool>::new()));
+    let (m, f) = (fetched_meanwhile.clone(), fake.clone());
+    let task = tokio::spawn(async move {
+        consumer
+            .scan_batches(move |batch: Batch| {
+                let (m, f) = (m.clone(), f.clone());
+                async move {
+                    let mut noted = m.lock().expect("lock");
+                    if noted.is_empty() {
+                        // Busy without yielding (CPU-bound work): the fetch ahead must run on another thread.
+                        let until = std::time::Instant::now() + Duration::from_secs(10);
+                        while f.calls(Op::GetRecords) < 2 && std::time::Instant::now() < until {
+                            std::hint::spin_loop();
+                        }
+                        // One entry per record: the first says whether the next batch was fetched meanwhile.
+                        noted.push(f.calls(Op::GetRecords) >= 2);
+                        noted.extend(std::iter::repeat_n(true, batch.records().len().saturating_sub(1)));
+                    } else {
+                        noted.extend(std::iter::repeat_n(true, batch.records().len()));
+                    }
+                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
+                }
+            })
+            .await
+    });
+    Wait::real(Duration::from_secs(30))
+        .expect("20 records", || fetched_meanwhile.lock().expect("lock").len() >= produced.len())
+        .await;
+    token.cancel();
+    task.await.expect("task").expect("scan");
+    assert!(fetched_meanwhile.lock().expect("lock")[0], "the second batch was not fetched while the first was handled");
+}

@@ -9,6 +9,9 @@
 
 pub(crate) mod fan_out;
 pub(crate) mod polling;
+mod prefetch;
+
+pub(crate) use prefetch::Fetch;
 
 use std::future::Future;
 use std::sync::Arc;
