@@ -18,7 +18,7 @@ pub(crate) enum Fetch {
     /// One batch at a time, fetched when the reader asks (fan-out, or prefetch off).
     InTurn(Source),
     /// The polling source and its own context while no fetch is running, or the task fetching ahead with them.
-    Ahead { idle: Option<(Polling, Context)>, running: Option<JoinHandle<Ahead>> },
+    Ahead { idle: Option<Box<(Polling, Context)>>, running: Option<JoinHandle<Ahead>> },
 }
 
 impl Fetch {
@@ -26,7 +26,9 @@ impl Fetch {
     /// source polls.
     pub(crate) fn new(source: Source, cx: &Context, prefetch: bool) -> Self {
         match source {
-            Source::Polling(polling) if prefetch => Self::Ahead { idle: Some((polling, cx.sibling())), running: None },
+            Source::Polling(polling) if prefetch => {
+                Self::Ahead { idle: Some(Box::new((polling, cx.sibling()))), running: None }
+            }
             source => Self::InTurn(source),
         }
     }
@@ -43,7 +45,7 @@ impl Fetch {
                 if let Some(task) = running.take() {
                     return match task.await {
                         Ok((polling, ahead_cx, fetched)) => {
-                            *idle = Some((polling, ahead_cx));
+                            *idle = Some(Box::new((polling, ahead_cx)));
                             fetched
                         }
                         Err(e) => Err(cx.err(Error::new(
@@ -53,7 +55,10 @@ impl Fetch {
                     };
                 }
                 match idle.as_mut() {
-                    Some((polling, ahead_cx)) => polling.next(ahead_cx, None).await,
+                    Some(parts) => {
+                        let (polling, ahead_cx) = &mut **parts;
+                        polling.next(ahead_cx, None).await
+                    }
                     None => Ok(None), // not reached: the source is either idle or running
                 }
             }
@@ -63,7 +68,8 @@ impl Fetch {
     /// Starts fetching the next batch in a task of its own (prefetch on, no fetch running); else nothing.
     pub(crate) async fn start_ahead(&mut self) {
         if let Self::Ahead { idle, running } = self {
-            if let Some((mut polling, mut cx)) = idle.take() {
+            if let Some(parts) = idle.take() {
+                let (mut polling, mut cx) = *parts;
                 *running = Some(tokio::spawn(async move {
                     let fetched = polling.next(&mut cx, None).await;
                     (polling, cx, fetched)
