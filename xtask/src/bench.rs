@@ -26,6 +26,8 @@ struct Bench {
 const BENCHES: &[Bench] = &[
     Bench { package: "kc-core", bench: Some("scan_loop"), features: &["test-util"], needs_kinesalite: false, needs_kinesis_local: false },
     Bench { package: "kc-integration", bench: Some("vs_sdk"), features: &[], needs_kinesalite: true, needs_kinesis_local: false },
+    // Issue 15: one shard with and without prefetch, three handlers, on kinesalite and on a memory-speed server.
+    Bench { package: "kc-integration", bench: Some("throughput"), features: &[], needs_kinesalite: true, needs_kinesis_local: false },
     // Issue 13: N = 100, 400, 1,000 shards, the consumer next to a bare SDK loop; idle calls per shard.
     Bench { package: "kc-integration", bench: Some("many_shards"), features: &[], needs_kinesalite: true, needs_kinesis_local: false },
     // Issue 13 at memory speed: N = 1,000, 4,000, 10,000 shards on a server of its own; CPU seconds and peak RSS.
