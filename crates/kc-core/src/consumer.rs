@@ -79,7 +79,11 @@ impl Consumer {
     /// Shards that appear while scanning (resharding) are read too, each only after its parents were read to their
     /// end.
     pub async fn scan<H: RecordHandler>(&self, handler: H) -> Result<(), Error> {
-        self.scan_with(Arc::new(PerRecord { handler, failure: Arc::clone(&self.failure) })).await
+        self.scan_with(Arc::new(self.per_record(handler))).await
+    }
+
+    fn per_record<H: RecordHandler>(&self, handler: H) -> PerRecord<H> {
+        PerRecord { handler, failure: Arc::clone(&self.failure), in_flight: self.cfg.max_in_flight_per_shard }
     }
 
     /// Like [`scan`](Self::scan), with one handler call per GetRecords batch of a shard.
@@ -95,7 +99,7 @@ impl Consumer {
             return Err(Error::config("scan_shard reads a shard without a lease: not available in a consumer group")
                 .at(&self.cfg.stream, Some(shard_id)));
         }
-        let deliver = PerRecord { handler, failure: Arc::clone(&self.failure) };
+        let deliver = self.per_record(handler);
         let cancel = self.shutdown.child_token();
         let Some(shared) = self.shared().prepare(&cancel, None).await? else {
             return Ok(()); // cancelled while waiting for the fan-out consumer
@@ -294,6 +298,25 @@ impl ConsumerBuilder {
     /// checkpoint store (on a count of its own): a start of many shards reads their checkpoints a few at a time.
     pub fn max_calls_in_flight(mut self, max: usize) -> Self {
         self.cfg.max_calls_in_flight = max;
+        self
+    }
+
+    /// How many handler calls of one shard may run at once in [`scan`](Consumer::scan) (and
+    /// [`scan_shard`](Consumer::scan_shard)), never two for the same partition key. Default: 1 (each shard's records
+    /// in turn). With `n` > 1 a batch's records are dispatched to up to `n` concurrent calls of the handler, in the
+    /// shard's order except that a record waits while an earlier record of its key is being handled: each key's
+    /// records are handled in order (a KPL user record by its own key), as AWS Lambda's ParallelizationFactor does.
+    /// It pays when the handler awaits I/O (a database write, an HTTP call) and records have many keys.
+    ///
+    /// The checkpoint is the last record of the unbroken run of finished records from the start: it never passes a
+    /// record still in flight, so a crash delivers again the unfinished records and what came after them, never skips
+    /// one. A record the [failure policy](Self::on_handler_error) retries holds its key and one of the `n` slots,
+    /// not the shard. A stop, a lost lease or an error starts no more calls, waits for the ones running, and
+    /// checkpoints what finished in order. The next batch starts when this one is settled (with
+    /// [`prefetch`](Self::prefetch) it is already fetched). Between 1 and 10,000 (a batch's size); no effect on
+    /// [`scan_batches`](Consumer::scan_batches), whose handler gets a whole batch.
+    pub fn max_in_flight_per_shard(mut self, n: usize) -> Self {
+        self.cfg.max_in_flight_per_shard = n;
         self
     }
 

@@ -33,7 +33,7 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    fn handled(&mut self, position: Checkpoint, outcome: Outcome) {
+    pub(crate) fn handled(&mut self, position: Checkpoint, outcome: Outcome) {
         match outcome {
             Outcome::Checkpoint => {
                 self.pending = None;
@@ -91,13 +91,50 @@ pub(crate) trait Deliver: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Delivered, Error>> + Send;
 }
 
-/// Records one at a time, with the failure policy for the ones whose handler call fails.
+/// Records one at a time (or, with `in_flight` > 1, up to that many at once, one per partition key: see
+/// [`by_key`](crate::by_key)), with the failure policy for the ones whose handler call fails.
 pub(crate) struct PerRecord<H> {
     pub(crate) handler: H,
     pub(crate) failure: Arc<FailurePolicy>,
+    /// The most handler calls in flight for one shard (`max_in_flight_per_shard`); 1: in turn.
+    pub(crate) in_flight: usize,
 }
 
 impl<H: RecordHandler> PerRecord<H> {
+    /// One handler call for `record` at `position`, under the handler timeout if there is one.
+    pub(crate) async fn call(
+        &self,
+        shard: &ShardCx<'_>,
+        record: Record,
+        position: &Checkpoint,
+    ) -> Result<Outcome, BoxError> {
+        match self.failure.stall {
+            None => self.handler.handle(record).await.map_err(Into::into),
+            Some(stall) => FailurePolicy::watched(stall, shard, position, self.handler.handle(record)).await,
+        }
+    }
+
+    /// After the first call for the record at `position` failed with `error`: the failure policy's verdict (`kept` is
+    /// the copy of the record, if the policy keeps one).
+    pub(crate) async fn settle_one(
+        &self,
+        shard: &ShardCx<'_>,
+        kept: &[Record],
+        position: &Checkpoint,
+        error: BoxError,
+    ) -> Result<Settled<Outcome>, Error> {
+        let again = || {
+            let record = kept.first().cloned();
+            async move {
+                match record {
+                    Some(record) => self.call(shard, record, position).await,
+                    None => Err("the failure policy kept no copy of the record".into()), // not reached
+                }
+            }
+        };
+        self.failure.after_failure(shard, kept, position, error, again).await
+    }
+
     /// After the first call for the record at `position` failed with `error`: the failure policy (`kept` is the copy
     /// of the record, if the policy keeps one). `Some(Delivered::Cancelled)` when the shard was cancelled first.
     async fn settle(
@@ -108,20 +145,7 @@ impl<H: RecordHandler> PerRecord<H> {
         error: BoxError,
         progress: &mut Progress,
     ) -> Result<Option<Delivered>, Error> {
-        let again = || {
-            let record = kept.first().cloned();
-            let position = &position;
-            async move {
-                match (record, self.failure.stall) {
-                    (Some(record), None) => self.handler.handle(record).await.map_err(Into::into),
-                    (Some(record), Some(stall)) => {
-                        FailurePolicy::watched(stall, shard, position, self.handler.handle(record)).await
-                    }
-                    (None, _) => Err("the failure policy kept no copy of the record".into()), // not reached
-                }
-            }
-        };
-        match self.failure.after_failure(shard, kept, &position, error, again).await? {
+        match self.settle_one(shard, kept, &position, error).await? {
             Settled::Handled(outcome) => progress.handled(position, outcome),
             Settled::Given => progress.handled(position, Outcome::Checkpoint),
             Settled::Cancelled => return Ok(Some(Delivered::Cancelled)),
@@ -138,6 +162,9 @@ impl<H: RecordHandler> Deliver for PerRecord<H> {
         _millis_behind_latest: Option<i64>,
         progress: &mut Progress,
     ) -> Result<Delivered, Error> {
+        if self.in_flight > 1 {
+            return Box::pin(crate::by_key::deliver(self, shard, records, progress)).await;
+        }
         // Decided once per batch. The slow path (`settle`) is awaited boxed: it stays out of the loops' state.
         let keep = self.failure.keeps_records();
         if !keep && self.failure.stall.is_none() {
@@ -167,10 +194,7 @@ impl<H: RecordHandler> Deliver for PerRecord<H> {
             }
             let position = record.checkpoint();
             let kept = keep.then(|| record.clone());
-            let result = match self.failure.stall {
-                None => self.handler.handle(record).await.map_err(Into::into),
-                Some(stall) => FailurePolicy::watched(stall, shard, &position, self.handler.handle(record)).await,
-            };
+            let result = self.call(shard, record, &position).await;
             match result {
                 Ok(outcome) => progress.handled(position, outcome),
                 Err(e) => {

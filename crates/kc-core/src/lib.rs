@@ -155,6 +155,7 @@
 pub mod api;
 mod backoff;
 mod bounded;
+mod by_key;
 mod config;
 mod consumer;
 pub mod deadletter;

@@ -39,6 +39,8 @@ pub(crate) struct Config {
     pub(crate) max_records: i32,
     /// Fetch a shard's next batch while the current one is handled (polling).
     pub(crate) prefetch: bool,
+    /// The most handler calls of one shard at once (one per partition key).
+    pub(crate) max_in_flight_per_shard: usize,
     pub(crate) discovery_interval: Duration,
     pub(crate) aggregation: bool,
     pub(crate) strict_deaggregation: bool,
@@ -72,6 +74,7 @@ impl Config {
             max_idle_interval: Duration::from_secs(1),
             max_records: 10_000,
             prefetch: true,
+            max_in_flight_per_shard: 1,
             discovery_interval: Duration::from_secs(30),
             aggregation: false,
             strict_deaggregation: false,
@@ -96,6 +99,12 @@ impl Config {
             return Err(Error::config(format!(
                 "max_records must be between 1 and 10000 (the GetRecords limit), got {}",
                 self.max_records
+            )));
+        }
+        if !(1..=10_000).contains(&self.max_in_flight_per_shard) {
+            return Err(Error::config(format!(
+                "max_in_flight_per_shard must be between 1 and 10000, got {}",
+                self.max_in_flight_per_shard
             )));
         }
         if !(1..=Self::MAX_CALLS_IN_FLIGHT).contains(&self.max_calls_in_flight) {
