@@ -25,6 +25,8 @@ struct Bench {
 #[rustfmt::skip]
 const BENCHES: &[Bench] = &[
     Bench { package: "kc-core", bench: Some("scan_loop"), features: &["test-util"], needs_kinesalite: false, needs_kinesis_local: false },
+    // Issue 15: per-key parallelism inside a shard, n = 1, 4, 16, 64.
+    Bench { package: "kc-core", bench: Some("per_key"), features: &["test-util"], needs_kinesalite: false, needs_kinesis_local: false },
     Bench { package: "kc-integration", bench: Some("vs_sdk"), features: &[], needs_kinesalite: true, needs_kinesis_local: false },
     // Issue 15: one shard with and without prefetch, three handlers, on kinesalite and on a memory-speed server.
     Bench { package: "kc-integration", bench: Some("throughput"), features: &[], needs_kinesalite: true, needs_kinesis_local: false },

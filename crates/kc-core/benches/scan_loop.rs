@@ -90,7 +90,7 @@ fn batches(records: usize, per_batch: usize) -> Vec<RecordBatch> {
     out
 }
 
-fn run(records: usize) -> (f64, f64) {
+fn run(records: usize, prefetch: bool) -> (f64, f64) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let api = Prebuilt { batches: Mutex::new(batches(records, 10_000)) };
@@ -99,6 +99,7 @@ fn run(records: usize) -> (f64, f64) {
             .store(MemoryStore::new())
             .initial_position(InitialPosition::TrimHorizon)
             .min_poll_interval(Duration::ZERO)
+            .prefetch(prefetch)
             .build()
             .await
             .expect("build");
@@ -114,20 +115,26 @@ fn main() {
     // `cargo test --benches` runs this with `--bench` absent: keep it short then.
     let quick = quick_bench();
     let records = if quick { 20_000 } else { 2_000_000 };
-    run(records.min(100_000)); // warm-up
-    let mut rates = Vec::new();
+    run(records.min(100_000), true); // warm-up
+                                     // The default (prefetch on) and prefetch off, in alternating runs.
+    let (mut rates, mut off) = (Vec::new(), Vec::new());
     let mut allocs = 0.0;
     for _ in 0..if quick { 1 } else { 5 } {
-        let (rate, a) = run(records);
+        let (rate, a) = run(records, true);
         rates.push(rate);
         allocs = a;
+        off.push(run(records, false).0);
     }
+    let median_off = median(off.clone());
     let median = median(rates.clone());
+    let runs = |v: &[f64]| v.iter().map(|r| format!("{:.2} M", r / 1e6)).collect::<Vec<_>>().join(", ");
     println!("scan loop, in-process pre-built batches of 10,000 x 100-byte records, no-op handler, 1 core:");
+    println!("  records/s: median {:.2} M (runs: {})", median / 1e6, runs(&rates));
     println!(
-        "  records/s: median {:.2} M (runs: {})",
-        median / 1e6,
-        rates.iter().map(|r| format!("{:.2} M", r / 1e6)).collect::<Vec<_>>().join(", ")
+        "  prefetch off: median {:.2} M (runs: {}); default / off: {:.3}",
+        median_off / 1e6,
+        runs(&off),
+        median / median_off
     );
     println!("  heap allocations per record: {allocs:.4} (target: no allocation per record)");
     println!("  target >= 5 M records/s: {}", if median >= 5e6 { "met" } else { "NOT met" });
