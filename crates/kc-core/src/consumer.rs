@@ -114,7 +114,7 @@ impl Consumer {
     }
 
     /// The whole stream, alone or as a group's worker.
-    async fn scan_with<D: Deliver>(&self, deliver: Arc<D>) -> Result<(), Error> {
+    pub(crate) async fn scan_with<D: Deliver>(&self, deliver: Arc<D>) -> Result<(), Error> {
         // Cancelled by the user's token, or by the scan itself on the first error.
         let stop = self.shutdown.child_token();
         match &self.group {

@@ -80,8 +80,18 @@ impl Progress {
     }
 }
 
-/// How a shard's records reach the user: one at a time or one batch at a time.
+/// How a shard's records reach the user: one at a time, one batch at a time, or through the caller's streams.
 pub(crate) trait Deliver: Send + Sync + 'static {
+    /// The shard's reader `reader` (unique in the process) starts reading it.
+    fn shard_started(&self, reader: u64, shard_id: &Arc<str>) {
+        let _ = (reader, shard_id);
+    }
+
+    /// The reader `reader` stopped (its shard ended, the scan stopped, a lease was lost, an error).
+    fn shard_ended(&self, reader: u64) {
+        let _ = reader;
+    }
+
     fn deliver(
         &self,
         shard: &ShardCx<'_>,

@@ -177,6 +177,7 @@ mod retry;
 mod scan;
 mod shard;
 mod source;
+pub mod streams;
 
 pub use api::{KinesisApi, StartingPosition};
 pub use config::{Group, InitialPosition, MAX_DURATION};
@@ -188,3 +189,4 @@ pub use handler::{Batch, BatchFailure, BatchHandler, Outcome, RecordHandler};
 pub use kc_checkpoint::{Checkpoint, CheckpointStore, MemoryStore, SequenceNumber, ShardKey};
 pub use lifecycle::{Lifecycle, NoLifecycle};
 pub use record::Record;
+pub use streams::{AckBatch, ShardStream, Shards};

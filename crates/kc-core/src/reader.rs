@@ -108,7 +108,12 @@ pub(crate) struct ShardReader<'a, D> {
     progress: Progress,
     /// User records of this aggregate up to this sub-sequence number were handled before the restart.
     drop_until: Option<(SequenceNumber, u64)>,
+    /// This reader, unique in the process (see [`ShardCx::reader`]).
+    id: u64,
 }
+
+/// The next reader's id.
+static READERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl<'a, D: Deliver> ShardReader<'a, D> {
     pub(crate) fn new(shared: &'a Shared, deliver: &'a D, cancel: &CancellationToken, shard_id: &str) -> Self {
@@ -126,6 +131,7 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
             key: ShardKey::new(cfg.app.as_str(), &*shared.stream_key, shard_id),
             progress: Progress::default(),
             drop_until: None,
+            id: READERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -141,6 +147,7 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
         let span = tracing::info_span!("shard", stream = %self.shared.cfg.stream, shard = %self.cx.shard_id);
         async move {
             let result = self.read(hint).await;
+            self.deliver.shard_ended(self.id);
             // Whatever happened, what was handled is checkpointed.
             let saved = self.save_pending().await;
             match (&result, saved) {
@@ -212,6 +219,7 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
         };
         info!(position = ?start, "shard started");
         self.shared.lifecycle.shard_started(&self.cx.shard_id, &start);
+        self.deliver.shard_started(self.id, &self.cx.shard_id);
         let source = Source::new(self.shared.consumer_arn.as_ref(), start);
         // With prefetch (polling), the next batch is fetched in a task of its own while this one is delivered.
         let mut fetch = Fetch::new(source, &self.cx, self.shared.cfg.prefetch);
@@ -234,6 +242,7 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
                 fetch.start_ahead().await;
             }
             let shard = ShardCx {
+                reader: self.id,
                 stream: &self.shared.cfg.stream,
                 id: &self.cx.shard_id,
                 cancel: &self.cx.cancel,

@@ -31,6 +31,8 @@ pub(crate) enum ShardExit {
 /// What delivery and the failure policy see of the shard they deliver: names for logs and errors, the shard's
 /// cancellation (a stop, or a lost lease) and its metrics.
 pub(crate) struct ShardCx<'a> {
+    /// This reader of the shard, unique in the process (a shard read again has a new one).
+    pub(crate) reader: u64,
     pub(crate) stream: &'a str,
     pub(crate) id: &'a std::sync::Arc<str>,
     pub(crate) cancel: &'a tokio_util::sync::CancellationToken,
