@@ -555,6 +555,9 @@ async fn with_fan_out_a_poison_record_is_retried_then_dead_lettered_while_the_ot
     assert_eq!(counter_of(names::RETRIES, &stream, Some("handler")), 2, "two retries counted");
 }
 
+/// A lease's counter and owner.
+type LeaseSeen = (u64, Option<String>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_worker_retrying_a_poison_record_keeps_renewing_its_lease_while_the_other_shard_goes_on() {
     let _ = observe();
@@ -576,7 +579,8 @@ async fn a_group_worker_retrying_a_poison_record_keeps_renewing_its_lease_while_
     // The second attempt waits until the other shard handled a record put after the first one, and until the
     // poison's lease was renewed (its counter moved) three times since the first attempt.
     let renewals = Arc::new(AtomicUsize::new(0));
-    let owners: Arc<Mutex<Vec<(u64, Option<String>)>>> = Arc::default();
+    // The poison's lease as the watcher saw it change: counter, owner.
+    let owners: Arc<Mutex<Vec<LeaseSeen>>> = Arc::default();
     let watcher = {
         let (leases, scope, shard, owners, renewals) =
             (Arc::clone(&leases), scope.clone(), poison_shard.clone(), Arc::clone(&owners), Arc::clone(&renewals));
