@@ -115,6 +115,35 @@ pub async fn merge_first_adjacent(client: &aws_sdk_kinesis::Client, stream: &str
     Ok((a, b))
 }
 
+/// Every record of `stream`'s shards, from TRIM_HORIZON, as the SDK reads them (a dead-letter stream read back).
+pub async fn read_all_records(client: &aws_sdk_kinesis::Client, stream: &str) -> Vec<aws_sdk_kinesis::types::Record> {
+    use aws_sdk_kinesis::types::ShardIteratorType;
+    let shards = client.list_shards().stream_name(stream).send().await.expect("list").shards.unwrap_or_default();
+    let mut out = Vec::new();
+    for shard in shards {
+        let it = client
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(shard.shard_id)
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .expect("iterator")
+            .shard_iterator;
+        let mut it = it.expect("an iterator");
+        loop {
+            let page = client.get_records().shard_iterator(&it).send().await.expect("get records");
+            let empty = page.records.is_empty();
+            out.extend(page.records);
+            match page.next_shard_iterator {
+                Some(next) if !empty => it = next,
+                _ => break,
+            }
+        }
+    }
+    out
+}
+
 /// A consumer builder for `stream` as the tests use it: kinesalite's client, app `it`, TRIM_HORIZON, fast polling
 /// and discovery.
 pub async fn consumer_builder(stream: &str) -> kinesis_consumer::ConsumerBuilder {

@@ -1,6 +1,6 @@
 //! [`Observed`]: the SDK's Kinesis client as the consumer's `KinesisApi`, counting what the consumer received: the
 //! errors that got past the SDK's retries (by kind), the calls it abandoned at its client-side timeout, and the
-//! GetRecords calls (idle polling).
+//! GetRecords calls (idle polling). PutRecord is forwarded too (a Kinesis dead-letter destination writes with it).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use kc_test_support::check::lock;
 use kinesis_consumer::api::{ApiError, KinesisApi, RecordBatch, ShardPage, StartingPosition};
 
@@ -121,5 +122,11 @@ impl KinesisApi for Observed {
     async fn get_records(&self, shard_iterator: &str, limit: i32) -> Result<RecordBatch, ApiError> {
         self.get_records.fetch_add(1, Ordering::Relaxed);
         self.note(KinesisApi::get_records(&self.inner, shard_iterator, limit)).await
+    }
+
+    // Forwarded, not left to the trait's default (a permanent "not implemented" error): a `KinesisDeadLetter` made
+    // with an `Observed` client writes through it.
+    async fn put_record(&self, stream: &str, partition_key: &str, data: Bytes) -> Result<String, ApiError> {
+        self.note(KinesisApi::put_record(&self.inner, stream, partition_key, data)).await
     }
 }

@@ -5,8 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::types::ShardIteratorType;
-use kc_integration::{consumer_builder, new_stream, put_numbered, wait_for};
+use kc_integration::{consumer_builder, new_stream, put_numbered, read_all_records, wait_for};
 use kc_test_support::Seen;
 use kinesis_consumer::{Consumer, FailurePolicy, KinesisDeadLetter, MemoryStore, Outcome, Record};
 use tokio_util::sync::CancellationToken;
@@ -64,34 +63,6 @@ fn spawn_failing(consumer: Consumer, log: &Log) -> Running {
     Running { token, task }
 }
 
-/// Every record of `stream`'s shards, from TRIM_HORIZON, as the SDK reads them.
-async fn read_all(client: &aws_sdk_kinesis::Client, stream: &str) -> Vec<aws_sdk_kinesis::types::Record> {
-    let shards = client.list_shards().stream_name(stream).send().await.expect("list").shards.unwrap_or_default();
-    let mut out = Vec::new();
-    for shard in shards {
-        let it = client
-            .get_shard_iterator()
-            .stream_name(stream)
-            .shard_id(shard.shard_id)
-            .shard_iterator_type(ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .expect("iterator")
-            .shard_iterator;
-        let mut it = it.expect("an iterator");
-        loop {
-            let page = client.get_records().shard_iterator(&it).send().await.expect("get records");
-            let empty = page.records.is_empty();
-            out.extend(page.records);
-            match page.next_shard_iterator {
-                Some(next) if !empty => it = next,
-                _ => break,
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_record_on_one_shard_of_four_goes_to_the_dead_letter_stream_and_not_again_after_a_restart() {
     let (client, stream) = new_stream("dl-src", 4).await;
@@ -132,7 +103,7 @@ async fn a_poison_record_on_one_shard_of_four_goes_to_the_dead_letter_stream_and
     let mut produced = before.clone();
     produced.extend(during.iter().cloned());
     running.stop().await;
-    let letters = read_all(&client, &dead_letters).await;
+    let letters = read_all_records(&client, &dead_letters).await;
     // The row of the reliability table: every record but the poison handled once, the poison dead-lettered.
     let (lost, duplicates) = kc_integration::report::tally(&produced, &log.seen.data());
     let dead_lettered = letters.len();
@@ -179,7 +150,7 @@ async fn a_poison_record_on_one_shard_of_four_goes_to_the_dead_letter_stream_and
     running.stop().await;
     assert!(log.attempts().is_empty(), "the dead-lettered record came again");
     log.seen.assert_exactly_once(&after);
-    assert_eq!(read_all(&client, &dead_letters).await.len(), 1, "nothing more dead-lettered");
+    assert_eq!(read_all_records(&client, &dead_letters).await.len(), 1, "nothing more dead-lettered");
 }
 
 /// Scans `stream` with `policy` until the record after the poison was handled, then stops; returns the poison's

@@ -1,19 +1,21 @@
 //! Records per second through the scan loop over an in-process Kinesis with pre-built batches and a no-op handler,
-//! on one core (a current-thread runtime), with the allocations made per record.
+//! on one core (a current-thread runtime), with the allocations made per record: `scan` (one record per handler
+//! call) with its defaults and with prefetch off, and `scan_batches` (one batch per call), under the default failure
+//! policy, in alternating runs.
 //!
 //! `cargo bench -p kc-core --bench scan_loop` (or `cargo xtask bench`). Prints figures; asserts nothing about time.
 
 #![allow(clippy::print_stdout, missing_docs)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use kc_core::api::{ApiError, KinesisApi, RawRecord, RecordBatch, ShardInfo, ShardPage, StartingPosition};
-use kc_core::{Consumer, InitialPosition, MemoryStore};
+use kc_core::{Batch, Consumer, InitialPosition, MemoryStore, Outcome};
 use kc_test_support::check::{median, quick_bench};
 use kc_test_support::time_scan;
 
@@ -90,7 +92,26 @@ fn batches(records: usize, per_batch: usize) -> Vec<RecordBatch> {
     out
 }
 
-fn run(records: usize, prefetch: bool) -> (f64, f64) {
+/// Seconds to handle `n` records with a no-op batch handler, the stop included.
+async fn time_batches(consumer: Consumer, n: usize) -> f64 {
+    let token = consumer.shutdown_token();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    consumer
+        .scan_batches(move |batch: Batch| {
+            let len = batch.records().len();
+            std::hint::black_box(batch);
+            if handled.fetch_add(len, Ordering::Relaxed) + len >= n {
+                token.cancel();
+            }
+            std::future::ready(Ok::<_, std::convert::Infallible>(Outcome::Checkpoint))
+        })
+        .await
+        .expect("scan");
+    start.elapsed().as_secs_f64()
+}
+
+fn run(records: usize, per_batch_handler: bool, prefetch: bool) -> (f64, f64) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let api = Prebuilt { batches: Mutex::new(batches(records, 10_000)) };
@@ -105,7 +126,11 @@ fn run(records: usize, prefetch: bool) -> (f64, f64) {
             .expect("build");
         let allocs_before = ALLOCATIONS.load(Ordering::Relaxed);
         // The whole scan, its stop included (the handler cancels it at the last record).
-        let secs = time_scan(consumer, records).await.whole.as_secs_f64();
+        let secs = if per_batch_handler {
+            time_batches(consumer, records).await
+        } else {
+            time_scan(consumer, records).await.whole.as_secs_f64()
+        };
         let allocs = ALLOCATIONS.load(Ordering::Relaxed) - allocs_before;
         (records as f64 / secs, allocs as f64 / records as f64)
     })
@@ -115,27 +140,30 @@ fn main() {
     // `cargo test --benches` runs this with `--bench` absent: keep it short then.
     let quick = quick_bench();
     let records = if quick { 20_000 } else { 2_000_000 };
-    run(records.min(100_000), true); // warm-up
-                                     // The default (prefetch on) and prefetch off, in alternating runs.
-    let (mut rates, mut off) = (Vec::new(), Vec::new());
-    let mut allocs = 0.0;
-    for _ in 0..if quick { 1 } else { 5 } {
-        let (rate, a) = run(records, true);
-        rates.push(rate);
-        allocs = a;
-        off.push(run(records, false).0);
+    // `scan` with its defaults (prefetch on), `scan` with prefetch off, `scan_batches`: in alternating runs, so that
+    // drift in the shared machine's speed hits all three.
+    let kinds = [(false, true, "scan"), (false, false, "scan, prefetch off"), (true, true, "scan_batches")];
+    for (per_batch_handler, prefetch, _) in kinds {
+        run(records.min(100_000), per_batch_handler, prefetch); // warm-up
     }
-    let median_off = median(off.clone());
-    let median = median(rates.clone());
-    let runs = |v: &[f64]| v.iter().map(|r| format!("{:.2} M", r / 1e6)).collect::<Vec<_>>().join(", ");
+    let mut rates = vec![Vec::new(); kinds.len()];
+    let mut allocs = vec![0.0; kinds.len()];
+    for _ in 0..if quick { 1 } else { 5 } {
+        for (k, (per_batch_handler, prefetch, _)) in kinds.iter().enumerate() {
+            let (rate, a) = run(records, *per_batch_handler, *prefetch);
+            rates[k].push(rate);
+            allocs[k] = a;
+        }
+    }
     println!("scan loop, in-process pre-built batches of 10,000 x 100-byte records, no-op handler, 1 core:");
-    println!("  records/s: median {:.2} M (runs: {})", median / 1e6, runs(&rates));
-    println!(
-        "  prefetch off: median {:.2} M (runs: {}); default / off: {:.3}",
-        median_off / 1e6,
-        runs(&off),
-        median / median_off
-    );
-    println!("  heap allocations per record: {allocs:.4} (target: no allocation per record)");
-    println!("  target >= 5 M records/s: {}", if median >= 5e6 { "met" } else { "NOT met" });
+    for (k, (_, _, what)) in kinds.iter().enumerate() {
+        let median = median(rates[k].clone());
+        println!(
+            "  {what}: median {:.2} M records/s (runs: {}); heap allocations per record {:.4}; target >= 5 M: {}",
+            median / 1e6,
+            rates[k].iter().map(|r| format!("{:.2} M", r / 1e6)).collect::<Vec<_>>().join(", "),
+            allocs[k],
+            if median >= 5e6 { "met" } else { "NOT met" }
+        );
+    }
 }

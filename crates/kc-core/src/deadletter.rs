@@ -82,6 +82,17 @@ fn epoch_ms(t: SystemTime) -> Option<u64> {
 /// A dead-letter destination that puts each failed record on another Kinesis stream (PutRecord with the record's
 /// partition key, so the records of a key keep their order there), as [`to_json`].
 ///
+/// Each dead-letter record is:
+/// - partition key: the failed record's own partition key (for a user record of a KPL aggregate, the user record's);
+///   no ExplicitHashKey is sent, so the shard of the dead-letter stream is chosen by that key's hash;
+/// - data: one JSON object (UTF-8) with the fields `stream` (the stream read), `shard` (its shard id),
+///   `sequence_number` (a decimal string), `sub_sequence_number` (a number inside a KPL aggregate, else `null`),
+///   `partition_key`, `explicit_hash_key`, `approximate_arrival_ms`, `error` (the handler's last error and its
+///   sources, joined by `": "`), `attempts` (the handler calls made), `first_failure_ms` and `data` (the payload, in
+///   standard base64). `explicit_hash_key` is `null` for every record read with GetRecords or SubscribeToShard (Kinesis
+///   does not return the ExplicitHashKey a record was put with); only the user records of a KPL aggregate that
+///   carried one in the aggregate have it.
+///
 /// ```no_run
 /// # async fn run(client: aws_sdk_kinesis::Client) -> Result<(), kc_core::Error> {
 /// use kc_core::{deadletter::KinesisDeadLetter, Consumer, FailurePolicy};

@@ -346,8 +346,14 @@ impl<H: BatchHandler> Deliver for PerBatch<H> {
         let Some(position) = records.last().map(Record::checkpoint) else {
             return Ok(Delivered::All);
         };
+        let kept = self.failure.keeps_records().then(|| records.clone());
+        // Without a kept copy (the default policy) only the positions are kept, so that a partial batch response
+        // (`BatchFailure::at(i, e)`) still checkpoints the records before `i` before the policy ends the batch.
+        let positions: Vec<Checkpoint> = match kept {
+            None if records.len() > 1 => records.iter().map(Record::checkpoint).collect(),
+            _ => Vec::new(),
+        };
         let batch = Batch { shard_id: Arc::clone(shard.id), records, millis_behind_latest };
-        let kept = self.failure.keeps_records().then(|| batch.clone());
         let result = match self.failure.stall {
             None => self.handler.handle_batch(batch).await.map_err(Into::into),
             Some(stall) => FailurePolicy::watched(stall, shard, &position, self.handler.handle_batch(batch)).await,
@@ -361,9 +367,13 @@ impl<H: BatchHandler> Deliver for PerBatch<H> {
         };
         match kept {
             // Boxed: the rare slow path stays out of the hot path's state machine.
-            Some(kept) => Box::pin(self.settle(shard, kept.records, millis_behind_latest, error, progress)).await,
-            // Nothing kept (the default policy): no retries, the policy ends the batch whole.
+            Some(kept) => Box::pin(self.settle(shard, kept, millis_behind_latest, error, progress)).await,
+            // Nothing kept (the default policy): no retries, the policy ends what the handler did not handle.
             None => {
+                let (done, error) = partial(error, positions.len());
+                if let Some(before) = done.checked_sub(1).and_then(|last| positions.get(last)) {
+                    progress.handled(before.clone(), Outcome::Checkpoint);
+                }
                 let never =
                     || async { Err::<Outcome, BoxError>("the failure policy kept no copy of the batch".into()) };
                 match Box::pin(self.failure.after_failure(shard, &[], &position, error, never)).await? {

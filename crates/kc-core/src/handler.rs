@@ -79,9 +79,9 @@ impl Batch {
 /// retries from it: the next call's batch starts at that record. An `index` not inside the batch is a failure of the
 /// whole batch.
 ///
-/// Under the default policy (stop at the first error, nothing kept) it stops the scan like any error, without
-/// checkpointing the records before `index` (they come again after a restart); a policy with retries, a
-/// dead-letter destination or [bisection](crate::FailurePolicy::bisect_batches) keeps the batch and honours it.
+/// Under the default policy (stop at the first error, no retries) the records before `index` are checkpointed and then
+/// the scan stops like on any error (after a restart the batch starts again at `index`); a policy with retries, a
+/// dead-letter destination or [bisection](crate::FailurePolicy::bisect_batches) keeps the batch and retries from it.
 #[derive(Debug)]
 pub struct BatchFailure {
     index: usize,

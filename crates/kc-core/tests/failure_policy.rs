@@ -678,6 +678,32 @@ async fn a_partial_batch_response_checkpoints_the_records_before_and_retries_fro
 }
 
 #[tokio::test(start_paused = true)]
+async fn under_the_default_policy_a_partial_batch_response_checkpoints_the_records_before_it_then_stops() {
+    let fake = FakeKinesis::new();
+    fake.create_stream(STREAM, 1);
+    let shard = fake.shard_ids(STREAM).remove(0);
+    let (poison, before) = put_poisoned(&fake, &shard, 4, 5); // one batch: before0..3, marker, poison, after0..4
+    let store = MemoryStore::new();
+    let consumer = builder(&fake, &store, FailurePolicy::default()).build().await.expect("build");
+    let (handled, poisoned, task) = spawn_batches(consumer, true);
+    let err = task.await.expect("task").expect_err("the default policy stops");
+    assert_eq!(err.kind(), ErrorKind::Handler);
+    assert_eq!(poisoned.load(Ordering::SeqCst), 1, "no retries");
+    let mut want = numbered("before", 0..4);
+    want.push("marker".to_owned());
+    assert_eq!(*handled.lock().expect("lock"), want);
+    let saved = checkpoint_of(&store, &shard).await;
+    assert_eq!(saved, Some(at(&before)), "the records before the failed one are checkpointed, the poison is not");
+    assert!(saved < Some(at(&poison)));
+    // A restart delivers the poison again, first.
+    let consumer = builder(&fake, &store, FailurePolicy::default()).build().await.expect("build");
+    let (handled, poisoned, task) = spawn_batches(consumer, true);
+    task.await.expect("task").expect_err("stops again");
+    assert!(handled.lock().expect("lock").is_empty(), "nothing before the poison again");
+    assert_eq!(poisoned.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn bisection_brings_the_failing_record_alone_to_the_policy_and_every_other_record_is_handled_once() {
     for partial in [false, true] {
         let fake = FakeKinesis::new();
