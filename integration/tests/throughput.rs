@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use kc_integration::{
-    collect_until, consumer_builder, create_stream, fan_out_builder, kinesis_local, new_stream, put_numbered,
+    consumer_builder, create_stream, fan_out_builder, kinesis_local, new_stream, put_numbered, spawn_collecting,
     unique_stream, wait_for,
 };
+use kc_test_support::checkpoint;
 use kinesis_consumer::{Checkpoint, CheckpointStore, ConsumerBuilder, MemoryStore, Outcome, Record, ShardKey};
 
 /// What the handler saw: per key, the data in the order calls started; the keys with a call running; overlaps.
@@ -86,8 +87,10 @@ async fn per_key_parallelism_keeps_each_keys_order_on_kinesalite() {
     let watch = scan_by_key(consumer_builder(&stream).await.store(store.clone()), 8, produced.len()).await;
     assert_per_key(&watch, &produced, 2, 8);
     // Everything finished, so each shard's checkpoint is its last record: a restart reads nothing again.
-    let (seen, result) =
-        collect_until(consumer_builder(&stream).await.store(store.clone()).build().await.expect("build"), 1).await;
+    let consumer = consumer_builder(&stream).await.store(store.clone()).build().await.expect("build");
+    let restarted = spawn_collecting(consumer, Duration::ZERO, checkpoint);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (seen, result) = restarted.stop(Duration::from_secs(10)).await;
     result.expect("restart");
     assert!(seen.all().is_empty(), "read again after a restart: {:?}", seen.data());
 }
