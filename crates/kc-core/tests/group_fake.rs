@@ -601,39 +601,54 @@ async fn max_leases_leaves_the_rest_to_others() {
 
 #[tokio::test(start_paused = true)]
 async fn a_lost_lease_stops_its_shard_after_the_handler_in_flight_and_writes_nothing_more() {
+    lost_lease_stops_after_the_calls_in_flight(1, 2).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_per_key_parallelism_a_lost_lease_starts_no_more_calls_and_waits_for_the_running_ones() {
+    lost_lease_stops_after_the_calls_in_flight(4, 20).await;
+}
+
+/// A worker reading one shard of 20 records (each of its own key when `n` > 1) with `n` handler calls at once and
+/// batches of `max_records` loses the lease to an intruder while calls are in flight.
+async fn lost_lease_stops_after_the_calls_in_flight(n: usize, max_records: i32) {
     let fake = FakeKinesis::new();
     fake.create_stream(STREAM, 1);
     for i in 0..20 {
-        fake.put(STREAM, "k", format!("x{i}"));
+        let key = if n > 1 { format!("k{i}") } else { "k".to_owned() };
+        fake.put(STREAM, &key, format!("x{i}"));
     }
     let table = MemoryLeaseTable::new();
     let started: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let ended = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let token = CancellationToken::new();
     let events = Arc::new(Events::default());
     let consumer = Consumer::builder(STREAM)
         .api(fake.clone())
         .initial_position(InitialPosition::TrimHorizon)
-        .max_records(2)
+        .max_records(max_records)
+        .max_in_flight_per_shard(n)
         .shutdown(token.clone())
         .lifecycle(CountEvents(Arc::clone(&events)))
         .group(Group::new(GROUP, table.clone()).worker_id("slow").lease_duration(LEASE))
         .build()
         .await
         .expect("build");
-    let s = Arc::clone(&started);
+    let (s, e) = (Arc::clone(&started), Arc::clone(&ended));
     let task = tokio::spawn(async move {
         consumer
             .scan(move |_r: Record| {
-                let s = Arc::clone(&s);
+                let (s, e) = (Arc::clone(&s), Arc::clone(&e));
                 async move {
                     s.lock().expect("lock").push(Instant::now());
                     tokio::time::sleep(Duration::from_secs(2)).await;
+                    e.fetch_add(1, Ordering::SeqCst);
                     Ok::<_, std::io::Error>(Outcome::Checkpoint)
                 }
             })
             .await
     });
-    wait_until("a few records", || async { started.lock().expect("lock").len() >= 3 }).await;
+    wait_until("a few records", || async { started.lock().expect("lock").len() >= 3 * n }).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // a handler is in flight
     let scope = LeaseScope::new(GROUP, STREAM);
     let lease = table.list(&scope).await.expect("list").remove(0);
@@ -660,6 +675,7 @@ async fn a_lost_lease_stops_its_shard_after_the_handler_in_flight_and_writes_not
     let now = table.get(&scope, &lease.shard_id).await.expect("get").expect("lease");
     assert_eq!(now.owner.as_deref(), Some("intruder"));
     assert_eq!(now.checkpoint, taken.checkpoint, "the old owner wrote no checkpoint after the take");
+    assert_eq!(ended.load(Ordering::SeqCst), started.lock().expect("lock").len(), "every call in flight finished");
     token.cancel();
     task.await.expect("task").expect("a lost lease is not an error of the scan");
 }
