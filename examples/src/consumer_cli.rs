@@ -56,6 +56,12 @@ pub struct ConsumerArgs {
     /// With --fan-out: deregister the stream consumer when stopping.
     #[arg(long, requires = "fan_out")]
     pub deregister_on_shutdown: bool,
+    /// Handler calls of one shard at once, never two of one partition key (1: each shard's records in turn).
+    #[arg(long, default_value_t = 1)]
+    pub max_in_flight_per_shard: usize,
+    /// Fetch a shard's next batch only when the current one is handled (prefetch is on by default).
+    #[arg(long, conflicts_with = "fan_out")]
+    pub no_prefetch: bool,
 }
 
 impl ConsumerArgs {
@@ -77,9 +83,10 @@ impl ConsumerArgs {
             .shutdown(crate::shutdown_on_signals()?);
         builder = match &self.fan_out {
             Some(name) => builder.fan_out(name).deregister_on_shutdown(self.deregister_on_shutdown),
+            None if self.no_prefetch => builder.max_records(self.max_records).prefetch(false),
             None => builder.max_records(self.max_records),
         };
-        Ok(builder)
+        Ok(builder.max_in_flight_per_shard(self.max_in_flight_per_shard))
     }
 
     /// Scans until SIGINT/SIGTERM, printing each record's data on its own line, checkpointing in `store`.

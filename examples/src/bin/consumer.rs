@@ -6,6 +6,8 @@
 //! cargo run -p kc-examples --bin consumer -- --stream demo --fan-out my-app --endpoint http://127.0.0.1:PORT
 //! # the failure policy: records containing "bad" fail; 3 attempts, then to the stream demo-dlq (which must exist)
 //! cargo run -p kc-examples --bin consumer -- --stream demo --fail-on bad --max-attempts 3 --dead-letter-stream demo-dlq
+//! # up to 8 records of a shard at once (never two of one partition key), with a slow handler
+//! cargo run -p kc-examples --bin consumer -- --stream demo --max-in-flight-per-shard 8 --delay-ms 50
 //! ```
 //!
 //! Logs go to stderr; SIGINT or SIGTERM stops it gracefully (the record in hand is finished and checkpointed) and it
