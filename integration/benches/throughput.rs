@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
 use kc_integration::MemoryKinesis;
 use kc_test_support::check::{median, quick_bench};
@@ -64,30 +63,6 @@ impl Work {
         }
         n as f64 / start.elapsed().as_secs_f64()
     }
-}
-
-async fn bare_sdk(client: &aws_sdk_kinesis::Client, stream: &str, shard: &str, records: usize) -> f64 {
-    let start = Instant::now();
-    let mut it = client
-        .get_shard_iterator()
-        .stream_name(stream)
-        .shard_id(shard)
-        .shard_iterator_type(ShardIteratorType::TrimHorizon)
-        .send()
-        .await
-        .expect("GetShardIterator")
-        .shard_iterator
-        .expect("iterator");
-    let mut seen = 0;
-    while seen < records {
-        let out = client.get_records().shard_iterator(&it).limit(10_000).send().await.expect("GetRecords");
-        for r in &out.records {
-            std::hint::black_box(r.data.as_ref());
-        }
-        seen += out.records.len();
-        it = out.next_shard_iterator.expect("open shard");
-    }
-    records as f64 / start.elapsed().as_secs_f64()
 }
 
 /// The consumer's records per second to its `n`th record, with `work` per record.
@@ -157,7 +132,7 @@ async fn endpoint(label: &str, client: &aws_sdk_kinesis::Client, stream: &str, r
         let (mut with, mut without, mut alone) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             if work == Work::None {
-                bare_rates.push(bare_sdk(client, stream, &shard, records).await);
+                bare_rates.push(kc_integration::bare::read_one_shard(client, stream, &shard, records).await);
             } else {
                 alone.push(work.rate(n.min(5_000)).await);
             }

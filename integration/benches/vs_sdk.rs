@@ -8,35 +8,10 @@
 
 use std::time::Instant;
 
-use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
 use kc_test_support::check::{median, quick_bench};
 use kc_test_support::time_scan;
 use kinesis_consumer::{Consumer, InitialPosition, MemoryStore};
-
-async fn bare_sdk(client: &aws_sdk_kinesis::Client, stream: &str, shard: &str, records: usize) -> f64 {
-    let start = Instant::now();
-    let mut it = client
-        .get_shard_iterator()
-        .stream_name(stream)
-        .shard_id(shard)
-        .shard_iterator_type(ShardIteratorType::TrimHorizon)
-        .send()
-        .await
-        .expect("GetShardIterator")
-        .shard_iterator
-        .expect("iterator");
-    let mut seen = 0;
-    while seen < records {
-        let out = client.get_records().shard_iterator(&it).limit(10_000).send().await.expect("GetRecords");
-        for r in &out.records {
-            std::hint::black_box(r.data.as_ref());
-        }
-        seen += out.records.len();
-        it = out.next_shard_iterator.expect("open shard");
-    }
-    records as f64 / start.elapsed().as_secs_f64()
-}
 
 async fn consumer(client: &aws_sdk_kinesis::Client, stream: &str, records: usize) -> f64 {
     let consumer = Consumer::builder(stream)
@@ -69,7 +44,7 @@ async fn main() {
         client.list_shards().stream_name(&stream).send().await.expect("ListShards").shards()[0].shard_id().to_owned();
     let (mut bare, mut ours) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        bare.push(bare_sdk(&client, &stream, &shard, records).await);
+        bare.push(kc_integration::bare::read_one_shard(&client, &stream, &shard, records).await);
         ours.push(consumer(&client, &stream, records).await);
     }
     let (b, o) = (median(bare.clone()), median(ours.clone()));

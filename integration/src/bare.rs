@@ -1,5 +1,6 @@
-//! The bare AWS SDK loop the many-shards benchmarks measure the consumer against (issue 13): what a user without the
-//! consumer would write, a fixed number of shards at a time, each read from TRIM_HORIZON until an empty answer.
+//! The bare AWS SDK loops the benchmarks measure the consumer against: what a user without the consumer would write.
+//! [`drain`] (many shards, issue 13): a fixed number of shards at a time, each read from TRIM_HORIZON until an empty
+//! answer; [`read_one_shard`] (benches vs_sdk and throughput): one shard from TRIM_HORIZON to its nth record.
 
 use std::sync::Arc;
 
@@ -69,4 +70,33 @@ pub async fn drain(client: &aws_sdk_kinesis::Client, stream: &str, shards: &[Str
         seen += read.expect("bare loop task");
     }
     seen
+}
+
+/// Records per second of a bare GetShardIterator (TRIM_HORIZON) + GetRecords (limit 10,000) loop over `shard` of
+/// `stream` until `records` records, each record's data passed to [`std::hint::black_box`].
+///
+/// # Panics
+/// When a call fails or the shard is closed before `records` records.
+pub async fn read_one_shard(client: &aws_sdk_kinesis::Client, stream: &str, shard: &str, records: usize) -> f64 {
+    let start = std::time::Instant::now();
+    let mut it = client
+        .get_shard_iterator()
+        .stream_name(stream)
+        .shard_id(shard)
+        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .expect("GetShardIterator")
+        .shard_iterator
+        .expect("iterator");
+    let mut seen = 0;
+    while seen < records {
+        let out = client.get_records().shard_iterator(&it).limit(10_000).send().await.expect("GetRecords");
+        for r in &out.records {
+            std::hint::black_box(r.data.as_ref());
+        }
+        seen += out.records.len();
+        it = out.next_shard_iterator.expect("open shard");
+    }
+    records as f64 / start.elapsed().as_secs_f64()
 }
