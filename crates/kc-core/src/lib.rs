@@ -151,7 +151,7 @@
 // Modules point one way (see ARCHITECTURE.md): data and seams at the bottom (`config`, `api`, `error`, `record`,
 // `handler`, `lifecycle`, `metrics`, `backoff`, `retry`, `bounded`, `limit`, `shard`, `deadletter`), mechanisms above them
 // (`source`, `discovery`, `failure`, `deliver`, `reader`, `group::{plan, handle}`), orchestration on top (`scan`,
-// `group`, `consumer`).
+// `multi`, `group`, `consumer`); `tracker` is a seam (the streams of a consumer of several).
 pub mod api;
 mod backoff;
 mod bounded;
@@ -171,6 +171,7 @@ mod handler;
 mod lifecycle;
 mod limit;
 pub mod metrics;
+mod multi;
 mod reader;
 mod record;
 mod retry;
@@ -178,6 +179,7 @@ mod scan;
 mod shard;
 mod source;
 pub mod streams;
+mod tracker;
 
 pub use api::{KinesisApi, StartingPosition};
 pub use config::{Group, InitialPosition, MAX_DURATION};
@@ -190,3 +192,4 @@ pub use kc_checkpoint::{Checkpoint, CheckpointStore, MemoryStore, SequenceNumber
 pub use lifecycle::{Lifecycle, NoLifecycle};
 pub use record::Record;
 pub use streams::{AckBatch, ShardStream, Shards};
+pub use tracker::{StreamTracker, TrackedStream};
