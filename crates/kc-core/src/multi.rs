@@ -8,6 +8,8 @@
 //! names it and it exists.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::task::{JoinError, JoinSet};
@@ -16,12 +18,15 @@ use tracing::{info, warn, Instrument};
 
 use crate::config::Config;
 use crate::deliver::Deliver;
-use crate::error::{Error, ErrorKind};
+use crate::error::{BoxError, Error, ErrorKind};
 use crate::reader::Shared;
 use crate::scan;
 use crate::tracker::{validate, Streams, TrackedStream};
 
 type StreamResult = (String, Result<(), Error>);
+
+/// A question to the tracker in flight.
+type Asking = Pin<Box<dyn Future<Output = Result<Vec<TrackedStream>, BoxError>> + Send>>;
 
 /// Reads every stream of `streams` with `deliver` until `stop` is cancelled or an error. `base` is what every stream
 /// shares (its `cfg` the consumer's settings, without a stream).
@@ -70,16 +75,24 @@ impl<D: Deliver> Supervisor<'_, D> {
         // The first tick comes at once: the tracker's first answer starts the scan.
         let mut ticker = tokio::time::interval(self.base.cfg.discovery_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The tracker's answer awaited, beside the supervision of the streams (a slow tracker delays no error).
+        let mut asking: Option<Asking> = None;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return Ok(()),
-                _ = ticker.tick(), if tracker.is_some() => {
-                    let Some(tracker) = &tracker else { continue };
-                    // A stop does not wait for the tracker.
-                    let answer = tokio::select! {
-                        _ = self.stop.cancelled() => return Ok(()),
-                        answer = tracker.streams() => answer,
-                    };
+                _ = ticker.tick(), if tracker.is_some() && asking.is_none() => {
+                    if let Some(tracker) = &tracker {
+                        let tracker = Arc::clone(tracker);
+                        asking = Some(Box::pin(async move { tracker.streams().await }));
+                    }
+                }
+                answer = async {
+                    match asking.as_mut() {
+                        Some(asking) => asking.await,
+                        None => std::future::pending().await,
+                    }
+                }, if asking.is_some() => {
+                    asking = None;
                     match answer {
                         Ok(streams) => self.update(streams)?,
                         Err(e) => warn!(error = %e, "the stream tracker failed; the streams stay as they are"),
