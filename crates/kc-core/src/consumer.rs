@@ -69,6 +69,34 @@ impl Consumer {
     /// flushed). A tracked stream found deleted is dropped with a warning (not an error) and started again, as the
     /// new stream it then is, when an answer names it and it exists. Otherwise as
     /// [`builder_for_streams`](Self::builder_for_streams).
+    ///
+    /// ```no_run
+    /// use kc_core::{BoxError, Consumer, InitialPosition, Outcome, Record, StreamTracker, TrackedStream};
+    ///
+    /// /// One stream per tenant, as a registry says now.
+    /// struct Tenants;
+    ///
+    /// #[async_trait::async_trait]
+    /// impl StreamTracker for Tenants {
+    ///     async fn streams(&self) -> Result<Vec<TrackedStream>, BoxError> {
+    ///         let tenants = ["acme", "globex"]; // from a database, a config service, ...
+    ///         Ok(tenants.iter().map(|t| TrackedStream::new(format!("events-{t}"))).collect())
+    ///     }
+    /// }
+    ///
+    /// # async fn run() -> Result<(), kc_core::Error> {
+    /// let consumer = Consumer::builder_tracking(Tenants)
+    ///     .initial_position(InitialPosition::TrimHorizon)
+    ///     .build()
+    ///     .await?;
+    /// consumer
+    ///     .scan(|record: Record| async move {
+    ///         println!("{} {}: {:?}", record.stream(), record.shard_id(), record.data());
+    ///         Ok::<_, std::io::Error>(Outcome::Checkpoint)
+    ///     })
+    ///     .await
+    /// # }
+    /// ```
     pub fn builder_tracking(tracker: impl StreamTracker) -> ConsumerBuilder {
         ConsumerBuilder::new_streams(Streams::Tracked(Arc::new(tracker)))
     }

@@ -146,6 +146,13 @@
 //! tell the creation time (the trait's default) keeps the plain key. The MySQL lease table's `stream_name` column
 //! holds 128 characters: a stream created again whose name is longer than 114 characters cannot be keyed there.
 //!
+//! # Several streams
+//! [`Consumer::builder_for_streams`] reads several streams with one consumer, one handler and one checkpoint store;
+//! [`Consumer::builder_tracking`] reads the streams a [`StreamTracker`] names, asked on the discovery interval, so
+//! streams are added (started at their initial position, [`TrackedStream::initial_position`]) and removed (stopped
+//! gracefully, checkpoints written) while the scan runs. [`Record::stream`] tells a record's stream. Checkpoints are
+//! keyed by app, stream and shard as for one stream: no migration. Not yet with fan-out or in a group.
+//!
 //! [`CheckpointStore::flush`]: kc_checkpoint::CheckpointStore::flush
 
 // Modules point one way (see ARCHITECTURE.md): data and seams at the bottom (`config`, `api`, `error`, `record`,
