@@ -226,8 +226,13 @@ async fn the_first_error_of_one_stream_stops_all_and_bad_names_are_refused() {
         assert_eq!(e.kind(), ErrorKind::Config);
         assert!(e.to_string().contains(want), "{e}");
     }
-    let e = settings(Consumer::builder_for_streams(["a"]), &fake, &store).fan_out("c").build().await;
-    assert_eq!(e.expect_err("fan-out").kind(), ErrorKind::Config);
+    let e = Consumer::builder_for_streams(["a"]).api(fake.clone()).fan_out("c").build().await;
+    let e = e.expect_err("fan-out");
+    assert!(e.kind() == ErrorKind::Config && e.to_string().contains("several streams"), "{e}");
+    let group = kc_core::Group::new("g", kc_checkpoint::lease::MemoryLeaseTable::new());
+    let e = Consumer::builder_for_streams(["a"]).api(fake.clone()).group(group).build().await;
+    let e = e.expect_err("group");
+    assert!(e.kind() == ErrorKind::Config && e.to_string().contains("several streams"), "{e}");
 
     // A tracker naming a bad stream stops the scan with a configuration error.
     let tracker = Tracker::default();
