@@ -41,8 +41,9 @@ pub(crate) async fn run<D: Deliver>(
     let result = supervisor.run(streams).instrument(span.clone()).await;
     stop.cancel();
     let mut first_error = result.err();
+    let tracked = matches!(streams, Streams::Tracked(_));
     while let Some(joined) = supervisor.tasks.join_next().await {
-        if let Err(e) = flatten(joined) {
+        if let Err(e) = supervisor.exited(joined, tracked) {
             if first_error.is_none() {
                 first_error = Some(e);
             } else {
@@ -141,7 +142,8 @@ impl<D: Deliver> Supervisor<'_, D> {
         self.tasks.spawn(async move { (stream.name, scan::run(shared, deliver, token).await) });
     }
 
-    /// A stream's scan returned: stopped (removed, or the whole scan stops), or failed.
+    /// A stream's scan returned: stopped (removed, or the whole scan stops), or failed (a panic is an error; a
+    /// tracked stream found deleted is only dropped).
     fn exited(&mut self, joined: Result<StreamResult, JoinError>, tracked: bool) -> Result<(), Error> {
         match joined {
             Ok((name, result)) => {
@@ -155,16 +157,8 @@ impl<D: Deliver> Supervisor<'_, D> {
                     Err(e) => Err(e),
                 }
             }
-            Err(e) => flatten(Err(e)),
+            Err(e) if e.is_panic() => Err(Error::new(ErrorKind::Handler, "a stream task panicked")),
+            Err(_) => Ok(()),
         }
-    }
-}
-
-/// A stream task's result, with a panic turned into an error.
-fn flatten(joined: Result<StreamResult, JoinError>) -> Result<(), Error> {
-    match joined {
-        Ok((_, result)) => result,
-        Err(e) if e.is_panic() => Err(Error::new(ErrorKind::Handler, "a stream task panicked")),
-        Err(_) => Ok(()),
     }
 }
