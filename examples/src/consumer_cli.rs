@@ -25,9 +25,9 @@ pub enum IteratorType {
 /// The flags of every consumer example.
 #[derive(Debug, clap::Args)]
 pub struct ConsumerArgs {
-    /// The stream's name.
-    #[arg(long)]
-    pub stream: String,
+    /// The stream's name; give it more than once to read several streams with one consumer.
+    #[arg(long, required = true)]
+    pub stream: Vec<String>,
     /// The Kinesis endpoint (`aws` for AWS itself, with the usual credential chain).
     #[arg(long, default_value_t = crate::default_endpoint())]
     pub endpoint: String,
@@ -75,7 +75,11 @@ impl ConsumerArgs {
             }
             (IteratorType::AtTimestamp, _) => anyhow::bail!("AT_TIMESTAMP needs --timestamp SECONDS_SINCE_EPOCH"),
         };
-        let mut builder = Consumer::builder(&self.stream)
+        let builder = match self.stream.as_slice() {
+            [one] => Consumer::builder(one),
+            several => Consumer::builder_for_streams(several),
+        };
+        let mut builder = builder
             .client(crate::kinesis_client(&self.endpoint).await)
             .app_name(&self.app)
             .initial_position(initial)

@@ -24,6 +24,7 @@ pub struct Observed {
     /// Errors by `ApiErrorKind` (`Debug`), and [`CALL_TIMEOUT`].
     errors: Arc<Mutex<BTreeMap<String, u64>>>,
     get_records: Arc<AtomicU64>,
+    list_shards: Arc<AtomicU64>,
     /// Set before the scan is cancelled: calls abandoned from then on were stopped, not timed out.
     stopping: Arc<AtomicBool>,
     /// A call dropped younger than this was not abandoned at its timeout (see [`Observed::timeout_at_least`]).
@@ -37,6 +38,7 @@ impl Observed {
             inner,
             errors: Arc::default(),
             get_records: Arc::default(),
+            list_shards: Arc::default(),
             stopping: Arc::default(),
             min_age: Duration::ZERO,
         }
@@ -74,6 +76,11 @@ impl Observed {
         self.get_records.load(Ordering::Relaxed)
     }
 
+    /// ListShards calls so far (each page counts).
+    pub fn list_shards(&self) -> u64 {
+        self.list_shards.load(Ordering::Relaxed)
+    }
+
     fn add(&self, key: &str) {
         *lock(&self.errors).entry(key.to_owned()).or_default() += 1;
     }
@@ -107,6 +114,7 @@ impl KinesisApi for Observed {
     }
 
     async fn list_shards(&self, stream: &str, next_token: Option<&str>) -> Result<ShardPage, ApiError> {
+        self.list_shards.fetch_add(1, Ordering::Relaxed);
         self.note(KinesisApi::list_shards(&self.inner, stream, next_token)).await
     }
 

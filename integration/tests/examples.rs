@@ -83,6 +83,18 @@ async fn producer_and_consumer_round_trip_with_sigint() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_consumer_of_two_streams_with_stream_given_twice() {
+    let (first, second) = (unique_stream("ex-two-a"), unique_stream("ex-two-b"));
+    let lines_a: Vec<String> = (0..200).map(|i| format!("a-{i}")).collect();
+    let lines_b: Vec<String> = (0..300).map(|i| format!("b-{i}")).collect();
+    produce(&first, &lines_a, &[]).await;
+    produce(&second, &lines_b, &[]).await;
+    let all = [lines_a, lines_b].concat();
+    let printed = read_then_stop(consumer(&first, &["--stream", &second]), all.len(), "-INT").await;
+    assert_eq!(multiset(&printed), multiset(&all));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregated_producer_and_deaggregating_consumer_with_sigterm() {
     let stream = unique_stream("ex-kpl");
     let lines: Vec<String> = (0..1000).map(|i| format!("user-record-{i}")).collect();

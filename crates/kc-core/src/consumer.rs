@@ -18,6 +18,7 @@ use crate::lifecycle::{Lifecycle, NoLifecycle, OnShardClosed};
 use crate::limit::Limited;
 use crate::reader::{ShardReader, Shared};
 use crate::shard::StartHint;
+use crate::tracker::{StreamTracker, Streams, TrackedStream};
 
 /// Reads every shard of one Kinesis stream and hands each record to a handler. Build one with
 /// [`Consumer::builder`].
@@ -32,6 +33,8 @@ pub struct Consumer {
     pub(crate) shutdown: CancellationToken,
     pub(crate) group: Option<Arc<GroupConfig>>,
     pub(crate) failure: Arc<FailurePolicy>,
+    /// The streams of a consumer of several (`cfg.stream` is then empty).
+    pub(crate) streams: Option<Streams>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -46,7 +49,59 @@ impl Consumer {
         ConsumerBuilder::new(stream.into())
     }
 
-    /// The stream this consumer reads.
+    /// A builder for a consumer of several streams, each read as [`builder`](Self::builder)'s one stream is, by one
+    /// scan: names (`"orders"`), or [`TrackedStream`]s with an initial position of their own. Every setting of the
+    /// builder applies to each stream; records tell their stream by [`Record::stream`](crate::Record::stream).
+    ///
+    /// The streams share the consumer's Kinesis client and its
+    /// [`max_calls_in_flight`](ConsumerBuilder::max_calls_in_flight), the checkpoint store (keyed by app, stream and
+    /// shard, as for one stream: the checkpoints of a consumer of one stream are the same stream's checkpoints here)
+    /// and the handler. The first error of any stream stops the scan of all of them. Not available with enhanced
+    /// fan-out or in a consumer group (a configuration error at [`build`](ConsumerBuilder::build)).
+    pub fn builder_for_streams<S: Into<TrackedStream>>(streams: impl IntoIterator<Item = S>) -> ConsumerBuilder {
+        let streams: Vec<TrackedStream> = streams.into_iter().map(Into::into).collect();
+        ConsumerBuilder::new_streams(Streams::Fixed(streams.into()))
+    }
+
+    /// A builder for a consumer of the streams `tracker` names, asked when the scan starts and on every
+    /// [`discovery_interval`](ConsumerBuilder::discovery_interval): a stream it adds starts (at its initial position
+    /// or from its checkpoints), one it drops stops gracefully (the records in hand finished, their checkpoints
+    /// flushed). A tracked stream found deleted is dropped with a warning (not an error) and started again, as the
+    /// new stream it then is, when an answer names it and it exists. Otherwise as
+    /// [`builder_for_streams`](Self::builder_for_streams).
+    ///
+    /// ```no_run
+    /// use kc_core::{BoxError, Consumer, InitialPosition, Outcome, Record, StreamTracker, TrackedStream};
+    ///
+    /// /// One stream per tenant, as a registry says now.
+    /// struct Tenants;
+    ///
+    /// #[async_trait::async_trait]
+    /// impl StreamTracker for Tenants {
+    ///     async fn streams(&self) -> Result<Vec<TrackedStream>, BoxError> {
+    ///         let tenants = ["acme", "globex"]; // from a database, a config service, ...
+    ///         Ok(tenants.iter().map(|t| TrackedStream::new(format!("events-{t}"))).collect())
+    ///     }
+    /// }
+    ///
+    /// # async fn run() -> Result<(), kc_core::Error> {
+    /// let consumer = Consumer::builder_tracking(Tenants)
+    ///     .initial_position(InitialPosition::TrimHorizon)
+    ///     .build()
+    ///     .await?;
+    /// consumer
+    ///     .scan(|record: Record| async move {
+    ///         println!("{} {}: {:?}", record.stream(), record.shard_id(), record.data());
+    ///         Ok::<_, std::io::Error>(Outcome::Checkpoint)
+    ///     })
+    ///     .await
+    /// # }
+    /// ```
+    pub fn builder_tracking(tracker: impl StreamTracker) -> ConsumerBuilder {
+        ConsumerBuilder::new_streams(Streams::Tracked(Arc::new(tracker)))
+    }
+
+    /// The stream this consumer reads (empty for a consumer of several streams).
     pub fn stream(&self) -> &str {
         &self.cfg.stream
     }
@@ -99,6 +154,9 @@ impl Consumer {
             return Err(Error::config("scan_shard reads a shard without a lease: not available in a consumer group")
                 .at(&self.cfg.stream, Some(shard_id)));
         }
+        if self.streams.is_some() {
+            return Err(Error::config("scan_shard reads a shard of one stream: not available for several streams"));
+        }
         let deliver = self.per_record(handler);
         let cancel = self.shutdown.child_token();
         let Some(shared) = self.shared().prepare(&cancel, None).await? else {
@@ -117,9 +175,10 @@ impl Consumer {
     pub(crate) async fn scan_with<D: Deliver>(&self, deliver: Arc<D>) -> Result<(), Error> {
         // Cancelled by the user's token, or by the scan itself on the first error.
         let stop = self.shutdown.child_token();
-        match &self.group {
-            Some(group) => crate::group::run(self.shared(), group, deliver, stop).await,
-            None => crate::scan::run(self.shared(), deliver, stop).await,
+        match (&self.group, &self.streams) {
+            (Some(group), _) => crate::group::run(self.shared(), group, deliver, stop).await,
+            (None, Some(streams)) => crate::multi::run(self.shared(), streams, deliver, stop).await,
+            (None, None) => crate::scan::run(self.shared(), deliver, stop).await,
         }
     }
 
@@ -150,6 +209,7 @@ pub struct ConsumerBuilder {
     group: Option<Group>,
     failure: FailurePolicy,
     handler_timeout: Option<HandlerTimeout>,
+    streams: Option<Streams>,
 }
 
 impl std::fmt::Debug for ConsumerBuilder {
@@ -169,7 +229,12 @@ impl ConsumerBuilder {
             group: None,
             failure: FailurePolicy::default(),
             handler_timeout: None,
+            streams: None,
         }
+    }
+
+    fn new_streams(streams: Streams) -> Self {
+        Self { streams: Some(streams), ..Self::new(String::new()) }
     }
 
     /// The Kinesis client. Default: one built from `aws_config`'s defaults (environment, profile, IMDS, ...).
@@ -425,7 +490,21 @@ impl ConsumerBuilder {
 
     /// Validates the settings and builds the consumer. Without a client, one is built from `aws_config` defaults.
     pub async fn build(mut self) -> Result<Consumer, Error> {
-        self.cfg.validate()?;
+        match &self.streams {
+            None => self.cfg.validate()?,
+            Some(streams) => {
+                self.cfg.validate_settings()?;
+                if let Streams::Fixed(fixed) = streams {
+                    crate::tracker::validate(fixed)?;
+                }
+                if self.cfg.fan_out.is_some() {
+                    return Err(Error::config("enhanced fan-out is not available for several streams yet"));
+                }
+                if self.group.is_some() {
+                    return Err(Error::config("a consumer group of several streams is not available yet"));
+                }
+            }
+        }
         self.failure.stall = self.handler_timeout;
         self.failure.validate()?;
         if self.group.is_some() && self.store.is_some() {
@@ -457,6 +536,7 @@ impl ConsumerBuilder {
             shutdown: self.shutdown.unwrap_or_default(),
             group,
             failure: Arc::new(self.failure),
+            streams: self.streams,
         })
     }
 }

@@ -146,12 +146,19 @@
 //! tell the creation time (the trait's default) keeps the plain key. The MySQL lease table's `stream_name` column
 //! holds 128 characters: a stream created again whose name is longer than 114 characters cannot be keyed there.
 //!
+//! # Several streams
+//! [`Consumer::builder_for_streams`] reads several streams with one consumer, one handler and one checkpoint store;
+//! [`Consumer::builder_tracking`] reads the streams a [`StreamTracker`] names, asked on the discovery interval, so
+//! streams are added (started at their initial position, [`TrackedStream::initial_position`]) and removed (stopped
+//! gracefully, checkpoints written) while the scan runs. [`Record::stream`] tells a record's stream. Checkpoints are
+//! keyed by app, stream and shard as for one stream: no migration. Not yet with fan-out or in a group.
+//!
 //! [`CheckpointStore::flush`]: kc_checkpoint::CheckpointStore::flush
 
 // Modules point one way (see ARCHITECTURE.md): data and seams at the bottom (`config`, `api`, `error`, `record`,
 // `handler`, `lifecycle`, `metrics`, `backoff`, `retry`, `bounded`, `limit`, `shard`, `deadletter`), mechanisms above them
 // (`source`, `discovery`, `failure`, `deliver`, `reader`, `group::{plan, handle}`), orchestration on top (`scan`,
-// `group`, `consumer`).
+// `multi`, `group`, `consumer`); `tracker` is a seam (the streams of a consumer of several).
 pub mod api;
 mod backoff;
 mod bounded;
@@ -171,6 +178,7 @@ mod handler;
 mod lifecycle;
 mod limit;
 pub mod metrics;
+mod multi;
 mod reader;
 mod record;
 mod retry;
@@ -178,6 +186,7 @@ mod scan;
 mod shard;
 mod source;
 pub mod streams;
+mod tracker;
 
 pub use api::{KinesisApi, StartingPosition};
 pub use config::{Group, InitialPosition, MAX_DURATION};
@@ -190,3 +199,4 @@ pub use kc_checkpoint::{Checkpoint, CheckpointStore, MemoryStore, SequenceNumber
 pub use lifecycle::{Lifecycle, NoLifecycle};
 pub use record::Record;
 pub use streams::{AckBatch, ShardStream, Shards};
+pub use tracker::{StreamTracker, TrackedStream};

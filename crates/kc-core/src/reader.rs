@@ -15,7 +15,7 @@ use crate::discovery::{self, Listing};
 use crate::error::{Error, ErrorKind};
 use crate::generation::{self, MarkerAt};
 use crate::lifecycle::Lifecycle;
-use crate::record::Record;
+use crate::record::{Origin, Record};
 use crate::shard::{ShardCx, ShardExit, StartHint};
 use crate::source::{fan_out, resume_from, Context, Fetch, Fetched, Source};
 
@@ -110,6 +110,8 @@ pub(crate) struct ShardReader<'a, D> {
     drop_until: Option<(SequenceNumber, u64)>,
     /// This reader, unique in the process (see [`ShardCx::reader`]).
     id: u64,
+    /// Stream and shard, shared by every record of the shard.
+    origin: Arc<Origin>,
 }
 
 /// The next reader's id.
@@ -132,6 +134,7 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
             progress: Progress::default(),
             drop_until: None,
             id: READERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            origin: Origin::new(&cfg.stream, shard_id),
         }
     }
 
@@ -341,7 +344,7 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
                 _ => None,
             };
             let record = Record::from_raw(
-                &self.cx.shard_id,
+                &self.origin,
                 sequence,
                 r.partition_key,
                 r.data,

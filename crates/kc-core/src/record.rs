@@ -13,6 +13,20 @@ enum Key {
     Shared(Bytes),
 }
 
+/// Where a record was read from: its stream and shard, in one allocation shared by every record of a shard reader,
+/// so that a record costs one reference count for both.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Origin {
+    stream: Box<str>,
+    shard_id: Box<str>,
+}
+
+impl Origin {
+    pub(crate) fn new(stream: &str, shard_id: &str) -> Arc<Self> {
+        Arc::new(Self { stream: stream.into(), shard_id: shard_id.into() })
+    }
+}
+
 /// A record read from a shard: a Kinesis record, or one user record of a KPL aggregate when aggregation is on.
 ///
 /// Payload and keys are [`Bytes`]: cloning a `Record` copies no payload, and the user records of an aggregate are
@@ -25,7 +39,8 @@ pub struct Record {
     sub_sequence_number: Option<u64>,
     approximate_arrival_timestamp: Option<SystemTime>,
     explicit_hash_key: Option<Bytes>,
-    shard_id: Arc<str>,
+    /// Stream and shard.
+    origin: Arc<Origin>,
     millis_behind_latest: Option<i64>,
     /// Whether handling this record completes its Kinesis record (false only for a user record that is not the last
     /// of its aggregate).
@@ -33,9 +48,10 @@ pub struct Record {
 }
 
 impl Record {
-    /// A record of `shard_id` (for tests of handlers; the consumer builds its own).
+    /// A record of `shard_id` (for tests of handlers; the consumer builds its own), of no stream (an empty name; see
+    /// [`with_stream`](Self::with_stream)).
     pub fn new(
-        shard_id: impl Into<Arc<str>>,
+        shard_id: impl AsRef<str>,
         sequence_number: SequenceNumber,
         partition_key: impl Into<String>,
         data: impl Into<Bytes>,
@@ -47,14 +63,14 @@ impl Record {
             sub_sequence_number: None,
             approximate_arrival_timestamp: None,
             explicit_hash_key: None,
-            shard_id: shard_id.into(),
+            origin: Origin::new("", shard_id.as_ref()),
             millis_behind_latest: None,
             completes_kinesis_record: true,
         }
     }
 
     pub(crate) fn from_raw(
-        shard_id: &Arc<str>,
+        origin: &Arc<Origin>,
         sequence_number: SequenceNumber,
         partition_key: String,
         data: Bytes,
@@ -68,7 +84,7 @@ impl Record {
             sub_sequence_number: None,
             approximate_arrival_timestamp,
             explicit_hash_key: None,
-            shard_id: Arc::clone(shard_id),
+            origin: Arc::clone(origin),
             millis_behind_latest,
             completes_kinesis_record: true,
         }
@@ -84,7 +100,7 @@ impl Record {
             sub_sequence_number: Some(parts.sub_sequence_number),
             approximate_arrival_timestamp: self.approximate_arrival_timestamp,
             explicit_hash_key: parts.explicit_hash_key,
-            shard_id: Arc::clone(&self.shard_id),
+            origin: Arc::clone(&self.origin),
             millis_behind_latest: self.millis_behind_latest,
             completes_kinesis_record: last_of_aggregate,
         }
@@ -131,7 +147,12 @@ impl Record {
 
     /// The shard the record was read from.
     pub fn shard_id(&self) -> &str {
-        &self.shard_id
+        &self.origin.shard_id
+    }
+
+    /// The name of the stream the record was read from (one consumer may read several).
+    pub fn stream(&self) -> &str {
+        &self.origin.stream
     }
 
     /// How far behind the tip of the shard the GetRecords call that returned this record was.
@@ -145,6 +166,12 @@ impl Record {
             Some(sub) if !self.completes_kinesis_record => Checkpoint::at_sub(self.sequence_number.clone(), sub),
             _ => Checkpoint::at(self.sequence_number.clone()),
         }
+    }
+
+    /// Sets the stream's name (for tests of handlers).
+    pub fn with_stream(mut self, stream: &str) -> Self {
+        self.origin = Origin::new(stream, &self.origin.shard_id);
+        self
     }
 
     /// Sets the approximate arrival time (for tests of handlers).

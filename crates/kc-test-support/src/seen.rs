@@ -13,6 +13,8 @@ use crate::check::{lock, number, tally};
 pub struct SeenRecord {
     /// The worker that handled it ([`Seen::for_worker`]; empty otherwise).
     pub worker: String,
+    /// The stream it came from.
+    pub stream: String,
     /// The shard it came from.
     pub shard: String,
     /// Its partition key.
@@ -45,6 +47,7 @@ impl Seen {
     pub fn push(&self, r: &Record) {
         let rec = SeenRecord {
             worker: self.worker.to_string(),
+            stream: r.stream().to_owned(),
             shard: r.shard_id().to_owned(),
             key: r.partition_key().to_owned(),
             data: String::from_utf8_lossy(r.data()).into_owned(),

@@ -67,6 +67,10 @@ async fn main() -> anyhow::Result<()> {
     let written = Arc::new(AtomicU64::new(0));
     let crash_after = args.crash_after;
     let delay = std::time::Duration::from_millis(args.consumer.delay_ms);
+    anyhow::ensure!(
+        args.consumer.stream.len() == 1,
+        "this example's table holds the records of one stream: give one --stream"
+    );
     let consumer = args.consumer.builder().await?.shared_store(store.clone()).build().await?;
     let handler_store = store.clone();
     let (app, stream): (Arc<str>, Arc<str>) = (consumer.app().into(), consumer.stream().into());

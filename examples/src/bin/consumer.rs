@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! cargo run -p kc-examples --bin consumer -- --stream demo --iterator-type TRIM_HORIZON
+//! # several streams, one consumer:
+//! cargo run -p kc-examples --bin consumer -- --stream demo --stream demo2 --iterator-type TRIM_HORIZON
 //! # enhanced fan-out (against AWS, or kinesis-local from `cargo xtask kinesis-local`):
 //! cargo run -p kc-examples --bin consumer -- --stream demo --fan-out my-app --endpoint http://127.0.0.1:PORT
 //! # the failure policy: records containing "bad" fail; 3 attempts, then to the stream demo-dlq (which must exist)

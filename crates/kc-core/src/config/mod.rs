@@ -92,6 +92,11 @@ impl Config {
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
         validate_stream_name(&self.stream)?;
+        self.validate_settings()
+    }
+
+    /// Everything but the stream name (a consumer of several streams has none of its own).
+    pub(crate) fn validate_settings(&self) -> Result<(), Error> {
         if self.app.is_empty() {
             return Err(Error::config("the app name (checkpoint namespace) must not be empty"));
         }
@@ -172,7 +177,7 @@ pub(crate) fn at_most_max(name: &str, value: Duration) -> Result<(), Error> {
 }
 
 /// Checks a stream name against the Kinesis rules: 1 to 128 of `a-z A-Z 0-9 _ . -`.
-fn validate_stream_name(name: &str) -> Result<(), Error> {
+pub(crate) fn validate_stream_name(name: &str) -> Result<(), Error> {
     if name.is_empty() {
         return Err(Error::config("the stream name must not be empty"));
     }
