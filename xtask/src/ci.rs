@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
-use crate::{cargo, format_duration, integration};
+use crate::{cargo, format_duration, integration, project_root, unused_deps};
 
 /// The cargo-deny that `deny.toml` is written for; installed when `cargo deny` is missing.
 const CARGO_DENY_VERSION: &str = "0.20.2";
@@ -17,6 +17,7 @@ struct Step {
 
 const STEPS: &[Step] = &[
     Step { name: "fmt", run: fmt },
+    Step { name: "unused dependencies", run: |_| unused_deps::run(&project_root()) },
     Step { name: "clippy", run: clippy },
     Step { name: "test (unit + doc)", run: test },
     Step { name: "integration", run: |sh| integration::run(sh, &[]) },
