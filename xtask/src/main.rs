@@ -17,6 +17,7 @@ mod integration;
 mod reliability;
 mod tls_databases;
 mod unused_deps;
+mod workspace;
 
 use std::{
     path::{Path, PathBuf},
@@ -46,7 +47,8 @@ Commands:
                 KC_TLS_CA and KC_TLS_OTHER_CA set. Arguments after `--` go to
                 `cargo test`, e.g. `cargo xtask integration -- --test kinesalite -- --nocapture`.
   ci            What CI runs, stopping at the first failure: fmt, unused dependencies, clippy, unit and doc
-                tests, integration, rustdoc, cargo-deny (bans, licenses, sources). Prints a timing table.
+                tests, integration, rustdoc, cargo package (every publishable crate), cargo-deny (bans,
+                licenses, sources). Prints a timing table.
   unused-deps   Fail when a workspace crate declares a dependency its code never names (xtask/src/unused_deps.rs:
                 how it reads, and the allow-list). Nothing downloaded, nothing compiled.
   codegen       Generate kc-deagg's prost types (crates/kc-deagg/src/kpl_generated.rs) from its .proto with a

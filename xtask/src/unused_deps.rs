@@ -20,7 +20,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+
+use crate::workspace;
 
 /// Dependencies whose use the word search cannot see: (crate, dependency, why).
 const ALLOWED: &[(&str, &str, &str)] = &[
@@ -228,29 +230,6 @@ fn check_crate(manifest: &str, files: &[(Role, String)]) -> Vec<Finding> {
     findings
 }
 
-/// The workspace members' folders, from the root manifest's `members` (`dir/*` globs expanded).
-fn members(root: &Path) -> Result<Vec<PathBuf>> {
-    let manifest = fs::read_to_string(root.join("Cargo.toml")).context("reading the root Cargo.toml")?;
-    let start = manifest.find("members").context("no `members` in the root Cargo.toml")?;
-    let list = &manifest[start..];
-    let list = &list[list.find('[').context("`members` is not a list")? + 1..];
-    let list = &list[..list.find(']').context("`members` is not closed")?];
-    let mut dirs = Vec::new();
-    for entry in list.split(',').map(|e| e.trim().trim_matches('"')).filter(|e| !e.is_empty()) {
-        if let Some(parent) = entry.strip_suffix("/*") {
-            let mut found: Vec<PathBuf> = fs::read_dir(root.join(parent))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.join("Cargo.toml").is_file())
-                .collect();
-            found.sort();
-            dirs.extend(found);
-        } else {
-            dirs.push(root.join(entry));
-        }
-    }
-    Ok(dirs)
-}
-
 /// Every `.rs` file under `dir`, skipping folders that hold a `Cargo.toml` of their own (fuzz workspaces).
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     if !dir.is_dir() {
@@ -271,7 +250,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 
 pub(crate) fn run(root: &Path) -> Result<()> {
     let mut problems = Vec::new();
-    for dir in members(root)? {
+    for dir in workspace::members(root)? {
         let manifest = fs::read_to_string(dir.join("Cargo.toml"))?;
         let mut files = Vec::new();
         for (sub, role) in [("src", Role::Src), ("tests", Role::Test), ("benches", Role::Test), ("examples", Role::Test)]
