@@ -217,8 +217,9 @@ fn check_crate(manifest: &str, files: &[(Role, String)]) -> Vec<Finding> {
             Kind::Normal if mentions(&main_code, &word) || mentions(&build_code, &word) => None,
             Kind::Normal => Some(mentions(&test_code, &word)),
             Kind::Build => (!mentions(&build_code, &word)).then_some(false),
-            Kind::Dev => (![&main_code, &build_code, &test_code].iter().any(|code| mentions(code, &word)))
-                .then_some(false),
+            Kind::Dev => {
+                (![&main_code, &build_code, &test_code].iter().any(|code| mentions(code, &word))).then_some(false)
+            }
         };
         if let Some(only_in_tests) = finding {
             let finding = Finding { name: dep.name, kind: dep.kind, only_in_tests };
@@ -253,7 +254,8 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     for dir in workspace::members(root)? {
         let manifest = fs::read_to_string(dir.join("Cargo.toml"))?;
         let mut files = Vec::new();
-        for (sub, role) in [("src", Role::Src), ("tests", Role::Test), ("benches", Role::Test), ("examples", Role::Test)]
+        for (sub, role) in
+            [("src", Role::Src), ("tests", Role::Test), ("benches", Role::Test), ("examples", Role::Test)]
         {
             let mut paths = Vec::new();
             rust_files(&dir.join(sub), &mut paths)?;
@@ -411,6 +413,9 @@ mod tests {
 
     #[test]
     fn plain_comments_are_dropped_and_docs_kept() {
-        assert_eq!(strip_plain_comments("a // b\n/// c\n//! d\nlet u = \"http://h\"; // e\n"), "a \n/// c\n//! d\nlet u = \"http://h\"; \n");
+        assert_eq!(
+            strip_plain_comments("a // b\n/// c\n//! d\nlet u = \"http://h\"; // e\n"),
+            "a \n/// c\n//! d\nlet u = \"http://h\"; \n"
+        );
     }
 }

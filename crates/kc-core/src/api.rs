@@ -658,9 +658,9 @@ mod tests {
 
     /// A GetShardIterator service error with `code` and `message`, as the SDK gives it.
     fn service_error(code: &str, message: &str) -> ApiError {
+        use aws_sdk_kinesis::error::ErrorMetadata;
         use aws_sdk_kinesis::operation::get_shard_iterator::GetShardIteratorError;
         use aws_smithy_types::body::SdkBody;
-        use aws_sdk_kinesis::error::ErrorMetadata;
         let meta = ErrorMetadata::builder().code(code).message(message).build();
         let err = GetShardIteratorError::generic(meta);
         let status =
