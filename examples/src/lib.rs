@@ -7,8 +7,7 @@ pub mod consumer_cli;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use aws_credential_types::Credentials;
-use aws_sdk_kinesis::config::{BehaviorVersion, Region};
+use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use tokio_util::sync::CancellationToken;
 
 /// The endpoint the examples use unless told otherwise: `$KINESIS_ENDPOINT`, else kinesalite's usual port.

@@ -358,3 +358,80 @@ async fn kill_9_during_retries_checkpoints_nothing_past_the_record_and_the_resta
     assert!(status.success(), "{status}");
     sqlx::query(&format!("DROP TABLE {table}")).execute(&pool).await.expect("drop");
 }
+
+/// A scrape of `addr` (HTTP/1.0: the body unchunked, the connection closed after it).
+async fn scrape(addr: &str) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect to the metrics endpoint");
+    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.expect("send the scrape");
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.expect("read the scrape");
+    assert!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The sum of the samples of `metric` whose labels include `stream="{stream}"`.
+fn sum_for_stream(exposition: &str, metric: &str, stream: &str) -> f64 {
+    let label = format!("stream=\"{stream}\"");
+    exposition
+        .lines()
+        .filter(|line| line.starts_with(&format!("{metric}{{")) && line.contains(&label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The Prometheus example serves the consumer's metrics while it runs: once every record was printed, a scrape of
+/// `--metrics-addr` counts them all under the stream's label, and shows each shard's MillisBehindLatest gauge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prometheus_example_serves_the_consumer_metrics_during_a_run() {
+    let stream = unique_stream("ex-prom");
+    let lines: Vec<String> = (0..40).map(|i| format!("prom-{i}")).collect();
+    produce(&stream, &lines, &[]).await;
+    let addr = format!("127.0.0.1:{}", kc_test_support::net::free_port().expect("free port"));
+    let mut child = Command::new(example_bin("consumer-prometheus"))
+        .args(["--stream", &stream, "--endpoint", &kinesis_endpoint(), "--iterator-type", "TRIM_HORIZON"])
+        .args(["--metrics-addr", &addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn consumer-prometheus");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut printed = Vec::new();
+    let read = async {
+        while printed.len() < lines.len() {
+            match out.next_line().await.expect("read stdout") {
+                Some(line) => printed.push(line),
+                None => break,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read).await.expect("every record printed in time");
+    assert_eq!(multiset(&printed), multiset(&lines));
+
+    // The counter is added to once a record's handler returned: wait for the last ones (bounded, not timed).
+    let mut exposition = String::new();
+    for _ in 0..100 {
+        exposition = scrape(&addr).await;
+        if sum_for_stream(&exposition, "kinesis_consumer_records_total", &stream) >= lines.len() as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sum_for_stream(&exposition, "kinesis_consumer_records_total", &stream),
+        lines.len() as f64,
+        "{exposition}"
+    );
+    let gauges = exposition
+        .lines()
+        .filter(|l| l.starts_with("kinesis_consumer_millis_behind_latest{") && l.contains(&stream))
+        .count();
+    assert_eq!(gauges, 2, "one MillisBehindLatest gauge per shard:\n{exposition}");
+
+    let pid = child.id().expect("running").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let status =
+        tokio::time::timeout(Duration::from_secs(15), child.wait()).await.expect("graceful stop").expect("wait");
+    assert!(status.success(), "consumer-prometheus exited with {status}");
+}

@@ -16,6 +16,8 @@ mod fuzz;
 mod integration;
 mod reliability;
 mod tls_databases;
+mod unused_deps;
+mod workspace;
 
 use std::{
     path::{Path, PathBuf},
@@ -44,8 +46,11 @@ Commands:
                 DATABASE_URL_POSTGRES, DATABASE_URL_MYSQL, DATABASE_URL_POSTGRES_TLS, DATABASE_URL_MYSQL_TLS,
                 KC_TLS_CA and KC_TLS_OTHER_CA set. Arguments after `--` go to
                 `cargo test`, e.g. `cargo xtask integration -- --test kinesalite -- --nocapture`.
-  ci            What CI runs, stopping at the first failure: fmt, clippy, unit and doc tests,
-                integration, rustdoc, cargo-deny (bans, licenses, sources). Prints a timing table.
+  ci            What CI runs, stopping at the first failure: fmt, unused dependencies, clippy, unit and doc
+                tests, integration, rustdoc, cargo package (every publishable crate), cargo-deny (bans,
+                licenses, sources). Prints a timing table.
+  unused-deps   Fail when a workspace crate declares a dependency its code never names (xtask/src/unused_deps.rs:
+                how it reads, and the allow-list). Nothing downloaded, nothing compiled.
   codegen       Generate kc-deagg's prost types (crates/kc-deagg/src/kpl_generated.rs) from its .proto with a
                 vendored protoc; a test fails when the checked-in file is stale.
   fuzz          Fuzz kc-deagg's decoder for a bounded time (`-- SECONDS`, default 60); installs cargo-fuzz
@@ -73,6 +78,7 @@ enum Task {
     Integration { extra: Vec<String> },
     Ci,
     Codegen,
+    UnusedDeps,
     Bench { extra: Vec<String> },
     Fuzz { extra: Vec<String> },
     Reliability { extra: Vec<String> },
@@ -104,6 +110,7 @@ fn parse_args(args: &[String]) -> Result<Task> {
         "demo" => no_extra(Task::Demo),
         "ci" => no_extra(Task::Ci),
         "codegen" => no_extra(Task::Codegen),
+        "unused-deps" => no_extra(Task::UnusedDeps),
         "integration" => Ok(Task::Integration { extra: extra.unwrap_or_default() }),
         "bench" => Ok(Task::Bench { extra: extra.unwrap_or_default() }),
         "fuzz" => Ok(Task::Fuzz { extra: extra.unwrap_or_default() }),
@@ -140,6 +147,7 @@ fn run() -> Result<()> {
         Task::Integration { extra } => integration::run(&sh, &extra),
         Task::Ci => ci::run(&sh),
         Task::Codegen => codegen::run(&project_root()),
+        Task::UnusedDeps => unused_deps::run(&project_root()),
         Task::Bench { extra } => bench::run(&sh, &extra),
         Task::Fuzz { extra } => fuzz::run(&sh, &extra),
         Task::Reliability { extra } => reliability::run(&sh, &extra),
@@ -227,6 +235,7 @@ mod tests {
             ("help", Task::Help),
             ("--help", Task::Help),
             ("ci", Task::Ci),
+            ("unused-deps", Task::UnusedDeps),
             ("demo", Task::Demo),
             ("emulators", Task::Emulators),
             ("kinesalite", Task::Serve(&emulators::KINESALITE)),

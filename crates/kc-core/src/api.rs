@@ -441,7 +441,7 @@ fn to_sdk_position(position: &StartingPosition) -> Result<aws_sdk_kinesis::types
         StartingPosition::TrimHorizon => builder.r#type(ShardIteratorType::TrimHorizon),
         StartingPosition::Latest => builder.r#type(ShardIteratorType::Latest),
         StartingPosition::AtTimestamp(t) => {
-            builder.r#type(ShardIteratorType::AtTimestamp).timestamp(aws_smithy_types::DateTime::from(*t))
+            builder.r#type(ShardIteratorType::AtTimestamp).timestamp(aws_sdk_kinesis::primitives::DateTime::from(*t))
         }
         StartingPosition::AtSequenceNumber(s) => {
             builder.r#type(ShardIteratorType::AtSequenceNumber).sequence_number(s.as_str())
@@ -528,7 +528,7 @@ impl KinesisApi for aws_sdk_kinesis::Client {
             StartingPosition::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
             StartingPosition::AtTimestamp(t) => request
                 .shard_iterator_type(ShardIteratorType::AtTimestamp)
-                .timestamp(aws_smithy_types::DateTime::from(*t)),
+                .timestamp(aws_sdk_kinesis::primitives::DateTime::from(*t)),
             StartingPosition::AtSequenceNumber(s) => {
                 request.shard_iterator_type(ShardIteratorType::AtSequenceNumber).starting_sequence_number(s.as_str())
             }
@@ -560,7 +560,7 @@ impl KinesisApi for aws_sdk_kinesis::Client {
             .put_record()
             .stream_name(stream)
             .partition_key(partition_key)
-            .data(aws_smithy_types::Blob::new(data))
+            .data(aws_sdk_kinesis::primitives::Blob::new(data))
             .send()
             .await
             .map_err(ApiError::from_sdk)?;
@@ -658,9 +658,9 @@ mod tests {
 
     /// A GetShardIterator service error with `code` and `message`, as the SDK gives it.
     fn service_error(code: &str, message: &str) -> ApiError {
+        use aws_sdk_kinesis::error::ErrorMetadata;
         use aws_sdk_kinesis::operation::get_shard_iterator::GetShardIteratorError;
         use aws_smithy_types::body::SdkBody;
-        use aws_smithy_types::error::ErrorMetadata;
         let meta = ErrorMetadata::builder().code(code).message(message).build();
         let err = GetShardIteratorError::generic(meta);
         let status =

@@ -155,6 +155,8 @@
 //!
 //! [`CheckpointStore::flush`]: kc_checkpoint::CheckpointStore::flush
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 // Modules point one way (see ARCHITECTURE.md): data and seams at the bottom (`config`, `api`, `error`, `record`,
 // `handler`, `lifecycle`, `metrics`, `backoff`, `retry`, `bounded`, `limit`, `shard`, `deadletter`), mechanisms above them
 // (`source`, `discovery`, `failure`, `deliver`, `reader`, `group::{plan, handle}`), orchestration on top (`scan`,
@@ -171,6 +173,7 @@ mod discovery;
 mod error;
 mod failure;
 #[cfg(any(test, feature = "test-util"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod fake;
 mod generation;
 mod group;

@@ -4,7 +4,7 @@
 //! |---|---|---|---|
 //! | `kinesis_consumer_records_total` | counter | app, stream, shard | records handed to the handler (the Go library's `records`) |
 //! | `kinesis_consumer_checkpoints_total` | counter | app, stream, shard | checkpoints written to the store (the Go library's `checkpoints`) |
-//! | `kinesis_consumer_millis_behind_latest` | gauge | app, stream, shard | MillisBehindLatest of the shard's last GetRecords |
+//! | `kinesis_consumer_millis_behind_latest` | gauge | app, stream, shard | MillisBehindLatest of the shard's last GetRecords; 0 once this process stops reading the shard (ended, lease lost, scan stopped) |
 //! | `kinesis_consumer_retries_total` | counter | app, stream, shard, reason | Kinesis calls retried (`throttled`, `transient`, `expired_iterator`), handler calls retried by the [failure policy](crate::FailurePolicy) (`handler`), sends to a dead-letter destination retried (`dead_letter`) |
 //! | `kinesis_consumer_handler_errors_total` | counter | app, stream, shard | handler calls that returned an error (every attempt) |
 //! | `kinesis_consumer_skipped_total` | counter | app, stream, shard | records skipped by the failure policy after their attempts were used up |
@@ -20,6 +20,8 @@
 //! | `kinesis_consumer_workers` | gauge | group, stream, worker | live workers this worker sees in its group |
 //!
 //! Handles are registered once per shard, so the per-record cost is one atomic add per batch.
+
+use std::sync::Arc;
 
 use metrics::{Counter, Gauge};
 
@@ -101,15 +103,31 @@ pub(crate) struct ShardMetrics {
     checkpoints: Counter,
     millis_behind: Gauge,
     deaggregation_errors: Counter,
+    /// Shared by the clones: the last one dropped clears the lag gauge.
+    _clear: Arc<ClearOnDrop>,
+}
+
+/// Sets a shard's MillisBehindLatest gauge to 0 when the last handle of its reader goes (the shard ended, its lease
+/// was lost or handed over, the scan stopped): the `metrics` facade cannot unregister a gauge, and the last lag
+/// would otherwise stay in the export of a process that no longer reads the shard. If the same process reads the
+/// shard again at once (a lease taken back), its next fetch sets the gauge again.
+struct ClearOnDrop(Gauge);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.set(0.0);
+    }
 }
 
 impl ShardMetrics {
     pub(crate) fn new(app: &str, stream: &str, shard: &str) -> Self {
         let labels = [("app", app.to_owned()), ("stream", stream.to_owned()), ("shard", shard.to_owned())];
+        let millis_behind = metrics::gauge!(names::MILLIS_BEHIND_LATEST, &labels);
         Self {
             records: metrics::counter!(names::RECORDS, &labels),
             checkpoints: metrics::counter!(names::CHECKPOINTS, &labels),
-            millis_behind: metrics::gauge!(names::MILLIS_BEHIND_LATEST, &labels),
+            _clear: Arc::new(ClearOnDrop(millis_behind.clone())),
+            millis_behind,
             deaggregation_errors: metrics::counter!(names::DEAGGREGATION_ERRORS, &labels),
             labels,
         }
