@@ -165,3 +165,38 @@ fn rss_kib() -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Enhanced fan-out over two streams of kinesis-local: the stream consumer is registered on each, every record of
+/// both comes once, each with its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_over_two_streams_on_kinesis_local() {
+    let client = kc_integration::kinesis_local().await;
+    let streams = [kc_integration::unique_stream("efo-m1"), kc_integration::unique_stream("efo-m2")];
+    let mut produced = Vec::new();
+    for (i, stream) in streams.iter().enumerate() {
+        kc_integration::create_stream(&client, stream, 2).await.expect("create");
+        let prefix = ["a", "b"][i];
+        produced.extend(put_numbered(&client, stream, prefix, 0..100, 10).await.expect("put"));
+    }
+    let consumer = Consumer::builder_for_streams(streams.iter().map(String::as_str))
+        .client(client.clone())
+        .store(MemoryStore::new())
+        .app_name("it")
+        .initial_position(InitialPosition::TrimHorizon)
+        .fan_out("efo-multi")
+        .build()
+        .await
+        .expect("build");
+    let (seen, result) = kc_integration::collect_until(consumer, produced.len()).await;
+    result.expect("scan");
+    seen.assert_exactly_once(&produced);
+    let stream_of: BTreeMap<char, String> = [('a', streams[0].clone()), ('b', streams[1].clone())].into();
+    assert_streams_and_key_order(&seen, &stream_of);
+    for stream in &streams {
+        let arn = client.describe_stream_summary().stream_name(stream).send().await.expect("describe");
+        let arn = arn.stream_description_summary().map(|d| d.stream_arn().to_owned()).unwrap_or_default();
+        let consumers = client.list_stream_consumers().stream_arn(&arn).send().await.expect("list consumers");
+        let names: Vec<&str> = consumers.consumers().iter().map(|c| c.consumer_name()).collect();
+        assert_eq!(names, ["efo-multi"], "{stream}");
+    }
+}

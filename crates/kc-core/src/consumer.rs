@@ -56,8 +56,10 @@ impl Consumer {
     /// The streams share the consumer's Kinesis client and its
     /// [`max_calls_in_flight`](ConsumerBuilder::max_calls_in_flight), the checkpoint store (keyed by app, stream and
     /// shard, as for one stream: the checkpoints of a consumer of one stream are the same stream's checkpoints here)
-    /// and the handler. The first error of any stream stops the scan of all of them. Not available with enhanced
-    /// fan-out or in a consumer group (a configuration error at [`build`](ConsumerBuilder::build)).
+    /// and the handler. The first error of any stream stops the scan of all of them. With
+    /// [`fan_out(name)`](ConsumerBuilder::fan_out) the stream consumer `name` is registered on each stream (a
+    /// consumer given by ARN belongs to one stream: refused). Not available in a consumer group yet (a configuration
+    /// error at [`build`](ConsumerBuilder::build)).
     pub fn builder_for_streams<S: Into<TrackedStream>>(streams: impl IntoIterator<Item = S>) -> ConsumerBuilder {
         let streams: Vec<TrackedStream> = streams.into_iter().map(Into::into).collect();
         ConsumerBuilder::new_streams(Streams::Fixed(streams.into()))
@@ -497,8 +499,11 @@ impl ConsumerBuilder {
                 if let Streams::Fixed(fixed) = streams {
                     crate::tracker::validate(fixed)?;
                 }
-                if self.cfg.fan_out.is_some() {
-                    return Err(Error::config("enhanced fan-out is not available for several streams yet"));
+                if let Some(FanOutConfig::Arn(_)) = &self.cfg.fan_out {
+                    return Err(Error::config(
+                        "a fan-out consumer given by ARN belongs to one stream: with several streams, give a name \
+                         (fan_out(name)), registered on each stream",
+                    ));
                 }
                 if self.group.is_some() {
                     return Err(Error::config("a consumer group of several streams is not available yet"));

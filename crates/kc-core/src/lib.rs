@@ -151,7 +151,8 @@
 //! [`Consumer::builder_tracking`] reads the streams a [`StreamTracker`] names, asked on the discovery interval, so
 //! streams are added (started at their initial position, [`TrackedStream::initial_position`]) and removed (stopped
 //! gracefully, checkpoints written) while the scan runs. [`Record::stream`] tells a record's stream. Checkpoints are
-//! keyed by app, stream and shard as for one stream: no migration. Not yet with fan-out or in a group.
+//! keyed by app, stream and shard as for one stream: no migration. With `fan_out(name)`, the stream consumer is
+//! registered on each stream. Not yet in a group.
 //!
 //! [`CheckpointStore::flush`]: kc_checkpoint::CheckpointStore::flush
 

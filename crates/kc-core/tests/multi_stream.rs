@@ -226,8 +226,9 @@ async fn the_first_error_of_one_stream_stops_all_and_bad_names_are_refused() {
         assert_eq!(e.kind(), ErrorKind::Config);
         assert!(e.to_string().contains(want), "{e}");
     }
-    let e = Consumer::builder_for_streams(["a"]).api(fake.clone()).fan_out("c").build().await;
-    let e = e.expect_err("fan-out");
+    let arn = fake.register_consumer("a", "c");
+    let e = Consumer::builder_for_streams(["a"]).api(fake.clone()).fan_out_consumer_arn(arn).build().await;
+    let e = e.expect_err("fan-out by ARN");
     assert!(e.kind() == ErrorKind::Config && e.to_string().contains("several streams"), "{e}");
     let group = kc_core::Group::new("g", kc_checkpoint::lease::MemoryLeaseTable::new());
     let e = Consumer::builder_for_streams(["a"]).api(fake.clone()).group(group).build().await;
@@ -241,4 +242,36 @@ async fn the_first_error_of_one_stream_stops_all_and_bad_names_are_refused() {
     let collecting = spawn_collecting(consumer, Duration::ZERO, checkpoint);
     let result = tokio::time::timeout(Duration::from_secs(600), collecting.task).await.expect("stops").expect("join");
     assert_eq!(result.expect_err("bad name").kind(), ErrorKind::Config);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_fan_out_each_stream_gets_its_stream_consumer_and_every_record_comes_once() {
+    let fake = FakeKinesis::new();
+    fake.create_stream("a", 2);
+    fake.create_stream("b", 3);
+    let mut produced = put(&fake, "a", "r", 0..60);
+    produced.extend(put(&fake, "b", "r", 0..90));
+    let consumer = Consumer::builder_for_streams(["a", "b"])
+        .api(fake.clone())
+        .store(MemoryStore::new())
+        .app_name(APP)
+        .initial_position(InitialPosition::TrimHorizon)
+        .fan_out("efo")
+        .build()
+        .await
+        .expect("build");
+    let collecting = spawn_collecting(consumer, Duration::ZERO, checkpoint);
+    let seen = collecting.seen.clone();
+    Wait::PAUSED.until(|| seen.len() >= produced.len()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (seen, result) = collecting.stop(Duration::from_secs(600)).await;
+    result.expect("scan");
+    seen.assert_exactly_once(&produced);
+    seen.assert_key_order();
+    assert_right_stream(&seen);
+    for stream in ["a", "b"] {
+        assert_eq!(fake.consumers(stream), ["efo"], "the stream consumer registered on {stream}");
+    }
+    let subscriptions = fake.subscriptions().len();
+    assert!(subscriptions >= 5, "{subscriptions} subscriptions for the 5 shards of both streams");
 }
