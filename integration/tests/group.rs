@@ -1,7 +1,7 @@
 //! Consumer groups across processes: `consumer-group` example workers against kinesalite, with their leases in
 //! PostgreSQL, MariaDB or dynalite. Each test prints its measured figures (rebalance and failover times, duplicates).
 //! `cargo xtask integration -- --test group -- --nocapture` shows them. The fault scenarios (kill -9, graceful stop,
-//! lease table cut, first deploy, rolling restart) also write rows `G1`–`G5` of the reliability table (`cargo xtask reliability`).
+//! lease table cut, first deploy, rolling restart) also write rows `G1`–`G6` of the reliability table (`cargo xtask reliability`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::Stdio;
@@ -69,6 +69,8 @@ struct Run {
     _serial: tokio::sync::MutexGuard<'static, ()>,
     backend: Backend,
     stream: String,
+    /// More streams read by the same workers (a group over several streams).
+    more_streams: Vec<String>,
     table_name: String,
     table: Arc<dyn LeaseTable>,
     lines: Arc<Mutex<Vec<Line>>>,
@@ -118,12 +120,29 @@ impl Run {
             _serial: serial,
             backend,
             stream,
+            more_streams: Vec::new(),
             table_name,
             table,
             lines: Arc::default(),
             logs: Arc::default(),
             workers: HashMap::new(),
         }
+    }
+
+    /// A run over streams of `shards[0]`, `shards[1]`, ... shards, every worker reading all of them.
+    async fn with_streams(backend: Backend, prefix: &str, shards: &[i32]) -> Self {
+        let mut run = Self::new(backend, prefix, shards[0]).await;
+        let client = kinesis().await;
+        for (i, n) in shards.iter().enumerate().skip(1) {
+            let stream = unique_stream(&format!("{prefix}{i}"));
+            create_stream(&client, &stream, *n).await.expect("create stream");
+            run.more_streams.push(stream);
+        }
+        run
+    }
+
+    fn streams(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.stream).chain(&self.more_streams)
     }
 
     /// Starts worker `id`; with `lease_address`, its lease table is reached there (a proxy) instead of at
@@ -134,6 +153,7 @@ impl Run {
             .args(["--group", GROUP, "--worker-id", id, "--lease-backend", self.backend.name()])
             .args(["--table", &self.table_name])
             .args(["--lease-duration-ms", &LEASE.as_millis().to_string(), "--discovery-interval-ms", "1000"])
+            .args(self.more_streams.iter().flat_map(|s| ["--stream", s.as_str()]))
             .env("RUST_LOG", "warn,kc_core=info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
@@ -178,8 +198,13 @@ impl Run {
         self.logs.lock().expect("lock").get(id).cloned().unwrap_or_default()
     }
 
+    /// The leases of every stream.
     async fn leases(&self) -> Vec<Lease> {
-        self.table.list(&LeaseScope::new(GROUP, self.stream.as_str())).await.expect("list leases")
+        let mut all = Vec::new();
+        for stream in self.streams() {
+            all.extend(self.table.list(&LeaseScope::new(GROUP, stream.as_str())).await.expect("list leases"));
+        }
+        all
     }
 
     /// Waits until the lease table can be listed (the workers create it).
@@ -438,6 +463,59 @@ async fn kill_one_worker(backend: Backend) {
     assert_eq!(row.lost, 0, "every record handled");
     run.assert_key_order(true);
     run.stop_all().await;
+}
+
+/// A group over three streams of 3, 2 and 1 shards (issue 17): three workers started together hold 2 leases each,
+/// counted over every stream; kill -9 of one: the other two take its leases, 3/3; no record lost, each record
+/// printed as one of its own stream, in key order per stream.
+async fn three_streams_kill_one_worker(backend: Backend) {
+    let mut run = Run::with_streams(backend, "grp-streams", &[3, 2, 1]).await;
+    let streams: Vec<String> = run.streams().cloned().collect();
+    // Stream i gets records i * 1000.., so that a record's number tells its stream.
+    let producers: Vec<_> = streams.iter().enumerate().map(|(i, s)| produce(s, i * 1000..i * 1000 + 600)).collect();
+    for id in ["w1", "w2", "w3"] {
+        run.start(id, None);
+    }
+    run.wait_table(Duration::from_secs(60)).await;
+    let spread = run.wait_spread(&[2, 2, 2], LEASE * 30).await;
+    eprintln!("[{}] 3 workers over 3 streams (6 shards): 2/2/2 after {spread:?}", backend.name());
+    let mut victim = run.signal("w2", "-KILL").await;
+    let killed = Instant::now();
+    victim.wait().await.expect("wait");
+    let failover = run.wait_spread(&[3, 3], LEASE * 10).await;
+    eprintln!("[{}] failover over 3 streams after kill -9: {failover:?} (lease {LEASE:?})", backend.name());
+    assert!(killed.elapsed() <= LEASE * 10);
+    let mut produced = Vec::new();
+    for p in producers {
+        produced.extend(p.await.expect("producer"));
+    }
+    let faults = format!("1 SIGKILL of 3 workers over 3 streams; failover {:.1} s", failover.as_secs_f64());
+    let scenario = format!("G6 group of 3 streams, kill -9 ({})", backend.name());
+    let row = run.report(scenario, faults, &produced, true, true).await;
+    assert_eq!(row.lost, 0, "every record of every stream handled");
+    let mut last: HashMap<(usize, usize), usize> = HashMap::new();
+    let mut seen = HashSet::new();
+    for l in run.lines() {
+        let i = number(&l.data);
+        let stream = &streams[i / 1000];
+        assert!(l.shard.starts_with(&format!("{stream}/")), "record {} printed as one of {}", l.data, l.shard);
+        if seen.insert(i) {
+            if let Some(prev) = last.insert((i / 1000, i % 20), i) {
+                assert!(prev < i, "{stream} key-{}: record {i} after {prev}", i % 20);
+            }
+        }
+    }
+    run.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_three_streams_kill_one_worker() {
+    three_streams_kill_one_worker(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddb_three_streams_kill_one_worker() {
+    three_streams_kill_one_worker(Backend::Ddb).await;
 }
 
 /// SIGTERM of one worker: it releases its leases after checkpointing; the others take over with nothing repeated.

@@ -58,8 +58,13 @@ impl Consumer {
     /// shard, as for one stream: the checkpoints of a consumer of one stream are the same stream's checkpoints here)
     /// and the handler. The first error of any stream stops the scan of all of them. With
     /// [`fan_out(name)`](ConsumerBuilder::fan_out) the stream consumer `name` is registered on each stream (a
-    /// consumer given by ARN belongs to one stream: refused). Not available in a consumer group yet (a configuration
-    /// error at [`build`](ConsumerBuilder::build)).
+    /// consumer given by ARN belongs to one stream: refused).
+    ///
+    /// In a consumer group ([`group`](ConsumerBuilder::group)), every stream's leases are in the group's one lease
+    /// table (a scope per stream) and a worker's fair share counts the leases of all streams: 3 workers over streams
+    /// of 4, 2 and 1 shards hold 3, 2 and 2 leases, whichever streams they come from. `max_leases` counts them all
+    /// too. A stream removed from the tracker's answer releases its leases (they stay in the table, with their
+    /// checkpoints, for when it is added again).
     pub fn builder_for_streams<S: Into<TrackedStream>>(streams: impl IntoIterator<Item = S>) -> ConsumerBuilder {
         let streams: Vec<TrackedStream> = streams.into_iter().map(Into::into).collect();
         ConsumerBuilder::new_streams(Streams::Fixed(streams.into()))
@@ -178,8 +183,8 @@ impl Consumer {
         // Cancelled by the user's token, or by the scan itself on the first error.
         let stop = self.shutdown.child_token();
         match (&self.group, &self.streams) {
-            (Some(group), _) => crate::group::run(self.shared(), group, deliver, stop).await,
-            (None, Some(streams)) => crate::multi::run(self.shared(), streams, deliver, stop).await,
+            (Some(group), None) => crate::group::run(self.shared(), group, deliver, stop, Arc::default()).await,
+            (group, Some(streams)) => crate::multi::run(self.shared(), streams, group.clone(), deliver, stop).await,
             (None, None) => crate::scan::run(self.shared(), deliver, stop).await,
         }
     }
@@ -504,9 +509,6 @@ impl ConsumerBuilder {
                         "a fan-out consumer given by ARN belongs to one stream: with several streams, give a name \
                          (fan_out(name)), registered on each stream",
                     ));
-                }
-                if self.group.is_some() {
-                    return Err(Error::config("a consumer group of several streams is not available yet"));
                 }
             }
         }

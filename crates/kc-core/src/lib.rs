@@ -152,7 +152,8 @@
 //! streams are added (started at their initial position, [`TrackedStream::initial_position`]) and removed (stopped
 //! gracefully, checkpoints written) while the scan runs. [`Record::stream`] tells a record's stream. Checkpoints are
 //! keyed by app, stream and shard as for one stream: no migration. With `fan_out(name)`, the stream consumer is
-//! registered on each stream. Not yet in a group.
+//! registered on each stream. In a consumer group, the leases of every stream are in the group's lease table and a
+//! worker's fair share counts all of them (see [`Consumer::builder_for_streams`]).
 //!
 //! [`CheckpointStore::flush`]: kc_checkpoint::CheckpointStore::flush
 

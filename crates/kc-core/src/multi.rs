@@ -5,7 +5,8 @@
 //! and one it drops is stopped through its token (records in hand finished, checkpoints flushed). The first error of
 //! any stream stops all of them, except that a tracked stream found missing (deleted) is only dropped, with a
 //! warning, and started again (as a new stream, see [`generation`](crate::generation)) if a later answer still
-//! names it and it exists.
+//! names it and it exists. In a consumer group each stream is read by a group worker ([`crate::group`]) instead of
+//! a scan, the streams' take cycles sharing one fair share ([`Tallies`]).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -16,9 +17,10 @@ use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
-use crate::config::Config;
+use crate::config::{Config, GroupConfig};
 use crate::deliver::Deliver;
 use crate::error::{BoxError, Error, ErrorKind};
+use crate::group::tally::Tallies;
 use crate::reader::Shared;
 use crate::scan;
 use crate::tracker::{validate, Streams, TrackedStream};
@@ -33,11 +35,20 @@ type Asking = Pin<Box<dyn Future<Output = Result<Vec<TrackedStream>, BoxError>> 
 pub(crate) async fn run<D: Deliver>(
     base: Shared,
     streams: &Streams,
+    group: Option<Arc<GroupConfig>>,
     deliver: Arc<D>,
     stop: CancellationToken,
 ) -> Result<(), Error> {
     let span = tracing::info_span!("streams", app = %base.cfg.app);
-    let mut supervisor = Supervisor { base, deliver, stop: &stop, tasks: JoinSet::new(), running: HashMap::new() };
+    let mut supervisor = Supervisor {
+        base,
+        group,
+        tallies: Arc::default(),
+        deliver,
+        stop: &stop,
+        tasks: JoinSet::new(),
+        running: HashMap::new(),
+    };
     let result = supervisor.run(streams).instrument(span.clone()).await;
     stop.cancel();
     let mut first_error = result.err();
@@ -56,6 +67,10 @@ pub(crate) async fn run<D: Deliver>(
 
 struct Supervisor<'a, D> {
     base: Shared,
+    /// A group's worker: each stream is read by a worker of the group (its leases a scope of the one lease table),
+    /// the fair share counting every stream ([`Tallies`]).
+    group: Option<Arc<GroupConfig>>,
+    tallies: Arc<Tallies>,
     deliver: Arc<D>,
     stop: &'a CancellationToken,
     tasks: JoinSet<StreamResult>,
@@ -139,7 +154,18 @@ impl<D: Deliver> Supervisor<'_, D> {
         self.running.insert(stream.name.clone(), token.clone());
         let deliver = Arc::clone(&self.deliver);
         info!(stream = %stream.name, "stream added");
-        self.tasks.spawn(async move { (stream.name, scan::run(shared, deliver, token).await) });
+        match &self.group {
+            Some(group) => {
+                let (group, tallies) = (Arc::clone(group), Arc::clone(&self.tallies));
+                self.tasks.spawn(async move {
+                    let result = crate::group::run(shared, &group, deliver, token, tallies).await;
+                    (stream.name, result)
+                });
+            }
+            None => {
+                self.tasks.spawn(async move { (stream.name, scan::run(shared, deliver, token).await) });
+            }
+        }
     }
 
     /// A stream's scan returned: stopped (removed, or the whole scan stops), or failed (a panic is an error; a

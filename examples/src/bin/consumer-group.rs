@@ -1,5 +1,7 @@
 //! A worker of a consumer group: run several, each reads its share of the shards; leases (and checkpoints) in
-//! PostgreSQL, MySQL/MariaDB or DynamoDB. Prints one `worker shard data` line per record.
+//! PostgreSQL, MySQL/MariaDB or DynamoDB. Prints one `worker shard data` line per record. `--stream` given more than
+//! once: the group reads every stream (one lease table, a fair share counted over all of them), lines are then
+//! `worker stream/shard data`.
 //!
 //! ```text
 //! cargo run -p kc-examples --bin consumer-group -- --stream demo --iterator-type TRIM_HORIZON \
@@ -120,6 +122,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("configuring the consumer")?;
     let worker: Arc<str> = Arc::from(consumer.worker_id().unwrap_or("?"));
+    // With several streams a shard is named `stream/shard` (shard ids repeat across streams).
+    let several = args.consumer.stream.len() > 1;
     tracing::info!(worker = %worker, "starting");
     let delay = Duration::from_millis(args.consumer.delay_ms);
     let handler = move |record: Record| {
@@ -127,7 +131,12 @@ async fn main() -> anyhow::Result<()> {
         async move {
             {
                 let mut out = std::io::stdout().lock();
-                writeln!(out, "{worker} {} {}", record.shard_id(), String::from_utf8_lossy(record.data()))?;
+                let data = String::from_utf8_lossy(record.data());
+                if several {
+                    writeln!(out, "{worker} {}/{} {data}", record.stream(), record.shard_id())?;
+                } else {
+                    writeln!(out, "{worker} {} {data}", record.shard_id())?;
+                }
                 out.flush()?;
             }
             if !delay.is_zero() {

@@ -37,7 +37,7 @@ const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// | [`renew_interval`](Self::renew_interval) | lease duration / 3 | how often each held lease is renewed |
 /// | [`take_interval`](Self::take_interval) | 2 × lease duration | how often leases are balanced (see Taking) |
 /// | [`watch_interval`](Self::watch_interval) | 500 ms | how often the group's change marker is read (see Taking) |
-/// | [`max_leases`](Self::max_leases) | none | the most leases this worker holds |
+/// | [`max_leases`](Self::max_leases) | none | the most leases this worker holds (of every stream, with several) |
 ///
 /// [`ConsumerBuilder::build`](crate::ConsumerBuilder::build) validates them: a non-empty group name and worker
 /// id, durations above zero, a renew interval below the lease duration, `max_leases` at least 1. A builder given both
@@ -72,7 +72,11 @@ const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
 ///   each lease from the most loaded worker at that point, if that one is above the target (or at it, when this
 ///   worker needs more than one lease and holds at least two fewer: no worker stays idle), so that no worker is
 ///   asked below the target. The owners hand the leases over gracefully (below). While a request is pending the next
-///   cycle comes after one renew interval.
+///   cycle comes after one renew interval. A consumer of several streams in a group
+///   ([`Consumer::builder_for_streams`](crate::Consumer::builder_for_streams)) runs these cycles per stream, each
+///   stream's leases a scope of the one lease table, and counts every stream in the fair share: the leases to read,
+///   the live workers and each worker's leases are the sums over the streams (the other streams' figures as their
+///   last cycle saw them), and no lease is asked for while a stream has free ones.
 /// - **The change marker.** One more entry of the lease table, in a scope of its own (the stream name `#changes`
 ///   beside the group's name, which no stream can have), whose counter a worker bumps after it released leases
 ///   (graceful stop, handoff; not a finished shard's, which nobody can take), created leases (new shards) or asked

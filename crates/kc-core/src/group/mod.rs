@@ -8,6 +8,7 @@ mod changes;
 mod handle;
 mod plan;
 mod sentinel;
+pub(crate) mod tally;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use changes::Changes;
 use handle::{renew_loop, LeaseHandle, LeaseStore};
 use plan::{Expiry, Me};
 use sentinel::{Check, Sentinels};
+use tally::Tallies;
 
 fn lease_error(what: &str, e: kc_checkpoint::Error) -> Error {
     Error::new(ErrorKind::Checkpoint, format!("lease table: {what} failed")).with_source(e)
@@ -49,12 +51,14 @@ struct Held {
     store: Arc<LeaseStore>,
 }
 
-/// The scan of a worker in a group, until `stop` is cancelled or an error.
+/// The scan of a worker in a group, until `stop` is cancelled or an error. `tallies` is shared by the workers of the
+/// group's other streams in this consumer (a group over several streams): the fair share counts them.
 pub(crate) async fn run<D: Deliver>(
     shared: Shared,
     group: &GroupConfig,
     deliver: Arc<D>,
     stop: CancellationToken,
+    tallies: Arc<Tallies>,
 ) -> Result<(), Error> {
     let stream = shared.cfg.stream.clone();
     let span = tracing::info_span!("group", group = %group.name, worker = %group.worker_id, stream = %stream);
@@ -86,9 +90,11 @@ pub(crate) async fn run<D: Deliver>(
             // in the millisecond it started is not taken for one created before it.
             started: kc_checkpoint::lease::from_millis(kc_checkpoint::lease::creation_millis()),
             metrics: GroupMetrics::new(&group.name, &stream, &group.worker_id),
+            tallies,
         };
         let result = worker.run().await;
         let stopped = worker.stop_all().await;
+        worker.tallies.remove(&worker.shared.stream_key);
         let deregistered = worker.shared.deregister().await;
         let result = match (result, stopped.and(deregistered)) {
             (Err(e), Err(other)) => {
@@ -135,6 +141,8 @@ struct Worker<'a, D> {
     /// When this worker started: where a shard taken over without a checkpoint starts under `Latest`.
     started: SystemTime,
     metrics: GroupMetrics,
+    /// The group's other streams read by this consumer, and where this stream's figures go.
+    tallies: Arc<Tallies>,
 }
 
 impl<D: Deliver> Worker<'_, D> {
@@ -402,14 +410,19 @@ impl<D: Deliver> Worker<'_, D> {
         } else {
             self.sentinels.suspects().map(str::to_owned).collect()
         };
-        let me = Me {
-            id: &self.cfg.worker_id,
-            held: &held,
-            ended_here: &self.ended_here,
-            max_leases: self.cfg.max_leases,
-            watched: &watched,
-        };
-        let plan = plan::plan(&leases, &self.expiry, now, self.cfg.lease_duration, &me);
+        let plan = self.tallies.decide(&self.shared.stream_key, |elsewhere| {
+            let me = Me {
+                id: &self.cfg.worker_id,
+                held: &held,
+                ended_here: &self.ended_here,
+                max_leases: self.cfg.max_leases,
+                watched: &watched,
+                elsewhere,
+            };
+            let mut plan = plan::plan(&leases, &self.expiry, now, self.cfg.lease_duration, &me);
+            let tally = std::mem::take(&mut plan.tally);
+            (plan, tally)
+        });
         self.metrics.workers(plan.workers);
         debug!(workers = plan.workers, target = plan.target, held = held.len(), "take cycle");
         for parent in plan.delete.iter().take_while(|_| !self.stop.is_cancelled()) {

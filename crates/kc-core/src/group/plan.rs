@@ -1,7 +1,7 @@
 //! The decisions of a take cycle, as pure functions of what the lease table holds: which leases are expired,
 //! which to take, which to ask for (balancing), which parents to delete, which leases to create.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use kc_checkpoint::lease::Lease;
 use tokio::time::{Duration, Instant};
@@ -59,6 +59,51 @@ pub(crate) struct Me<'a> {
     /// Workers whose leases' deadlines schedule the next cycle ([`Plan::next_expiry`]): the ones suspected of having
     /// failed (their sentinel lease was not renewed lately).
     pub(crate) watched: &'a HashSet<String>,
+    /// What this worker last saw of the group's other streams (a group over several streams): their leases count in
+    /// the fair share. Empty with one stream.
+    pub(crate) elsewhere: &'a Tally,
+}
+
+/// What a take cycle saw of one stream's leases, for the fair share of a group over several streams: each stream's
+/// cycle counts the leases of every stream this worker reads (see [`Tallies`](super::tally::Tallies)).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Tally {
+    /// Leases readable now (not finished, parents finished).
+    pub(crate) readable: usize,
+    /// The leases this worker holds or has on their way to it, with the cycle's takes and requests.
+    pub(crate) mine: usize,
+    /// Free leases this worker's cycle left untaken (it was at its target).
+    pub(crate) free: usize,
+    /// The leases of each other live worker (a lease asked for counts as its requester's), less the ones this
+    /// worker asked for in the cycle.
+    pub(crate) others: BTreeMap<String, usize>,
+    /// Live workers seen: owners of unexpired leases and requesters.
+    pub(crate) workers: BTreeSet<String>,
+    /// Workers seen failed: owners of expired leases only. Newer than another stream's tally, this takes them out
+    /// of it (its cycle saw them alive before they failed).
+    pub(crate) gone: BTreeSet<String>,
+    /// When the cycle saw this (`None`: never).
+    pub(crate) at: Option<Instant>,
+}
+
+impl Tally {
+    /// Adds `other`'s figures to these.
+    pub(crate) fn add(&mut self, other: &Tally) {
+        self.readable += other.readable;
+        self.mine += other.mine;
+        self.free += other.free;
+        for (w, n) in &other.others {
+            *self.others.entry(w.clone()).or_default() += n;
+        }
+        self.workers.extend(other.workers.iter().cloned());
+        self.gone.extend(other.gone.iter().cloned());
+    }
+
+    /// Takes `worker` out (seen failed since): its leases count as free.
+    pub(crate) fn forget(&mut self, worker: &str) {
+        self.workers.remove(worker);
+        self.free += self.others.remove(worker).unwrap_or(0);
+    }
 }
 
 /// The outcome of a cycle's decisions.
@@ -83,9 +128,13 @@ pub(crate) struct Plan {
     /// takes it (failover about one lease duration after the suspicion). Leases of workers not suspected schedule
     /// nothing: their sentinels are watched instead.
     pub(crate) next_expiry: Option<Instant>,
+    /// This stream's figures after the cycle, for the other streams' cycles.
+    pub(crate) tally: Tally,
 }
 
-/// Decides what to take, ask for and delete. `leases` is the whole table's scope.
+/// Decides what to take, ask for and delete. `leases` is the whole table's scope (one stream's leases); with several
+/// streams, the target, this worker's count and the others' counts include [`Me::elsewhere`], and leases are asked for
+/// only when no stream has free ones left.
 ///
 /// Balancing counts a lease on its way (asked for by a live worker, or released for it) as the requester's, not the
 /// owner's, so that requests made in one cycle are not made again in the next, and a worker below the target asks
@@ -102,11 +151,27 @@ pub(crate) fn plan(leases: &[Lease], expiry: &Expiry, now: Instant, duration: Du
         .collect();
     let expired = |l: &Lease| expiry.expired(l, now, duration);
 
-    let mut workers: HashSet<&str> = HashSet::from([me.id]);
+    let mut here: BTreeSet<&str> = BTreeSet::new();
     for l in leases.iter().filter(|l| !expired(l)) {
-        workers.extend(l.next_owner.as_deref());
-        workers.extend(l.owner.as_deref());
+        here.extend(l.next_owner.as_deref());
+        here.extend(l.owner.as_deref());
     }
+    here.remove(me.id);
+    // Owners whose every lease here expired: failed, whatever the other streams' older tallies say.
+    let gone: BTreeSet<&str> = leases
+        .iter()
+        .filter(|l| expired(l))
+        .filter_map(|l| l.owner.as_deref())
+        .filter(|o| *o != me.id && !here.contains(o))
+        .collect();
+    let mut elsewhere = me.elsewhere.clone();
+    for w in &gone {
+        elsewhere.forget(w);
+    }
+    let elsewhere = &elsewhere;
+    let mut workers: HashSet<&str> = HashSet::from([me.id]);
+    workers.extend(here.iter().copied());
+    workers.extend(elsewhere.workers.iter().map(String::as_str).filter(|w| *w != me.id));
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     let mut incoming = 0usize;
     let mut outgoing = 0usize;
@@ -126,12 +191,20 @@ pub(crate) fn plan(leases: &[Lease], expiry: &Expiry, now: Instant, duration: Du
             None => {}
         }
     }
-    let mut target = readable.len().div_ceil(workers.len());
+    // This stream's counts, then every stream's (the fair share counts all of them).
+    let counts_here: BTreeMap<&str, usize> = counts.clone();
+    for (w, n) in &elsewhere.others {
+        if w != me.id {
+            *counts.entry(w.as_str()).or_default() += n;
+        }
+    }
+    let mut target = (readable.len() + elsewhere.readable).div_ceil(workers.len());
     if let Some(max) = me.max_leases {
         target = target.min(max);
     }
     // Held, less what is being handed over, plus what is on its way here (asked for, or released for this worker).
-    let mut mine = (me.held.len() + incoming).saturating_sub(outgoing);
+    let mine_here = (me.held.len() + incoming).saturating_sub(outgoing);
+    let mut mine = mine_here + elsewhere.mine;
 
     // Free leases: asked for by this worker and released (taken whatever the target: they are counted in `mine`),
     // then unowned and expired ones up to the target.
@@ -165,12 +238,15 @@ pub(crate) fn plan(leases: &[Lease], expiry: &Expiry, now: Instant, duration: Du
         take.push(entry);
         mine += 1;
     }
-    let has_free = free.peek().is_some();
+    let left_free = free.count();
+    // Free leases of another stream are taken by that stream's cycle: nothing is asked for meanwhile.
+    let has_free = left_free > 0 || elsewhere.free > 0;
 
     let request_pending = readable.iter().any(|l| {
         l.next_owner.as_deref() == Some(me.id) && l.owner.as_deref().is_some_and(|o| o != me.id) && !expired(l)
     });
     let mut request = Vec::new();
+    let mut counts_here = counts_here;
     if !has_free {
         // Candidates per worker: its unexpired leases that nobody asked for yet, in random order (workers asking at
         // the same time ask for different leases).
@@ -203,6 +279,9 @@ pub(crate) fn plan(leases: &[Lease], expiry: &Expiry, now: Instant, duration: Du
             if let Some(n) = counts.get_mut(victim) {
                 *n -= 1;
             }
+            if let Some(n) = counts_here.get_mut(victim) {
+                *n = n.saturating_sub(1);
+            }
             mine += 1;
         }
     }
@@ -223,7 +302,16 @@ pub(crate) fn plan(leases: &[Lease], expiry: &Expiry, now: Instant, duration: Du
         .filter_map(|l| expiry.deadline(l, duration))
         .min();
 
-    Plan { take, request, request_pending, asked_of_me, delete, workers: workers.len(), target, next_expiry }
+    let tally = Tally {
+        readable: readable.len(),
+        mine: mine - elsewhere.mine,
+        free: left_free,
+        others: counts_here.into_iter().map(|(w, n)| (w.to_owned(), n)).collect(),
+        workers: here.into_iter().map(str::to_owned).collect(),
+        gone: gone.into_iter().map(str::to_owned).collect(),
+        at: Some(now),
+    };
+    Plan { take, request, request_pending, asked_of_me, delete, workers: workers.len(), target, next_expiry, tally }
 }
 
 /// The shards of `listing` that need a lease, parents before children: those with no lease, except shards with a
@@ -279,7 +367,20 @@ mod tests {
         let held: HashSet<String> = held.iter().map(|s| (*s).to_owned()).collect();
         let none = HashSet::new();
         let all: HashSet<String> = leases.iter().filter_map(|l| l.owner.clone()).collect();
-        plan(leases, expiry, now, D, &Me { id: me, held: &held, ended_here: &none, max_leases: None, watched: &all })
+        plan(
+            leases,
+            expiry,
+            now,
+            D,
+            &Me {
+                id: me,
+                held: &held,
+                ended_here: &none,
+                max_leases: None,
+                watched: &all,
+                elsewhere: &Tally::default(),
+            },
+        )
     }
 
     #[test]
@@ -359,7 +460,14 @@ mod tests {
         // Only the watched workers' leases schedule a cycle.
         e.observe(&leases, t0 + D / 2);
         let (held, none, watched) = (HashSet::from(["mine".to_owned()]), HashSet::new(), HashSet::new());
-        let me = Me { id: "w1", held: &held, ended_here: &none, max_leases: None, watched: &watched };
+        let me = Me {
+            id: "w1",
+            held: &held,
+            ended_here: &none,
+            max_leases: None,
+            watched: &watched,
+            elsewhere: &Tally::default(),
+        };
         assert_eq!(plan(&leases, &e, t0 + D / 2, D, &me).next_expiry, None, "w2 not suspected");
     }
 
@@ -473,7 +581,14 @@ mod tests {
             &e,
             t0,
             D,
-            &Me { id: "w1", held: &held, ended_here: &none, max_leases: Some(2), watched: &none },
+            &Me {
+                id: "w1",
+                held: &held,
+                ended_here: &none,
+                max_leases: Some(2),
+                watched: &none,
+                elsewhere: &Tally::default(),
+            },
         );
         assert_eq!((p.target, p.take.len()), (2, 2));
     }
@@ -529,5 +644,84 @@ mod tests {
         child.parents = vec!["a-parent".to_owned()];
         let created: Vec<&str> = to_create(&listing, &[child]).iter().map(|s| s.shard_id.as_str()).collect();
         assert_eq!(created, ["q"], "ancestors of a shard with a lease were finished and deleted");
+    }
+
+    /// `plan` for `me` holding `held`, with `elsewhere` the other streams' tally.
+    fn run_with(leases: &[Lease], e: &Expiry, now: Instant, held: &[&str], elsewhere: &Tally) -> Plan {
+        let held: HashSet<String> = held.iter().map(|s| (*s).to_owned()).collect();
+        let none = HashSet::new();
+        let all: HashSet<String> = leases.iter().filter_map(|l| l.owner.clone()).collect();
+        let me = Me { id: "w1", held: &held, ended_here: &none, max_leases: None, watched: &all, elsewhere };
+        plan(leases, e, now, D, &me)
+    }
+
+    fn elsewhere(readable: usize, mine: usize, free: usize, others: &[(&str, usize)]) -> Tally {
+        Tally {
+            readable,
+            mine,
+            free,
+            others: others.iter().map(|(w, n)| ((*w).to_owned(), *n)).collect(),
+            workers: others.iter().map(|(w, _)| (*w).to_owned()).collect(),
+            ..Tally::default()
+        }
+    }
+
+    #[test]
+    fn a_worker_whose_leases_here_expired_is_gone_whatever_the_other_streams_saw() {
+        let t0 = Instant::now();
+        let mut e = Expiry::default();
+        // w2 held 1 lease here and 3 elsewhere (as the other stream last saw it); it stopped renewing.
+        let here = vec![lease("s0", Some("w2"), 1), lease("s1", Some("w1"), 1)];
+        e.observe(&here, t0);
+        let p = run_with(&here, &e, t0 + D, &["s1"], &elsewhere(4, 1, 0, &[("w2", 3)]));
+        assert_eq!(p.workers, 1, "w2 is not live");
+        assert_eq!((p.target, ids(&p.take)), (6, vec!["s0"]), "its expired lease is taken");
+        assert!(p.tally.gone.contains("w2"));
+        assert!(p.request.is_empty(), "its leases elsewhere are free there, not asked for");
+    }
+
+    #[test]
+    fn the_fair_share_counts_the_leases_of_the_other_streams() {
+        let t0 = Instant::now();
+        let mut e = Expiry::default();
+        // This stream: one lease, held by w2. Elsewhere: w2 holds 5 more, w3 lives, w1 none: 6 / 3 = 2 each.
+        let here = vec![lease("s0", Some("w2"), 1)];
+        e.observe(&here, t0);
+        let p = run_with(&here, &e, t0, &[], &elsewhere(5, 0, 0, &[("w2", 5), ("w3", 0)]));
+        assert_eq!((p.workers, p.target), (3, 2), "every stream's workers and leases");
+        assert_eq!(ids(&p.request), ["s0"], "w2 holds 6 of 6: its lone lease here is asked for");
+        assert_eq!(p.tally.mine, 1, "the request counts as this worker's");
+        assert_eq!(p.tally.others.get("w2"), Some(&0), "and no longer as w2's");
+        assert_eq!(p.tally.readable, 1);
+        assert!(p.tally.workers.contains("w2") && !p.tally.workers.contains("w1"));
+
+        // The same stream read alone: a lone lease held by its only other reader is left where it is.
+        let p = run_with(&here, &e, t0, &[], &Tally::default());
+        assert_eq!((p.workers, p.target), (2, 1));
+        assert!(p.request.is_empty());
+        assert!(p.take.is_empty());
+    }
+
+    #[test]
+    fn a_worker_at_its_share_elsewhere_leaves_free_leases_and_asks_for_nothing_while_any_are_free() {
+        let t0 = Instant::now();
+        let mut e = Expiry::default();
+        let free: Vec<Lease> = (0..3).map(|i| lease(&format!("f{i}"), None, 0)).collect();
+        e.observe(&free, t0);
+        // w1 holds 3 elsewhere, w2 none: 6 / 2 = 3, w1 is at its share.
+        let p = run_with(&free, &e, t0, &[], &elsewhere(3, 3, 0, &[("w2", 0)]));
+        assert_eq!(p.target, 3);
+        assert!(p.take.is_empty(), "{:?}", p.take);
+        assert_eq!(p.tally.free, 3, "left for another worker: told to the other streams' cycles");
+
+        // Below its share here, with every lease of this stream held by w2 but free ones in another stream: those are
+        // taken by that stream's cycle; nothing is asked for meanwhile.
+        let held: Vec<Lease> = (0..4).map(|i| lease(&format!("h{i}"), Some("w2"), 1)).collect();
+        e.observe(&held, t0);
+        let p = run_with(&held, &e, t0, &[], &elsewhere(2, 0, 2, &[]));
+        assert_eq!(p.target, 3);
+        assert!(p.request.is_empty(), "free leases elsewhere first: {:?}", p.request);
+        let p = run_with(&held, &e, t0, &[], &elsewhere(2, 2, 0, &[]));
+        assert_eq!(p.request.len(), 1, "at 2 of 3, w2 at 4 of 3, nothing free: one request, {:?}", p.request);
     }
 }
