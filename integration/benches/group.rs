@@ -30,9 +30,15 @@ use tokio_util::sync::CancellationToken;
 const STREAM: &str = "bench";
 const GROUP: &str = "bench";
 
-/// Counts the calls of every worker's lease table, per call (`"lease table renew"`, ...).
-#[derive(Default)]
-struct Calls(Mutex<BTreeMap<&'static str, u64>>, AtomicU64);
+/// Counts the calls of every worker's lease table, per call (`"lease table renew"`, ...), and the renewals per
+/// 100 ms since `origin` (how bursty they are).
+struct Calls(Mutex<BTreeMap<&'static str, u64>>, AtomicU64, Mutex<BTreeMap<u64, u64>>, Instant);
+
+impl Default for Calls {
+    fn default() -> Self {
+        Self(Mutex::default(), AtomicU64::default(), Mutex::default(), Instant::now())
+    }
+}
 
 /// The [`Around`] of a worker's table: counts into the shared [`Calls`].
 struct Counting(Arc<Calls>);
@@ -46,6 +52,10 @@ impl Around for Counting {
     ) -> Result<T, StoreError> {
         *self.0 .0.lock().expect("calls").entry(what).or_default() += 1;
         self.0 .1.fetch_add(1, Ordering::Relaxed);
+        if what == "lease table renew" {
+            let tick = u64::try_from(self.0 .3.elapsed().as_millis() / 100).unwrap_or(u64::MAX);
+            *self.0 .2.lock().expect("ticks").entry(tick).or_default() += 1;
+        }
         call.await
     }
 }
@@ -53,6 +63,20 @@ impl Around for Counting {
 impl Calls {
     fn snapshot(&self) -> BTreeMap<&'static str, u64> {
         self.0.lock().expect("calls").clone()
+    }
+
+    /// Renewals per second in each 100 ms between `from` and `to`, sorted: (p50, p99, max).
+    fn renewal_bursts(&self, from: Instant, to: Instant) -> (f64, f64, f64) {
+        let tick = |t: Instant| u64::try_from(t.duration_since(self.3).as_millis() / 100).unwrap_or(u64::MAX);
+        let ticks = self.2.lock().expect("ticks");
+        let mut rates: Vec<f64> =
+            (tick(from)..tick(to)).map(|t| ticks.get(&t).copied().unwrap_or(0) as f64 * 10.0).collect();
+        if rates.is_empty() {
+            return (0.0, 0.0, 0.0);
+        }
+        rates.sort_by(f64::total_cmp);
+        let at = |q: f64| rates[((rates.len() - 1) as f64 * q).round() as usize];
+        (at(0.5), at(0.99), at(1.0))
     }
 }
 
@@ -107,6 +131,8 @@ struct Figures {
     failover: Option<Duration>,
     calls_per_s: f64,
     per_call: BTreeMap<&'static str, f64>,
+    /// Renewals per second measured over each 100 ms of the steady window: p50, p99, max.
+    renew_bursts: (f64, f64, f64),
     cpu_per_worker: f64,
 }
 
@@ -163,6 +189,7 @@ async fn run(
     let (calls0, cpu0, t0) = (calls.snapshot(), cpu_seconds(), Instant::now());
     tokio::time::sleep(steady).await;
     let (calls1, cpu1, window) = (calls.snapshot(), cpu_seconds(), t0.elapsed().as_secs_f64());
+    let renew_bursts = calls.renewal_bursts(t0, Instant::now());
     let per_call: BTreeMap<&'static str, f64> = calls1
         .iter()
         .map(|(what, n)| (*what, (n - calls0.get(what).copied().unwrap_or(0)) as f64 / window))
@@ -189,7 +216,7 @@ async fn run(
             other => println!("    worker {} ended with {other:?}", w.id),
         }
     }
-    Figures { coverage, balanced, failover, calls_per_s, per_call, cpu_per_worker }
+    Figures { coverage, balanced, failover, calls_per_s, per_call, renew_bursts, cpu_per_worker }
 }
 
 fn secs(d: Option<Duration>) -> String {
@@ -278,6 +305,11 @@ async fn main() {
             f.calls_per_s,
             detail.join(", "),
             f.cpu_per_worker * 100.0
+        );
+        let (p50, p99, max) = f.renew_bursts;
+        println!(
+            "    renewals per 100 ms, as a rate: mean {:.0}/s, p50 {p50:.0}/s, p99 {p99:.0}/s, max {max:.0}/s",
+            rate("lease table renew")
         );
         drop_table(backend, &name).await;
     }

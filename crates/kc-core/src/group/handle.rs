@@ -196,9 +196,15 @@ impl LeaseHandle {
 /// Renews `handle` every `interval` (and when [nudged](LeaseHandle::renew_now)) until it is released or lost.
 /// Transient failures are retried at the next interval; the lease is lost when no renewal succeeded for the lease
 /// duration (checked at the deadline itself, not only at the next interval).
+///
+/// The first renewal comes at a random point in the second half of the interval: a worker that takes hundreds of
+/// leases in one cycle (a first start, a failover) would otherwise renew them all in the same instant, every interval,
+/// in bursts the lease table must absorb at many times the mean rate. Renewing early is always safe.
 pub(crate) async fn renew_loop(handle: Arc<LeaseHandle>, interval: Duration) {
+    let mut next = first_renewal(interval, fastrand::f64());
     loop {
-        let wake = (Instant::now() + interval).min(handle.deadline());
+        let wake = (Instant::now() + next).min(handle.deadline());
+        next = interval;
         tokio::select! {
             _ = handle.retired().cancelled() => return,
             _ = tokio::time::sleep_until(wake) => {}
@@ -211,6 +217,12 @@ pub(crate) async fn renew_loop(handle: Arc<LeaseHandle>, interval: Duration) {
             warn!(shard = %handle.shard_id(), error = %e, "lease renewal failed; retrying");
         }
     }
+}
+
+/// The delay before a new lease's first renewal: between half the interval and the interval, by `r` in `[0, 1)`.
+fn first_renewal(interval: Duration, r: f64) -> Duration {
+    let half = interval / 2;
+    half + half.mul_f64(r.clamp(0.0, 1.0))
 }
 
 /// The checkpoint store of one shard task in group mode: the checkpoint is the lease's, written through the handle.
@@ -319,6 +331,67 @@ mod tests {
         let lease = table.get(&scope, "s").await.expect("get").expect("lease");
         assert_eq!((lease.owner, lease.next_owner.as_deref()), (None, Some("b")));
         assert_eq!(lease.checkpoint, Some(at("5")));
+    }
+
+    #[test]
+    fn the_first_renewal_comes_in_the_second_half_of_the_interval() {
+        let i = Duration::from_secs(4);
+        assert_eq!(first_renewal(i, 0.0), Duration::from_secs(2));
+        assert_eq!(first_renewal(i, 0.5), Duration::from_secs(3));
+        assert!(first_renewal(i, 0.999_999) <= i);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leases_taken_together_are_not_renewed_together() {
+        let table = MemoryLeaseTable::new();
+        let scope = LeaseScope::new("g", "st");
+        let n = 200;
+        let interval = Duration::from_secs(4);
+        let mut handles = Vec::new();
+        let started = Instant::now();
+        for i in 0..n {
+            let shard = format!("s{i}");
+            table.create(&scope, &shard, &[]).await.expect("create");
+            let counter = table.get(&scope, &shard).await.expect("get").expect("lease").counter;
+            let l = table.take(&scope, &shard, counter, "a").await.expect("take");
+            let h = LeaseHandle::new(
+                Arc::new(table.clone()),
+                scope.clone(),
+                &shard,
+                "a",
+                l.counter,
+                D,
+                started,
+                CancellationToken::new(),
+            );
+            let h = Arc::new(h);
+            tokio::spawn(renew_loop(Arc::clone(&h), interval));
+            handles.push(h);
+        }
+        // Count the first renewals in each tenth of the interval (and one more: timers round up to the millisecond).
+        let mut seen = vec![0_u64; n];
+        for (i, h) in handles.iter().enumerate() {
+            seen[i] = table.get(&scope, &h.shard_id).await.expect("get").expect("lease").counter;
+        }
+        let mut per_step = Vec::new();
+        for _ in 0..11 {
+            tokio::time::sleep(interval / 10).await;
+            let mut renewed = 0;
+            for (i, h) in handles.iter().enumerate() {
+                let c = table.get(&scope, &h.shard_id).await.expect("get").expect("lease").counter;
+                if c != seen[i] {
+                    renewed += 1;
+                    seen[i] = c;
+                }
+            }
+            per_step.push(renewed);
+        }
+        assert_eq!(per_step.iter().sum::<usize>(), n, "each renewed once within the interval: {per_step:?}");
+        assert_eq!(per_step[..4].iter().sum::<usize>(), 0, "none in the first half: {per_step:?}");
+        assert!(per_step.iter().all(|&r| r < n / 3), "spread over the second half: {per_step:?}");
+        for h in &handles {
+            h.retired().cancel();
+        }
     }
 
     #[tokio::test(start_paused = true)]
