@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use md5::{Digest, Md5};
 
 use crate::wire::{self, key, len_field_len, put_len_field, put_varint, varint_len};
 use crate::{DIGEST_LEN, MAGIC};
@@ -181,7 +180,7 @@ impl Aggregator {
         out.extend_from_slice(&self.partition_keys.encoded);
         out.extend_from_slice(&self.explicit_hash_keys.encoded);
         out.extend_from_slice(&self.records);
-        let digest = Md5::digest(&out[MAGIC.len()..]);
+        let digest = crate::md5(&out[MAGIC.len()..]);
         out.extend_from_slice(&digest);
         Bytes::from(out)
     }
