@@ -190,6 +190,7 @@ mod retry;
 mod scan;
 mod shard;
 mod source;
+mod stream_id;
 pub mod streams;
 mod tracker;
 
@@ -203,5 +204,6 @@ pub use handler::{Batch, BatchFailure, BatchHandler, Outcome, RecordHandler};
 pub use kc_checkpoint::{Checkpoint, CheckpointStore, MemoryStore, SequenceNumber, ShardKey};
 pub use lifecycle::{Lifecycle, NoLifecycle};
 pub use record::Record;
+pub use stream_id::StreamId;
 pub use streams::{AckBatch, ShardStream, Shards};
 pub use tracker::{StreamTracker, TrackedStream};
