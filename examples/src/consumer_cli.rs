@@ -25,7 +25,8 @@ pub enum IteratorType {
 /// The flags of every consumer example.
 #[derive(Debug, clap::Args)]
 pub struct ConsumerArgs {
-    /// The stream's name; give it more than once to read several streams with one consumer.
+    /// The stream's name or ARN (a stream of another account or region); give it more than once to read several
+    /// streams with one consumer.
     #[arg(long, required = true)]
     pub stream: Vec<String>,
     /// The Kinesis endpoint (`aws` for AWS itself, with the usual credential chain).
@@ -141,7 +142,8 @@ pub struct FailureArgs {
     /// When the attempts are used up: log, count and skip the record instead of stopping.
     #[arg(long, conflicts_with = "dead_letter_stream")]
     pub skip_failed: bool,
-    /// When the attempts are used up: put the record (as JSON) on the stream NAME (which must exist), and go on.
+    /// When the attempts are used up: put the record (as JSON) on the stream NAME (or ARN; it must exist), and go
+    /// on.
     #[arg(long, value_name = "NAME")]
     pub dead_letter_stream: Option<String>,
 }

@@ -84,10 +84,19 @@ pub fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
     Ok(token)
 }
 
-/// Creates `stream` with `shards` shards unless it exists, then waits until it is ACTIVE.
+/// Creates `stream` (a name, or an ARN) with `shards` shards unless it exists, then waits until it is ACTIVE. A stream
+/// named by ARN is described by its ARN and created by the ARN's name: in the client's own account and region.
 pub async fn ensure_stream(client: &aws_sdk_kinesis::Client, stream: &str, shards: i32) -> anyhow::Result<()> {
     use aws_sdk_kinesis::types::StreamStatus;
-    let exists = match client.describe_stream_summary().stream_name(stream).send().await {
+    let id = kinesis_consumer::StreamId::parse(stream)?;
+    let describe = || {
+        let request = client.describe_stream_summary();
+        match id.arn() {
+            Some(arn) => request.stream_arn(arn),
+            None => request.stream_name(stream),
+        }
+    };
+    let exists = match describe().send().await {
         Ok(_) => true,
         Err(e) if e.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => false,
         Err(e) => return Err(anyhow::Error::new(e).context(format!("describing stream {stream}"))),
@@ -96,19 +105,14 @@ pub async fn ensure_stream(client: &aws_sdk_kinesis::Client, stream: &str, shard
         tracing::info!(stream, shards, "creating stream");
         client
             .create_stream()
-            .stream_name(stream)
+            .stream_name(id.name())
             .shard_count(shards)
             .send()
             .await
             .with_context(|| format!("creating stream {stream}"))?;
     }
     for _ in 0..600 {
-        let summary = client
-            .describe_stream_summary()
-            .stream_name(stream)
-            .send()
-            .await
-            .with_context(|| format!("describing stream {stream}"))?;
+        let summary = describe().send().await.with_context(|| format!("describing stream {stream}"))?;
         let status = summary.stream_description_summary().map(|d| d.stream_status().clone());
         if status == Some(StreamStatus::Active) {
             return Ok(());
@@ -118,7 +122,7 @@ pub async fn ensure_stream(client: &aws_sdk_kinesis::Client, stream: &str, shard
     anyhow::bail!("stream {stream} did not become ACTIVE within 60 s")
 }
 
-/// Puts every `(partition key, data)` with PutRecords, in batches of up to 500 entries and 5 MiB, resending the
+/// Puts every `(partition key, data)` on `stream` (a name, or an ARN) with PutRecords, in batches of up to 500 entries and 5 MiB, resending the
 /// entries a batch reports as failed (throttled) with a growing pause until every one was accepted.
 ///
 /// Entries of one batch that failed are resent after the ones that succeeded: for strict per-key order put one
@@ -158,13 +162,9 @@ pub async fn put_all(
                         .context("building a PutRecords entry")
                 })
                 .collect::<anyhow::Result<_>>()?;
-            let out = client
-                .put_records()
-                .stream_name(stream)
-                .set_records(Some(request))
-                .send()
-                .await
-                .with_context(|| format!("PutRecords to {stream}"))?;
+            let put = client.put_records();
+            let put = if stream.starts_with("arn:") { put.stream_arn(stream) } else { put.stream_name(stream) };
+            let out = put.set_records(Some(request)).send().await.with_context(|| format!("PutRecords to {stream}"))?;
             if out.failed_record_count().unwrap_or(0) == 0 {
                 break;
             }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use kc_test_support::check::lock;
-use kinesis_consumer::api::{ApiError, KinesisApi, RecordBatch, ShardPage, StartingPosition};
+use kinesis_consumer::api::{ApiError, KinesisApi, RecordBatch, ShardPage, StartingPosition, StreamSummary};
 
 /// The key under which [`Observed`] counts a call the consumer dropped unanswered before [`Observed::stopping`]:
 /// a call abandoned at its client-side timeout.
@@ -109,8 +109,8 @@ impl Observed {
 
 #[async_trait]
 impl KinesisApi for Observed {
-    async fn stream_created_ms(&self, stream: &str) -> Result<Option<u64>, ApiError> {
-        self.note(KinesisApi::stream_created_ms(&self.inner, stream)).await
+    async fn describe_stream_summary(&self, stream: &str) -> Result<StreamSummary, ApiError> {
+        self.note(KinesisApi::describe_stream_summary(&self.inner, stream)).await
     }
 
     async fn list_shards(&self, stream: &str, next_token: Option<&str>) -> Result<ShardPage, ApiError> {

@@ -8,7 +8,7 @@ use kc_integration::{
     collect_until, consumer_builder, merge_first_adjacent, new_stream, put_numbered, split, unique_stream, wait_for,
 };
 use kc_test_support::{checkpoint, scan_failing_at, spawn_collecting, Collecting};
-use kinesis_consumer::api::{ApiError, KinesisApi, RecordBatch, ShardPage, StartingPosition};
+use kinesis_consumer::api::{ApiError, KinesisApi, RecordBatch, ShardPage, StartingPosition, StreamSummary};
 use kinesis_consumer::{
     Checkpoint, CheckpointStore, ConsumerBuilder, ErrorKind, InitialPosition, MemoryStore, Outcome, Record, ShardKey,
 };
@@ -202,8 +202,8 @@ async fn latest_reads_only_new_records() {
     struct IteratorsTaken(aws_sdk_kinesis::Client, Arc<AtomicUsize>);
     #[async_trait::async_trait]
     impl KinesisApi for IteratorsTaken {
-        async fn stream_created_ms(&self, stream: &str) -> Result<Option<u64>, ApiError> {
-            KinesisApi::stream_created_ms(&self.0, stream).await
+        async fn describe_stream_summary(&self, stream: &str) -> Result<StreamSummary, ApiError> {
+            KinesisApi::describe_stream_summary(&self.0, stream).await
         }
 
         async fn list_shards(&self, stream: &str, next_token: Option<&str>) -> Result<ShardPage, ApiError> {

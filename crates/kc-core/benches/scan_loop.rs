@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use kc_core::api::{ApiError, KinesisApi, RawRecord, RecordBatch, ShardInfo, ShardPage, StartingPosition};
+use kc_core::api::{
+    ApiError, KinesisApi, RawRecord, RecordBatch, ShardInfo, ShardPage, StartingPosition, StreamSummary,
+};
 use kc_core::{Batch, Consumer, InitialPosition, MemoryStore, Outcome};
 use kc_test_support::check::{median, quick_bench};
 use kc_test_support::time_scan;
@@ -66,8 +68,8 @@ impl KinesisApi for Prebuilt {
             ..RecordBatch::default()
         }))
     }
-    async fn stream_created_ms(&self, _: &str) -> Result<Option<u64>, ApiError> {
-        Ok(None)
+    async fn describe_stream_summary(&self, _: &str) -> Result<StreamSummary, ApiError> {
+        Ok(StreamSummary::new("arn:aws:kinesis:us-east-1:000000000000:stream/bench", None))
     }
 }
 

@@ -14,6 +14,8 @@ use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
 use kc_checkpoint::SequenceNumber;
 
+use crate::stream_id::is_arn;
+
 /// Where to start reading a shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StartingPosition {
@@ -89,7 +91,29 @@ pub struct RecordBatch {
     pub child_shards: Vec<ShardInfo>,
 }
 
+/// What DescribeStreamSummary tells the consumer about a stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamSummary {
+    /// The stream's ARN.
+    pub arn: String,
+    /// When the stream was created, in milliseconds since the Unix epoch; `None` (unknown) keys its checkpoints by
+    /// the stream alone, whatever the stream's creation time.
+    pub created_ms: Option<u64>,
+}
+
+impl StreamSummary {
+    /// The summary of the stream `arn`, created at `created_ms`.
+    pub fn new(arn: impl Into<String>, created_ms: Option<u64>) -> Self {
+        Self { arn: arn.into(), created_ms }
+    }
+}
+
 /// The calls the consumer makes to Kinesis.
+///
+/// A `stream` argument is the stream as the consumer was given it: a name, or an ARN (a stream of another account
+/// or region, see [`StreamId`](crate::StreamId)). The implementation for `aws_sdk_kinesis::Client` sends an ARN as
+/// `StreamARN` and a name as `StreamName`.
 #[async_trait]
 pub trait KinesisApi: Send + Sync + 'static {
     /// One page of the shards of `stream`. `next_token` is `Some` only when the previous page returned one.
@@ -122,17 +146,12 @@ pub trait KinesisApi: Send + Sync + 'static {
     // Enhanced fan-out. The defaults fail with a permanent error, so that an implementation made for polling only
     // keeps compiling and a consumer configured for fan-out on it stops with a clear error.
 
-    /// The ARN of `stream` (DescribeStreamSummary): fan-out consumers are registered on it.
-    async fn stream_arn(&self, stream: &str) -> Result<String, ApiError> {
-        let _ = stream;
-        Err(fan_out_unsupported("DescribeStreamSummary"))
-    }
-
-    /// When the stream was created (DescribeStreamSummary's `StreamCreationTimestamp`), in milliseconds since the
-    /// Unix epoch. The consumer uses it to tell a stream deleted and created again under the same name from the one
-    /// its checkpoints were written for (see [the crate docs](crate#a-stream-created-again)). `None` (unknown) turns
-    /// that detection off. Required (no default), so that a wrapper cannot turn it off by forgetting to forward it.
-    async fn stream_created_ms(&self, stream: &str) -> Result<Option<u64>, ApiError>;
+    /// What the consumer needs to know of `stream` (DescribeStreamSummary), asked once when the stream's scan starts:
+    /// its ARN (records carry it, fan-out consumers are registered on it) and when it was created (to tell a stream
+    /// deleted and created again under the same name from the one its checkpoints were written for, see
+    /// [the crate docs](crate#a-stream-created-again)). Required (no default), so that a wrapper cannot turn the
+    /// detection off by forgetting to forward it.
+    async fn describe_stream_summary(&self, stream: &str) -> Result<StreamSummary, ApiError>;
 
     /// Registers a fan-out consumer named `name` on the stream `stream_arn` (RegisterStreamConsumer).
     async fn register_stream_consumer(&self, stream_arn: &str, name: &str) -> Result<StreamConsumer, ApiError> {
@@ -504,9 +523,11 @@ where
 #[async_trait]
 impl KinesisApi for aws_sdk_kinesis::Client {
     async fn list_shards(&self, stream: &str, next_token: Option<&str>) -> Result<ShardPage, ApiError> {
-        // ListShards takes either a stream name or a next token, never both.
+        // ListShards takes either the stream or a next token (which names the stream), never both; the KCL sends a
+        // stream ARN on the first page only too.
         let request = match next_token {
             Some(token) => self.list_shards().next_token(token),
+            None if is_arn(stream) => self.list_shards().stream_arn(stream),
             None => self.list_shards().stream_name(stream),
         };
         let out = request.send().await.map_err(ApiError::from_sdk)?;
@@ -522,7 +543,8 @@ impl KinesisApi for aws_sdk_kinesis::Client {
         shard_id: &str,
         position: &StartingPosition,
     ) -> Result<String, ApiError> {
-        let request = self.get_shard_iterator().stream_name(stream).shard_id(shard_id);
+        let request = self.get_shard_iterator().shard_id(shard_id);
+        let request = if is_arn(stream) { request.stream_arn(stream) } else { request.stream_name(stream) };
         let request = match position {
             StartingPosition::TrimHorizon => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
             StartingPosition::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
@@ -556,9 +578,9 @@ impl KinesisApi for aws_sdk_kinesis::Client {
     }
 
     async fn put_record(&self, stream: &str, partition_key: &str, data: Bytes) -> Result<String, ApiError> {
-        let out = self
-            .put_record()
-            .stream_name(stream)
+        let request = self.put_record();
+        let request = if is_arn(stream) { request.stream_arn(stream) } else { request.stream_name(stream) };
+        let out = request
             .partition_key(partition_key)
             .data(aws_sdk_kinesis::primitives::Blob::new(data))
             .send()
@@ -567,17 +589,15 @@ impl KinesisApi for aws_sdk_kinesis::Client {
         Ok(out.sequence_number)
     }
 
-    async fn stream_arn(&self, stream: &str) -> Result<String, ApiError> {
-        let out = self.describe_stream_summary().stream_name(stream).send().await.map_err(ApiError::from_sdk)?;
-        out.stream_description_summary.map(|s| s.stream_arn).ok_or_else(|| {
+    async fn describe_stream_summary(&self, stream: &str) -> Result<StreamSummary, ApiError> {
+        let request = self.describe_stream_summary();
+        let request = if is_arn(stream) { request.stream_arn(stream) } else { request.stream_name(stream) };
+        let out = request.send().await.map_err(ApiError::from_sdk)?;
+        let summary = out.stream_description_summary.ok_or_else(|| {
             ApiError::new(ApiErrorKind::Transient, Some("DescribeStreamSummary returned no description".to_owned()))
-        })
-    }
-
-    async fn stream_created_ms(&self, stream: &str) -> Result<Option<u64>, ApiError> {
-        let out = self.describe_stream_summary().stream_name(stream).send().await.map_err(ApiError::from_sdk)?;
-        let created = out.stream_description_summary.map(|s| s.stream_creation_timestamp);
-        Ok(created.and_then(|t| u64::try_from(t.to_millis().ok()?).ok()))
+        })?;
+        let created = u64::try_from(summary.stream_creation_timestamp.to_millis().unwrap_or(-1)).ok();
+        Ok(StreamSummary::new(summary.stream_arn, created))
     }
 
     async fn register_stream_consumer(&self, stream_arn: &str, name: &str) -> Result<StreamConsumer, ApiError> {

@@ -44,14 +44,18 @@ impl std::fmt::Debug for Consumer {
 }
 
 impl Consumer {
-    /// A builder for a consumer of `stream`.
+    /// A builder for a consumer of `stream`: its name (a stream of the client's account and region), or its ARN (any
+    /// stream the credentials may read, cross-account ones included; see [`StreamId`](crate::StreamId)). Records,
+    /// metrics, logs and checkpoint keys name the stream as given here.
     pub fn builder(stream: impl Into<String>) -> ConsumerBuilder {
         ConsumerBuilder::new(stream.into())
     }
 
     /// A builder for a consumer of several streams, each read as [`builder`](Self::builder)'s one stream is, by one
-    /// scan: names (`"orders"`), or [`TrackedStream`]s with an initial position of their own. Every setting of the
-    /// builder applies to each stream; records tell their stream by [`Record::stream`](crate::Record::stream).
+    /// scan: names (`"orders"`) or ARNs (`"arn:aws:kinesis:eu-west-1:123456789012:stream/orders"`, cross-account
+    /// streams), or [`TrackedStream`]s with an initial position of their own. Every setting of the
+    /// builder applies to each stream; records tell their stream by [`Record::stream`](crate::Record::stream) (as
+    /// given) and [`Record::stream_arn`](crate::Record::stream_arn).
     ///
     /// The streams share the consumer's Kinesis client and its
     /// [`max_calls_in_flight`](ConsumerBuilder::max_calls_in_flight), the checkpoint store (keyed by app, stream and
@@ -108,7 +112,7 @@ impl Consumer {
         ConsumerBuilder::new_streams(Streams::Tracked(Arc::new(tracker)))
     }
 
-    /// The stream this consumer reads (empty for a consumer of several streams).
+    /// The stream this consumer reads, as given (name or ARN; empty for a consumer of several streams).
     pub fn stream(&self) -> &str {
         &self.cfg.stream
     }
@@ -197,15 +201,16 @@ impl Consumer {
             store: bounded_and_limited(Arc::clone(&self.store), self.cfg.store_timeout, self.cfg.max_calls_in_flight),
             lifecycle: Arc::clone(&self.lifecycle),
             consumer_arn: None,
+            stream_arn: Arc::from(""),
             stream_key: Arc::from(self.cfg.stream.as_str()),
             closed_shards: Arc::default(),
         }
     }
 }
 
-/// Configures a [`Consumer`]. Required: the stream name (given to [`Consumer::builder`]); everything else has a
-/// default, stated on its method. [`build`](Self::build) validates: among other things, every duration (here and in
-/// [`Group`]) is at most [`MAX_DURATION`](crate::MAX_DURATION), a year.
+/// Configures a [`Consumer`]. Required: the stream, by name or ARN (given to [`Consumer::builder`]); everything else
+/// has a default, stated on its method. [`build`](Self::build) validates: among other things, every duration (here and
+/// in [`Group`]) is at most [`MAX_DURATION`](crate::MAX_DURATION), a year.
 #[must_use]
 pub struct ConsumerBuilder {
     cfg: Config,

@@ -10,7 +10,7 @@ use kc_checkpoint::Checkpoint;
 use crate::error::{BoxError, Error};
 use crate::failure::{FailurePolicy, Settled};
 use crate::handler::{Batch, BatchFailure, BatchHandler, Outcome, RecordHandler};
-use crate::record::Record;
+use crate::record::{Origin, Record};
 use crate::shard::ShardCx;
 
 /// What happened to a batch.
@@ -82,9 +82,9 @@ impl Progress {
 
 /// How a shard's records reach the user: one at a time, one batch at a time, or through the caller's streams.
 pub(crate) trait Deliver: Send + Sync + 'static {
-    /// The shard's reader `reader` (unique in the process) starts reading it.
-    fn shard_started(&self, reader: u64, shard_id: &Arc<str>) {
-        let _ = (reader, shard_id);
+    /// The shard's reader `reader` (unique in the process) starts reading it; `origin`: its stream and id.
+    fn shard_started(&self, reader: u64, origin: &Arc<Origin>) {
+        let _ = (reader, origin);
     }
 
     /// The reader `reader` stopped (its shard ended, the scan stopped, a lease was lost, an error).

@@ -1,17 +1,17 @@
-//! Shard discovery, for the single consumer and for a group's workers alike: listing the stream's shards (following
-//! NextToken, retried as [`list`] says), and, for the single consumer, [`Shards`]: which shards can start and how
-//! (parents before children).
+//! Shard discovery, for the single consumer and for a group's workers alike: what the stream is ([`describe`]: its
+//! ARN and creation time, once at the start), listing the stream's shards (following NextToken, retried as [`list`]
+//! says), and, for the single consumer, [`Shards`]: which shards can start and how (parents before children).
 
 use std::collections::{HashMap, HashSet};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::api::{ApiError, ApiErrorKind, KinesisApi, ShardInfo};
+use crate::api::{ApiError, ApiErrorKind, KinesisApi, ShardInfo, StreamSummary};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind};
-use crate::retry::{retry, Policy, Retried};
+use crate::retry::{retry, setup_call, Policy, Retried};
 use crate::shard::{ShardExit, StartHint};
 
 /// The outcome of listing the shards.
@@ -28,6 +28,28 @@ pub(crate) fn ticker(every: std::time::Duration) -> tokio::time::Interval {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.reset();
     ticker
+}
+
+/// The stream's ARN and creation time (DescribeStreamSummary), asked once when its scan starts; throttling and
+/// transient failures are retried. `None` if `stop` fired meanwhile. A missing stream is a
+/// [`StreamNotFound`](ErrorKind::StreamNotFound) error, any other failure a [`Kinesis`](ErrorKind::Kinesis) error
+/// (e.g. a service that refuses a stream ARN: kinesalite answers a `StreamARN` with a ValidationException).
+pub(crate) async fn describe(
+    api: &dyn KinesisApi,
+    cfg: &Config,
+    stop: &CancellationToken,
+) -> Result<Option<StreamSummary>, Error> {
+    let stream = cfg.stream.as_str();
+    let mut backoff = Backoff::new(cfg.backoff_base, cfg.backoff_max);
+    // Bounded by the call timeout in the API itself (`limit`: from when the call is sent, not queued).
+    match setup_call(&mut backoff, stop, "DescribeStreamSummary", || api.describe_stream_summary(stream)).await {
+        None => Ok(None),
+        Some(Ok(summary)) => Ok(Some(summary)),
+        Some(Err(e)) => {
+            let kind = if e.kind() == ApiErrorKind::NotFound { ErrorKind::StreamNotFound } else { ErrorKind::Kinesis };
+            Err(Error::new(kind, "DescribeStreamSummary failed").with_source(e).at(stream, None))
+        }
+    }
 }
 
 /// Every shard of the stream, following NextToken. A missing stream or a permanent failure is an error. A retryable

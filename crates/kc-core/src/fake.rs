@@ -2,7 +2,8 @@
 //!
 //! It keeps streams, shards and records in memory; supports splits and merges (parents closed, children listed with
 //! their parent ids, `ChildShards` in the last GetRecords of a parent unless turned off), and injected faults:
-//! errors of a given kind for the next calls of an operation, and expiry of every outstanding iterator.
+//! errors of a given kind for the next calls of an operation, and expiry of every outstanding iterator. The API calls
+//! find a stream by its name or by its ARN ([`FakeKinesis::stream_arn`]); the helpers of the tests take names.
 //!
 //! Enhanced fan-out is faked too: stream consumers (CREATING for [`FakeKinesis::consumer_activation`], then ACTIVE)
 //! and SubscribeToShard subscriptions that push the shard's records in events of at most
@@ -32,7 +33,7 @@ use tokio::time::Instant;
 
 use crate::api::{
     ApiError, ApiErrorKind, ConsumerLookup, ConsumerStatus, KinesisApi, RawRecord, RecordBatch, ShardInfo, ShardPage,
-    ShardSubscription, StartingPosition, StreamConsumer, SubscribeEvent,
+    ShardSubscription, StartingPosition, StreamConsumer, StreamSummary, SubscribeEvent,
 };
 
 /// A Kinesis operation, for fault injection and call counts.
@@ -44,7 +45,7 @@ pub enum Op {
     GetShardIterator,
     /// GetRecords.
     GetRecords,
-    /// DescribeStreamSummary (the stream's ARN, for fan-out).
+    /// DescribeStreamSummary (the stream's ARN and creation time, once per stream at the start of its scan).
     DescribeStreamSummary,
     /// RegisterStreamConsumer.
     RegisterStreamConsumer,
@@ -123,8 +124,10 @@ struct State {
 
 const STREAM_ARN_PREFIX: &str = "arn:aws:kinesis:us-east-1:000000000000:stream/";
 
-fn stream_arn(stream: &str) -> String {
-    format!("{STREAM_ARN_PREFIX}{stream}")
+/// The name of the stream the API calls were given: a name as it is, an ARN of the fake's account and region by its
+/// last part (any other ARN names no stream of the fake).
+fn stream_name(stream: &str) -> &str {
+    stream.strip_prefix(STREAM_ARN_PREFIX).unwrap_or(stream)
 }
 
 /// The fake. Clones share state: keep one to put records and inject faults while a consumer reads another.
@@ -146,6 +149,12 @@ impl FakeKinesis {
     /// An empty fake.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The ARN of the stream `name` (`arn:aws:kinesis:us-east-1:000000000000:stream/{name}`): the API calls take a
+    /// stream by its name or by this ARN, and DescribeStreamSummary answers it.
+    pub fn stream_arn(name: &str) -> String {
+        format!("{STREAM_ARN_PREFIX}{name}")
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -409,7 +418,7 @@ impl FakeKinesis {
 
     fn add_consumer(st: &mut State, stream: &str, name: &str, activation: Duration) -> String {
         st.next_consumer += 1;
-        let arn = format!("{}/consumer/{name}:{}", stream_arn(stream), st.next_consumer);
+        let arn = format!("{}/consumer/{name}:{}", Self::stream_arn(stream), st.next_consumer);
         let consumer =
             FakeConsumer { name: name.to_owned(), stream: stream.to_owned(), active_at: Instant::now() + activation };
         st.consumers.insert(arn.clone(), consumer);
@@ -617,6 +626,7 @@ fn not_found(what: String) -> ApiError {
 #[async_trait]
 impl KinesisApi for FakeKinesis {
     async fn put_record(&self, stream: &str, partition_key: &str, data: Bytes) -> Result<String, ApiError> {
+        let stream = stream_name(stream);
         {
             let st = self.begin(Op::PutRecord)?;
             if !st.streams.contains_key(stream) {
@@ -634,7 +644,7 @@ impl KinesisApi for FakeKinesis {
                 let (s, i) = token.rsplit_once('|').ok_or_else(|| not_found(format!("bad token {token}")))?;
                 (s.to_owned(), i.parse::<usize>().map_err(|_| not_found(format!("bad token {token}")))?)
             }
-            None => (stream.to_owned(), 0),
+            None => (stream_name(stream).to_owned(), 0),
         };
         let s = st.streams.get(&stream).ok_or_else(|| not_found(format!("stream {stream}")))?;
         let page = st.list_page_size.unwrap_or(usize::MAX);
@@ -652,6 +662,7 @@ impl KinesisApi for FakeKinesis {
     ) -> Result<String, ApiError> {
         let _flight = self.fly().await;
         let st = self.begin(Op::GetShardIterator)?;
+        let stream = stream_name(stream);
         let shard = st
             .streams
             .get(stream)
@@ -695,18 +706,11 @@ impl KinesisApi for FakeKinesis {
         })
     }
 
-    async fn stream_arn(&self, stream: &str) -> Result<String, ApiError> {
+    async fn describe_stream_summary(&self, stream: &str) -> Result<StreamSummary, ApiError> {
         let st = self.begin(Op::DescribeStreamSummary)?;
-        if !st.streams.contains_key(stream) {
-            return Err(not_found(format!("stream {stream}")));
-        }
-        Ok(stream_arn(stream))
-    }
-
-    async fn stream_created_ms(&self, stream: &str) -> Result<Option<u64>, ApiError> {
-        let st = self.begin(Op::DescribeStreamSummary)?;
-        match st.streams.get(stream) {
-            Some(s) => Ok(Some(s.created_ms)),
+        let name = stream_name(stream);
+        match st.streams.get(name) {
+            Some(s) => Ok(StreamSummary::new(Self::stream_arn(name), Some(s.created_ms))),
             None => Err(not_found(format!("stream {stream}"))),
         }
     }

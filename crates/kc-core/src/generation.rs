@@ -5,14 +5,15 @@
 //! time an app's checkpoints (or a group's leases) meet a stream, the stream's creation time is recorded beside them:
 //! a marker. A later start that finds the marker and a stream created at another time knows that the stream is a new
 //! one and keys its checkpoints (or leases) by `{stream}@{creation ms}` instead of `{stream}`, so it starts at the
-//! initial position; the old stream's checkpoints stay as they were. `@` is not allowed in stream names, so no stream
-//! has such a key.
+//! initial position; the old stream's checkpoints stay as they were. `@` is not allowed in stream names or ARNs, so
+//! no stream has such a key. A stream named by its ARN is keyed by its ARN (`{arn}@{creation ms}` when created
+//! again).
 //!
 //! Where the marker lives, without a change of schema in any backend:
 //! - a checkpoint store: the checkpoint of the shard [`MARKER`] of the stream, a sequence number that is the creation
 //!   time in ms (written once, when missing);
-//! - a group's lease table: an entry keyed by the stream name in the scope (group, [`MARKER`]), the creation time
-//!   in its parents (set by `create`, which only one worker wins).
+//! - a group's lease table: an entry keyed by the stream (name or ARN, as given) in the scope (group, [`MARKER`]), the
+//!   creation time in its parents (set by `create`, which only one worker wins).
 //!
 //! Checkpoints written before markers existed are the stream's: with no marker there is no way to tell, and the
 //! marker is written then. An implementation of `KinesisApi` that does not tell the creation time gets the plain key.
@@ -24,11 +25,8 @@ use kc_checkpoint::{Checkpoint, CheckpointStore, SequenceNumber, ShardKey};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::api::{ApiErrorKind, KinesisApi};
-use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind};
-use crate::retry::setup_call;
 
 /// The shard id of the marker in a checkpoint store, and the stream name of its scope in a lease table (`#` is not
 /// allowed in shard ids or stream names).
@@ -42,26 +40,19 @@ pub(crate) enum MarkerAt<'a> {
     Leases(&'a dyn LeaseTable, &'a str),
 }
 
-/// The key of the stream's checkpoints or leases: its name, or `{name}@{creation ms}` when the stream was created
-/// again since the marker was written. `None` if `cancel` fired meanwhile.
+/// The key of the stream's checkpoints or leases: the stream as given (its name or its ARN), or
+/// `{stream}@{creation ms}` when the stream was created again since the marker was written. `created_ms` is the
+/// stream's creation time as DescribeStreamSummary told it (`None`: unknown, the plain key). `None` if `cancel` fired
+/// meanwhile.
 pub(crate) async fn stream_key(
     cfg: &Config,
-    api: &dyn KinesisApi,
+    created_ms: Option<u64>,
     cancel: &CancellationToken,
     at: MarkerAt<'_>,
 ) -> Result<Option<Arc<str>>, Error> {
     let stream = cfg.stream.as_str();
-    let mut backoff = Backoff::new(cfg.backoff_base, cfg.backoff_max);
-    // Bounded by the call timeout in the API itself (`limit`: from when the call is sent, not queued).
-    let created = setup_call(&mut backoff, cancel, "DescribeStreamSummary", || api.stream_created_ms(stream)).await;
-    let created = match created {
-        None => return Ok(None),
-        Some(Ok(Some(created))) => created,
-        Some(Ok(None)) => return Ok(Some(Arc::from(stream))),
-        Some(Err(e)) => {
-            let kind = if e.kind() == ApiErrorKind::NotFound { ErrorKind::StreamNotFound } else { ErrorKind::Kinesis };
-            return Err(Error::new(kind, "DescribeStreamSummary failed").with_source(e).at(stream, None));
-        }
+    let Some(created) = created_ms else {
+        return Ok(Some(Arc::from(stream)));
     };
     // A stop does not wait for the marker's calls (each bounded by the store timeout): nothing started yet.
     let marker = async {

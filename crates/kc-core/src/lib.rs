@@ -143,15 +143,28 @@
 //! marker existed are taken as the stream's (there is no way to tell), and the marker is written then. A stream
 //! created again while a consumer runs is seen at the next start (the running one stops with
 //! [`ErrorKind::StreamNotFound`] when the old stream goes away). A [`api::KinesisApi`] that does not
-//! tell the creation time (the trait's default) keeps the plain key. The MySQL lease table's `stream_name` column
-//! holds 128 characters: a stream created again whose name is longer than 114 characters cannot be keyed there.
+//! tell the creation time ([`api::StreamSummary::created_ms`] `None`) keeps the plain key. A stream named by ARN is
+//! keyed the same way by its ARN (`{arn}@{creation ms}`); the MySQL tables' key columns hold such keys (see the
+//! store crate's docs).
 //!
 //! # Several streams
 //! [`Consumer::builder_for_streams`] reads several streams with one consumer, one handler and one checkpoint store;
 //! [`Consumer::builder_tracking`] reads the streams a [`StreamTracker`] names, asked on the discovery interval, so
 //! streams are added (started at their initial position, [`TrackedStream::initial_position`]) and removed (stopped
 //! gracefully, checkpoints written) while the scan runs. [`Record::stream`] tells a record's stream. Checkpoints are
-//! keyed by app, stream and shard as for one stream: no migration. With `fan_out(name)`, the stream consumer is
+//! keyed by app, stream and shard as for one stream: no migration.
+//!
+//! # Streams named by ARN
+//! Wherever a stream is given ([`Consumer::builder`], [`Consumer::builder_for_streams`], [`TrackedStream`]) it may be
+//! a name (a stream of the client's account and region) or an ARN, `arn:aws:kinesis:REGION:ACCOUNT:stream/NAME`:
+//! how a stream of another account (cross-account, allowed by the stream's resource policy) is named. [`StreamId`]
+//! is the check `build()` makes. The consumer sends `StreamARN` instead of `StreamName` for an ARN on every call that
+//! takes a stream, and asks DescribeStreamSummary once at each stream's start for its ARN and creation time.
+//! [`Record::stream`] is the stream as given (the metrics' and logs' label too) and [`Record::stream_arn`] its ARN
+//! either way. Checkpoints and leases are keyed by the stream as given, so a stream named by ARN is keyed by its ARN,
+//! and tables keyed by names keep working; the same stream named once by name and once by ARN is two keys (not
+//! detected: name each stream one way). kinesalite does not accept `StreamARN`: a stream named by ARN there fails at
+//! once with an [`ErrorKind::Kinesis`] error ("DescribeStreamSummary failed"); AWS and kinesis-mock accept it. With `fan_out(name)`, the stream consumer is
 //! registered on each stream. In a consumer group, the leases of every stream are in the group's lease table and a
 //! worker's fair share counts all of them (see [`Consumer::builder_for_streams`]).
 //!
@@ -190,6 +203,7 @@ mod retry;
 mod scan;
 mod shard;
 mod source;
+mod stream_id;
 pub mod streams;
 mod tracker;
 
@@ -203,5 +217,6 @@ pub use handler::{Batch, BatchFailure, BatchHandler, Outcome, RecordHandler};
 pub use kc_checkpoint::{Checkpoint, CheckpointStore, MemoryStore, SequenceNumber, ShardKey};
 pub use lifecycle::{Lifecycle, NoLifecycle};
 pub use record::Record;
+pub use stream_id::StreamId;
 pub use streams::{AckBatch, ShardStream, Shards};
 pub use tracker::{StreamTracker, TrackedStream};

@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::api::{
     ApiError, ApiErrorKind, ConsumerLookup, KinesisApi, RecordBatch, ShardPage, ShardSubscription, StartingPosition,
-    StreamConsumer,
+    StreamConsumer, StreamSummary,
 };
 
 /// `inner` with at most `permits` calls in flight, each bounded by `timeout` once sent.
@@ -70,12 +70,8 @@ impl KinesisApi for Limited {
         self.call(self.inner.put_record(stream, partition_key, data)).await
     }
 
-    async fn stream_arn(&self, stream: &str) -> Result<String, ApiError> {
-        self.call(self.inner.stream_arn(stream)).await
-    }
-
-    async fn stream_created_ms(&self, stream: &str) -> Result<Option<u64>, ApiError> {
-        self.call(self.inner.stream_created_ms(stream)).await
+    async fn describe_stream_summary(&self, stream: &str) -> Result<StreamSummary, ApiError> {
+        self.call(self.inner.describe_stream_summary(stream)).await
     }
 
     async fn register_stream_consumer(&self, stream_arn: &str, name: &str) -> Result<StreamConsumer, ApiError> {
@@ -129,8 +125,8 @@ mod tests {
             self.now.fetch_sub(1, Ordering::SeqCst);
             Ok(RecordBatch::default())
         }
-        async fn stream_created_ms(&self, _: &str) -> Result<Option<u64>, ApiError> {
-            Ok(None)
+        async fn describe_stream_summary(&self, _: &str) -> Result<StreamSummary, ApiError> {
+            Ok(StreamSummary::new("arn:aws:kinesis:us-east-1:000000000000:stream/it", None))
         }
     }
 

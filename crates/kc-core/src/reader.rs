@@ -28,23 +28,28 @@ pub(crate) struct Shared {
     pub(crate) lifecycle: Arc<dyn Lifecycle>,
     /// The fan-out consumer's ARN when records come by SubscribeToShard; `None` for polling.
     pub(crate) consumer_arn: Option<Arc<str>>,
-    /// The stream's key in the checkpoints and leases: its name, or `{name}@{creation ms}` for a stream created
-    /// again under the name (see [`generation`]).
+    /// The stream's ARN, as DescribeStreamSummary tells it (empty until [`prepare`](Self::prepare)).
+    pub(crate) stream_arn: Arc<str>,
+    /// The stream's key in the checkpoints and leases: the stream as given (name or ARN), or `{stream}@{creation ms}`
+    /// for a stream created again under the name (see [`generation`]).
     pub(crate) stream_key: Arc<str>,
     /// The closed shards as the last fan-out probe listed them, for every shard task.
     pub(crate) closed_shards: Arc<fan_out::ClosedShards>,
 }
 
 impl Shared {
-    /// Resolves the fan-out consumer when fan-out is on (registered if needed, then waited for until ACTIVE) and the
-    /// stream's key (in `group`'s lease table for a group's worker: the table and the group's name); `None` if
-    /// `cancel` fired meanwhile.
+    /// Describes the stream (its ARN and creation time: one DescribeStreamSummary), resolves the fan-out consumer
+    /// when fan-out is on (registered if needed, then waited for until ACTIVE) and the stream's key (in `group`'s
+    /// lease table for a group's worker: the table and the group's name); `None` if `cancel` fired meanwhile.
     pub(crate) async fn prepare(
         mut self,
         cancel: &CancellationToken,
         group: Option<(&dyn LeaseTable, &str)>,
     ) -> Result<Option<Self>, Error> {
-        self.consumer_arn = fan_out::resolve(&self.cfg, &self.api, cancel).await?;
+        let Some(summary) = discovery::describe(&*self.api, &self.cfg, cancel).await? else {
+            return Ok(None);
+        };
+        self.consumer_arn = fan_out::resolve(&self.cfg, &self.api, &summary.arn, cancel).await?;
         if self.cfg.fan_out.is_some() && self.consumer_arn.is_none() {
             return Ok(None);
         }
@@ -52,10 +57,11 @@ impl Shared {
             Some((table, name)) => MarkerAt::Leases(table, name),
             None => MarkerAt::Store(&*self.store),
         };
-        let Some(key) = generation::stream_key(&self.cfg, &*self.api, cancel, at).await? else {
+        let Some(key) = generation::stream_key(&self.cfg, summary.created_ms, cancel, at).await? else {
             return Ok(None);
         };
         self.stream_key = key;
+        self.stream_arn = Arc::from(summary.arn);
         Ok(Some(self))
     }
 
@@ -134,7 +140,7 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
             progress: Progress::default(),
             drop_until: None,
             id: READERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            origin: Origin::new(&cfg.stream, shard_id),
+            origin: Origin::new(&cfg.stream, &shared.stream_arn, shard_id),
         }
     }
 
@@ -222,7 +228,7 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
         };
         info!(position = ?start, "shard started");
         self.shared.lifecycle.shard_started(&self.cx.shard_id, &start);
-        self.deliver.shard_started(self.id, &self.cx.shard_id);
+        self.deliver.shard_started(self.id, &self.origin);
         let source = Source::new(self.shared.consumer_arn.as_ref(), start);
         // With prefetch (polling), the next batch is fetched in a task of its own while this one is delivered.
         let mut fetch = Fetch::new(source, &self.cx, self.shared.cfg.prefetch);

@@ -13,17 +13,33 @@ enum Key {
     Shared(Bytes),
 }
 
-/// Where a record was read from: its stream and shard, in one allocation shared by every record of a shard reader,
-/// so that a record costs one reference count for both.
+/// Where a record was read from: its stream (as given, and its ARN) and shard, in one allocation shared by every
+/// record of a shard reader, so that a record costs one reference count for all of them.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Origin {
     stream: Box<str>,
+    stream_arn: Box<str>,
     shard_id: Box<str>,
 }
 
 impl Origin {
-    pub(crate) fn new(stream: &str, shard_id: &str) -> Arc<Self> {
-        Arc::new(Self { stream: stream.into(), shard_id: shard_id.into() })
+    pub(crate) fn new(stream: &str, stream_arn: &str, shard_id: &str) -> Arc<Self> {
+        Arc::new(Self { stream: stream.into(), stream_arn: stream_arn.into(), shard_id: shard_id.into() })
+    }
+
+    /// The stream as the consumer was given it (name or ARN).
+    pub(crate) fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The stream's ARN.
+    pub(crate) fn stream_arn(&self) -> &str {
+        &self.stream_arn
+    }
+
+    /// The shard's id.
+    pub(crate) fn shard_id(&self) -> &str {
+        &self.shard_id
     }
 }
 
@@ -48,8 +64,8 @@ pub struct Record {
 }
 
 impl Record {
-    /// A record of `shard_id` (for tests of handlers; the consumer builds its own), of no stream (an empty name; see
-    /// [`with_stream`](Self::with_stream)).
+    /// A record of `shard_id` (for tests of handlers; the consumer builds its own), of no stream (an empty name and
+    /// ARN; see [`with_stream`](Self::with_stream) and [`with_stream_arn`](Self::with_stream_arn)).
     pub fn new(
         shard_id: impl AsRef<str>,
         sequence_number: SequenceNumber,
@@ -63,7 +79,7 @@ impl Record {
             sub_sequence_number: None,
             approximate_arrival_timestamp: None,
             explicit_hash_key: None,
-            origin: Origin::new("", shard_id.as_ref()),
+            origin: Origin::new("", "", shard_id.as_ref()),
             millis_behind_latest: None,
             completes_kinesis_record: true,
         }
@@ -150,9 +166,17 @@ impl Record {
         &self.origin.shard_id
     }
 
-    /// The name of the stream the record was read from (one consumer may read several).
+    /// The stream the record was read from (one consumer may read several), as the consumer was given it: its name,
+    /// or its ARN for a stream named by ARN. The label of the stream in metrics, logs and errors too.
     pub fn stream(&self) -> &str {
         &self.origin.stream
+    }
+
+    /// The ARN of the stream the record was read from, as DescribeStreamSummary told it when the stream's scan
+    /// started, whether the stream was named by name or by ARN: it tells streams of the same name in different
+    /// accounts or regions apart.
+    pub fn stream_arn(&self) -> &str {
+        &self.origin.stream_arn
     }
 
     /// How far behind the tip of the shard the GetRecords call that returned this record was.
@@ -168,9 +192,15 @@ impl Record {
         }
     }
 
-    /// Sets the stream's name (for tests of handlers).
+    /// Sets the stream, as a consumer would have been given it (for tests of handlers).
     pub fn with_stream(mut self, stream: &str) -> Self {
-        self.origin = Origin::new(stream, &self.origin.shard_id);
+        self.origin = Origin::new(stream, &self.origin.stream_arn, &self.origin.shard_id);
+        self
+    }
+
+    /// Sets the stream's ARN (for tests of handlers).
+    pub fn with_stream_arn(mut self, stream_arn: &str) -> Self {
+        self.origin = Origin::new(&self.origin.stream, stream_arn, &self.origin.shard_id);
         self
     }
 

@@ -60,7 +60,7 @@ use crate::consumer::Consumer;
 use crate::deliver::{Deliver, Delivered, Progress};
 use crate::error::{Error, ErrorKind};
 use crate::handler::{Batch, Outcome};
-use crate::record::Record;
+use crate::record::{Origin, Record};
 use crate::shard::ShardCx;
 
 /// Every shard of a scan started by [`Consumer::into_shards`], as it starts: a [`Stream`] of [`ShardStream`]s. It ends
@@ -113,14 +113,24 @@ impl Drop for Shards {
 /// a group) the lease is lost or released.
 #[derive(Debug)]
 pub struct ShardStream {
-    shard_id: Arc<str>,
+    origin: Arc<Origin>,
     batches: mpsc::Receiver<AckBatch>,
 }
 
 impl ShardStream {
     /// The shard's id.
     pub fn shard_id(&self) -> &str {
-        &self.shard_id
+        self.origin.shard_id()
+    }
+
+    /// The shard's stream, as the consumer was given it (name or ARN; see [`Record::stream`]).
+    pub fn stream(&self) -> &str {
+        self.origin.stream()
+    }
+
+    /// The ARN of the shard's stream (see [`Record::stream_arn`]).
+    pub fn stream_arn(&self) -> &str {
+        self.origin.stream_arn()
     }
 }
 
@@ -193,11 +203,11 @@ fn dropped(what: &str, shard: &ShardCx<'_>) -> Error {
 }
 
 impl Deliver for Channels {
-    fn shard_started(&self, reader: u64, shard_id: &Arc<str>) {
+    fn shard_started(&self, reader: u64, origin: &Arc<Origin>) {
         let (tx, batches) = mpsc::channel(1);
         self.open().insert(reader, tx);
         // Nobody takes streams any more (`Shards` dropped or joined): the first batch finds the stream dropped.
-        let _ = self.started.send(ShardStream { shard_id: Arc::clone(shard_id), batches });
+        let _ = self.started.send(ShardStream { origin: Arc::clone(origin), batches });
     }
 
     fn shard_ended(&self, reader: u64) {

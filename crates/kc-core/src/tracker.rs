@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::config::{validate_stream_name, InitialPosition};
+use crate::config::InitialPosition;
 use crate::error::{BoxError, Error};
+use crate::stream_id::StreamId;
 
-/// A stream a consumer of several streams reads: its name and, if it differs from the builder's
+/// A stream a consumer of several streams reads: its name or ARN (see [`StreamId`]) and, if it differs from the builder's
 /// [`initial_position`](crate::ConsumerBuilder::initial_position), where its shards with no checkpoint start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrackedStream {
@@ -17,7 +18,7 @@ pub struct TrackedStream {
 }
 
 impl TrackedStream {
-    /// The stream `name`, starting at the builder's initial position.
+    /// The stream `name` (a name, or an ARN), starting at the builder's initial position.
     pub fn new(name: impl Into<String>) -> Self {
         Self { name: name.into(), initial_position: None }
     }
@@ -29,7 +30,7 @@ impl TrackedStream {
         self
     }
 
-    /// The stream's name.
+    /// The stream as given: its name, or its ARN.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -51,7 +52,8 @@ impl<S: Into<String>> From<S> for TrackedStream {
 /// [`Consumer::builder_tracking`]: crate::Consumer::builder_tracking
 #[async_trait]
 pub trait StreamTracker: Send + Sync + 'static {
-    /// The streams to read now. A name must be a valid stream name and appear once.
+    /// The streams to read now. Each must be a valid stream name or stream ARN ([`StreamId::parse`]) and appear once
+    /// (as given: a stream named once by name and once by ARN is read twice, under two keys).
     async fn streams(&self) -> Result<Vec<TrackedStream>, BoxError>;
 }
 
@@ -71,11 +73,11 @@ pub(crate) enum Streams {
     Tracked(Arc<dyn StreamTracker>),
 }
 
-/// Refuses an invalid stream name, or a name given twice.
+/// Refuses an invalid stream name or ARN, or one given twice.
 pub(crate) fn validate(streams: &[TrackedStream]) -> Result<(), Error> {
     let mut names = std::collections::HashSet::with_capacity(streams.len());
     for stream in streams {
-        validate_stream_name(&stream.name)?;
+        StreamId::parse(&stream.name)?;
         if !names.insert(stream.name.as_str()) {
             return Err(Error::config(format!("stream {:?} is named twice", stream.name)));
         }

@@ -8,7 +8,8 @@ use kc_checkpoint::Error;
 use sqlx::MySqlPool;
 
 use crate::error;
-use crate::table::TableName;
+use crate::table::{TableName, KEY_CHARS};
+use crate::upgrade::{upgrade, Column};
 
 /// A dead-letter destination that inserts each failed record as a row of a MySQL table (for
 /// `FailurePolicy::dead_letter` of the consumer). A row is committed before the consumer checkpoints past its record;
@@ -22,7 +23,7 @@ use crate::table::TableName;
 /// ```sql
 /// CREATE TABLE IF NOT EXISTS kinesis_dead_letters (
 ///     id bigint unsigned NOT NULL AUTO_INCREMENT PRIMARY KEY,
-///     stream_name varchar(128) NOT NULL,
+///     stream_name varchar(256) NOT NULL,
 ///     shard_id varchar(128) NOT NULL,
 ///     sequence_number varchar(129) NOT NULL,
 ///     sub_sequence_number bigint unsigned NULL,
@@ -59,12 +60,13 @@ impl MySqlDeadLetter {
         Ok(Self { pool, table, insert_sql })
     }
 
-    /// Creates the table if it does not exist.
+    /// Creates the table if it does not exist, and widens the `stream_name` of one an earlier version created (128
+    /// characters) to 256; safe when many processes call it at once.
     pub async fn create_table_if_missing(&self) -> Result<(), Error> {
         let sql = format!(
             "CREATE TABLE IF NOT EXISTS {} (\n\
              \tid bigint unsigned NOT NULL AUTO_INCREMENT PRIMARY KEY,\n\
-             \tstream_name varchar(128) NOT NULL,\n\
+             \tstream_name varchar({KEY_CHARS}) NOT NULL,\n\
              \tshard_id varchar(128) NOT NULL,\n\
              \tsequence_number varchar(129) NOT NULL,\n\
              \tsub_sequence_number bigint unsigned NULL,\n\
@@ -79,11 +81,10 @@ impl MySqlDeadLetter {
              )",
             self.table.as_str()
         );
-        sqlx::query(&sql)
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(|e| self.error("creating the dead-letter table", e))
+        sqlx::query(&sql).execute(&self.pool).await.map_err(|e| self.error("creating the dead-letter table", e))?;
+        // A table of an earlier version: `stream_name` widened (a record's stream is its ARN when named by one).
+        let columns = [Column::Varchar("stream_name", KEY_CHARS)];
+        upgrade(&self.pool, &self.table, &columns, |what, e| self.error(what, e)).await
     }
 
     fn error(&self, what: &str, e: sqlx::Error) -> Error {

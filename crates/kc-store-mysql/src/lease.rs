@@ -12,6 +12,8 @@ use crate::error;
 use crate::store::small_pool;
 use crate::store::MAX_SEQUENCE_DIGITS;
 use crate::table::TableName;
+use crate::table::KEY_CHARS;
+use crate::upgrade::{upgrade, Column};
 
 /// The columns every read returns (text columns cast to the connection's character set, since the table's binary
 /// collation marks them binary), in the order of [`Row`].
@@ -172,13 +174,15 @@ impl MySqlLeaseTable {
     }
 
     /// Creates the lease table (see the [crate docs](crate#the-lease-table) for the DDL) unless a table of that name
-    /// exists. An existing table is left as it is.
+    /// exists, and brings an existing one of an earlier version up to date (safe when many processes call it at
+    /// once): `created_at_ms` added, `stream_name` and `shard_id` widened to 256 characters (a stream named by ARN is
+    /// keyed by its ARN, and the group's markers put the stream's key in `shard_id`).
     pub async fn create_table_if_missing(&self) -> Result<(), Error> {
         let sql = format!(
             "CREATE TABLE IF NOT EXISTS {t} (\n\
              \tgroup_name varchar(255) NOT NULL,\n\
-             \tstream_name varchar(128) NOT NULL,\n\
-             \tshard_id varchar(128) NOT NULL,\n\
+             \tstream_name varchar({KEY_CHARS}) NOT NULL,\n\
+             \tshard_id varchar({KEY_CHARS}) NOT NULL,\n\
              \towner varchar(255) NULL,\n\
              \tcounter bigint unsigned NOT NULL DEFAULT 0,\n\
              \tsequence_number numeric(65,0) NULL,\n\
@@ -192,14 +196,14 @@ impl MySqlLeaseTable {
             t = self.table.as_str(),
         );
         sqlx::query(&sql).execute(&self.pool).await.map_err(|e| self.map("creating the lease table", e))?;
-        // A table created before leases carried their creation time gets the column (NULL in existing rows). MySQL
-        // has no `ADD COLUMN IF NOT EXISTS` (MariaDB has): a duplicate column (1060) says the table has it.
-        let upgrade = format!("ALTER TABLE {} ADD COLUMN created_at_ms bigint unsigned NULL", self.table.as_str());
-        match sqlx::query(&upgrade).execute(&self.pool).await {
-            Ok(_) => Ok(()),
-            Err(e) if error::is_duplicate_column(&e) => Ok(()),
-            Err(e) => Err(self.map("upgrading the lease table", e)),
-        }
+        // A table created before leases carried their creation time gets the column (NULL in existing rows); one
+        // created before streams could be named by ARN gets the wider key columns.
+        let columns = [
+            Column::Added("created_at_ms", "bigint unsigned NULL"),
+            Column::Varchar("stream_name", KEY_CHARS),
+            Column::Varchar("shard_id", KEY_CHARS),
+        ];
+        upgrade(&self.pool, &self.table, &columns, |what, e| self.map(what, e)).await
     }
 
     fn map(&self, what: &str, err: sqlx::Error) -> Error {

@@ -41,7 +41,7 @@
 //!
 //! ```sql
 //! CREATE TABLE IF NOT EXISTS kinesis_consumer (
-//!     namespace varchar(255) NOT NULL,
+//!     namespace varchar(512) NOT NULL,
 //!     shard_id varchar(255) NOT NULL,
 //!     sequence_number numeric(65,0) NOT NULL,
 //!     sub_sequence_number bigint unsigned NULL,
@@ -49,6 +49,10 @@
 //!     CONSTRAINT kinesis_consumer_pk PRIMARY KEY (namespace, shard_id)
 //! );
 //! ```
+//!
+//! `namespace` is `{app}-{stream key}`; a stream named by ARN is keyed by its ARN (up to about 200 characters with the
+//! suffix of a stream created again), so 512 leaves about 300 for the app. Tables of earlier versions and of the Go
+//! library have `varchar(255)`: `create_table_if_missing` widens it in place (see [Upgrades](#upgrades)).
 //!
 //! A table created for the Go library lacks the last two columns; add them once (existing rows keep their position,
 //! as whole records):
@@ -98,6 +102,28 @@
 //! - [`get`](kc_checkpoint::CheckpointStore::get) reads the row, returns the pending checkpoint instead if it is
 //!   newer, and `Ok(None)` only when there is neither.
 //!
+//! # Upgrades
+//! Every `create_table_if_missing` ([`MySqlStore`], [`MySqlLeaseTable`], [`MySqlDeadLetter`]) brings a table of an
+//! earlier version up to date in place, after its `CREATE TABLE IF NOT EXISTS`: the checkpoint table's `namespace`
+//! to `varchar(512)`, the lease table's `stream_name` and `shard_id` to `varchar(256)` (and its `created_at_ms`
+//! added), the dead-letter table's `stream_name` to `varchar(256)`; each widened column keeps its character set,
+//! collation and nullability. Many processes may call it at once (every worker of a group starting together): the
+//! upgrade holds a named lock of the server (`GET_LOCK`, one per table) while it reads the table's columns from
+//! `information_schema` and alters what is still narrow, so one process alters and the others find nothing to do.
+//! In utf8mb4 InnoDB widens the columns in place (their length prefix stays two bytes); a column of a single-byte
+//! character set under 256 bytes is widened by a copy of the table. A table already up to date costs three short
+//! statements, no DDL. The same by hand:
+//!
+//! ```sql
+//! ALTER TABLE kinesis_consumer MODIFY COLUMN namespace varchar(512) NOT NULL;
+//! ALTER TABLE kinesis_leases MODIFY COLUMN stream_name varchar(256) NOT NULL,
+//!     MODIFY COLUMN shard_id varchar(256) NOT NULL;
+//! ALTER TABLE kinesis_dead_letters MODIFY COLUMN stream_name varchar(256) NOT NULL;
+//! ```
+//!
+//! A key longer than its column is refused by the server in strict mode (the default of MySQL and MariaDB), as an
+//! [`ErrorKind::Permanent`](kc_checkpoint::ErrorKind::Permanent) error; without strict mode MySQL would cut it.
+//!
 //! # The lease table
 //! [`MySqlLeaseTable`] implements [`LeaseTable`](kc_checkpoint::lease::LeaseTable), the lease table of consumer
 //! groups (see [`kc_checkpoint::lease`]), in a table of its own. [`MySqlLeaseTable::create_table_if_missing`] runs
@@ -106,8 +132,8 @@
 //! ```sql
 //! CREATE TABLE IF NOT EXISTS kinesis_leases (
 //!     group_name varchar(255) NOT NULL,
-//!     stream_name varchar(128) NOT NULL,
-//!     shard_id varchar(128) NOT NULL,
+//!     stream_name varchar(256) NOT NULL,
+//!     shard_id varchar(256) NOT NULL,
 //!     owner varchar(255) NULL,
 //!     counter bigint unsigned NOT NULL DEFAULT 0,
 //!     sequence_number numeric(65,0) NULL,
@@ -126,7 +152,10 @@
 //! (`sequence_number` NULL: no checkpoint yet), with the same 65-digit limit. `created_at_ms` is when the lease was
 //! created (milliseconds since the Unix epoch, by the creating worker's clock; see
 //! [`Lease::created_at`](kc_checkpoint::lease::Lease::created_at)); `create_table_if_missing` adds it to a lease
-//! table created by an earlier version, whose rows then read with no creation time.
+//! table created by an earlier version, whose rows then read with no creation time. `stream_name` holds the stream's
+//! key (its name, or its ARN when the stream is named by one); `shard_id` holds the stream's key too in the group's
+//! marker rows (`#created`, `#changes`): both 256 characters, widened from 128 in tables of earlier versions (see
+//! [Upgrades](#upgrades)).
 //!
 //! Every write is one `UPDATE .. SET counter = counter + 1, .. WHERE group_name = ? AND stream_name = ? AND
 //! shard_id = ? AND counter = ? [AND owner = ?]`; no affected row means the condition did not hold (or the lease
@@ -256,6 +285,7 @@ mod error;
 mod lease;
 mod store;
 mod table;
+mod upgrade;
 
 pub use deadletter::MySqlDeadLetter;
 pub use lease::{MySqlLeaseTable, MySqlLeaseTableBuilder};

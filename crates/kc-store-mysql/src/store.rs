@@ -10,7 +10,8 @@ use kc_checkpoint::{sql, Checkpoint, CheckpointStore, Error, ErrorKind, ShardKey
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 
 use crate::error;
-use crate::table::TableName;
+use crate::table::{TableName, NAMESPACE_CHARS};
+use crate::upgrade::{upgrade, Column};
 
 /// Default of [`MySqlStoreBuilder::flush_interval`]: 5 seconds.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
@@ -103,15 +104,19 @@ impl MySqlStore {
     }
 
     /// Creates the checkpoint table (see the [crate docs](crate#the-table) for the DDL) unless a table of that name
-    /// exists. An existing table is left as it is, even if it lacks the columns this store needs.
+    /// exists, and widens the `namespace` column of an existing one narrower than 512 characters (a table of an
+    /// earlier version or of the Go library: streams named by ARN make longer namespaces); safe when many processes
+    /// call it at once. Otherwise an existing table is left as it is, even if it lacks the columns this store needs.
     pub async fn create_table_if_missing(&self) -> Result<(), Error> {
         let backend = self.engine.backend();
-        let sql = backend.table.create_table_sql();
+        let table = &backend.table;
+        let sql = table.create_table_sql();
         sqlx::query(&sql)
             .execute(&backend.pool)
             .await
-            .map(drop)
-            .map_err(|e| error::map("creating the checkpoint table", backend.table.as_str(), e))
+            .map_err(|e| error::map("creating the checkpoint table", table.as_str(), e))?;
+        let columns = [Column::Varchar("namespace", NAMESPACE_CHARS)];
+        upgrade(&backend.pool, table, &columns, |what, e| error::map(what, table.as_str(), e)).await
     }
 
     /// Flushes the pending checkpoints and stops the background task.

@@ -2,6 +2,17 @@
 
 use kc_checkpoint::{sql, Error};
 
+/// The width of the checkpoint table's `namespace` (`{app}-{stream}`): a stream's key is up to about 200 characters
+/// when it is named by ARN (`arn:aws-us-gov:kinesis:us-gov-west-1:123456789012:stream/` and 128, `@` and a creation
+/// time for a stream created again), which leaves 300 for the app. With `shard_id varchar(255)`, the primary key is at
+/// most 3,068 bytes in utf8mb4, under InnoDB's 3,072.
+pub(crate) const NAMESPACE_CHARS: u32 = 512;
+
+/// The width of a stream's key outside the checkpoint table's namespace: the lease table's `stream_name` and
+/// `shard_id` (the group's markers are keyed by the stream's key), the dead-letter table's `stream_name`. With
+/// `group_name varchar(255)`, the lease table's primary key is at most 3,068 bytes in utf8mb4.
+pub(crate) const KEY_CHARS: u32 = 256;
+
 /// The longest identifier part accepted (MySQL allows 64; 63 keeps one rule for both SQL stores).
 const MAX_IDENT_LEN: usize = 63;
 
@@ -32,7 +43,7 @@ impl TableName {
     pub(crate) fn create_table_sql(&self) -> String {
         format!(
             "CREATE TABLE IF NOT EXISTS {t} (\n\
-             \tnamespace varchar(255) NOT NULL,\n\
+             \tnamespace varchar({NAMESPACE_CHARS}) NOT NULL,\n\
              \tshard_id varchar(255) NOT NULL,\n\
              \tsequence_number numeric(65,0) NOT NULL,\n\
              \tsub_sequence_number bigint unsigned NULL,\n\

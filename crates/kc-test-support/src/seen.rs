@@ -13,8 +13,10 @@ use crate::check::{lock, number, tally};
 pub struct SeenRecord {
     /// The worker that handled it ([`Seen::for_worker`]; empty otherwise).
     pub worker: String,
-    /// The stream it came from.
+    /// The stream it came from, as the consumer was given it (name or ARN).
     pub stream: String,
+    /// The ARN of the stream it came from.
+    pub stream_arn: String,
     /// The shard it came from.
     pub shard: String,
     /// Its partition key.
@@ -48,6 +50,7 @@ impl Seen {
         let rec = SeenRecord {
             worker: self.worker.to_string(),
             stream: r.stream().to_owned(),
+            stream_arn: r.stream_arn().to_owned(),
             shard: r.shard_id().to_owned(),
             key: r.partition_key().to_owned(),
             data: String::from_utf8_lossy(r.data()).into_owned(),

@@ -140,7 +140,7 @@
 //! | [`MemoryStore`] | – | for tests and for consumers that may start over |
 //! | `ddb::DynamoDbStore` | `ddb` | the Go library's table plus three attributes; `create_table_if_missing` |
 //! | `postgres::PostgresStore` | `postgres` | the Go library's table plus two columns; a checkpoint inside your own transaction (`checkpoint_in_tx`) |
-//! | `mysql::MySqlStore` | `mysql` | the Go library's table plus two columns |
+//! | `mysql::MySqlStore` | `mysql` | the Go library's table plus two columns, `namespace` widened for streams named by ARN |
 //!
 //! The database stores buffer checkpoints in memory and flush the newest one per shard every 5 s (and when the scan
 //! stops); the database itself refuses a checkpoint that would move backwards. The feature `tls` adds TLS (rustls,
@@ -232,7 +232,9 @@
 //!   when acked ([`streams`] says when to use it rather than `scan`).
 //! - **Several streams**: [`Consumer::builder_for_streams`] reads several streams with one consumer, and
 //!   [`Consumer::builder_tracking`] follows a [`StreamTracker`] that adds and removes streams while it runs;
-//!   [`Record::stream`] tells them apart.
+//!   [`Record::stream`] tells them apart. A stream is given by its name or by its ARN (cross-account streams; see
+//!   [`StreamId`]): the ARN goes to Kinesis as `StreamARN`, [`Record::stream_arn`] is the stream's ARN either way,
+//!   and checkpoints are keyed by the stream as given.
 //!
 //! # Metrics and logs
 //!

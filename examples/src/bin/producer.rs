@@ -14,7 +14,7 @@ use tokio::io::AsyncBufReadExt as _;
 /// Puts stdin's lines on a Kinesis stream, one record per line.
 #[derive(Debug, Parser)]
 struct Args {
-    /// The stream's name.
+    /// The stream's name or ARN.
     #[arg(long)]
     stream: String,
     /// The Kinesis endpoint (`aws` for AWS itself, with the usual credential chain).

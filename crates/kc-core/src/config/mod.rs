@@ -7,6 +7,7 @@ mod group;
 use std::time::{Duration, SystemTime};
 
 use crate::error::Error;
+use crate::stream_id::StreamId;
 
 pub use group::Group;
 pub(crate) use group::GroupConfig;
@@ -91,11 +92,11 @@ impl Config {
     }
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
-        validate_stream_name(&self.stream)?;
+        StreamId::parse(&self.stream)?;
         self.validate_settings()
     }
 
-    /// Everything but the stream name (a consumer of several streams has none of its own).
+    /// Everything but the stream (a consumer of several streams has none of its own).
     pub(crate) fn validate_settings(&self) -> Result<(), Error> {
         if self.app.is_empty() {
             return Err(Error::config("the app name (checkpoint namespace) must not be empty"));
@@ -176,22 +177,6 @@ pub(crate) fn at_most_max(name: &str, value: Duration) -> Result<(), Error> {
     Ok(())
 }
 
-/// Checks a stream name against the Kinesis rules: 1 to 128 of `a-z A-Z 0-9 _ . -`.
-pub(crate) fn validate_stream_name(name: &str) -> Result<(), Error> {
-    if name.is_empty() {
-        return Err(Error::config("the stream name must not be empty"));
-    }
-    if name.len() > 128 {
-        return Err(Error::config(format!("the stream name is {} characters long, at most 128 allowed", name.len())));
-    }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
-        return Err(Error::config(format!(
-            "invalid stream name {name:?}: character {c:?} is not allowed (letters, digits, '_', '.', '-')"
-        )));
-    }
-    Ok(())
-}
-
 /// The fan-out consumer the builder was given.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum FanOutConfig {
@@ -242,26 +227,6 @@ impl FanOutConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stream_names() {
-        let cases = [
-            ("my-stream_1.x", None),
-            ("", Some("must not be empty")),
-            ("a b", Some("character ' '")),
-            ("x;drop", Some("character ';'")),
-            ("é", Some("not allowed")),
-        ];
-        for (name, want) in cases {
-            match (validate_stream_name(name), want) {
-                (Ok(()), None) => {}
-                (Err(e), Some(w)) => assert!(e.to_string().contains(w), "{name:?}: {e}"),
-                (r, w) => panic!("{name:?}: got {r:?}, want {w:?}"),
-            }
-        }
-        assert!(validate_stream_name(&"a".repeat(128)).is_ok());
-        assert!(validate_stream_name(&"a".repeat(129)).is_err());
-    }
 
     #[test]
     fn consumer_arns() {

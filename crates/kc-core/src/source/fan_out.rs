@@ -42,33 +42,24 @@ fn setup_error(cfg: &Config, what: &str, e: ApiError) -> Error {
     Error::new(kind, format!("enhanced fan-out: {what} failed")).with_source(e).at(&cfg.stream, None)
 }
 
-/// The ARN of the fan-out consumer to subscribe with, once it is ACTIVE (registered first when it is given by name
-/// and missing); `Ok(None)` for polling or when cancelled meanwhile.
+/// The ARN of the fan-out consumer to subscribe with, once it is ACTIVE (registered first on the stream `stream_arn`
+/// when it is given by name and missing); `Ok(None)` for polling or when cancelled meanwhile.
 pub(crate) async fn resolve(
     cfg: &Config,
     api: &Arc<dyn KinesisApi>,
+    stream_arn: &str,
     cancel: &CancellationToken,
 ) -> Result<Option<Arc<str>>, Error> {
     let Some(fan_out) = &cfg.fan_out else {
         return Ok(None);
     };
     let mut backoff = Backoff::new(cfg.backoff_base, cfg.backoff_max);
-    let stream_arn = match fan_out {
-        FanOutConfig::Arn(_) => None,
-        FanOutConfig::Name(_) => {
-            match call(&mut backoff, cancel, "DescribeStreamSummary", || api.stream_arn(&cfg.stream)).await {
-                Some(Ok(arn)) => Some(arn),
-                Some(Err(e)) => return Err(setup_error(cfg, "DescribeStreamSummary", e)),
-                None => return Ok(None),
-            }
-        }
-    };
     // Polls the consumer's state with its own backoff: registration takes seconds on AWS.
     let mut wait = Backoff::new(cfg.backoff_base, cfg.backoff_max.min(Duration::from_secs(2)).max(cfg.backoff_base));
     loop {
-        let lookup = match (fan_out, &stream_arn) {
-            (FanOutConfig::Name(name), Some(stream_arn)) => ConsumerLookup::Name { stream_arn, name },
-            (FanOutConfig::Arn(arn), _) | (FanOutConfig::Name(arn), None) => ConsumerLookup::Arn(arn),
+        let lookup = match fan_out {
+            FanOutConfig::Name(name) => ConsumerLookup::Name { stream_arn, name },
+            FanOutConfig::Arn(arn) => ConsumerLookup::Arn(arn),
         };
         let described =
             call(&mut backoff, cancel, "DescribeStreamConsumer", || api.describe_stream_consumer(lookup)).await;
@@ -82,7 +73,7 @@ pub(crate) async fn resolve(
                 debug!(consumer = %name, ?status, "waiting for the fan-out consumer to become active");
             }
             Some(Err(e)) if e.kind() == ApiErrorKind::NotFound => {
-                let (FanOutConfig::Name(name), Some(stream_arn)) = (fan_out, &stream_arn) else {
+                let FanOutConfig::Name(name) = fan_out else {
                     return Err(setup_error(cfg, "DescribeStreamConsumer (the consumer ARN given)", e));
                 };
                 info!(consumer = %name, "registering the fan-out consumer");
