@@ -25,25 +25,12 @@ fn arn(name: &str) -> String {
     FakeKinesis::stream_arn(name)
 }
 
-/// Puts `{name}-{prefix}{i}` for i in `range` on the stream `name`, keys `{name}-k{i % 10}`; returns the data.
 fn put(fake: &FakeKinesis, name: &str, prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
-    range
-        .map(|i| {
-            let data = format!("{name}-{prefix}{i}");
-            fake.put(name, &format!("{name}-k{}", i % 10), data.clone());
-            data
-        })
-        .collect()
+    kc_test_support::fake::put_on_stream(fake, name, prefix, range)
 }
 
 fn settings(builder: ConsumerBuilder, fake: &FakeKinesis, store: &MemoryStore) -> ConsumerBuilder {
-    builder
-        .api(fake.clone())
-        .store(store.clone())
-        .app_name(APP)
-        .initial_position(InitialPosition::TrimHorizon)
-        .discovery_interval(Duration::from_secs(1))
-        .max_records(7)
+    kc_test_support::fake::several_streams(builder, fake, store, APP)
 }
 
 /// Asserts that every record came with the stream its data names, as `given` names that stream (its name or its

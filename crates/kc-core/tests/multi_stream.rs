@@ -15,25 +15,12 @@ use kc_test_support::{checkpoint, spawn_collecting, Collect, Seen, Wait};
 
 const APP: &str = "test-app";
 
-/// Puts `{stream}-{prefix}{i}` for i in `range` on `stream`, keys `{stream}-k{i % 10}`; returns the data.
-fn put(fake: &FakeKinesis, stream: &str, prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
-    range
-        .map(|i| {
-            let data = format!("{stream}-{prefix}{i}");
-            fake.put(stream, &format!("{stream}-k{}", i % 10), data.clone());
-            data
-        })
-        .collect()
+fn put(fake: &FakeKinesis, name: &str, prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    kc_test_support::fake::put_on_stream(fake, name, prefix, range)
 }
 
 fn settings(builder: ConsumerBuilder, fake: &FakeKinesis, store: &MemoryStore) -> ConsumerBuilder {
-    builder
-        .api(fake.clone())
-        .store(store.clone())
-        .app_name(APP)
-        .initial_position(InitialPosition::TrimHorizon)
-        .discovery_interval(Duration::from_secs(1))
-        .max_records(7)
+    kc_test_support::fake::several_streams(builder, fake, store, APP)
 }
 
 /// Asserts every record was handled as a record of the stream its data names.

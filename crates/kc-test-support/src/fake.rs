@@ -22,6 +22,35 @@ pub fn put_many(fake: &FakeKinesis, range: std::ops::Range<usize>, prefix: &str)
         .collect()
 }
 
+/// Puts `{name}-{prefix}{i}` for i in `range` on the stream `name`, with partition key `{name}-k{i % 10}`; returns
+/// the data (each record names its stream, for tests over several streams).
+pub fn put_on_stream(fake: &FakeKinesis, name: &str, prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range
+        .map(|i| {
+            let data = format!("{name}-{prefix}{i}");
+            fake.put(name, &format!("{name}-k{}", i % 10), data.clone());
+            data
+        })
+        .collect()
+}
+
+/// The settings of the tests over several streams: the fake, `store`, app name `app`, from the oldest record,
+/// discovery every second, 7 records per GetRecords.
+pub fn several_streams(
+    builder: kc_core::ConsumerBuilder,
+    fake: &FakeKinesis,
+    store: &kc_core::MemoryStore,
+    app: &str,
+) -> kc_core::ConsumerBuilder {
+    builder
+        .api(fake.clone())
+        .store(store.clone())
+        .app_name(app)
+        .initial_position(kc_core::InitialPosition::TrimHorizon)
+        .discovery_interval(std::time::Duration::from_secs(1))
+        .max_records(7)
+}
+
 /// Puts `{prefix}{i}` for i in `0..n` on `shard` of `stream`, with partition key `k`.
 pub fn put_to_shard(fake: &FakeKinesis, stream: &str, shard: &str, prefix: &str, n: usize) {
     for i in 0..n {
