@@ -13,10 +13,10 @@ use futures_util::StreamExt;
 use kc_checkpoint::lease::{LeaseScope, LeaseTable, MemoryLeaseTable};
 use kc_core::fake::{FakeKinesis, Op};
 use kc_core::{
-    BoxError, Checkpoint, Consumer, ConsumerBuilder, ErrorKind, Group, InitialPosition, MemoryStore, Outcome, Record,
-    ShardKey, StreamId, StreamTracker, TrackedStream,
+    BoxError, Checkpoint, Consumer, ConsumerBuilder, ErrorKind, Group, InitialPosition, MemoryStore, Record, ShardKey,
+    StreamId, StreamTracker, TrackedStream,
 };
-use kc_test_support::{checkpoint, spawn_collecting, Collect, Seen, Wait};
+use kc_test_support::{checkpoint, spawn_collecting, spawn_recording, Collect, Seen, Wait};
 use tokio_util::sync::CancellationToken;
 
 const APP: &str = "test-app";
@@ -165,19 +165,7 @@ async fn a_group_of_three_workers_balances_three_streams_named_by_arn() {
             .max_records(10)
             .shutdown(token.clone())
             .group(Group::new(GROUP, table.clone()).worker_id(id).lease_duration(LEASE));
-        let seen = seen.for_worker(id);
-        let task = tokio::spawn(async move {
-            let consumer = builder.build().await?;
-            consumer
-                .scan(move |r: Record| {
-                    let seen = seen.clone();
-                    async move {
-                        seen.push(&r);
-                        Ok::<_, std::io::Error>(Outcome::Checkpoint)
-                    }
-                })
-                .await
-        });
+        let task = spawn_recording(builder, seen.for_worker(id));
         workers.push((token, task));
     }
     // Leases held per worker over every stream's scope, which is the stream as given: its ARN.

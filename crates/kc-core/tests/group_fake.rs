@@ -13,7 +13,7 @@ use kc_checkpoint::{Checkpoint, Error as StoreError, ErrorKind as StoreErrorKind
 use kc_core::api::StartingPosition;
 use kc_core::fake::{FakeKinesis, Op};
 use kc_core::{Consumer, ErrorKind, Group, InitialPosition, Lifecycle, Outcome, Record};
-use kc_test_support::{Seen, Wait};
+use kc_test_support::{spawn_recording, Seen, Wait};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -73,19 +73,7 @@ fn start_with(
         .shutdown(token.clone())
         .group(Group::new(GROUP, table).worker_id(id).lease_duration(LEASE));
     let builder = tweak(builder);
-    let seen = seen.for_worker(id);
-    let task = tokio::spawn(async move {
-        let consumer = builder.build().await?;
-        consumer
-            .scan(move |r: Record| {
-                let seen = seen.clone();
-                async move {
-                    seen.push(&r);
-                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
-                }
-            })
-            .await
-    });
+    let task = spawn_recording(builder, seen.for_worker(id));
     Worker { token, events, task }
 }
 

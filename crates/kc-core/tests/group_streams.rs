@@ -10,11 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kc_checkpoint::lease::{LeaseScope, LeaseTable, MemoryLeaseTable};
 use kc_core::fake::FakeKinesis;
-use kc_core::{
-    BoxError, Checkpoint, Consumer, ConsumerBuilder, Group, InitialPosition, Outcome, Record, StreamTracker,
-    TrackedStream,
-};
-use kc_test_support::{Seen, Wait};
+use kc_core::{BoxError, Checkpoint, Consumer, ConsumerBuilder, Group, InitialPosition, StreamTracker, TrackedStream};
+use kc_test_support::{spawn_recording, Seen, Wait};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -55,19 +52,7 @@ fn start(builder: ConsumerBuilder, fake: &FakeKinesis, table: &MemoryLeaseTable,
         .max_records(10)
         .shutdown(token.clone())
         .group(Group::new(GROUP, table.clone()).worker_id(id).lease_duration(LEASE));
-    let seen = seen.for_worker(id);
-    let task = tokio::spawn(async move {
-        let consumer = builder.build().await?;
-        consumer
-            .scan(move |r: Record| {
-                let seen = seen.clone();
-                async move {
-                    seen.push(&r);
-                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
-                }
-            })
-            .await
-    });
+    let task = spawn_recording(builder, seen.for_worker(id));
     Worker { token, task }
 }
 

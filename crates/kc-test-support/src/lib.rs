@@ -44,7 +44,8 @@ pub mod fake;
 
 #[cfg(feature = "consumer")]
 pub use scan::{
-    cancel_after, checkpoint, collect_until, scan_failing_at, spawn_collecting, time_scan, Collect, Collecting, Timed,
+    cancel_after, checkpoint, collect_until, scan_failing_at, spawn_collecting, spawn_recording, time_scan, Collect,
+    Collecting, Timed,
 };
 #[cfg(feature = "consumer")]
 pub use seen::{Seen, SeenRecord};

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kc_core::{Consumer, Outcome, Record};
+use kc_core::{Consumer, ConsumerBuilder, Outcome, Record};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -66,6 +66,24 @@ pub fn spawn_collecting(consumer: Consumer, pace: Duration, outcome: fn(&Record)
             .await
     });
     Collecting { seen, token, task }
+}
+
+/// Builds the consumer inside a task (a group worker's build waits for the lease table, and several workers start
+/// together) and scans, recording every record in `seen` (give it `seen.for_worker(id)` for a group worker) and
+/// checkpointing it. Stop it through the builder's shutdown token.
+pub fn spawn_recording(builder: ConsumerBuilder, seen: Seen) -> JoinHandle<ScanResult> {
+    tokio::spawn(async move {
+        let consumer = builder.build().await?;
+        consumer
+            .scan(move |r: Record| {
+                let seen = seen.clone();
+                async move {
+                    seen.push(&r);
+                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
+                }
+            })
+            .await
+    })
 }
 
 /// How a collecting scan is run to a number of records: the handler's pace, how long to wait for them, how long to
