@@ -199,24 +199,47 @@ impl LeaseHandle {
 ///
 /// The first renewal comes at a random point in the second half of the interval: a worker that takes hundreds of
 /// leases in one cycle (a first start, a failover) would otherwise renew them all in the same instant, every interval,
-/// in bursts the lease table must absorb at many times the mean rate. Renewing early is always safe.
+/// in bursts the lease table must absorb at many times the mean rate. Renewing early is always safe. From then on
+/// renewals keep that phase ([`next_renewal`]), whatever the writes' latency.
 pub(crate) async fn renew_loop(handle: Arc<LeaseHandle>, interval: Duration) {
-    let mut next = first_renewal(interval, fastrand::f64());
+    let mut planned = Instant::now() + first_renewal(interval, fastrand::f64());
     loop {
-        let wake = (Instant::now() + next).min(handle.deadline());
-        next = interval;
+        let wake = planned.min(handle.deadline());
         tokio::select! {
             _ = handle.retired().cancelled() => return,
             _ = tokio::time::sleep_until(wake) => {}
             _ = handle.nudge.notified() => {}
         }
-        if let Err(e) = handle.renew().await {
+        let renewed = handle.renew().await;
+        // A renewal made early (nudged) keeps the planned one.
+        let now = Instant::now();
+        if now >= planned {
+            planned = next_renewal(planned, interval, now);
+        }
+        if let Err(e) = renewed {
             if handle.is_lost() || handle.retired().is_cancelled() {
                 return;
             }
             warn!(shard = %handle.shard_id(), error = %e, "lease renewal failed; retrying");
         }
     }
+}
+
+/// The renewal after the one planned at `planned`, at a fixed rate: one interval later, not one interval after the
+/// write completed. A database that stalls for a moment completes every renewal that waited on it at once; planned
+/// from their completion they would stay together from then on, every interval, and the spread of the first
+/// renewals would be lost. A write that ran late by more than an interval skips the missed renewals, keeping its
+/// phase: the next one is within an interval of `now`.
+fn next_renewal(planned: Instant, interval: Duration, now: Instant) -> Instant {
+    let next = planned + interval;
+    if next > now {
+        return next;
+    }
+    if interval.is_zero() {
+        return now;
+    }
+    let past = (now - next).as_nanos() % interval.as_nanos();
+    now + (interval - Duration::from_nanos(u64::try_from(past).unwrap_or(u64::MAX)))
 }
 
 /// The delay before a new lease's first renewal: between half the interval and the interval, by `r` in `[0, 1)`.
@@ -389,6 +412,98 @@ mod tests {
         assert_eq!(per_step.iter().sum::<usize>(), n, "each renewed once within the interval: {per_step:?}");
         assert_eq!(per_step[..4].iter().sum::<usize>(), 0, "none in the first half: {per_step:?}");
         assert!(per_step.iter().all(|&r| r < n / 3), "spread over the second half: {per_step:?}");
+        for h in &handles {
+            h.retired().cancel();
+        }
+    }
+
+    #[test]
+    fn renewals_keep_their_phase_whatever_the_writes_latency() {
+        let t0 = Instant::now();
+        let i = Duration::from_secs(4);
+        let s = Duration::from_secs;
+        assert_eq!(next_renewal(t0, i, t0 + s(1)), t0 + s(4), "one interval after the planned time");
+        assert_eq!(next_renewal(t0, i, t0 + s(3) + i), t0 + s(8), "a late write does not move the phase");
+        assert_eq!(next_renewal(t0, i, t0 + s(4)), t0 + s(8), "due now: the next phase point");
+        assert_eq!(next_renewal(t0, i, t0 + s(9)), t0 + s(12), "missed renewals are skipped, the phase kept");
+        assert_eq!(next_renewal(t0, Duration::ZERO, t0 + s(9)), t0 + s(9));
+    }
+
+    /// Holds every renewal while the write half of `gate` is held (a database that stalls for a moment).
+    struct Stall(Arc<tokio::sync::RwLock<()>>);
+
+    #[async_trait]
+    impl kc_checkpoint::layer::Around for Stall {
+        async fn around<'a, T: Send + 'a>(
+            &'a self,
+            what: &'static str,
+            call: kc_checkpoint::layer::BoxFuture<'a, Result<T, StoreError>>,
+        ) -> Result<T, StoreError> {
+            let _open = if what == "lease table renew" { Some(self.0.read().await) } else { None };
+            call.await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_that_a_stall_held_together_spread_again() {
+        let table = MemoryLeaseTable::new();
+        let gate = Arc::new(tokio::sync::RwLock::new(()));
+        let stalling: Arc<dyn LeaseTable> =
+            Arc::new(kc_checkpoint::layer::Layered::new(Arc::new(table.clone()), Stall(Arc::clone(&gate))));
+        let scope = LeaseScope::new("g", "st");
+        let n = 200;
+        let interval = Duration::from_secs(4);
+        let started = Instant::now();
+        let mut handles = Vec::new();
+        for i in 0..n {
+            let shard = format!("s{i}");
+            table.create(&scope, &shard, &[]).await.expect("create");
+            let l = table.take(&scope, &shard, 0, "a").await.expect("take");
+            let h = LeaseHandle::new(
+                Arc::clone(&stalling),
+                scope.clone(),
+                &shard,
+                "a",
+                l.counter,
+                D,
+                started,
+                CancellationToken::new(),
+            );
+            let h = Arc::new(h);
+            tokio::spawn(renew_loop(Arc::clone(&h), interval));
+            handles.push(h);
+        }
+        // The database stalls over the whole second half of the first interval: every first renewal waits, and
+        // they all complete together when it answers again.
+        let stall = gate.write().await;
+        tokio::time::sleep_until(started + interval).await;
+        drop(stall);
+        tokio::time::sleep_until(started + interval + interval / 4).await;
+        let counter = |h: &Arc<LeaseHandle>| {
+            let (table, scope, shard) = (table.clone(), scope.clone(), h.shard_id.clone());
+            async move { table.get(&scope, &shard).await.expect("get").expect("lease").counter }
+        };
+        let mut seen = Vec::new();
+        for h in &handles {
+            seen.push(counter(h).await);
+        }
+        assert!(seen.iter().all(|&c| c == 2), "each renewed once, after the stall");
+        // The next interval (and one more tenth: timers round up to the millisecond), in tenths.
+        let mut per_step = Vec::new();
+        for _ in 0..11 {
+            tokio::time::sleep(interval / 10).await;
+            let mut renewed = 0;
+            for (i, h) in handles.iter().enumerate() {
+                let c = counter(h).await;
+                if c != seen[i] {
+                    renewed += 1;
+                    seen[i] = c;
+                }
+            }
+            per_step.push(renewed);
+        }
+        assert_eq!(per_step.iter().sum::<usize>(), n, "each renewed once in the next interval: {per_step:?}");
+        assert!(per_step.iter().all(|&r| r < n / 3), "spread as before the stall: {per_step:?}");
         for h in &handles {
             h.retired().cancel();
         }

@@ -165,9 +165,9 @@ impl<D: Deliver> Worker<'_, D> {
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sentinel_check = tokio::time::interval((self.cfg.renew_interval / 4).max(Duration::from_millis(1)));
         sentinel_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // A live worker's sentinel changes every renew interval plus the write's time (its renew loop sleeps the
-        // interval after each write): half more is late (a busy database delays writes). A wrong suspicion costs a
-        // listing by every worker.
+        // A live worker's sentinel changes every renew interval (its renewals come at a fixed rate), give or take
+        // the writes' latency: half more is late (a busy database delays writes). A wrong suspicion costs a listing
+        // by every worker.
         let stale_after = self.cfg.renew_interval.saturating_mul(3) / 2;
         loop {
             tokio::select! {
