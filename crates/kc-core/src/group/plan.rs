@@ -345,6 +345,24 @@ pub(crate) fn to_create<'a>(listing: &'a [ShardInfo], leases: &[Lease]) -> Vec<&
     out
 }
 
+/// `to_create` (parents before children) cut into rounds in which no shard is a parent of another: the leases of a
+/// round can be created in any order and at once, when those of the rounds before it exist.
+pub(crate) fn creation_rounds<'a>(to_create: &[&'a ShardInfo]) -> Vec<Vec<&'a ShardInfo>> {
+    let mut rounds: Vec<Vec<&ShardInfo>> = Vec::new();
+    let mut in_round: HashSet<&str> = HashSet::new();
+    for &shard in to_create {
+        if rounds.is_empty() || shard.parents().any(|p| in_round.contains(p)) {
+            rounds.push(Vec::new());
+            in_round.clear();
+        }
+        in_round.insert(shard.shard_id.as_str());
+        if let Some(round) = rounds.last_mut() {
+            round.push(shard);
+        }
+    }
+    rounds
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -644,6 +662,21 @@ mod tests {
         child.parents = vec!["a-parent".to_owned()];
         let created: Vec<&str> = to_create(&listing, &[child]).iter().map(|s| s.shard_id.as_str()).collect();
         assert_eq!(created, ["q"], "ancestors of a shard with a lease were finished and deleted");
+
+        let listing = vec![
+            info("a", &[]),
+            info("b", &[]),
+            info("c", &["a"]),
+            info("d", &["a"]),
+            info("e", &["b"]),
+            info("f", &["c", "e"]),
+            info("g", &[]),
+        ];
+        let created = to_create(&listing, &[]);
+        let rounds: Vec<Vec<&str>> =
+            creation_rounds(&created).iter().map(|r| r.iter().map(|s| s.shard_id.as_str()).collect()).collect();
+        assert_eq!(rounds, [vec!["a", "b", "g"], vec!["c", "d", "e"], vec!["f"]], "no parent in its child's round");
+        assert!(creation_rounds(&[]).is_empty());
     }
 
     /// `plan` for `me` holding `held`, with `elsewhere` the other streams' tally.
