@@ -9,7 +9,7 @@
 
 #![allow(clippy::print_stdout, missing_docs)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use kc_test_support::check::quick_bench;
 use kinesis_consumer::ddb::DynamoDbLeaseTable;
 use kinesis_consumer::mysql::MySqlLeaseTable;
 use kinesis_consumer::postgres::PostgresLeaseTable;
-use kinesis_consumer::{Consumer, Group, InitialPosition, Outcome, Record};
+use kinesis_consumer::{Consumer, Group, InitialPosition, Lifecycle, Outcome, Record};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -80,18 +80,75 @@ impl Calls {
     }
 }
 
+/// The leases each worker says it holds, from its lifecycle events (no call to the lease table): the observer's
+/// view between the listings that confirm it.
+#[derive(Default)]
+struct Held(Mutex<HashMap<String, HashSet<String>>>);
+
+impl Held {
+    /// Leases per worker, under `""` the shards nobody says it holds; `without` left out (a dropped worker, whose
+    /// events stopped).
+    fn view(&self, shards: usize, without: Option<&str>) -> HashMap<String, usize> {
+        let held = self.0.lock().expect("held");
+        let mut all = HashSet::new();
+        let mut per: HashMap<String, usize> = HashMap::new();
+        for (worker, leases) in held.iter().filter(|(w, _)| Some(w.as_str()) != without) {
+            if !leases.is_empty() {
+                per.insert(worker.clone(), leases.len());
+            }
+            all.extend(leases.iter().map(String::as_str));
+        }
+        if all.len() < shards {
+            per.insert(String::new(), shards - all.len());
+        }
+        per
+    }
+}
+
+/// One worker's events into [`Held`].
+struct Track(Arc<Held>, String);
+
+impl Track {
+    fn set(&self, shard_id: &str, held: bool) {
+        let mut all = self.0 .0.lock().expect("held");
+        let mine = all.entry(self.1.clone()).or_default();
+        if held {
+            mine.insert(shard_id.to_owned());
+        } else {
+            mine.remove(shard_id);
+        }
+    }
+}
+
+impl Lifecycle for Track {
+    fn lease_gained(&self, shard_id: &str) {
+        self.set(shard_id, true);
+    }
+    fn lease_lost(&self, shard_id: &str) {
+        self.set(shard_id, false);
+    }
+    // A handoff (or a stop) stops the shard, then releases its lease.
+    fn shard_stopped(&self, shard_id: &str) {
+        self.set(shard_id, false);
+    }
+    fn shard_closed(&self, shard_id: &str) {
+        self.set(shard_id, false);
+    }
+}
+
 struct Worker {
     id: String,
     token: CancellationToken,
     task: JoinHandle<Result<(), kc_core::Error>>,
 }
 
-fn start(fake: &FakeKinesis, table: Arc<dyn LeaseTable>, id: &str, lease: Duration) -> Worker {
+fn start(fake: &FakeKinesis, table: Arc<dyn LeaseTable>, id: &str, lease: Duration, held: &Arc<Held>) -> Worker {
     let token = CancellationToken::new();
     let builder = Consumer::builder(STREAM)
         .api(fake.clone())
         .initial_position(InitialPosition::TrimHorizon)
         .scan_interval(Duration::from_secs(1))
+        .lifecycle(Track(Arc::clone(held), id.to_owned()))
         .shutdown(token.clone())
         .group(Group::new(GROUP, table).worker_id(id).lease_duration(lease));
     let task = tokio::spawn(async move {
@@ -136,20 +193,48 @@ struct Figures {
     cpu_per_worker: f64,
 }
 
-/// Polls `done` on the observer's listing every 200 ms, up to `limit`; how long it took.
-async fn until(
-    observer: &dyn LeaseTable,
-    limit: Duration,
-    done: impl Fn(&HashMap<String, usize>) -> bool,
-) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done(&owners(observer).await) {
-            return Some(start.elapsed());
+/// What the bench watches: the lease table (the truth) and the workers' own view of it ([`Held`]).
+struct Observer<'a> {
+    table: &'a dyn LeaseTable,
+    held: &'a Held,
+    shards: usize,
+}
+
+impl Observer<'_> {
+    /// How long since `origin` until `done` holds, up to `limit` after `origin`: watched on the workers' view (every
+    /// 50 ms) and confirmed by a listing of the lease table when the view says so, at most once a second. Polling the
+    /// table alone would weigh on a single-threaded server (dynalite takes seconds to list 4,096 leases while the
+    /// group renews them) as much as what it measures. The time reported is when the view first held, in the streak
+    /// the listing confirmed. `without`: a dropped worker, whose leases count as nobody's.
+    async fn until(
+        &self,
+        origin: Instant,
+        without: Option<&str>,
+        limit: Duration,
+        done: impl Fn(&HashMap<String, usize>) -> bool,
+    ) -> Option<Duration> {
+        let mut since: Option<Duration> = None;
+        let mut listed_at: Option<Instant> = None;
+        while origin.elapsed() < limit {
+            if done(&self.held.view(self.shards, without)) {
+                let at = *since.get_or_insert(origin.elapsed());
+                if listed_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    listed_at = Some(Instant::now());
+                    let mut listed = owners(self.table).await;
+                    if let Some(n) = without.and_then(|w| listed.remove(w)) {
+                        *listed.entry(String::new()).or_default() += n;
+                    }
+                    if done(&listed) {
+                        return Some(at);
+                    }
+                }
+            } else {
+                since = None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        None
     }
-    None
 }
 
 async fn run(
@@ -164,26 +249,28 @@ async fn run(
     let fake = FakeKinesis::new();
     fake.create_stream(STREAM, shards);
     let calls = Arc::new(Calls::default());
+    let held = Arc::new(Held::default());
     let started = Instant::now();
     let mut workers: Vec<Worker> = tables
         .into_iter()
         .enumerate()
         .map(|(i, t)| {
             let counted: Arc<dyn LeaseTable> = Arc::new(Layered::new(t, Counting(Arc::clone(&calls))));
-            start(&fake, counted, &format!("{backend}-w{i:02}"), lease)
+            start(&fake, counted, &format!("{backend}-w{i:02}"), lease, &held)
         })
         .collect();
     let limit = lease * 12;
-    let coverage = until(&*observer, limit, |o| o.get("").is_none() && o.values().sum::<usize>() == shards).await;
-    let coverage = coverage.map(|_| started.elapsed());
-    let balanced = until(&*observer, limit, |o| {
-        let counts: Vec<usize> = o.iter().filter(|(w, _)| !w.is_empty()).map(|(_, n)| *n).collect();
-        !o.contains_key("")
-            && counts.len() == workers_n
-            && counts.iter().max().zip(counts.iter().min()).is_some_and(|(a, b)| a - b <= 1)
-    })
-    .await
-    .map(|_| started.elapsed());
+    let watch = Observer { table: &*observer, held: &held, shards };
+    let coverage =
+        watch.until(started, None, limit, |o| o.get("").is_none() && o.values().sum::<usize>() == shards).await;
+    let balanced = watch
+        .until(started, None, limit * 2, |o| {
+            let counts: Vec<usize> = o.iter().filter(|(w, _)| !w.is_empty()).map(|(_, n)| *n).collect();
+            !o.contains_key("")
+                && counts.len() == workers_n
+                && counts.iter().max().zip(counts.iter().min()).is_some_and(|(a, b)| a - b <= 1)
+        })
+        .await;
 
     // Steady state: calls and CPU over a quiet window.
     let (calls0, cpu0, t0) = (calls.snapshot(), cpu_seconds(), Instant::now());
@@ -203,9 +290,7 @@ async fn run(
     dropped.task.abort();
     let _ = dropped.task.await;
     let dropped_at = Instant::now();
-    let id = dropped.id.clone();
-    let failover = until(&*observer, limit, |o| !o.contains_key(&id) && !o.contains_key("")).await;
-    let failover = failover.map(|_| dropped_at.elapsed());
+    let failover = watch.until(dropped_at, Some(&dropped.id), limit, |o| !o.contains_key("")).await;
 
     for w in &workers {
         w.token.cancel();
@@ -231,11 +316,20 @@ async fn main() {
         return;
     }
     let only = std::env::var("KC_BENCH_GROUP_BACKENDS").unwrap_or_else(|_| "postgres,mysql,dynamodb".to_owned());
-    let (workers, shards, lease, steady) = if quick {
+    let (workers, mut shards, mut lease, steady) = if quick {
         (4, 64, Duration::from_secs(3), Duration::from_secs(5))
     } else {
         (16, 4096, Duration::from_secs(10), Duration::from_secs(20))
     };
+    // Fewer (or more) shards, e.g. to see a backend below its capacity: dynalite answers about 1,230 renewals/s, and
+    // 4,096 leases renewed every third of 10 s ask it for all of them (`KC_BENCH_GROUP_SHARDS=2048`).
+    if let Some(n) = std::env::var("KC_BENCH_GROUP_SHARDS").ok().and_then(|v| v.parse::<usize>().ok()) {
+        shards = n.max(workers);
+    }
+    // Or longer leases (renewed every third of it): the goals are in lease durations and take intervals.
+    if let Some(s) = std::env::var("KC_BENCH_GROUP_LEASE_SECS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        lease = Duration::from_secs(s.max(1));
+    }
     let take = lease * 2;
     println!(
         "consumer group: {workers} workers x {} shards ({shards} leases) in one process, fake Kinesis (idle, polled \
