@@ -239,16 +239,35 @@ async fn graceful_stop_moves_the_shards_with_nothing_handled_twice() {
     w3.stop().await;
 }
 
-/// A lease table that fails (transiently) while `cut` is set: a worker cut off from the table. Counts listings.
+/// A lease table that fails (transiently) while `cut` is set: a worker cut off from the table. Each call takes
+/// `latency` (a table a round trip away). Counts listings and the creates of shards' leases, and checks at each
+/// create that makes a lease that the parents it names have theirs already (parents before children).
 #[derive(Clone)]
 struct Cuttable {
     inner: MemoryLeaseTable,
     cut: Arc<AtomicBool>,
     lists: Arc<AtomicUsize>,
+    latency: Duration,
+    creates: Arc<AtomicUsize>,
+    orphans: Arc<Mutex<Vec<String>>>,
 }
 
 impl Cuttable {
-    fn check(&self) -> Result<(), StoreError> {
+    fn new(inner: &MemoryLeaseTable) -> Self {
+        Self {
+            inner: inner.clone(),
+            cut: Arc::default(),
+            lists: Arc::default(),
+            latency: Duration::ZERO,
+            creates: Arc::default(),
+            orphans: Arc::default(),
+        }
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
         if self.cut.load(Ordering::SeqCst) {
             return Err(StoreError::new(StoreErrorKind::Transient, "connection refused (cut)"));
         }
@@ -259,72 +278,16 @@ impl Cuttable {
 #[async_trait]
 impl LeaseTable for Cuttable {
     async fn list(&self, scope: &LeaseScope) -> Result<Vec<Lease>, StoreError> {
-        self.check()?;
+        self.check().await?;
         self.lists.fetch_add(1, Ordering::SeqCst);
         self.inner.list(scope).await
     }
     async fn get(&self, scope: &LeaseScope, shard_id: &str) -> Result<Option<Lease>, StoreError> {
-        self.check()?;
+        self.check().await?;
         self.inner.get(scope, shard_id).await
     }
     async fn create(&self, scope: &LeaseScope, shard_id: &str, parents: &[String]) -> Result<bool, StoreError> {
-        self.check()?;
-        self.inner.create(scope, shard_id, parents).await
-    }
-    async fn take(&self, scope: &LeaseScope, shard_id: &str, counter: u64, owner: &str) -> Result<Lease, StoreError> {
-        self.check()?;
-        self.inner.take(scope, shard_id, counter, owner).await
-    }
-    async fn request(&self, scope: &LeaseScope, shard_id: &str, c: u64, requester: &str) -> Result<Lease, StoreError> {
-        self.check()?;
-        self.inner.request(scope, shard_id, c, requester).await
-    }
-    async fn renew(&self, scope: &LeaseScope, shard_id: &str, owner: &str, c: u64) -> Result<u64, StoreError> {
-        self.check()?;
-        self.inner.renew(scope, shard_id, owner, c).await
-    }
-    async fn checkpoint(
-        &self,
-        scope: &LeaseScope,
-        shard_id: &str,
-        owner: &str,
-        c: u64,
-        checkpoint: &Checkpoint,
-    ) -> Result<u64, StoreError> {
-        self.check()?;
-        self.inner.checkpoint(scope, shard_id, owner, c, checkpoint).await
-    }
-    async fn release(&self, scope: &LeaseScope, shard_id: &str, owner: &str, c: u64) -> Result<u64, StoreError> {
-        self.check()?;
-        self.inner.release(scope, shard_id, owner, c).await
-    }
-    async fn delete(&self, scope: &LeaseScope, shard_id: &str) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.delete(scope, shard_id).await
-    }
-}
-
-/// A lease table a round trip away (every call takes `latency`), counting the creates of shards' leases, and checking
-/// at each that creates one that the parents it names have their lease already (parents before children).
-struct Remote {
-    inner: MemoryLeaseTable,
-    latency: Duration,
-    creates: Arc<AtomicUsize>,
-    orphans: Arc<Mutex<Vec<String>>>,
-}
-
-#[async_trait]
-impl LeaseTable for Remote {
-    async fn list(&self, scope: &LeaseScope) -> Result<Vec<Lease>, StoreError> {
-        tokio::time::sleep(self.latency).await;
-        self.inner.list(scope).await
-    }
-    async fn get(&self, scope: &LeaseScope, shard_id: &str) -> Result<Option<Lease>, StoreError> {
-        tokio::time::sleep(self.latency).await;
-        self.inner.get(scope, shard_id).await
-    }
-    async fn create(&self, scope: &LeaseScope, shard_id: &str, parents: &[String]) -> Result<bool, StoreError> {
-        tokio::time::sleep(self.latency).await;
+        self.check().await?;
         let mut missing = Vec::new();
         for p in parents {
             if self.inner.get(scope, p).await?.is_none() {
@@ -342,15 +305,15 @@ impl LeaseTable for Remote {
         Ok(created)
     }
     async fn take(&self, scope: &LeaseScope, shard_id: &str, counter: u64, owner: &str) -> Result<Lease, StoreError> {
-        tokio::time::sleep(self.latency).await;
+        self.check().await?;
         self.inner.take(scope, shard_id, counter, owner).await
     }
     async fn request(&self, scope: &LeaseScope, shard_id: &str, c: u64, requester: &str) -> Result<Lease, StoreError> {
-        tokio::time::sleep(self.latency).await;
+        self.check().await?;
         self.inner.request(scope, shard_id, c, requester).await
     }
     async fn renew(&self, scope: &LeaseScope, shard_id: &str, owner: &str, c: u64) -> Result<u64, StoreError> {
-        tokio::time::sleep(self.latency).await;
+        self.check().await?;
         self.inner.renew(scope, shard_id, owner, c).await
     }
     async fn checkpoint(
@@ -361,15 +324,15 @@ impl LeaseTable for Remote {
         c: u64,
         checkpoint: &Checkpoint,
     ) -> Result<u64, StoreError> {
-        tokio::time::sleep(self.latency).await;
+        self.check().await?;
         self.inner.checkpoint(scope, shard_id, owner, c, checkpoint).await
     }
     async fn release(&self, scope: &LeaseScope, shard_id: &str, owner: &str, c: u64) -> Result<u64, StoreError> {
-        tokio::time::sleep(self.latency).await;
+        self.check().await?;
         self.inner.release(scope, shard_id, owner, c).await
     }
     async fn delete(&self, scope: &LeaseScope, shard_id: &str) -> Result<(), StoreError> {
-        tokio::time::sleep(self.latency).await;
+        self.check().await?;
         self.inner.delete(scope, shard_id).await
     }
 }
@@ -392,15 +355,10 @@ async fn workers_started_together_share_the_lease_creates_parents_first() {
     let producer = produce(&fake, 400, "d", Duration::ZERO);
     let produced = producer.await.expect("producer");
     let table = MemoryLeaseTable::new();
-    let (creates, orphans) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
-    let remote = || Remote {
-        inner: table.clone(),
-        latency: Duration::from_millis(5),
-        creates: Arc::clone(&creates),
-        orphans: Arc::clone(&orphans),
-    };
+    let remote = Cuttable { latency: Duration::from_millis(5), ..Cuttable::new(&table) };
+    let (creates, orphans) = (Arc::clone(&remote.creates), Arc::clone(&remote.orphans));
     let seen = Seen::default();
-    let workers: Vec<Worker> = (0..8).map(|i| start(&fake, remote(), &format!("w{i}"), &seen)).collect();
+    let workers: Vec<Worker> = (0..8).map(|i| start(&fake, remote.clone(), &format!("w{i}"), &seen)).collect();
     wait_until("every record", || async { seen.distinct() == produced.len() }).await;
     wait_until("every lease owned", || async {
         leases(&table).await.iter().all(|l| l.is_finished() || l.owner.is_some())
@@ -427,7 +385,7 @@ async fn a_worker_cut_off_from_the_table_stops_within_a_lease_duration_and_other
     let cut = Arc::new(AtomicBool::new(false));
     let seen = Seen::default();
     let producer = produce(&fake, 1500, "c", Duration::from_millis(100));
-    let w1 = start(&fake, Cuttable { inner: table.clone(), cut: Arc::clone(&cut), lists: Arc::default() }, "w1", &seen);
+    let w1 = start(&fake, Cuttable { cut: Arc::clone(&cut), ..Cuttable::new(&table) }, "w1", &seen);
     let w2 = start(&fake, table.clone(), "w2", &seen);
     let w3 = start(&fake, table.clone(), "w3", &seen);
     wait_until("3/3/2", || async { spread(&table).await == [2, 3, 3] }).await;
@@ -522,7 +480,7 @@ async fn a_steady_group_lists_the_leases_once_per_take_interval_and_a_crashed_wo
     fake.create_stream(STREAM, 30);
     let table = MemoryLeaseTable::new();
     let lists = Arc::new(AtomicUsize::new(0));
-    let counted = || Cuttable { inner: table.clone(), cut: Arc::default(), lists: Arc::clone(&lists) };
+    let counted = || Cuttable { lists: Arc::clone(&lists), ..Cuttable::new(&table) };
     let seen = Seen::default();
     let producer = produce(&fake, 1_500, "c", Duration::from_millis(100));
     let (w1, w2, w3) = (
@@ -607,7 +565,7 @@ async fn shard_ends_without_listings(hidden: bool) {
     fake.create_stream(STREAM, 200);
     let table = MemoryLeaseTable::new();
     let lists = Arc::new(AtomicUsize::new(0));
-    let counted = Cuttable { inner: table.clone(), cut: Arc::default(), lists: Arc::clone(&lists) };
+    let counted = Cuttable { lists: Arc::clone(&lists), ..Cuttable::new(&table) };
     let seen = Seen::default();
     // Take cycles far apart (every 30 s, a full one every 120 s) and no discovery tick: what happens within a few
     // seconds after the splits is the shard ends' doing. Calls of 20 ms, 16 in flight.

@@ -364,51 +364,65 @@ mod tests {
         assert!(first_renewal(i, 0.999_999) <= i);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn leases_taken_together_are_not_renewed_together() {
-        let table = MemoryLeaseTable::new();
-        let scope = LeaseScope::new("g", "st");
-        let n = 200;
-        let interval = Duration::from_secs(4);
-        let mut handles = Vec::new();
+    /// `n` leases of `table` taken by "a" now, renewed every `interval` through `through` (the table itself, or
+    /// the table behind a layer).
+    async fn renewing(
+        table: &MemoryLeaseTable,
+        through: Arc<dyn LeaseTable>,
+        scope: &LeaseScope,
+        n: usize,
+        interval: Duration,
+    ) -> Vec<Arc<LeaseHandle>> {
         let started = Instant::now();
+        let mut handles = Vec::new();
         for i in 0..n {
             let shard = format!("s{i}");
-            table.create(&scope, &shard, &[]).await.expect("create");
-            let counter = table.get(&scope, &shard).await.expect("get").expect("lease").counter;
-            let l = table.take(&scope, &shard, counter, "a").await.expect("take");
-            let h = LeaseHandle::new(
-                Arc::new(table.clone()),
-                scope.clone(),
-                &shard,
-                "a",
-                l.counter,
-                D,
-                started,
-                CancellationToken::new(),
-            );
+            table.create(scope, &shard, &[]).await.expect("create");
+            let l = table.take(scope, &shard, 0, "a").await.expect("take");
+            let task = CancellationToken::new();
+            let h = LeaseHandle::new(Arc::clone(&through), scope.clone(), &shard, "a", l.counter, D, started, task);
             let h = Arc::new(h);
             tokio::spawn(renew_loop(Arc::clone(&h), interval));
             handles.push(h);
         }
-        // Count the first renewals in each tenth of the interval (and one more: timers round up to the millisecond).
-        let mut seen = vec![0_u64; n];
-        for (i, h) in handles.iter().enumerate() {
-            seen[i] = table.get(&scope, &h.shard_id).await.expect("get").expect("lease").counter;
+        handles
+    }
+
+    /// The counter of each lease of `handles`.
+    async fn counters(table: &MemoryLeaseTable, scope: &LeaseScope, handles: &[Arc<LeaseHandle>]) -> Vec<u64> {
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(table.get(scope, &h.shard_id).await.expect("get").expect("lease").counter);
         }
+        out
+    }
+
+    /// How many of `handles` were renewed in each tenth of `interval`, over 11 tenths (one more: timers round up to
+    /// the millisecond), from now.
+    async fn renewals_per_tenth(
+        table: &MemoryLeaseTable,
+        scope: &LeaseScope,
+        handles: &[Arc<LeaseHandle>],
+        interval: Duration,
+    ) -> Vec<usize> {
+        let mut seen = counters(table, scope, handles).await;
         let mut per_step = Vec::new();
         for _ in 0..11 {
             tokio::time::sleep(interval / 10).await;
-            let mut renewed = 0;
-            for (i, h) in handles.iter().enumerate() {
-                let c = table.get(&scope, &h.shard_id).await.expect("get").expect("lease").counter;
-                if c != seen[i] {
-                    renewed += 1;
-                    seen[i] = c;
-                }
-            }
-            per_step.push(renewed);
+            let now = counters(table, scope, handles).await;
+            per_step.push(now.iter().zip(&seen).filter(|(a, b)| a != b).count());
+            seen = now;
         }
+        per_step
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leases_taken_together_are_not_renewed_together() {
+        let table = MemoryLeaseTable::new();
+        let scope = LeaseScope::new("g", "st");
+        let (n, interval) = (200, Duration::from_secs(4));
+        let handles = renewing(&table, Arc::new(table.clone()), &scope, n, interval).await;
+        let per_step = renewals_per_tenth(&table, &scope, &handles, interval).await;
         assert_eq!(per_step.iter().sum::<usize>(), n, "each renewed once within the interval: {per_step:?}");
         assert_eq!(per_step[..4].iter().sum::<usize>(), 0, "none in the first half: {per_step:?}");
         assert!(per_step.iter().all(|&r| r < n / 3), "spread over the second half: {per_step:?}");
@@ -451,57 +465,17 @@ mod tests {
         let stalling: Arc<dyn LeaseTable> =
             Arc::new(kc_checkpoint::layer::Layered::new(Arc::new(table.clone()), Stall(Arc::clone(&gate))));
         let scope = LeaseScope::new("g", "st");
-        let n = 200;
-        let interval = Duration::from_secs(4);
+        let (n, interval) = (200, Duration::from_secs(4));
         let started = Instant::now();
-        let mut handles = Vec::new();
-        for i in 0..n {
-            let shard = format!("s{i}");
-            table.create(&scope, &shard, &[]).await.expect("create");
-            let l = table.take(&scope, &shard, 0, "a").await.expect("take");
-            let h = LeaseHandle::new(
-                Arc::clone(&stalling),
-                scope.clone(),
-                &shard,
-                "a",
-                l.counter,
-                D,
-                started,
-                CancellationToken::new(),
-            );
-            let h = Arc::new(h);
-            tokio::spawn(renew_loop(Arc::clone(&h), interval));
-            handles.push(h);
-        }
-        // The database stalls over the whole second half of the first interval: every first renewal waits, and
+        // The database stalls over the whole first interval: every first renewal (in its second half) waits, and
         // they all complete together when it answers again.
         let stall = gate.write().await;
+        let handles = renewing(&table, stalling, &scope, n, interval).await;
         tokio::time::sleep_until(started + interval).await;
         drop(stall);
         tokio::time::sleep_until(started + interval + interval / 4).await;
-        let counter = |h: &Arc<LeaseHandle>| {
-            let (table, scope, shard) = (table.clone(), scope.clone(), h.shard_id.clone());
-            async move { table.get(&scope, &shard).await.expect("get").expect("lease").counter }
-        };
-        let mut seen = Vec::new();
-        for h in &handles {
-            seen.push(counter(h).await);
-        }
-        assert!(seen.iter().all(|&c| c == 2), "each renewed once, after the stall");
-        // The next interval (and one more tenth: timers round up to the millisecond), in tenths.
-        let mut per_step = Vec::new();
-        for _ in 0..11 {
-            tokio::time::sleep(interval / 10).await;
-            let mut renewed = 0;
-            for (i, h) in handles.iter().enumerate() {
-                let c = counter(h).await;
-                if c != seen[i] {
-                    renewed += 1;
-                    seen[i] = c;
-                }
-            }
-            per_step.push(renewed);
-        }
+        assert!(counters(&table, &scope, &handles).await.iter().all(|&c| c == 2), "each renewed once, after the stall");
+        let per_step = renewals_per_tenth(&table, &scope, &handles, interval).await;
         assert_eq!(per_step.iter().sum::<usize>(), n, "each renewed once in the next interval: {per_step:?}");
         assert!(per_step.iter().all(|&r| r < n / 3), "spread as before the stall: {per_step:?}");
         for h in &handles {
