@@ -4,33 +4,14 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use kc_integration::{kinesis, new_stream, put_numbered, spawn_collecting, Observed, Seen, Wait};
 use kc_test_support::check::number;
-use kc_test_support::checkpoint;
-use kinesis_consumer::{BoxError, Consumer, InitialPosition, MemoryStore, ShardKey, StreamTracker, TrackedStream};
+use kc_test_support::{checkpoint, Tracker};
+use kinesis_consumer::{Consumer, InitialPosition, MemoryStore, ShardKey};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// The streams the test's tracker names; changed while the scan runs.
-#[derive(Clone, Default)]
-struct Tracker(Arc<Mutex<Vec<TrackedStream>>>);
-
-impl Tracker {
-    fn set(&self, names: &[&String]) {
-        *self.0.lock().expect("lock") = names.iter().map(|n| TrackedStream::new(n.as_str())).collect();
-    }
-}
-
-#[async_trait]
-impl StreamTracker for Tracker {
-    async fn streams(&self) -> Result<Vec<TrackedStream>, BoxError> {
-        Ok(self.0.lock().expect("lock").clone())
-    }
-}
 
 /// Asserts each record came with the stream it was put on (`stream_of` its data's prefix) and that, within each
 /// stream, each key's records came in order.

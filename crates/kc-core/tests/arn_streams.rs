@@ -5,18 +5,15 @@
 //! paused clock; against kinesis-local and kinesalite in the `kc-integration` package (tests/arn_streams.rs).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures_util::StreamExt;
 use kc_checkpoint::lease::{LeaseScope, LeaseTable, MemoryLeaseTable};
 use kc_core::fake::{FakeKinesis, Op};
 use kc_core::{
-    BoxError, Checkpoint, Consumer, ConsumerBuilder, ErrorKind, Group, InitialPosition, MemoryStore, Record, ShardKey,
-    StreamId, StreamTracker, TrackedStream,
+    Checkpoint, Consumer, ConsumerBuilder, ErrorKind, Group, InitialPosition, MemoryStore, Record, ShardKey, StreamId,
 };
-use kc_test_support::{checkpoint, spawn_collecting, spawn_recording, Collect, Seen, Wait};
+use kc_test_support::{checkpoint, spawn_collecting, spawn_recording, Collect, Seen, Tracker, Wait};
 use tokio_util::sync::CancellationToken;
 
 const APP: &str = "test-app";
@@ -97,23 +94,6 @@ async fn a_consumer_of_a_stream_named_by_arn_resumes_from_its_checkpoints_after_
     result.expect("by name");
     seen.assert_exactly_once(&[first, second].concat());
     assert!(seen.all().iter().all(|r| r.stream == "a" && r.stream_arn == arn("a")));
-}
-
-/// The streams a test's tracker names; changed by the test while the scan runs.
-#[derive(Clone, Default)]
-struct Tracker(Arc<Mutex<Vec<TrackedStream>>>);
-
-impl Tracker {
-    fn set(&self, streams: &[String]) {
-        *self.0.lock().expect("lock") = streams.iter().map(TrackedStream::new).collect();
-    }
-}
-
-#[async_trait]
-impl StreamTracker for Tracker {
-    async fn streams(&self) -> Result<Vec<TrackedStream>, BoxError> {
-        Ok(self.0.lock().expect("lock").clone())
-    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -4,14 +4,12 @@
 //! (tests/multi_stream.rs).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use kc_checkpoint::lease::{LeaseScope, LeaseTable, MemoryLeaseTable};
 use kc_core::fake::FakeKinesis;
-use kc_core::{BoxError, Checkpoint, Consumer, ConsumerBuilder, Group, InitialPosition, StreamTracker, TrackedStream};
-use kc_test_support::{spawn_recording, Seen, Wait};
+use kc_core::{Checkpoint, Consumer, ConsumerBuilder, Group, InitialPosition};
+use kc_test_support::{spawn_recording, Seen, Tracker, Wait};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -160,23 +158,6 @@ async fn a_worker_dropped_without_release_is_replaced_over_every_stream_and_no_r
     assert_right_stream(&seen);
     for w in workers {
         w.stop().await;
-    }
-}
-
-/// The streams a test's tracker names; changed by the test while the scan runs.
-#[derive(Clone, Default)]
-struct Tracker(Arc<Mutex<Vec<TrackedStream>>>);
-
-impl Tracker {
-    fn set(&self, names: &[&str]) {
-        *self.0.lock().expect("lock") = names.iter().map(|n| TrackedStream::new(*n)).collect();
-    }
-}
-
-#[async_trait]
-impl StreamTracker for Tracker {
-    async fn streams(&self) -> Result<Vec<TrackedStream>, BoxError> {
-        Ok(self.0.lock().expect("lock").clone())
     }
 }
 

@@ -2,16 +2,13 @@
 //! Against the in-process fake, tokio's paused clock.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use kc_core::fake::FakeKinesis;
 use kc_core::{
-    BoxError, Checkpoint, Consumer, ConsumerBuilder, ErrorKind, InitialPosition, MemoryStore, ShardKey, StreamTracker,
-    TrackedStream,
+    Checkpoint, Consumer, ConsumerBuilder, ErrorKind, InitialPosition, MemoryStore, ShardKey, TrackedStream,
 };
-use kc_test_support::{checkpoint, spawn_collecting, Collect, Seen, Wait};
+use kc_test_support::{checkpoint, spawn_collecting, Collect, Seen, Tracker, Wait};
 
 const APP: &str = "test-app";
 
@@ -28,23 +25,6 @@ fn assert_right_stream(seen: &Seen) {
     for r in seen.all() {
         let stream = r.data.split('-').next().unwrap_or_default();
         assert_eq!(r.stream, stream, "record {} came as one of {}", r.data, r.stream);
-    }
-}
-
-/// The streams a test's tracker names; changed by the test while the scan runs.
-#[derive(Clone, Default)]
-struct Tracker(Arc<Mutex<Vec<TrackedStream>>>);
-
-impl Tracker {
-    fn set(&self, names: &[&str]) {
-        *self.0.lock().expect("lock") = names.iter().map(|n| TrackedStream::new(*n)).collect();
-    }
-}
-
-#[async_trait]
-impl StreamTracker for Tracker {
-    async fn streams(&self) -> Result<Vec<TrackedStream>, BoxError> {
-        Ok(self.0.lock().expect("lock").clone())
     }
 }
 

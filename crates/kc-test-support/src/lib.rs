@@ -37,6 +37,8 @@ mod scan;
 #[cfg(feature = "consumer")]
 mod seen;
 #[cfg(feature = "consumer")]
+mod tracker;
+#[cfg(feature = "consumer")]
 mod wait;
 
 #[cfg(feature = "fake")]
@@ -49,5 +51,7 @@ pub use scan::{
 };
 #[cfg(feature = "consumer")]
 pub use seen::{Seen, SeenRecord};
+#[cfg(feature = "consumer")]
+pub use tracker::Tracker;
 #[cfg(feature = "consumer")]
 pub use wait::{wait_for, Wait};
