@@ -244,12 +244,14 @@ impl<'a, D: Deliver> ShardReader<'a, D> {
             if let Some(ms) = millis_behind_latest {
                 self.cx.metrics.millis_behind_latest(ms);
             }
-            let records = self.expand(records, millis_behind_latest)?;
-            let handled = records.len();
-            // At most one batch ahead; none after the shard's last.
+            // At most one batch ahead; none after the shard's last. Started before this batch is expanded, so that
+            // the expansion too overlaps the fetch (a batch ahead that is not wanted, after an error here, is aborted
+            // when `fetch` is dropped).
             if end.is_none() {
                 fetch.start_ahead().await;
             }
+            let records = self.expand(records, millis_behind_latest)?;
+            let handled = records.len();
             let shard = ShardCx {
                 reader: self.id,
                 stream: &self.shared.cfg.stream,
