@@ -12,7 +12,9 @@
 //! handling rate), where the fetch rate is the bare loop's and the handling rate is the handler's alone (called
 //! in a loop, measured in the same run); the consumer's rate is printed end to end and from its first record (the
 //! steady rate: its start, with a first GetRecords nothing can overlap, is a fixed cost that weighs on a short run).
-//! Prints figures; asserts nothing about time.
+//! Prints figures; asserts nothing about time. `KC_BENCH_THROUGHPUT_ROUNDS` (default 3),
+//! `KC_BENCH_THROUGHPUT_MEMORY_RECORDS` (records per run on the memory server, default 500,000) and
+//! `KC_BENCH_THROUGHPUT_NOOP_ONLY` (only the no-op handler's rows) make runs longer or shorter.
 
 #![allow(clippy::print_stdout, missing_docs)]
 
@@ -136,13 +138,16 @@ async fn consumer(client: &aws_sdk_kinesis::Client, stream: &str, n: usize, work
 async fn endpoint(label: &str, client: &aws_sdk_kinesis::Client, stream: &str, records: usize, quick: bool) {
     let shard =
         client.list_shards().stream_name(stream).send().await.expect("ListShards").shards()[0].shard_id().to_owned();
-    let rounds = if quick { 1 } else { 3 };
+    let rounds = if quick { 1 } else { knob("KC_BENCH_THROUGHPUT_ROUNDS").unwrap_or(3) };
     let io_records = if quick { 200 } else { 3_000 };
-    let works = [
+    let mut works = vec![
         (Work::None, records),
         (Work::Cpu(Duration::from_micros(50)), records.min(150_000)),
         (Work::Io(Duration::from_millis(1)), io_records),
     ];
+    if std::env::var_os("KC_BENCH_THROUGHPUT_NOOP_ONLY").is_some() {
+        works.truncate(1);
+    }
     println!("{label}, 1 shard, 100-byte records, {rounds} alternating rounds (medians, records/s):");
     let mut bare_rates = Vec::new();
     for (work, n) in works {
@@ -164,7 +169,13 @@ async fn endpoint(label: &str, client: &aws_sdk_kinesis::Client, stream: &str, r
         let (with, without) = (median(with), median(without));
         let fetch = median(bare_rates.clone());
         if work == Work::None {
-            println!("  {}: bare SDK loop {fetch:.0}; consumer with prefetch {with:.0} ({:.2}x the bare loop), without {without:.0} ({:.2}x)", work.name(), with / fetch, without / fetch);
+            let (with_steady, without_steady) = (median(with_steady), median(without_steady));
+            println!(
+                "  {}: bare SDK loop {fetch:.0}; consumer with prefetch {with:.0} ({:.2}x the bare loop; {with_steady:.0} from its first record), without {without:.0} ({:.2}x; {without_steady:.0})",
+                work.name(),
+                with / fetch,
+                without / fetch
+            );
         } else {
             let alone = median(alone);
             let bound = fetch.min(alone);
@@ -181,12 +192,18 @@ async fn endpoint(label: &str, client: &aws_sdk_kinesis::Client, stream: &str, r
     }
 }
 
+/// A count set in the environment (`KC_BENCH_THROUGHPUT_*`), if it is.
+fn knob(name: &str) -> Option<usize> {
+    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v} is not a count")))
+}
+
 fn main() {
     let quick = quick_bench();
     // Enough records that the consumer's start (ListShards, the stream's creation time, the checkpoint,
     // GetShardIterator: ~0.3 s that nothing can overlap) weighs little: kinesalite takes about 30 s to be given
     // 150,000 records; the memory server is given more, at its speed.
-    let (records, memory_records) = if quick { (2_000, 2_000) } else { (150_000, 500_000) };
+    let (records, memory_records) =
+        if quick { (2_000, 2_000) } else { (150_000, knob("KC_BENCH_THROUGHPUT_MEMORY_RECORDS").unwrap_or(500_000)) };
     // The memory server, on a thread and runtime of its own (it stops with the process).
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
