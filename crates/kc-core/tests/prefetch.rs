@@ -1,11 +1,13 @@
 //! Prefetch (issue 15), on the in-process fake with a paused clock: the next batch is fetched while the handler works
 //! through the current one, never more than one batch ahead and never faster than the per-shard call floor; an
 //! iterator that expires with a batch prefetched resumes after that batch; a stop drops the prefetched batch
-//! unhandled and uncheckpointed.
+//! unhandled and uncheckpointed; a batch found invalid while the next is fetched ahead stops the scan with nothing of
+//! it checkpointed.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kc_core::api;
 use kc_core::fake::{FakeKinesis, Op};
 use kc_core::{Batch, Checkpoint, CheckpointStore, Consumer, ConsumerBuilder, InitialPosition, MemoryStore, Outcome};
 use kc_core::{Record, ShardKey};
@@ -235,4 +237,78 @@ async fn the_next_batch_is_fetched_even_while_the_handler_keeps_its_thread_busy(
     token.cancel();
     task.await.expect("task").expect("scan");
     assert!(fetched_meanwhile.lock().expect("lock")[0], "the second batch was not fetched while the first was handled");
+}
+
+/// The fake, with the first record of the second GetRecords answer given an invalid sequence number.
+#[derive(Clone)]
+struct CorruptSecondBatch(FakeKinesis, Arc<std::sync::atomic::AtomicUsize>);
+
+#[async_trait::async_trait]
+impl kc_core::KinesisApi for CorruptSecondBatch {
+    async fn describe_stream_summary(&self, stream: &str) -> Result<api::StreamSummary, api::ApiError> {
+        self.0.describe_stream_summary(stream).await
+    }
+
+    async fn list_shards(&self, stream: &str, next_token: Option<&str>) -> Result<api::ShardPage, api::ApiError> {
+        self.0.list_shards(stream, next_token).await
+    }
+
+    async fn get_shard_iterator(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        position: &kc_core::StartingPosition,
+    ) -> Result<String, api::ApiError> {
+        self.0.get_shard_iterator(stream, shard_id, position).await
+    }
+
+    async fn get_records(&self, shard_iterator: &str, limit: i32) -> Result<api::RecordBatch, api::ApiError> {
+        let mut batch = self.0.get_records(shard_iterator, limit).await?;
+        if self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            batch.records[0].sequence_number = "49-not-a-number".to_owned();
+        }
+        Ok(batch)
+    }
+}
+
+/// A batch with an invalid sequence number is found while the next batch is being fetched ahead: the scan stops
+/// with a clear error (no panic), nothing of that batch is handled or checkpointed, and the checkpoint stays at the
+/// last record of the batch before. Same without prefetch.
+#[tokio::test(start_paused = true)]
+async fn an_invalid_sequence_number_stops_the_scan_with_the_fetch_ahead_dropped() {
+    for prefetch in [true, false] {
+        let fake = FakeKinesis::new();
+        fake.create_stream(STREAM, 1);
+        let produced = put_many(&fake, 0..30, "r");
+        let store = MemoryStore::new();
+        let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let api = CorruptSecondBatch(fake.clone(), Arc::clone(&answered));
+        // No floor between calls: a fetch ahead goes out at once (else it would wait 200 ms for its turn).
+        let builder = builder(&fake, &store).api(api).prefetch(prefetch).min_poll_interval(Duration::ZERO);
+        let consumer = builder.build().await.expect("build");
+        let seen = Arc::new(Mutex::new(Vec::<(String, Checkpoint)>::new()));
+        let s = seen.clone();
+        let result = consumer
+            .scan(move |r: Record| {
+                let s = s.clone();
+                async move {
+                    s.lock().expect("lock").push((String::from_utf8_lossy(r.data()).into_owned(), r.checkpoint()));
+                    Ok::<_, std::io::Error>(Outcome::Checkpoint)
+                }
+            })
+            .await;
+        let e = result.expect_err("an invalid sequence number is an error");
+        assert_eq!(e.kind(), kc_core::ErrorKind::InvalidResponse, "prefetch {prefetch}: {e}");
+        assert!(e.to_string().contains("invalid sequence number"), "prefetch {prefetch}: {e}");
+        let handled = seen.lock().expect("lock").clone();
+        let data: Vec<String> = handled.iter().map(|(d, _)| d.clone()).collect();
+        assert_eq!(data, produced[..10], "prefetch {prefetch}: the first batch only");
+        let key = ShardKey::new("test-app", STREAM, fake.shard_ids(STREAM)[0].as_str());
+        let saved = store.get(&key).await.expect("get").expect("a checkpoint");
+        assert_eq!(saved, handled[9].1, "prefetch {prefetch}: the checkpoint stays at the first batch's last record");
+        // With prefetch the third call went out as soon as the second batch was in hand, before the batch was
+        // expanded (and found invalid): the expansion overlaps the fetch ahead.
+        let calls = answered.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(calls, if prefetch { 3 } else { 2 }, "prefetch {prefetch}: GetRecords answers");
+    }
 }
