@@ -1,7 +1,8 @@
 //! Records per second through the scan loop over an in-process Kinesis with pre-built batches and a no-op handler,
 //! on one core (a current-thread runtime), with the allocations made per record: `scan` (one record per handler
-//! call) with its defaults and with prefetch off, and `scan_batches` (one batch per call), under the default failure
-//! policy, in alternating runs.
+//! call) with its defaults and with prefetch off, `scan_batches` (one batch per call), under the default failure
+//! policy, and the Stream API (`into_shards`, each batch acked; goal: within 10 % of `scan_batches`), in alternating
+//! runs.
 //!
 //! `cargo bench -p kc-core --bench scan_loop` (or `cargo xtask bench`). Prints figures; asserts nothing about time.
 
@@ -113,7 +114,39 @@ async fn time_batches(consumer: Consumer, n: usize) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
-fn run(records: usize, per_batch_handler: bool, prefetch: bool) -> (f64, f64) {
+/// Seconds to take `n` records through the Stream API (`into_shards`), each batch acked at once, the stop included.
+async fn time_streams(consumer: Consumer, n: usize) -> f64 {
+    use futures_util::StreamExt;
+    let start = Instant::now();
+    let mut shards = consumer.into_shards();
+    let token = shards.shutdown_token();
+    let mut handled = 0;
+    while let Some(mut shard) = shards.next().await {
+        while let Some(batch) = shard.next().await {
+            handled += batch.records().len();
+            std::hint::black_box(batch.records());
+            batch.ack();
+            if handled >= n {
+                token.cancel();
+            }
+        }
+        if handled >= n {
+            break;
+        }
+    }
+    shards.join().await.expect("scan");
+    start.elapsed().as_secs_f64()
+}
+
+/// How the records are taken.
+#[derive(Clone, Copy)]
+enum Api {
+    Scan,
+    ScanBatches,
+    Streams,
+}
+
+fn run(records: usize, api_kind: Api, prefetch: bool) -> (f64, f64) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let api = Prebuilt { batches: Mutex::new(batches(records, 10_000)) };
@@ -128,10 +161,10 @@ fn run(records: usize, per_batch_handler: bool, prefetch: bool) -> (f64, f64) {
             .expect("build");
         let allocs_before = ALLOCATIONS.load(Ordering::Relaxed);
         // The whole scan, its stop included (the handler cancels it at the last record).
-        let secs = if per_batch_handler {
-            time_batches(consumer, records).await
-        } else {
-            time_scan(consumer, records).await.whole.as_secs_f64()
+        let secs = match api_kind {
+            Api::ScanBatches => time_batches(consumer, records).await,
+            Api::Scan => time_scan(consumer, records).await.whole.as_secs_f64(),
+            Api::Streams => time_streams(consumer, records).await,
         };
         let allocs = ALLOCATIONS.load(Ordering::Relaxed) - allocs_before;
         (records as f64 / secs, allocs as f64 / records as f64)
@@ -142,17 +175,22 @@ fn main() {
     // `cargo test --benches` runs this with `--bench` absent: keep it short then.
     let quick = quick_bench();
     let records = if quick { 20_000 } else { 2_000_000 };
-    // `scan` with its defaults (prefetch on), `scan` with prefetch off, `scan_batches`: in alternating runs, so that
-    // drift in the shared machine's speed hits all three.
-    let kinds = [(false, true, "scan"), (false, false, "scan, prefetch off"), (true, true, "scan_batches")];
-    for (per_batch_handler, prefetch, _) in kinds {
-        run(records.min(100_000), per_batch_handler, prefetch); // warm-up
+    // `scan` with its defaults (prefetch on), `scan` with prefetch off, `scan_batches`, the Stream API: in
+    // alternating runs, so that drift in the shared machine's speed hits all four.
+    let kinds = [
+        (Api::Scan, true, "scan"),
+        (Api::Scan, false, "scan, prefetch off"),
+        (Api::ScanBatches, true, "scan_batches"),
+        (Api::Streams, true, "streams (into_shards, acked)"),
+    ];
+    for (api_kind, prefetch, _) in kinds {
+        run(records.min(100_000), api_kind, prefetch); // warm-up
     }
     let mut rates = vec![Vec::new(); kinds.len()];
     let mut allocs = vec![0.0; kinds.len()];
     for _ in 0..if quick { 1 } else { 5 } {
-        for (k, (per_batch_handler, prefetch, _)) in kinds.iter().enumerate() {
-            let (rate, a) = run(records, *per_batch_handler, *prefetch);
+        for (k, (api_kind, prefetch, _)) in kinds.iter().enumerate() {
+            let (rate, a) = run(records, *api_kind, *prefetch);
             rates[k].push(rate);
             allocs[k] = a;
         }
@@ -168,4 +206,10 @@ fn main() {
             if median >= 5e6 { "met" } else { "NOT met" }
         );
     }
+    let (batches, streams) = (median(rates[2].clone()), median(rates[3].clone()));
+    println!(
+        "  streams / scan_batches: {:.2}x (goal >= 0.90: {})",
+        streams / batches,
+        if streams >= 0.9 * batches { "met" } else { "NOT met" }
+    );
 }
