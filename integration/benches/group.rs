@@ -323,12 +323,12 @@ async fn main() {
     };
     // Fewer (or more) shards, e.g. to see a backend below its capacity: dynalite answers about 1,230 renewals/s, and
     // 4,096 leases renewed every third of 10 s ask it for all of them (`KC_BENCH_GROUP_SHARDS=2048`).
-    if let Some(n) = std::env::var("KC_BENCH_GROUP_SHARDS").ok().and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(n) = kc_test_support::env::count("KC_BENCH_GROUP_SHARDS") {
         shards = n.max(workers);
     }
     // Or longer leases (renewed every third of it): the goals are in lease durations and take intervals.
-    if let Some(s) = std::env::var("KC_BENCH_GROUP_LEASE_SECS").ok().and_then(|v| v.parse::<u64>().ok()) {
-        lease = Duration::from_secs(s.max(1));
+    if let Some(s) = kc_test_support::env::count("KC_BENCH_GROUP_LEASE_SECS") {
+        lease = Duration::from_secs(s.max(1) as u64);
     }
     let take = lease * 2;
     println!(

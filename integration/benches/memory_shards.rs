@@ -66,7 +66,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn env_number(name: &str) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{name} not set"))
+    kc_test_support::env::count(name).unwrap_or_else(|| panic!("{name} not set"))
 }
 
 /// User + system CPU seconds of this process so far (every thread), from /proc/self/stat (in USER_HZ, 100 on Linux).

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kc_integration::MemoryKinesis;
 use kc_test_support::check::{median, quick_bench};
+use kc_test_support::env::count;
 use kinesis_consumer::{Consumer, InitialPosition, MemoryStore, Outcome, Record};
 use tokio_util::sync::CancellationToken;
 
@@ -138,7 +139,7 @@ async fn consumer(client: &aws_sdk_kinesis::Client, stream: &str, n: usize, work
 async fn endpoint(label: &str, client: &aws_sdk_kinesis::Client, stream: &str, records: usize, quick: bool) {
     let shard =
         client.list_shards().stream_name(stream).send().await.expect("ListShards").shards()[0].shard_id().to_owned();
-    let rounds = if quick { 1 } else { knob("KC_BENCH_THROUGHPUT_ROUNDS").unwrap_or(5) };
+    let rounds = if quick { 1 } else { count("KC_BENCH_THROUGHPUT_ROUNDS").unwrap_or(5) };
     let io_records = if quick { 200 } else { 3_000 };
     let mut works = vec![
         (Work::None, records),
@@ -192,19 +193,17 @@ async fn endpoint(label: &str, client: &aws_sdk_kinesis::Client, stream: &str, r
     }
 }
 
-/// A count set in the environment (`KC_BENCH_THROUGHPUT_*`), if it is.
-fn knob(name: &str) -> Option<usize> {
-    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v} is not a count")))
-}
-
 fn main() {
     let quick = quick_bench();
     // Enough records that the consumer's start (ListShards, the stream's creation time, the checkpoint,
     // GetShardIterator: ~0.3 s that nothing can overlap) weighs little: kinesalite takes about 30 s to be given
     // 150,000 records; the memory server is given more, at its speed (a run of 500,000 took about 0.5 s there, and
     // its ratios swung 0.88-1.22 from run to run; 2,000,000 records and 5 rounds steady them).
-    let (records, memory_records) =
-        if quick { (2_000, 2_000) } else { (150_000, knob("KC_BENCH_THROUGHPUT_MEMORY_RECORDS").unwrap_or(2_000_000)) };
+    let (records, memory_records) = if quick {
+        (2_000, 2_000)
+    } else {
+        (150_000, count("KC_BENCH_THROUGHPUT_MEMORY_RECORDS").unwrap_or(2_000_000))
+    };
     // The memory server, on a thread and runtime of its own (it stops with the process).
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -14,3 +14,12 @@ pub fn required(name: &str) -> String {
         ),
     }
 }
+
+/// A count set in the environment variable `name` (a benchmark's knob), if it is set.
+///
+/// # Panics
+/// When it is set to something that is not a count: a knob mistyped is not silently ignored.
+pub fn count(name: &str) -> Option<usize> {
+    let value = std::env::var(name).ok()?;
+    Some(value.parse().unwrap_or_else(|_| panic!("{name}={value} is not a count")))
+}
